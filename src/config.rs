@@ -1,0 +1,1130 @@
+//! Typed configuration.
+//!
+//! Every setting is a `DESKGATE_*` environment variable; an optional TOML file
+//! (`--config`) mirrors them with lower-case keys (`bind = "127.0.0.1:8080"`),
+//! and the environment wins over the file. Loading never stops at the first
+//! mistake: it collects every problem, each naming its variable and the fix,
+//! so `deskgate config check` can show them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use ipnet::IpNet;
+use url::Url;
+
+use crate::gpu::GpuSelection;
+use crate::secret::{Secret, Weakness};
+
+/// Prefix of every environment variable deskgate reads.
+pub const ENV_PREFIX: &str = "DESKGATE_";
+
+/// How a setting is shown by `config check` and in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exposure {
+    /// Shown as it is.
+    Plain,
+    /// Never shown.
+    Secret,
+    /// A URL that may carry credentials (a password, or an API key in its
+    /// path or query): shown as scheme, host and port only.
+    CredentialUrl,
+}
+
+/// One setting: its name without the prefix, how to show it, its default and
+/// what it is for.
+#[derive(Debug)]
+pub struct Key {
+    /// Name without the `DESKGATE_` prefix, e.g. `BIND`.
+    pub name: &'static str,
+    exposure: Exposure,
+    /// The default, as text, or `None` when the setting is unset by default.
+    pub default: Option<&'static str>,
+    /// One line saying what the setting does.
+    pub help: &'static str,
+}
+
+macro_rules! key {
+    ($name:literal, $exposure:ident, $default:expr, $help:literal) => {
+        Key {
+            name: $name,
+            exposure: Exposure::$exposure,
+            default: $default,
+            help: $help,
+        }
+    };
+}
+
+/// Every setting deskgate knows, in the order `config check` prints them.
+pub const KEYS: &[Key] = &[
+    key!(
+        "BIND",
+        Plain,
+        Some("127.0.0.1:8080"),
+        "address the gate listens on"
+    ),
+    key!(
+        "ALLOW_PUBLIC_BIND",
+        Plain,
+        Some("false"),
+        "must be true to listen on a non-loopback address"
+    ),
+    key!(
+        "PUBLIC_URL",
+        Plain,
+        None,
+        "URL browsers use to reach the gate (default: http://BIND); sign-in domain and WebSocket Origin"
+    ),
+    key!(
+        "TLS_CERT",
+        Plain,
+        None,
+        "PEM certificate chain; with TLS_KEY switches on HTTPS and the production posture"
+    ),
+    key!("TLS_KEY", Plain, None, "PEM private key for TLS_CERT"),
+    key!(
+        "DATABASE_URL",
+        CredentialUrl,
+        None,
+        "PostgreSQL URL, e.g. postgres://user:pass@127.0.0.1:5432/deskgate"
+    ),
+    key!(
+        "RPC_URL",
+        CredentialUrl,
+        None,
+        "Ethereum JSON-RPC endpoint (HTTP)"
+    ),
+    key!(
+        "CHAIN_ID",
+        Plain,
+        Some("1"),
+        "chain id the RPC node must report and sign-in messages must name"
+    ),
+    key!(
+        "REVENUE_ADDRESS",
+        Plain,
+        None,
+        "address that receives deposits"
+    ),
+    key!(
+        "TOKEN_ADDRESS",
+        Plain,
+        None,
+        "ERC-20 token accepted for deposits and tier discounts"
+    ),
+    key!(
+        "CONFIRMATIONS",
+        Plain,
+        Some("12"),
+        "confirmations before a deposit is credited"
+    ),
+    key!(
+        "ADMIN_TOKEN",
+        Secret,
+        None,
+        "bearer token for the admin API; the admin API exists only when set"
+    ),
+    key!(
+        "LAUNCHER_URLS",
+        Plain,
+        None,
+        "comma-separated remote launcher URLs; unset = local Docker"
+    ),
+    key!(
+        "LAUNCHER_TOKEN",
+        Secret,
+        None,
+        "bearer token between gate and launchers"
+    ),
+    key!(
+        "LAUNCHER_BIND",
+        Plain,
+        Some("127.0.0.1:8090"),
+        "address `deskgate launcher` listens on"
+    ),
+    key!(
+        "SESSION_IMAGE",
+        Plain,
+        Some("deskgate/desktop:local"),
+        "desktop container image (pin by digest in production)"
+    ),
+    key!(
+        "GPUS",
+        Plain,
+        Some("auto"),
+        "auto (NVML), explicit indices like 0,1,3, or fake:N for hosts without NVIDIA"
+    ),
+    key!(
+        "BILLING_INTERVAL_SECONDS",
+        Plain,
+        Some("10"),
+        "seconds between billing debits"
+    ),
+    key!(
+        "PRESENCE_TIMEOUT_SECONDS",
+        Plain,
+        Some("60"),
+        "a session stops after this long without browser presence"
+    ),
+    key!(
+        "METRICS_ADDR",
+        Plain,
+        None,
+        "address for Prometheus /metrics; unset = no metrics endpoint"
+    ),
+    key!(
+        "TURN_URLS",
+        Plain,
+        None,
+        "comma-separated TURN/STUN URLs handed to WebRTC clients"
+    ),
+    key!(
+        "TURN_SECRET",
+        Secret,
+        None,
+        "TURN REST shared secret (coturn use-auth-secret)"
+    ),
+    key!(
+        "TRUSTED_PROXIES",
+        Plain,
+        None,
+        "comma-separated CIDRs whose X-Forwarded-For is believed"
+    ),
+    key!(
+        "DOCS_ENABLED",
+        Plain,
+        Some("false"),
+        "serve the OpenAPI document"
+    ),
+    key!("LOG_FORMAT", Plain, Some("text"), "text or json"),
+    key!(
+        "MAX_BODY_BYTES",
+        Plain,
+        Some("65536"),
+        "largest request body accepted (413 above it)"
+    ),
+    key!(
+        "REQUEST_TIMEOUT_SECONDS",
+        Plain,
+        Some("30"),
+        "requests running longer get 408"
+    ),
+    key!(
+        "SHUTDOWN_GRACE_SECONDS",
+        Plain,
+        Some("3"),
+        "how long open requests may finish after SIGTERM"
+    ),
+];
+
+fn key_info(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Built-in default.
+    Default,
+    /// The TOML file given with `--config`.
+    File,
+    /// A `DESKGATE_*` environment variable.
+    Env,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+        })
+    }
+}
+
+/// A configuration mistake, naming the variable it concerns and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct Problem {
+    /// The variable, e.g. `DESKGATE_BIND`, or the file path for file errors.
+    pub variable: String,
+    /// What is wrong and how to fix it. Never contains a secret.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            variable: format!("{ENV_PREFIX}{key}"),
+            message: message.into(),
+        }
+    }
+}
+
+/// The settings as text, before parsing, with where each came from.
+#[derive(Clone, Debug, Default)]
+pub struct RawSettings {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl RawSettings {
+    /// Gathers settings from an optional TOML file and then the environment
+    /// (`env` is normally `std::env::vars()`); problems with the file itself
+    /// are returned alongside.
+    pub fn gather(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Self, Vec<Problem>) {
+        let mut raw = Self::default();
+        let mut problems = Vec::new();
+        if let Some(path) = file {
+            raw.read_file(path, &mut problems);
+        }
+        for (name, value) in env {
+            let Some(short) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Unknown DESKGATE_* variables are tolerated: test harnesses and
+            // scripts share the prefix.
+            if let Some(key) = key_info(short) {
+                raw.values.insert(key.name, (value, Source::Env));
+            }
+        }
+        (raw, problems)
+    }
+
+    fn read_file(&mut self, path: &Path, problems: &mut Vec<Problem>) {
+        let file_problem = |message: String| Problem {
+            variable: path.display().to_string(),
+            message,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                problems.push(file_problem(format!("cannot read the config file: {err}")));
+                return;
+            }
+        };
+        let table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(err) => {
+                problems.push(file_problem(format!("not valid TOML: {err}")));
+                return;
+            }
+        };
+        for (name, value) in table {
+            let upper = name.to_ascii_uppercase();
+            let Some(key) = key_info(&upper) else {
+                problems.push(file_problem(format!(
+                    "unknown setting `{name}` (settings are the DESKGATE_* names in lower case without the prefix, e.g. `bind`)"
+                )));
+                continue;
+            };
+            match toml_value_as_text(&value) {
+                Some(text) => {
+                    self.values.insert(key.name, (text, Source::File));
+                }
+                None => problems.push(file_problem(format!(
+                    "`{name}` must be a string, number, boolean or list of strings"
+                ))),
+            }
+        }
+    }
+
+    /// Sets one value as if it came from the environment (used by tests and
+    /// by command-line overrides).
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let key = key_info(name).unwrap_or_else(|| panic!("unknown setting {name}"));
+        self.values.insert(key.name, (value.into(), Source::Env));
+    }
+
+    fn get(&self, name: &'static str) -> Option<&str> {
+        self.values.get(name).map(|(v, _)| v.as_str())
+    }
+
+    /// Every known setting with its value as `config check` shows it —
+    /// secrets redacted — and where it came from.
+    pub fn redacted_entries(&self) -> Vec<(String, String, Source)> {
+        KEYS.iter()
+            .map(|key| {
+                let (shown, source) = match self.values.get(key.name) {
+                    Some((value, source)) => (redact(key.exposure, value), *source),
+                    None => match key.default {
+                        Some(default) => (default.to_string(), Source::Default),
+                        None => ("<unset>".to_string(), Source::Default),
+                    },
+                };
+                (format!("{ENV_PREFIX}{}", key.name), shown, source)
+            })
+            .collect()
+    }
+}
+
+fn toml_value_as_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(",")),
+        _ => None,
+    }
+}
+
+fn redact(exposure: Exposure, value: &str) -> String {
+    match exposure {
+        Exposure::Plain => value.to_string(),
+        Exposure::Secret => "<redacted>".to_string(),
+        Exposure::CredentialUrl => redact_url(value),
+    }
+}
+
+/// Shows a URL without anything that could be a credential: user info, path
+/// (RPC providers put API keys there) and query are replaced.
+pub fn redact_url(value: &str) -> String {
+    match Url::parse(value) {
+        Ok(url) => {
+            let mut shown = format!("{}://", url.scheme());
+            if !url.username().is_empty() || url.password().is_some() {
+                shown.push_str("<redacted>@");
+            }
+            shown.push_str(url.host_str().unwrap_or(""));
+            if let Some(port) = url.port() {
+                shown.push_str(&format!(":{port}"));
+            }
+            let has_path = !matches!(url.path(), "" | "/");
+            if has_path || url.query().is_some() {
+                shown.push_str("/<redacted>");
+            }
+            shown
+        }
+        Err(_) => "<redacted: not a valid URL>".to_string(),
+    }
+}
+
+/// Which program the configuration is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The gate (`deskgate serve`).
+    Serve,
+    /// A GPU host's launcher service (`deskgate launcher`).
+    Launcher,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Certificate and key for HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the gate listens on.
+    pub bind: SocketAddr,
+    /// Whether a non-loopback `bind` is allowed.
+    pub allow_public_bind: bool,
+    /// URL browsers use to reach the gate.
+    pub public_url: Url,
+    /// HTTPS files; `Some` means the production posture.
+    pub tls: Option<TlsFiles>,
+    /// PostgreSQL URL (may hold a password).
+    pub database_url: Option<Secret>,
+    /// Ethereum JSON-RPC URL (may hold an API key).
+    pub rpc_url: Option<Secret>,
+    /// Expected chain id.
+    pub chain_id: u64,
+    /// Deposit recipient.
+    pub revenue_address: Option<Address>,
+    /// Accepted ERC-20 token.
+    pub token_address: Option<Address>,
+    /// Confirmations before crediting.
+    pub confirmations: u64,
+    /// Admin API token; the admin API exists only when set.
+    pub admin_token: Option<Secret>,
+    /// Remote launchers; empty means local Docker.
+    pub launcher_urls: Vec<Url>,
+    /// Token between gate and launchers.
+    pub launcher_token: Option<Secret>,
+    /// Address `deskgate launcher` listens on.
+    pub launcher_bind: SocketAddr,
+    /// Desktop image.
+    pub session_image: String,
+    /// Which GPUs to manage.
+    pub gpus: GpuSelection,
+    /// Time between billing debits.
+    pub billing_interval: Duration,
+    /// Presence timeout.
+    pub presence_timeout: Duration,
+    /// Prometheus listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// TURN/STUN URLs for WebRTC.
+    pub turn_urls: Vec<String>,
+    /// TURN REST shared secret.
+    pub turn_secret: Option<Secret>,
+    /// Proxies whose X-Forwarded-For is trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Serve the OpenAPI document.
+    pub docs_enabled: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Per-request time limit.
+    pub request_timeout: Duration,
+    /// Grace period for open requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// The result of loading: the configuration if it parsed, every problem, and
+/// warnings that do not stop the program.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The raw settings, for `config check`.
+    pub raw: RawSettings,
+    /// The parsed configuration; `None` when a setting could not be parsed.
+    pub config: Option<Config>,
+    /// Everything that must be fixed before the program may start.
+    pub problems: Vec<Problem>,
+    /// Things worth knowing that do not stop it.
+    pub warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// The configuration when there are no problems, or every problem.
+    pub fn into_result(self) -> Result<(Config, Vec<String>), Vec<Problem>> {
+        match self.config {
+            Some(config) if self.problems.is_empty() => Ok((config, self.warnings)),
+            _ => Err(self.problems),
+        }
+    }
+}
+
+/// Loads the configuration for `role` from an optional file and the
+/// environment, and checks the security posture.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    role: Role,
+) -> Loaded {
+    let (raw, mut problems) = RawSettings::gather(file, env);
+    let config = Config::parse(&raw, &mut problems);
+    let mut warnings = Vec::new();
+    if let Some(config) = &config {
+        config.check_posture(role, &mut problems, &mut warnings);
+    }
+    Loaded {
+        raw,
+        config,
+        problems,
+        warnings,
+    }
+}
+
+/// Parses one setting with `parse`, falling back to its default; records a
+/// problem (and returns `None`) when the value does not parse.
+fn parse_key<T>(
+    raw: &RawSettings,
+    name: &'static str,
+    problems: &mut Vec<Problem>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Option<T> {
+    let key = key_info(name).expect("every parsed key is in KEYS");
+    let text = raw.get(name).or(key.default)?;
+    match parse(text.trim()) {
+        Ok(value) => Some(value),
+        Err(why) => {
+            problems.push(Problem::new(name, why));
+            None
+        }
+    }
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("`{text}` is not a boolean: use true or false")),
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an IP address with a port: use for example 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!("`{text}` is not a whole number of seconds above 0")),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
+fn parse_u64(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))
+}
+
+fn parse_address(text: &str) -> Result<Address, String> {
+    Address::parse_checksummed(text, None)
+        .or_else(|_| {
+            // All-lower-case hex has no checksum to verify; mixed case must be EIP-55.
+            if text == text.to_ascii_lowercase() {
+                text.parse::<Address>().map_err(|e| e.to_string())
+            } else {
+                Err("bad EIP-55 checksum".to_string())
+            }
+        })
+        .map_err(|why| {
+            format!("`{text}` is not an Ethereum address ({why}): use 0x followed by 40 hex digits")
+        })
+}
+
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a valid URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!(
+            "URL scheme `{other}` is not supported: use http:// or https://"
+        )),
+    }
+}
+
+fn comma_list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl Config {
+    /// Parses every setting, collecting problems; `None` if any failed.
+    fn parse(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<Self> {
+        let before = problems.len();
+        let p = &mut *problems;
+        let bind = parse_key(raw, "BIND", p, parse_socket_addr);
+        let allow_public_bind = parse_key(raw, "ALLOW_PUBLIC_BIND", p, parse_bool);
+        let tls_cert = parse_key(raw, "TLS_CERT", p, |t| Ok(PathBuf::from(t)));
+        let tls_key = parse_key(raw, "TLS_KEY", p, |t| Ok(PathBuf::from(t)));
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                p.push(Problem::new(
+                    "TLS_KEY",
+                    "is unset but DESKGATE_TLS_CERT is set: set both (HTTPS) or neither",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                p.push(Problem::new(
+                    "TLS_CERT",
+                    "is unset but DESKGATE_TLS_KEY is set: set both (HTTPS) or neither",
+                ));
+                None
+            }
+        };
+        let public_url = match raw.get("PUBLIC_URL") {
+            Some(_) => parse_key(raw, "PUBLIC_URL", p, parse_http_url),
+            None => bind.map(|addr| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                Url::parse(&format!("{scheme}://{addr}")).expect("a socket address makes a URL")
+            }),
+        };
+        let secret = |name: &'static str| raw.get(name).map(Secret::new);
+        let database_url = secret("DATABASE_URL");
+        if let Some(url) = &database_url {
+            let scheme_ok = Url::parse(url.expose())
+                .map(|u| matches!(u.scheme(), "postgres" | "postgresql"))
+                .unwrap_or(false);
+            if !scheme_ok {
+                p.push(Problem::new(
+                    "DATABASE_URL",
+                    "is not a postgres:// URL: use postgres://user:password@host:5432/database",
+                ));
+            }
+        }
+        let rpc_url = secret("RPC_URL");
+        if let Some(url) = &rpc_url
+            && parse_http_url(url.expose()).is_err()
+        {
+            p.push(Problem::new("RPC_URL", "is not an http:// or https:// URL"));
+        }
+        let chain_id = parse_key(raw, "CHAIN_ID", p, parse_u64);
+        let revenue_address = parse_key(raw, "REVENUE_ADDRESS", p, parse_address);
+        let token_address = parse_key(raw, "TOKEN_ADDRESS", p, parse_address);
+        let confirmations = parse_key(raw, "CONFIRMATIONS", p, parse_u64);
+        let launcher_urls = parse_key(raw, "LAUNCHER_URLS", p, |t| {
+            comma_list(t)
+                .map(parse_http_url)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+        let launcher_bind = parse_key(raw, "LAUNCHER_BIND", p, parse_socket_addr);
+        let session_image = parse_key(raw, "SESSION_IMAGE", p, |t| {
+            if t.is_empty() || t.contains(char::is_whitespace) {
+                Err("must be an image reference such as deskgate/desktop@sha256:…".to_string())
+            } else {
+                Ok(t.to_string())
+            }
+        });
+        let gpus = parse_key(raw, "GPUS", p, |t| t.parse::<GpuSelection>());
+        let billing_interval = parse_key(raw, "BILLING_INTERVAL_SECONDS", p, parse_seconds);
+        let presence_timeout = parse_key(raw, "PRESENCE_TIMEOUT_SECONDS", p, parse_seconds);
+        let metrics_addr = parse_key(raw, "METRICS_ADDR", p, parse_socket_addr);
+        let turn_urls = parse_key(raw, "TURN_URLS", p, |t| {
+            comma_list(t)
+                .map(|u| {
+                    if u.starts_with("turn:") || u.starts_with("turns:") || u.starts_with("stun:") {
+                        Ok(u.to_string())
+                    } else {
+                        Err(format!("`{u}` is not a turn:, turns: or stun: URL"))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+        let trusted_proxies = parse_key(raw, "TRUSTED_PROXIES", p, |t| {
+            comma_list(t)
+                .map(|cidr| {
+                    cidr.parse::<IpNet>()
+                        .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            format!("`{cidr}` is not an IP address or CIDR such as 10.0.0.0/8")
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+        let docs_enabled = parse_key(raw, "DOCS_ENABLED", p, parse_bool);
+        let log_format = parse_key(raw, "LOG_FORMAT", p, |t| match t {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{t}` is not a log format: use text or json")),
+        });
+        let max_body_bytes = parse_key(raw, "MAX_BODY_BYTES", p, |t| match t.parse::<usize>() {
+            Ok(n) if n >= 1024 => Ok(n),
+            _ => Err(format!("`{t}` is not a byte count of at least 1024")),
+        });
+        let request_timeout = parse_key(raw, "REQUEST_TIMEOUT_SECONDS", p, parse_seconds);
+        let shutdown_grace = parse_key(raw, "SHUTDOWN_GRACE_SECONDS", p, |t| {
+            match t.parse::<u64>() {
+                Ok(secs) if secs <= 60 => Ok(Duration::from_secs(secs)),
+                _ => Err(format!("`{t}` is not a number of seconds from 0 to 60")),
+            }
+        });
+
+        if problems.len() > before {
+            return None;
+        }
+        // Every `parse_key` above with a default returned `Some` when no
+        // problem was recorded.
+        Some(Config {
+            bind: bind?,
+            allow_public_bind: allow_public_bind?,
+            public_url: public_url?,
+            tls,
+            database_url,
+            rpc_url,
+            chain_id: chain_id?,
+            revenue_address,
+            token_address,
+            confirmations: confirmations?,
+            admin_token: secret("ADMIN_TOKEN"),
+            launcher_urls,
+            launcher_token: secret("LAUNCHER_TOKEN"),
+            launcher_bind: launcher_bind?,
+            session_image: session_image?,
+            gpus: gpus?,
+            billing_interval: billing_interval?,
+            presence_timeout: presence_timeout?,
+            metrics_addr,
+            turn_urls,
+            turn_secret: secret("TURN_SECRET"),
+            trusted_proxies,
+            docs_enabled: docs_enabled?,
+            log_format: log_format?,
+            max_body_bytes: max_body_bytes?,
+            request_timeout: request_timeout?,
+            shutdown_grace: shutdown_grace?,
+        })
+    }
+
+    /// True in the production posture (HTTPS).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The address `role` listens on.
+    pub fn listen_addr(&self, role: Role) -> SocketAddr {
+        match role {
+            Role::Serve => self.bind,
+            Role::Launcher => self.launcher_bind,
+        }
+    }
+
+    /// Checks the security posture of DESIGN §8 for `role`.
+    fn check_posture(&self, role: Role, problems: &mut Vec<Problem>, warnings: &mut Vec<String>) {
+        let (bind_key, addr) = match role {
+            Role::Serve => ("BIND", self.bind),
+            Role::Launcher => ("LAUNCHER_BIND", self.launcher_bind),
+        };
+        if !addr.ip().is_loopback() && !self.allow_public_bind {
+            problems.push(Problem::new(
+                bind_key,
+                format!(
+                    "{addr} is not a loopback address; set DESKGATE_ALLOW_PUBLIC_BIND=true to listen on it \
+                     (put TLS in front: set DESKGATE_TLS_CERT and DESKGATE_TLS_KEY), or bind 127.0.0.1"
+                ),
+            ));
+        }
+
+        if role == Role::Serve {
+            if self.database_url.is_none() {
+                problems.push(Problem::new(
+                    "DATABASE_URL",
+                    "is not set: point it at PostgreSQL (postgres://user:password@host:5432/deskgate); `make run` starts a local one",
+                ));
+            }
+            if self.rpc_url.is_none() {
+                problems.push(Problem::new(
+                    "RPC_URL",
+                    "is not set: point it at an Ethereum JSON-RPC node; `make run` starts a local anvil",
+                ));
+            }
+            if self.is_tls() && self.public_url.scheme() != "https" {
+                problems.push(Problem::new(
+                    "PUBLIC_URL",
+                    "must be an https:// URL when TLS is on (browsers reach the gate over HTTPS)",
+                ));
+            }
+        }
+
+        // The secrets this role needs, and whether each is needed at all.
+        let mut needed: Vec<(&'static str, Option<&Secret>, &str)> = Vec::new();
+        match role {
+            Role::Serve => {
+                if self.admin_token.is_some() {
+                    needed.push((
+                        "ADMIN_TOKEN",
+                        self.admin_token.as_ref(),
+                        "the admin API is on",
+                    ));
+                }
+                if !self.launcher_urls.is_empty() {
+                    needed.push((
+                        "LAUNCHER_TOKEN",
+                        self.launcher_token.as_ref(),
+                        "DESKGATE_LAUNCHER_URLS is set",
+                    ));
+                }
+                if !self.turn_urls.is_empty() {
+                    needed.push((
+                        "TURN_SECRET",
+                        self.turn_secret.as_ref(),
+                        "DESKGATE_TURN_URLS is set",
+                    ));
+                }
+            }
+            Role::Launcher => {
+                needed.push((
+                    "LAUNCHER_TOKEN",
+                    self.launcher_token.as_ref(),
+                    "the launcher API needs it",
+                ));
+            }
+        }
+        for (name, secret, why_needed) in needed {
+            match secret.map(Secret::weakness) {
+                None => problems.push(Problem::new(
+                    name,
+                    format!(
+                        "is not set but {why_needed}: generate one with `openssl rand -hex 32`"
+                    ),
+                )),
+                Some(Some(weakness)) if self.is_tls() => problems.push(Problem::new(
+                    name,
+                    format!(
+                        "{weakness}; with TLS on every secret must be at least 32 random bytes: \
+                         generate one with `openssl rand -hex 32`"
+                    ),
+                )),
+                Some(Some(weakness)) => {
+                    if role == Role::Launcher && weakness == Weakness::Empty {
+                        problems.push(Problem::new(
+                            name,
+                            "is empty: generate one with `openssl rand -hex 32`",
+                        ));
+                    } else {
+                        warnings.push(format!(
+                            "{ENV_PREFIX}{name} {weakness}; acceptable without TLS on loopback, refused once TLS is on"
+                        ));
+                    }
+                }
+                Some(None) => {}
+            }
+        }
+
+        if self.is_tls()
+            && role == Role::Serve
+            && let Some(db) = &self.database_url
+            && let Ok(url) = Url::parse(db.expose())
+            && let Some(password) = url.password()
+            && crate::secret::is_placeholder(password)
+        {
+            problems.push(Problem::new(
+                "DATABASE_URL",
+                "carries a placeholder password; set a real PostgreSQL password",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRONG: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all = vec![
+            (
+                "DESKGATE_DATABASE_URL".to_string(),
+                "postgres://u:pw@127.0.0.1:5432/d".to_string(),
+            ),
+            (
+                "DESKGATE_RPC_URL".to_string(),
+                "http://127.0.0.1:8545".to_string(),
+            ),
+        ];
+        all.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        all
+    }
+
+    fn variables(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.variable.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_load_without_problems() {
+        let loaded = load(None, env(&[]), Role::Serve);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let config = loaded.config.expect("config");
+        assert_eq!(config.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(config.gpus, GpuSelection::Auto);
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn public_bind_is_refused_unless_allowed() {
+        let loaded = load(None, env(&[("DESKGATE_BIND", "0.0.0.0:8080")]), Role::Serve);
+        let problem = &loaded.problems[0];
+        assert_eq!(problem.variable, "DESKGATE_BIND");
+        assert!(problem.message.contains("DESKGATE_ALLOW_PUBLIC_BIND=true"));
+
+        let allowed = load(
+            None,
+            env(&[
+                ("DESKGATE_BIND", "0.0.0.0:8080"),
+                ("DESKGATE_ALLOW_PUBLIC_BIND", "true"),
+            ]),
+            Role::Serve,
+        );
+        assert!(allowed.problems.is_empty(), "{:?}", allowed.problems);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once_naming_its_variable() {
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_BIND", "localhost"),
+                ("DESKGATE_CHAIN_ID", "mainnet"),
+                ("DESKGATE_GPUS", "fake:x"),
+                ("DESKGATE_LOG_FORMAT", "xml"),
+                ("DESKGATE_BILLING_INTERVAL_SECONDS", "0"),
+                ("DESKGATE_REVENUE_ADDRESS", "0x1234"),
+            ]),
+            Role::Serve,
+        );
+        assert!(loaded.config.is_none());
+        let vars = variables(&loaded.problems);
+        for expected in [
+            "DESKGATE_BIND",
+            "DESKGATE_CHAIN_ID",
+            "DESKGATE_GPUS",
+            "DESKGATE_LOG_FORMAT",
+            "DESKGATE_BILLING_INTERVAL_SECONDS",
+            "DESKGATE_REVENUE_ADDRESS",
+        ] {
+            assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+        }
+    }
+
+    #[test]
+    fn tls_posture_refuses_placeholder_and_short_secrets() {
+        let tls = [
+            ("DESKGATE_TLS_CERT", "/etc/deskgate/cert.pem"),
+            ("DESKGATE_TLS_KEY", "/etc/deskgate/key.pem"),
+            ("DESKGATE_PUBLIC_URL", "https://desk.example.org"),
+        ];
+        let mut pairs = tls.to_vec();
+        pairs.push(("DESKGATE_ADMIN_TOKEN", "change-me"));
+        let loaded = load(None, env(&pairs), Role::Serve);
+        assert_eq!(variables(&loaded.problems), ["DESKGATE_ADMIN_TOKEN"]);
+        assert!(loaded.problems[0].message.contains("placeholder"));
+
+        let mut pairs = tls.to_vec();
+        pairs.push(("DESKGATE_ADMIN_TOKEN", "short-but-not-a-placeholder"));
+        let loaded = load(None, env(&pairs), Role::Serve);
+        assert!(loaded.problems[0].message.contains("shorter than 32 bytes"));
+
+        let mut pairs = tls.to_vec();
+        pairs.push(("DESKGATE_ADMIN_TOKEN", STRONG));
+        let loaded = load(None, env(&pairs), Role::Serve);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    }
+
+    #[test]
+    fn tls_posture_requires_the_secrets_its_features_need() {
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_TLS_CERT", "/c.pem"),
+                ("DESKGATE_TLS_KEY", "/k.pem"),
+                ("DESKGATE_LAUNCHER_URLS", "https://gpu-1.internal:8090"),
+                ("DESKGATE_TURN_URLS", "turn:turn.example.org:3478"),
+            ]),
+            Role::Serve,
+        );
+        let vars = variables(&loaded.problems);
+        assert!(vars.contains(&"DESKGATE_LAUNCHER_TOKEN"), "{vars:?}");
+        assert!(vars.contains(&"DESKGATE_TURN_SECRET"), "{vars:?}");
+    }
+
+    #[test]
+    fn tls_posture_refuses_the_dev_database_password() {
+        let loaded = load(
+            None,
+            [
+                ("DESKGATE_TLS_CERT", "/c.pem"),
+                ("DESKGATE_TLS_KEY", "/k.pem"),
+                (
+                    "DESKGATE_DATABASE_URL",
+                    "postgres://deskgate:deskgate-dev-only@db/deskgate",
+                ),
+                ("DESKGATE_RPC_URL", "http://127.0.0.1:8545"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+            Role::Serve,
+        );
+        assert_eq!(variables(&loaded.problems), ["DESKGATE_DATABASE_URL"]);
+    }
+
+    #[test]
+    fn weak_secrets_only_warn_without_tls() {
+        let loaded = load(
+            None,
+            env(&[("DESKGATE_ADMIN_TOKEN", "change-me")]),
+            Role::Serve,
+        );
+        assert!(loaded.problems.is_empty());
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(
+            !loaded.warnings[0].contains("change-me"),
+            "a warning never repeats the secret"
+        );
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_a_problem() {
+        let loaded = load(None, env(&[("DESKGATE_TLS_CERT", "/c.pem")]), Role::Serve);
+        assert_eq!(variables(&loaded.problems), ["DESKGATE_TLS_KEY"]);
+    }
+
+    #[test]
+    fn the_launcher_always_needs_its_token() {
+        let loaded = load(None, Vec::new(), Role::Launcher);
+        assert_eq!(variables(&loaded.problems), ["DESKGATE_LAUNCHER_TOKEN"]);
+    }
+
+    #[test]
+    fn the_file_is_read_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskgate.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9000\"\nchain_id = 31337\nconfirmations = 3\nlauncher_urls = [\"http://a:1\", \"http://b:2\"]\n",
+        )
+        .unwrap();
+        let loaded = load(
+            Some(&path),
+            env(&[
+                ("DESKGATE_CONFIRMATIONS", "5"),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Serve,
+        );
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let config = loaded.config.unwrap();
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.chain_id, 31337);
+        assert_eq!(config.confirmations, 5);
+        assert_eq!(config.launcher_urls.len(), 2);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskgate.toml");
+        std::fs::write(&path, "bnid = \"127.0.0.1:9000\"\n").unwrap();
+        let loaded = load(Some(&path), env(&[]), Role::Serve);
+        assert_eq!(loaded.problems.len(), 1);
+        assert!(
+            loaded.problems[0]
+                .message
+                .contains("unknown setting `bnid`")
+        );
+    }
+
+    #[test]
+    fn redaction_hides_every_credential() {
+        let mut raw = RawSettings::default();
+        raw.set("ADMIN_TOKEN", STRONG);
+        raw.set(
+            "DATABASE_URL",
+            "postgres://deskgate:s3cret-pw@db.internal:5432/deskgate",
+        );
+        raw.set("RPC_URL", "https://mainnet.infura.io/v3/abcdef0123456789");
+        let shown = format!("{:?}", raw.redacted_entries());
+        for secret in [STRONG, "s3cret-pw", "abcdef0123456789", "deskgate@"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("postgres://<redacted>@db.internal:5432/<redacted>"));
+        assert!(shown.contains("https://mainnet.infura.io/<redacted>"));
+    }
+
+    #[test]
+    fn addresses_must_carry_a_valid_checksum_when_mixed_case() {
+        assert!(parse_address("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_ok());
+        assert!(parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed").is_ok());
+        assert!(parse_address("0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_err());
+    }
+}

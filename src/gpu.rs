@@ -1,0 +1,263 @@
+//! GPU inventory: which GPUs this host offers, from NVML (`auto`), an explicit
+//! index list, or `fake:N` virtual GPUs for hosts without NVIDIA.
+
+use std::fmt;
+use std::str::FromStr;
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
+use nvml_wrapper::error::NvmlError;
+use serde::Serialize;
+
+/// The largest `fake:N` accepted; enough for benchmarks, small enough to
+/// catch typos.
+const MAX_FAKE_GPUS: u32 = 1024;
+
+/// Which GPUs to manage (`DESKGATE_GPUS`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every GPU NVML reports.
+    Auto,
+    /// These NVML indices only.
+    Indices(Vec<u32>),
+    /// N virtual GPUs, for hosts without NVIDIA (development, CI, benchmarks).
+    Fake(u32),
+}
+
+impl FromStr for GpuSelection {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        if let Some(count) = text.strip_prefix("fake:") {
+            return match count.parse::<u32>() {
+                Ok(n) if (1..=MAX_FAKE_GPUS).contains(&n) => Ok(Self::Fake(n)),
+                _ => Err(format!(
+                    "`{text}`: fake:N needs N from 1 to {MAX_FAKE_GPUS}, e.g. fake:2"
+                )),
+            };
+        }
+        let mut indices = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let index = part.parse::<u32>().map_err(|_| {
+                format!("`{text}` is not auto, fake:N or a list of GPU indices such as 0,1,3")
+            })?;
+            if indices.contains(&index) {
+                return Err(format!("`{text}` names GPU {index} twice"));
+            }
+            indices.push(index);
+        }
+        Ok(Self::Indices(indices))
+    }
+}
+
+impl fmt::Display for GpuSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fake(n) => write!(f, "fake:{n}"),
+            Self::Indices(indices) => {
+                let list: Vec<String> = indices.iter().map(u32::to_string).collect();
+                f.write_str(&list.join(","))
+            }
+        }
+    }
+}
+
+/// Whether a GPU can take work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum GpuHealth {
+    /// NVML answers and reports no uncorrected memory errors.
+    Healthy,
+    /// Something NVML reported makes the GPU unfit; the text says what.
+    Unhealthy(String),
+}
+
+/// One GPU as the inventory reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GpuInfo {
+    /// NVML index (the Docker device id).
+    pub index: u32,
+    /// NVML UUID, or `fake-<index>` for virtual GPUs.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Total memory in bytes (0 for virtual GPUs).
+    pub memory_total_bytes: u64,
+    /// GPU utilisation in percent over NVML's last sample period.
+    pub utilization_percent: Option<u32>,
+    /// Health as far as NVML reports it.
+    pub health: GpuHealth,
+    /// True for `fake:N` GPUs.
+    pub fake: bool,
+}
+
+/// Why the inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The NVIDIA driver library is missing: no NVIDIA GPU on this host.
+    #[error(
+        "NVML is not available on this host ({0}): no NVIDIA driver is installed. \
+         Set DESKGATE_GPUS=fake:N to run with N virtual GPUs"
+    )]
+    NvmlUnavailable(String),
+    /// NVML loaded but failed.
+    #[error("NVML failed: {0}")]
+    Nvml(#[from] NvmlError),
+    /// NVML works but reports no GPU.
+    #[error("NVML reports no GPU on this host. Set DESKGATE_GPUS=fake:N to run with virtual GPUs")]
+    NoGpus,
+    /// An explicitly listed index does not exist.
+    #[error("DESKGATE_GPUS names GPU {index}, but NVML reports only {count} GPU(s) (indices 0 to {last})", last = count.saturating_sub(1))]
+    NoSuchIndex {
+        /// The missing index.
+        index: u32,
+        /// How many GPUs NVML reports.
+        count: u32,
+    },
+}
+
+/// Reads the inventory for `selection`.
+pub fn inventory(selection: &GpuSelection) -> Result<Vec<GpuInfo>, InventoryError> {
+    match selection {
+        GpuSelection::Fake(n) => Ok((0..*n).map(fake_gpu).collect()),
+        GpuSelection::Auto => {
+            let nvml = init_nvml()?;
+            let count = nvml.device_count()?;
+            if count == 0 {
+                return Err(InventoryError::NoGpus);
+            }
+            (0..count).map(|i| read_gpu(&nvml, i)).collect()
+        }
+        GpuSelection::Indices(indices) => {
+            let nvml = init_nvml()?;
+            let count = nvml.device_count()?;
+            indices
+                .iter()
+                .map(|&index| {
+                    if index >= count {
+                        Err(InventoryError::NoSuchIndex { index, count })
+                    } else {
+                        read_gpu(&nvml, index)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+fn init_nvml() -> Result<Nvml, InventoryError> {
+    Nvml::init().map_err(|err| match err {
+        NvmlError::LibloadingError(e) => InventoryError::NvmlUnavailable(e.to_string()),
+        NvmlError::DriverNotLoaded => InventoryError::NvmlUnavailable("driver not loaded".into()),
+        other => InventoryError::Nvml(other),
+    })
+}
+
+fn fake_gpu(index: u32) -> GpuInfo {
+    GpuInfo {
+        index,
+        uuid: format!("fake-{index}"),
+        name: "virtual GPU (fake)".to_string(),
+        memory_total_bytes: 0,
+        utilization_percent: None,
+        health: GpuHealth::Healthy,
+        fake: true,
+    }
+}
+
+fn read_gpu(nvml: &Nvml, index: u32) -> Result<GpuInfo, InventoryError> {
+    let device = nvml.device_by_index(index)?;
+    let uuid = device.uuid()?;
+    let name = device.name()?;
+    let memory_total_bytes = device.memory_info()?.total;
+    let utilization_percent = device.utilization_rates().ok().map(|u| u.gpu);
+    // Uncorrected ECC errors since the driver loaded mean the memory is not to
+    // be trusted; GPUs without ECC report NotSupported, which is fine.
+    let health = match device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
+        Ok(0) | Err(NvmlError::NotSupported) => GpuHealth::Healthy,
+        Ok(n) => GpuHealth::Unhealthy(format!("{n} uncorrected ECC error(s)")),
+        Err(NvmlError::GpuLost) => GpuHealth::Unhealthy("GPU fell off the bus".into()),
+        Err(other) => GpuHealth::Unhealthy(format!("ECC query failed: {other}")),
+    };
+    Ok(GpuInfo {
+        index,
+        uuid,
+        name,
+        memory_total_bytes,
+        utilization_percent,
+        health,
+        fake: false,
+    })
+}
+
+/// Formats the inventory as the table `deskgate gpus` prints.
+pub fn render_table(gpus: &[GpuInfo]) -> String {
+    let mut out = format!(
+        "{:<5} {:<42} {:<28} {:>10} {:>5}  {}\n",
+        "INDEX", "UUID", "NAME", "MEMORY", "UTIL", "HEALTH"
+    );
+    for gpu in gpus {
+        let memory = if gpu.fake {
+            "-".to_string()
+        } else {
+            format!("{} MiB", gpu.memory_total_bytes / (1024 * 1024))
+        };
+        let util = gpu
+            .utilization_percent
+            .map_or_else(|| "-".to_string(), |u| format!("{u}%"));
+        let health = match &gpu.health {
+            GpuHealth::Healthy => "healthy".to_string(),
+            GpuHealth::Unhealthy(why) => format!("unhealthy: {why}"),
+        };
+        out.push_str(&format!(
+            "{:<5} {:<42} {:<28} {:>10} {:>5}  {}\n",
+            gpu.index, gpu.uuid, gpu.name, memory, util, health
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections_parse_and_print_back() {
+        for text in ["auto", "fake:2", "0,1,3"] {
+            let selection: GpuSelection = text.parse().unwrap();
+            assert_eq!(selection.to_string(), text);
+        }
+        assert_eq!("AUTO".parse::<GpuSelection>(), Ok(GpuSelection::Auto));
+        assert_eq!(
+            " 2 , 0 ".parse::<GpuSelection>(),
+            Ok(GpuSelection::Indices(vec![2, 0]))
+        );
+    }
+
+    #[test]
+    fn bad_selections_say_what_is_accepted() {
+        for text in ["", "fake:0", "fake:", "fake:99999", "0,,1", "gpu0", "1,1"] {
+            let err = text.parse::<GpuSelection>().unwrap_err();
+            assert!(err.contains(text.trim()), "{err}");
+        }
+    }
+
+    #[test]
+    fn fake_inventory_has_distinct_healthy_gpus() {
+        let gpus = inventory(&GpuSelection::Fake(3)).unwrap();
+        let indices: Vec<u32> = gpus.iter().map(|g| g.index).collect();
+        assert_eq!(indices, [0, 1, 2]);
+        assert!(
+            gpus.iter()
+                .all(|g| g.fake && g.health == GpuHealth::Healthy)
+        );
+        let table = render_table(&gpus);
+        assert_eq!(table.lines().count(), 4);
+        assert!(table.contains("fake-2"));
+    }
+}

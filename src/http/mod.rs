@@ -1,0 +1,208 @@
+//! The gate's HTTP surface: routes, and the guards every request passes
+//! (body limit, time limit, metrics).
+
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::readiness::{self, Dependency};
+pub use problem::Problem;
+
+/// Per-request limits applied to every route.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Longest a request may run.
+    pub request_timeout: Duration,
+}
+
+/// What the gate's handlers share.
+#[derive(Clone, Debug)]
+pub struct GateState {
+    /// Dependencies `/readyz` checks.
+    pub dependencies: Arc<Vec<Dependency>>,
+}
+
+/// The gate's router.
+pub fn gate_router(state: GateState, limits: Limits) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route_layer(middleware::from_fn(record_metrics))
+        .with_state(state);
+    guarded(routes, limits)
+}
+
+/// Wraps `routes` with the guards every deskgate HTTP service uses: a 404
+/// problem for unknown paths, the body limit and the time limit.
+pub fn guarded(routes: Router, limits: Limits) -> Router {
+    routes
+        .fallback(|| async { Problem::not_found() })
+        // Bodies streamed without Content-Length are cut off by the extractors.
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(limits, enforce_limits))
+}
+
+/// Rejects declared oversize bodies before any handler runs, and bounds how
+/// long a request may take. A WebSocket upgrade answers at once, so the time
+/// limit never cuts an open socket.
+async fn enforce_limits(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+        return Problem::payload_too_large(limits.max_body_bytes).into_response();
+    }
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::timeout().into_response(),
+    }
+}
+
+/// Counts requests and their latency per route template (never the raw path,
+/// which would make labels unbounded).
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("deskgate_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("deskgate_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Liveness: the process is up and serving.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: 200 when every dependency answers, else 503 naming each one
+/// that is down.
+async fn readyz(State(state): State<GateState>) -> Response {
+    let checks = readiness::check_all(&state.dependencies).await;
+    let down: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.error.as_deref().unwrap_or("down")))
+        .collect();
+    for check in &checks {
+        metrics::gauge!("deskgate_dependency_up_ratio", "dependency" => check.name.clone())
+            .set(if check.ok { 1.0 } else { 0.0 });
+    }
+    if down.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "checks": checks })),
+        )
+            .into_response()
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "A dependency is down",
+        )
+        .detail(down.join("; "))
+        .with("checks", json!(checks))
+        .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn limits() -> Limits {
+        Limits {
+            max_body_bytes: 1024,
+            request_timeout: Duration::from_millis(200),
+        }
+    }
+
+    fn app() -> Router {
+        let routes = Router::new()
+            .route(
+                "/echo",
+                axum::routing::post(|body: String| async move { body }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        guarded(routes, limits())
+    }
+
+    async fn send(request: Request<Body>) -> Response {
+        app().oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn declared_oversize_body_gets_413_problem() {
+        let request = Request::post("/echo")
+            .header(header::CONTENT_LENGTH, "4096")
+            .body(Body::from(vec![b'x'; 4096]))
+            .unwrap();
+        let response = send(request).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            problem::PROBLEM_JSON
+        );
+    }
+
+    #[tokio::test]
+    async fn streamed_oversize_body_gets_413() {
+        let chunks =
+            futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 512])));
+        let request = Request::post("/echo")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        let response = send(request).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn small_body_passes() {
+        let request = Request::post("/echo").body(Body::from("hello")).unwrap();
+        let response = send(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_request_gets_408() {
+        let response = send(Request::get("/slow").body(Body::empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn unknown_path_is_a_404_problem() {
+        let response = send(Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            problem::PROBLEM_JSON
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! deskgate: rent GPU desktops to browser users who pay with an Ethereum wallet.
+//!
+//! This crate is the gate and its adapters; the actor tree lives in
+//! `deskgate-actors` and the media path in `deskgate-media`. See DESIGN.md for
+//! how the parts fit.
+
+pub mod config;
+pub mod db;
+pub mod docker;
+pub mod gpu;
+pub mod http;
+pub mod launcher_service;
+pub mod readiness;
+pub mod secret;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,293 @@
+//! The `deskgate` command line: the binary edge, where errors become exit
+//! codes and messages.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use deskgate::config::{self, Config, Loaded, Role};
+use deskgate::http::{GateState, Limits};
+use deskgate::readiness::Dependency;
+use deskgate::server::{self, Service};
+use deskgate::{db, gpu, launcher_service, telemetry};
+
+/// How long a remote launcher's health check may take.
+const LAUNCHER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deskgate",
+    version,
+    about = "Rent GPU desktops to browser users who pay with an Ethereum wallet"
+)]
+struct Cli {
+    /// TOML file with settings (lower-case DESKGATE_* names without the
+    /// prefix); environment variables win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gate: HTTP API, actor tree, billing.
+    Serve,
+    /// Run the launcher service for this GPU host.
+    Launcher,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print this host's GPU inventory.
+    Gpus,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) and every
+    /// problem found; exit 1 if there is any.
+    Check {
+        /// Which program to check the configuration for.
+        #[arg(long = "for", value_enum, default_value = "serve")]
+        role: Role,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every TLS user in the process (server, RPC client).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let file = cli.config.as_deref();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { role },
+        } => config_check(config::load(file, std::env::vars(), role), role),
+        Command::Gpus => print_gpus(config::load(file, std::env::vars(), Role::Serve)),
+        Command::Serve => start(
+            config::load(file, std::env::vars(), Role::Serve),
+            Role::Serve,
+        ),
+        Command::Launcher => start(
+            config::load(file, std::env::vars(), Role::Launcher),
+            Role::Launcher,
+        ),
+        Command::Migrate => {
+            eprintln!(
+                "deskgate: the database schema ships with the ledger work; there is nothing to migrate yet"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_check(loaded: Loaded, role: Role) -> ExitCode {
+    let posture = match &loaded.config {
+        Some(c) if c.is_tls() => "production (TLS on)",
+        Some(_) => "development (no TLS: loopback only unless allowed)",
+        None => "unknown (the configuration does not parse)",
+    };
+    println!(
+        "deskgate configuration for `{}` — posture: {posture}",
+        role_name(role)
+    );
+    for (name, value, source) in loaded.raw.redacted_entries() {
+        println!("  {name:<34} {value}  ({source})");
+    }
+    for warning in &loaded.warnings {
+        println!("warning: {warning}");
+    }
+    if loaded.problems.is_empty() {
+        println!("no problems found");
+        ExitCode::SUCCESS
+    } else {
+        for problem in &loaded.problems {
+            println!("problem: {problem}");
+        }
+        println!("{} problem(s) found", loaded.problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn print_gpus(loaded: Loaded) -> ExitCode {
+    let Some(config) = loaded.config else {
+        return refuse(&loaded.problems);
+    };
+    match gpu::inventory(&config.gpus) {
+        Ok(gpus) => {
+            print!("{}", gpu::render_table(&gpus));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("deskgate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Serve => "serve",
+        Role::Launcher => "launcher",
+    }
+}
+
+fn refuse(problems: &[config::Problem]) -> ExitCode {
+    eprintln!("deskgate: refusing to start; fix the configuration:");
+    for problem in problems {
+        eprintln!("  - {problem}");
+    }
+    eprintln!("(`deskgate config check` shows the effective configuration)");
+    ExitCode::from(2)
+}
+
+fn start(loaded: Loaded, role: Role) -> ExitCode {
+    let (config, warnings) = match loaded.into_result() {
+        Ok(ok) => ok,
+        Err(problems) => return refuse(&problems),
+    };
+    telemetry::init_logging(config.log_format);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("deskgate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match role {
+            Role::Serve => serve(config).await,
+            Role::Launcher => launcher(config).await,
+        }
+    });
+    // Do not wait for stray blocking tasks: shutdown must stay prompt.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("deskgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+    }
+}
+
+async fn log_inventory(config: &Config) -> anyhow::Result<()> {
+    let selection = config.gpus.clone();
+    let gpus = tokio::task::spawn_blocking(move || gpu::inventory(&selection)).await??;
+    tracing::info!(count = gpus.len(), selection = %config.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
+    Ok(())
+}
+
+fn metrics_listener(
+    config: &Config,
+) -> anyhow::Result<
+    Option<(
+        std::net::SocketAddr,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )>,
+> {
+    config
+        .metrics_addr
+        .map(|addr| {
+            Ok((
+                addr,
+                telemetry::install_metrics().context("cannot install the metrics recorder")?,
+            ))
+        })
+        .transpose()
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    log_inventory(&config).await?;
+    let mut dependencies = Vec::new();
+    if let Some(url) = &config.database_url {
+        dependencies.push(Dependency::Postgres(db::pool(url)?));
+    }
+    if let Some(url) = &config.rpc_url {
+        dependencies.push(
+            Dependency::chain(url.expose(), config.chain_id)
+                .context("DESKGATE_RPC_URL is not a valid URL")?,
+        );
+    }
+    if config.launcher_urls.is_empty() {
+        let docker = deskgate::docker::connect()
+            .await
+            .context("cannot set up the Docker client (check DOCKER_HOST)")?;
+        dependencies.push(Dependency::Docker(docker));
+    } else {
+        let client = reqwest::Client::builder()
+            .timeout(LAUNCHER_PROBE_TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client")?;
+        for url in &config.launcher_urls {
+            dependencies.push(Dependency::Launcher {
+                url: url.clone(),
+                client: client.clone(),
+            });
+        }
+    }
+    let state = GateState {
+        dependencies: Arc::new(dependencies),
+    };
+    tracing::info!(public_url = %config.public_url, tls = config.is_tls(), "starting the gate");
+    let app = deskgate::http::gate_router(state, limits(&config));
+    server::run(
+        Service {
+            app,
+            addr: config.bind,
+            variable: "DESKGATE_BIND",
+        },
+        config.tls.as_ref(),
+        metrics_listener(&config)?,
+        config.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn launcher(config: Config) -> anyhow::Result<()> {
+    log_inventory(&config).await?;
+    let token = config
+        .launcher_token
+        .clone()
+        .context("DESKGATE_LAUNCHER_TOKEN is not set")?;
+    let state = Arc::new(launcher_service::LauncherState {
+        token,
+        gpus: config.gpus.clone(),
+    });
+    let app = launcher_service::router(state, limits(&config));
+    server::run(
+        Service {
+            app,
+            addr: config.launcher_bind,
+            variable: "DESKGATE_LAUNCHER_BIND",
+        },
+        config.tls.as_ref(),
+        metrics_listener(&config)?,
+        config.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}

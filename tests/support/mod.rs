@@ -1,0 +1,245 @@
+//! Shared helpers for integration tests: service addresses from the
+//! environment, and a `deskgate` process under test.
+//!
+//! Service addresses come from the environment that `make test` sets (it
+//! sources `.deskgate/services.env`, written by `scripts/services.sh`). When
+//! that file exists it is read as a fallback, so `cargo test` works after
+//! `make services`. A missing service is a failure naming the command that
+//! provides it, never a silent skip.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn services_file() -> &'static HashMap<String, String> {
+    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = repo_root().join(".deskgate/services.env");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return HashMap::new();
+        };
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    })
+}
+
+/// A service setting such as `DESKGATE_DATABASE_URL`: from the environment,
+/// else from `.deskgate/services.env`. Panics with the fix when neither has it.
+pub fn service_env(name: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| services_file().get(name).cloned())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not set: this test needs the real services. Run it through `make test` \
+                 (or run `make services` first, which starts them and writes .deskgate/services.env)"
+            )
+        })
+}
+
+/// A port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A secret that passes the production strength checks.
+pub const STRONG_SECRET: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
+
+/// A `deskgate` process started for a test; killed when dropped.
+pub struct Deskgate {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+/// Builds the command line for `deskgate ARGS` with exactly `env` as its
+/// `DESKGATE_*` settings: none leak in from the developer's shell.
+pub fn deskgate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deskgate"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DESKGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command.envs(env.iter().copied());
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs `deskgate ARGS` to completion; returns its status and everything it
+/// printed (stdout then stderr).
+pub fn run_deskgate(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let output = deskgate_command(args, env)
+        .output()
+        .expect("run the deskgate binary");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
+impl Deskgate {
+    /// Starts `deskgate ARGS` in the background, capturing its output.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = deskgate_command(args, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the deskgate binary");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = output.clone();
+            std::thread::spawn(move || copy_into(stream, &sink));
+        }
+        Self { child, output }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `url` answers 200, failing with the process output if the
+    /// process exits first or 30 s pass.
+    pub async fn wait_ready(&mut self, client: &reqwest::Client, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!(
+                    "deskgate exited with {status} before answering:\n{}",
+                    self.output()
+                );
+            }
+            if let Ok(response) = client.get(url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deskgate did not answer {url} within 30 s:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit; returns the status
+    /// and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "deskgate still running {limit:?} after SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Deskgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_into(mut stream: Box<dyn Read + Send>, sink: &Mutex<String>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        sink.lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// The settings every `serve` under test needs: the real services and fake
+/// GPUs, on `port`.
+pub fn serve_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("DESKGATE_BIND", format!("127.0.0.1:{port}")),
+        (
+            "DESKGATE_DATABASE_URL",
+            service_env("DESKGATE_DATABASE_URL"),
+        ),
+        ("DESKGATE_RPC_URL", service_env("DESKGATE_RPC_URL")),
+        ("DESKGATE_CHAIN_ID", service_env("DESKGATE_CHAIN_ID")),
+        ("DESKGATE_GPUS", "fake:2".to_string()),
+    ]
+}
+
+/// Borrows owned settings as the `&[(&str, &str)]` the spawners take.
+pub fn as_env<'a>(pairs: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A loopback socket address.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Runs a project script and fails the test with its output if it fails.
+pub fn run_script(script: &Path, args: &[&str]) {
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed:\n{}{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
