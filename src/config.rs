@@ -398,8 +398,13 @@ pub fn redact_url(value: &str) -> String {
             if let Some(port) = url.port() {
                 shown.push_str(&format!(":{port}"));
             }
+            // A database name is not a credential; an RPC provider's path often is.
+            let is_database = matches!(url.scheme(), "postgres" | "postgresql");
             let has_path = !matches!(url.path(), "" | "/");
-            if has_path || url.query().is_some() {
+            if is_database && has_path {
+                shown.push_str(url.path());
+            }
+            if (has_path && !is_database) || url.query().is_some() {
                 shown.push_str("/<redacted>");
             }
             shown
@@ -1117,7 +1122,7 @@ mod tests {
         for secret in [STRONG, "s3cret-pw", "abcdef0123456789", "deskgate@"] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
-        assert!(shown.contains("postgres://<redacted>@db.internal:5432/<redacted>"));
+        assert!(shown.contains("postgres://<redacted>@db.internal:5432/deskgate"));
         assert!(shown.contains("https://mainnet.infura.io/<redacted>"));
     }
 

@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
+use diesel::ConnectionError;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool, PoolError};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::secret::Secret;
+
+/// The schema, from `migrations/`, built into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// The shared pool of PostgreSQL connections.
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -20,9 +25,15 @@ pub enum DbError {
     /// The pool could not be built (bad URL form).
     #[error("cannot build the PostgreSQL pool: {0}")]
     Build(#[from] BuildError),
-    /// No connection could be had.
+    /// No pooled connection could be had.
     #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[from] PoolError),
+    Pool(#[from] PoolError),
+    /// A direct connection failed.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] ConnectionError),
+    /// A migration failed; the transaction it ran in was rolled back.
+    #[error("migration failed: {0}")]
+    Migration(String),
     /// A query failed.
     #[error("PostgreSQL query failed: {0}")]
     Query(#[from] diesel::result::Error),
@@ -48,4 +59,18 @@ pub async fn ping(pool: &DbPool, timeout: Duration) -> Result<(), DbError> {
     tokio::time::timeout(timeout, check)
         .await
         .map_err(|_| DbError::Timeout(timeout))?
+}
+
+/// Applies every pending migration, each in its own transaction; returns the
+/// versions applied (empty when the schema was current).
+///
+/// diesel's migration runner is synchronous; the harness bridges it with
+/// `block_in_place`, so this must run on the multi-threaded runtime.
+pub async fn migrate(url: &Secret) -> Result<Vec<String>, DbError> {
+    let conn = AsyncPgConnection::establish(url.expose()).await?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
 }

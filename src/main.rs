@@ -80,12 +80,7 @@ fn main() -> ExitCode {
             config::load(file, std::env::vars(), Role::Launcher),
             Role::Launcher,
         ),
-        Command::Migrate => {
-            eprintln!(
-                "deskgate: the database schema ships with the ledger work; there is nothing to migrate yet"
-            );
-            ExitCode::FAILURE
-        }
+        Command::Migrate => migrate(config::load(file, std::env::vars(), Role::Serve)),
     }
 }
 
@@ -124,6 +119,35 @@ fn print_gpus(loaded: Loaded) -> ExitCode {
     match gpu::inventory(&config.gpus) {
         Ok(gpus) => {
             print!("{}", gpu::render_table(&gpus));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("deskgate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(loaded: Loaded) -> ExitCode {
+    let Some(url) = loaded.config.as_ref().and_then(|c| c.database_url.clone()) else {
+        eprintln!(
+            "deskgate: DESKGATE_DATABASE_URL is not set: point it at PostgreSQL (postgres://user:password@host:5432/deskgate)"
+        );
+        return ExitCode::from(2);
+    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(db::migrate(&url)).map_err(|e| e.to_string()));
+    match result {
+        Ok(applied) if applied.is_empty() => {
+            println!("the schema is up to date; nothing to apply");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            for version in &applied {
+                println!("applied {version}");
+            }
+            println!("{} migration(s) applied", applied.len());
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -86,6 +86,14 @@ async fn tls_with_a_strong_admin_token_serves_https() {
     env.push(("DESKGATE_TLS_KEY", key));
     env.push(("DESKGATE_PUBLIC_URL", format!("https://localhost:{port}")));
     env.push(("DESKGATE_ADMIN_TOKEN", STRONG_SECRET.into()));
+    // The development database password is itself refused with TLS on; this
+    // test is about the listener, so a strong password for a role that does
+    // not exist will do (only /readyz would notice).
+    env.retain(|(k, _)| *k != "DESKGATE_DATABASE_URL");
+    env.push((
+        "DESKGATE_DATABASE_URL",
+        format!("postgres://tls_test:{STRONG_SECRET}@127.0.0.1:1/deskgate"),
+    ));
     let mut gate = Deskgate::spawn(&["serve"], &as_env(&env));
 
     let https = reqwest::Client::builder()
