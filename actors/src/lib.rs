@@ -2,8 +2,20 @@
 //!
 //! This crate holds the pure logic of deskgate — GPU leases, the fair queue,
 //! session lifecycles and billing — and reaches the outside world only through
-//! port traits that the `deskgate` crate implements. It depends on neither
-//! `deskgate` nor `deskgate-media` (see DESIGN §3).
+//! the port traits in [`ports`], which the `deskgate` crate implements. It
+//! depends on neither `deskgate` nor `deskgate-media` (see DESIGN §3).
 //!
-//! The actors themselves arrive with the actor-core work; until then this crate
-//! exports nothing.
+//! - [`queue`]: the scheduling policy as a plain data structure (FIFO,
+//!   gang allocation on one host, backfill that cannot delay the head, ETAs).
+//! - [`gpu`]: `GpuActor`, one per GPU, granting exclusive fenced leases.
+//! - [`wallet`]: `WalletActor`, serialising one wallet's money operations.
+//! - [`scheduler`]: `Scheduler`, the actor around [`queue`].
+//! - [`session`]: `SessionActor`, lifecycle and server-clocked billing.
+//! - [`supervisor`]: `Supervisor`, the root: restarts, escalation, recovery.
+
+pub mod gpu;
+pub mod ports;
+pub mod queue;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod wallet;

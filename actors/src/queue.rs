@@ -1,0 +1,858 @@
+//! The scheduling policy as a plain data structure, so that it can be tested
+//! exhaustively and benchmarked without actors or clocks.
+//!
+//! - **FIFO across wallets.** Waiters are served in arrival order; with
+//!   `one_per_wallet` a wallet has at most one queued-or-running claim.
+//! - **Gang allocation.** A claim for k GPUs gets k GPUs on one host (best
+//!   fit: the host with the fewest free GPUs that still has k).
+//! - **Backfill that cannot delay the head.** When the head does not fit,
+//!   its *shadow time* is the earliest moment enough GPUs are certain to be
+//!   free, because every running session has a latest possible end (its
+//!   wallet's credit bounds it). A later claim may start now only if it fits
+//!   now and its own latest end is no later than the shadow time, so the head
+//!   — and, by the same argument, everyone behind it — starts no later than
+//!   if it had not run. A head that can never fit (its GPUs are drained)
+//!   blocks nobody.
+//! - **ETAs.** [`Queue::statuses`] simulates strict FIFO with every session
+//!   running to its latest end; each waiter's simulated start is an upper
+//!   bound on its real start given the current state. It is O(n log n) for n
+//!   waiters; the grant path itself is O(log n) plus a bounded backfill scan.
+//!
+//! Time is plain milliseconds on the caller's clock ([`Millis`]).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+
+use crate::ports::{GpuAddr, SessionId, WalletId};
+
+/// Scheduler time in milliseconds since an arbitrary origin.
+pub type Millis = u64;
+
+/// How many waiters behind a blocked head one backfill pass examines. Bounds
+/// the cost of a decision; the head itself is never passed over by FIFO.
+pub const DEFAULT_BACKFILL_DEPTH: usize = 256;
+
+/// Scheduling options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Allow later claims to start ahead of a blocked head when they cannot
+    /// delay it.
+    pub backfill: bool,
+    /// At most one queued-or-running claim per wallet.
+    pub one_per_wallet: bool,
+    /// Waiters behind a blocked head examined per backfill pass.
+    pub backfill_depth: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            backfill: true,
+            one_per_wallet: true,
+            backfill_depth: DEFAULT_BACKFILL_DEPTH,
+        }
+    }
+}
+
+/// A request for GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The session asking.
+    pub session: SessionId,
+    /// Its wallet.
+    pub wallet: WalletId,
+    /// How many GPUs, all on one host.
+    pub gpus: u32,
+    /// The longest it can run once started: its wallet's credit divided by
+    /// its GPU count.
+    pub runway_ms: Millis,
+}
+
+/// Why a claim was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The wallet already has a queued or running claim.
+    #[error("wallet {0} already has a session queued or running")]
+    WalletBusy(WalletId),
+    /// The session is already known.
+    #[error("session {0} is already queued or running")]
+    Duplicate(SessionId),
+    /// No host has that many GPUs.
+    #[error("{asked} GPUs asked, but the largest host has {largest}")]
+    TooLarge {
+        /// GPUs asked.
+        asked: u32,
+        /// GPUs on the largest host.
+        largest: u32,
+    },
+    /// A claim for zero GPUs.
+    #[error("a claim needs at least one GPU")]
+    NoGpus,
+    /// The wallet cannot pay for a single second.
+    #[error("no credit: the wallet cannot pay for one second on {gpus} GPU(s)")]
+    NoCredit {
+        /// GPUs asked.
+        gpus: u32,
+    },
+}
+
+/// GPUs handed to a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The session.
+    pub session: SessionId,
+    /// Its wallet.
+    pub wallet: WalletId,
+    /// The host all its GPUs are on.
+    pub host: u16,
+    /// The GPUs, lowest index first.
+    pub gpus: Vec<GpuAddr>,
+    /// Its latest possible end (start + runway).
+    pub latest_end: Millis,
+    /// True when it started ahead of an earlier waiter.
+    pub backfilled: bool,
+}
+
+/// Where a waiter stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaiterStatus {
+    /// The session.
+    pub session: SessionId,
+    /// 1 for the head of the queue.
+    pub position: usize,
+    /// Upper bound on its start, or `None` when no host can currently ever
+    /// fit it (its GPUs are drained or unhealthy).
+    pub start_bound: Option<Millis>,
+}
+
+#[derive(Clone, Debug)]
+struct Waiter {
+    session: SessionId,
+    wallet: WalletId,
+    gpus: u32,
+    runway_ms: Millis,
+}
+
+#[derive(Clone, Debug)]
+struct Running {
+    wallet: WalletId,
+    host: u16,
+    gpus: Vec<GpuAddr>,
+    latest_end: Millis,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Entry {
+    Waiting(u64),
+    Running,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    addr: GpuAddr,
+    available: bool,
+    holder: Option<SessionId>,
+}
+
+#[derive(Clone, Debug)]
+struct Host {
+    id: u16,
+    slots: Vec<Slot>,
+    /// Slots that are available and not held.
+    free: u32,
+}
+
+impl Host {
+    /// GPUs this host could ever offer at once (available ones).
+    fn capacity(&self) -> u32 {
+        self.slots.iter().filter(|s| s.available).count() as u32
+    }
+}
+
+/// The queue and the pool it allocates from.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    policy: Policy,
+    hosts: Vec<Host>,
+    /// Waiters in FIFO order, by ticket.
+    waiting: BTreeMap<u64, Waiter>,
+    running: HashMap<SessionId, Running>,
+    /// Running sessions by latest end, for shadow-time computation.
+    ends: BTreeSet<(Millis, SessionId)>,
+    entries: HashMap<SessionId, Entry>,
+    wallets: HashSet<WalletId>,
+    next_ticket: u64,
+}
+
+impl Queue {
+    /// A queue over `gpus` (any order; grouped by host).
+    pub fn new(gpus: impl IntoIterator<Item = GpuAddr>, policy: Policy) -> Self {
+        let mut by_host: BTreeMap<u16, Vec<GpuAddr>> = BTreeMap::new();
+        for addr in gpus {
+            by_host.entry(addr.host).or_default().push(addr);
+        }
+        let hosts = by_host
+            .into_iter()
+            .map(|(id, mut addrs)| {
+                addrs.sort();
+                addrs.dedup();
+                Host {
+                    id,
+                    free: addrs.len() as u32,
+                    slots: addrs
+                        .into_iter()
+                        .map(|addr| Slot {
+                            addr,
+                            available: true,
+                            holder: None,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            policy,
+            hosts,
+            waiting: BTreeMap::new(),
+            running: HashMap::new(),
+            ends: BTreeSet::new(),
+            entries: HashMap::new(),
+            wallets: HashSet::new(),
+            next_ticket: 0,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Adds a claim at the back of the queue. Call [`Queue::schedule`] after.
+    pub fn claim(&mut self, claim: Claim) -> Result<(), ClaimError> {
+        if claim.gpus == 0 {
+            return Err(ClaimError::NoGpus);
+        }
+        let largest = self
+            .hosts
+            .iter()
+            .map(|h| h.slots.len() as u32)
+            .max()
+            .unwrap_or(0);
+        if claim.gpus > largest {
+            return Err(ClaimError::TooLarge {
+                asked: claim.gpus,
+                largest,
+            });
+        }
+        if claim.runway_ms < 1000 {
+            return Err(ClaimError::NoCredit { gpus: claim.gpus });
+        }
+        if self.entries.contains_key(&claim.session) {
+            return Err(ClaimError::Duplicate(claim.session));
+        }
+        if self.policy.one_per_wallet && self.wallets.contains(&claim.wallet) {
+            return Err(ClaimError::WalletBusy(claim.wallet));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.wallets.insert(claim.wallet.clone());
+        self.entries.insert(claim.session, Entry::Waiting(ticket));
+        self.waiting.insert(
+            ticket,
+            Waiter {
+                session: claim.session,
+                wallet: claim.wallet,
+                gpus: claim.gpus,
+                runway_ms: claim.runway_ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a waiter; false if it was not waiting.
+    pub fn cancel(&mut self, session: SessionId) -> bool {
+        let Some(Entry::Waiting(ticket)) = self.entries.get(&session).copied() else {
+            return false;
+        };
+        self.entries.remove(&session);
+        if let Some(waiter) = self.waiting.remove(&ticket) {
+            self.forget_wallet(&waiter.wallet);
+        }
+        true
+    }
+
+    /// Frees a running session's GPUs; returns them, or `None` if the
+    /// session was not running. Call [`Queue::schedule`] after.
+    pub fn release(&mut self, session: SessionId) -> Option<Vec<GpuAddr>> {
+        let Some(Entry::Running) = self.entries.get(&session) else {
+            return None;
+        };
+        self.entries.remove(&session);
+        let running = self.running.remove(&session)?;
+        self.ends.remove(&(running.latest_end, session));
+        let host = self.host_mut(running.host);
+        for slot in host.slots.iter_mut().filter(|s| s.holder == Some(session)) {
+            slot.holder = None;
+            if slot.available {
+                host.free += 1;
+            }
+        }
+        self.forget_wallet(&running.wallet);
+        Some(running.gpus)
+    }
+
+    /// Marks `gpus` as held by a session that is already running (recovery
+    /// after a restart). Fails if any is held by another session.
+    pub fn adopt(
+        &mut self,
+        session: SessionId,
+        wallet: WalletId,
+        gpus: &[GpuAddr],
+        latest_end: Millis,
+    ) -> Result<(), ClaimError> {
+        if self.entries.contains_key(&session) {
+            return Err(ClaimError::Duplicate(session));
+        }
+        let host_id = gpus.first().map(|g| g.host).ok_or(ClaimError::NoGpus)?;
+        let host_index = self.host_index(host_id).ok_or(ClaimError::TooLarge {
+            asked: gpus.len() as u32,
+            largest: 0,
+        })?;
+        let host = &mut self.hosts[host_index];
+        let all_free = gpus.iter().all(|g| {
+            g.host == host_id
+                && host
+                    .slots
+                    .iter()
+                    .any(|s| s.addr == *g && s.holder.is_none())
+        });
+        if !all_free {
+            return Err(ClaimError::Duplicate(session));
+        }
+        for slot in host.slots.iter_mut().filter(|s| gpus.contains(&s.addr)) {
+            slot.holder = Some(session);
+            if slot.available {
+                host.free -= 1;
+            }
+        }
+        self.start_running(session, wallet, host_id, gpus.to_vec(), latest_end);
+        Ok(())
+    }
+
+    /// Changes how long a session can run: for a waiter its runway, for a
+    /// running session its latest end (credit was added or used up early).
+    pub fn update_bound(&mut self, session: SessionId, runway_ms: Millis, now: Millis) {
+        match self.entries.get(&session).copied() {
+            Some(Entry::Waiting(ticket)) => {
+                if let Some(waiter) = self.waiting.get_mut(&ticket) {
+                    waiter.runway_ms = runway_ms;
+                }
+            }
+            Some(Entry::Running) => {
+                if let Some(running) = self.running.get_mut(&session) {
+                    self.ends.remove(&(running.latest_end, session));
+                    running.latest_end = now + runway_ms;
+                    self.ends.insert((running.latest_end, session));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Makes a GPU available or not (drained, unhealthy). A held GPU stays
+    /// with its session; it just does not come back to the pool.
+    pub fn set_available(&mut self, addr: GpuAddr, available: bool) {
+        let Some(index) = self.host_index(addr.host) else {
+            return;
+        };
+        let host = &mut self.hosts[index];
+        if let Some(slot) = host.slots.iter_mut().find(|s| s.addr == addr)
+            && slot.available != available
+        {
+            slot.available = available;
+            if slot.holder.is_none() {
+                if available {
+                    host.free += 1;
+                } else {
+                    host.free -= 1;
+                }
+            }
+        }
+    }
+
+    /// Grants every claim that may start now: the head while it fits, then
+    /// backfill behind a blocked head.
+    pub fn schedule(&mut self, now: Millis) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        while let Some((&ticket, head)) = self.waiting.first_key_value() {
+            match self.best_fit(head.gpus) {
+                Some(host_index) => grants.push(self.grant(ticket, host_index, now, false)),
+                None => break,
+            }
+        }
+        if !self.policy.backfill {
+            return grants;
+        }
+        let Some((&head_ticket, head)) = self.waiting.first_key_value() else {
+            return grants;
+        };
+        let shadow = self.shadow_time(head.gpus, now);
+        loop {
+            let max_free = self.hosts.iter().map(|h| h.free).max().unwrap_or(0);
+            if max_free == 0 {
+                break;
+            }
+            let candidate = self
+                .waiting
+                .range(head_ticket + 1..)
+                .take(self.policy.backfill_depth)
+                .find(|(_, w)| w.gpus <= max_free && shadow.is_none_or(|s| now + w.runway_ms <= s))
+                .map(|(&t, w)| (t, w.gpus));
+            let Some((ticket, gpus)) = candidate else {
+                break;
+            };
+            // `max_free` says some host fits it.
+            let host_index = self.best_fit(gpus).expect("a host with enough free GPUs");
+            grants.push(self.grant(ticket, host_index, now, true));
+        }
+        grants
+    }
+
+    /// When a claim for `gpus` GPUs could start at the latest if every
+    /// running session ran to its latest end; `None` if no host can ever
+    /// offer that many.
+    pub fn shadow_time(&self, gpus: u32, now: Millis) -> Option<Millis> {
+        let mut timeline = Timeline::new(self, now);
+        timeline.start_when_fits(gpus).map(|(t, _)| t)
+    }
+
+    /// Every waiter's position and start bound, head first.
+    pub fn statuses(&self, now: Millis) -> Vec<WaiterStatus> {
+        let mut timeline = Timeline::new(self, now);
+        self.waiting
+            .values()
+            .enumerate()
+            .map(|(i, w)| {
+                let start_bound = timeline.start_when_fits(w.gpus).map(|(t, host)| {
+                    timeline.occupy(host, w.gpus, t.saturating_add(w.runway_ms));
+                    t
+                });
+                WaiterStatus {
+                    session: w.session,
+                    position: i + 1,
+                    start_bound,
+                }
+            })
+            .collect()
+    }
+
+    /// Waiters.
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Running sessions.
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Free, available GPUs.
+    pub fn free_gpus(&self) -> u32 {
+        self.hosts.iter().map(|h| h.free).sum()
+    }
+
+    /// GPUs in the pool, available or not.
+    pub fn total_gpus(&self) -> u32 {
+        self.hosts.iter().map(|h| h.slots.len() as u32).sum()
+    }
+
+    /// Waiters asking for exactly `gpus` GPUs.
+    pub fn waiting_for(&self, gpus: u32) -> usize {
+        self.waiting.values().filter(|w| w.gpus == gpus).count()
+    }
+
+    /// True if any host has `gpus` free GPUs now.
+    pub fn fits_now(&self, gpus: u32) -> bool {
+        self.best_fit(gpus).is_some()
+    }
+
+    /// The GPUs a running session holds.
+    pub fn gpus_of(&self, session: SessionId) -> Option<&[GpuAddr]> {
+        self.running.get(&session).map(|r| r.gpus.as_slice())
+    }
+
+    /// True if the session is waiting.
+    pub fn is_waiting(&self, session: SessionId) -> bool {
+        matches!(self.entries.get(&session), Some(Entry::Waiting(_)))
+    }
+
+    fn grant(&mut self, ticket: u64, host_index: usize, now: Millis, backfilled: bool) -> Grant {
+        let waiter = self.waiting.remove(&ticket).expect("granted waiter exists");
+        let host = &mut self.hosts[host_index];
+        let mut gpus = Vec::with_capacity(waiter.gpus as usize);
+        for slot in host
+            .slots
+            .iter_mut()
+            .filter(|s| s.available && s.holder.is_none())
+            .take(waiter.gpus as usize)
+        {
+            slot.holder = Some(waiter.session);
+            gpus.push(slot.addr);
+        }
+        debug_assert_eq!(gpus.len(), waiter.gpus as usize);
+        host.free -= waiter.gpus;
+        let host_id = host.id;
+        let latest_end = now.saturating_add(waiter.runway_ms);
+        self.start_running(
+            waiter.session,
+            waiter.wallet.clone(),
+            host_id,
+            gpus.clone(),
+            latest_end,
+        );
+        Grant {
+            session: waiter.session,
+            wallet: waiter.wallet,
+            host: host_id,
+            gpus,
+            latest_end,
+            backfilled,
+        }
+    }
+
+    fn start_running(
+        &mut self,
+        session: SessionId,
+        wallet: WalletId,
+        host: u16,
+        gpus: Vec<GpuAddr>,
+        latest_end: Millis,
+    ) {
+        self.wallets.insert(wallet.clone());
+        self.entries.insert(session, Entry::Running);
+        self.ends.insert((latest_end, session));
+        self.running.insert(
+            session,
+            Running {
+                wallet,
+                host,
+                gpus,
+                latest_end,
+            },
+        );
+    }
+
+    /// The host with the fewest free GPUs that still has `gpus` free.
+    fn best_fit(&self, gpus: u32) -> Option<usize> {
+        best_fit(self.hosts.iter().map(|h| h.free), gpus)
+    }
+
+    fn host_index(&self, id: u16) -> Option<usize> {
+        self.hosts.iter().position(|h| h.id == id)
+    }
+
+    fn host_mut(&mut self, id: u16) -> &mut Host {
+        let index = self
+            .host_index(id)
+            .expect("running sessions hold GPUs of known hosts");
+        &mut self.hosts[index]
+    }
+
+    fn forget_wallet(&mut self, wallet: &WalletId) {
+        // With one claim per wallet the set holds exactly the busy wallets;
+        // without it, keep the wallet while it still has another claim.
+        let still_busy = !self.policy.one_per_wallet
+            && (self.waiting.values().any(|w| &w.wallet == wallet)
+                || self.running.values().any(|r| &r.wallet == wallet));
+        if !still_busy {
+            self.wallets.remove(wallet);
+        }
+    }
+}
+
+fn best_fit(free: impl Iterator<Item = u32>, gpus: u32) -> Option<usize> {
+    free.enumerate()
+        .filter(|&(_, f)| f >= gpus)
+        .min_by_key(|&(i, f)| (f, i))
+        .map(|(i, _)| i)
+}
+
+/// A what-if view of the pool's future: free GPUs per host and the times
+/// held GPUs come back.
+struct Timeline {
+    now: Millis,
+    free: Vec<u32>,
+    capacity: Vec<u32>,
+    /// (time, host index, GPUs returning).
+    returns: BinaryHeap<Reverse<(Millis, usize, u32)>>,
+}
+
+impl Timeline {
+    fn new(queue: &Queue, now: Millis) -> Self {
+        let free = queue.hosts.iter().map(|h| h.free).collect();
+        let capacity = queue.hosts.iter().map(Host::capacity).collect();
+        let mut returns = BinaryHeap::with_capacity(queue.running.len());
+        for (end, session) in &queue.ends {
+            let running = &queue.running[session];
+            let host_index = queue.host_index(running.host).expect("known host");
+            let host = &queue.hosts[host_index];
+            let back = host
+                .slots
+                .iter()
+                .filter(|s| s.holder == Some(*session) && s.available)
+                .count() as u32;
+            if back > 0 {
+                returns.push(Reverse(((*end).max(now), host_index, back)));
+            }
+        }
+        Self {
+            now,
+            free,
+            capacity,
+            returns,
+        }
+    }
+
+    /// Advances time until some host has `gpus` free; returns that time and
+    /// host, or `None` if no host can ever have that many.
+    fn start_when_fits(&mut self, gpus: u32) -> Option<(Millis, usize)> {
+        if !self.capacity.iter().any(|&c| c >= gpus) {
+            return None;
+        }
+        loop {
+            if let Some(host) = best_fit(self.free.iter().copied(), gpus) {
+                return Some((self.now, host));
+            }
+            let Reverse((time, host, count)) = self.returns.pop()?;
+            self.now = self.now.max(time);
+            self.free[host] += count;
+        }
+    }
+
+    /// Takes `gpus` on `host` until `until`.
+    fn occupy(&mut self, host: usize, gpus: u32, until: Millis) {
+        self.free[host] -= gpus;
+        self.returns.push(Reverse((until, host, gpus)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(hosts: &[u32]) -> Vec<GpuAddr> {
+        hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(h, &n)| {
+                (0..n).map(move |index| GpuAddr {
+                    host: h as u16,
+                    index,
+                })
+            })
+            .collect()
+    }
+
+    fn claim(wallet: &str, gpus: u32, runway_s: u64) -> Claim {
+        Claim {
+            session: SessionId::new(),
+            wallet: WalletId::new(wallet),
+            gpus,
+            runway_ms: runway_s * 1000,
+        }
+    }
+
+    #[test]
+    fn grants_in_fifo_order_while_gpus_last() {
+        let mut q = Queue::new(pool(&[2]), Policy::default());
+        let (a, b, c) = (claim("a", 1, 60), claim("b", 1, 60), claim("c", 1, 60));
+        for c in [&a, &b, &c] {
+            q.claim(c.clone()).unwrap();
+        }
+        let grants = q.schedule(0);
+        let granted: Vec<_> = grants.iter().map(|g| g.session).collect();
+        assert_eq!(granted, [a.session, b.session]);
+        assert_ne!(grants[0].gpus, grants[1].gpus);
+        assert_eq!(q.statuses(0)[0].session, c.session);
+        q.release(a.session).unwrap();
+        assert_eq!(q.schedule(1)[0].session, c.session);
+    }
+
+    #[test]
+    fn one_claim_per_wallet() {
+        let mut q = Queue::new(pool(&[2]), Policy::default());
+        q.claim(claim("a", 1, 60)).unwrap();
+        assert!(matches!(
+            q.claim(claim("A", 1, 60)),
+            Err(ClaimError::WalletBusy(_))
+        ));
+    }
+
+    #[test]
+    fn wallet_may_claim_again_after_release_or_cancel() {
+        let mut q = Queue::new(pool(&[1]), Policy::default());
+        let first = claim("a", 1, 60);
+        q.claim(first.clone()).unwrap();
+        q.schedule(0);
+        q.release(first.session).unwrap();
+        let second = claim("a", 1, 60);
+        q.claim(second.clone()).unwrap();
+        assert!(q.cancel(second.session));
+        q.claim(claim("a", 1, 60)).unwrap();
+    }
+
+    #[test]
+    fn refuses_impossible_and_unfunded_claims() {
+        let mut q = Queue::new(pool(&[4, 2]), Policy::default());
+        assert_eq!(
+            q.claim(claim("a", 8, 60)),
+            Err(ClaimError::TooLarge {
+                asked: 8,
+                largest: 4
+            })
+        );
+        assert_eq!(q.claim(claim("a", 0, 60)), Err(ClaimError::NoGpus));
+        assert_eq!(
+            q.claim(claim("a", 1, 0)),
+            Err(ClaimError::NoCredit { gpus: 1 })
+        );
+    }
+
+    #[test]
+    fn gang_allocation_stays_on_one_host_with_best_fit() {
+        let mut q = Queue::new(pool(&[4, 2]), Policy::default());
+        let small = claim("s", 2, 60);
+        let big = claim("b", 4, 60);
+        q.claim(small.clone()).unwrap();
+        q.claim(big.clone()).unwrap();
+        let grants = q.schedule(0);
+        // Best fit puts the 2-GPU claim on the 2-GPU host, leaving room for 4.
+        assert_eq!(grants[0].host, 1);
+        assert_eq!(grants[1].host, 0);
+        assert!(grants[1].gpus.iter().all(|g| g.host == 0));
+        assert_eq!(q.free_gpus(), 0);
+    }
+
+    #[test]
+    fn backfill_only_when_it_cannot_delay_the_head() {
+        let mut q = Queue::new(pool(&[4]), Policy::default());
+        let running = claim("r", 2, 100); // ends by t=100 s
+        q.claim(running.clone()).unwrap();
+        q.schedule(0);
+        let head = claim("head", 4, 600); // must wait for `running`
+        let long = claim("long", 1, 500); // would hold a GPU past t=100 s
+        let short = claim("short", 2, 90); // done by t=90 s
+        for c in [&head, &long, &short] {
+            q.claim(c.clone()).unwrap();
+        }
+        assert_eq!(q.shadow_time(4, 0), Some(100_000));
+        let grants = q.schedule(0);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].session, short.session);
+        assert!(grants[0].backfilled);
+        // The head still starts at the shadow time at the latest.
+        assert_eq!(q.statuses(0)[0].start_bound, Some(100_000));
+    }
+
+    #[test]
+    fn strict_fifo_never_backfills() {
+        let policy = Policy {
+            backfill: false,
+            ..Policy::default()
+        };
+        let mut q = Queue::new(pool(&[4]), policy);
+        q.claim(claim("r", 2, 100)).unwrap();
+        q.schedule(0);
+        q.claim(claim("head", 4, 600)).unwrap();
+        q.claim(claim("short", 1, 10)).unwrap();
+        assert!(q.schedule(0).is_empty());
+    }
+
+    #[test]
+    fn etas_are_simulated_in_fifo_order() {
+        let mut q = Queue::new(pool(&[2]), Policy::default());
+        let a = claim("a", 2, 100);
+        q.claim(a).unwrap();
+        q.schedule(0);
+        let b = claim("b", 1, 50);
+        let c = claim("c", 2, 10);
+        let d = claim("d", 1, 10);
+        for x in [&b, &c, &d] {
+            q.claim(x.clone()).unwrap();
+        }
+        let statuses = q.statuses(0);
+        let bounds: Vec<_> = statuses
+            .iter()
+            .map(|s| (s.position, s.start_bound))
+            .collect();
+        // b starts when a ends (100 s); c needs both GPUs, so after b (150 s);
+        // d after c (160 s).
+        assert_eq!(
+            bounds,
+            [(1, Some(100_000)), (2, Some(150_000)), (3, Some(160_000))]
+        );
+    }
+
+    #[test]
+    fn drained_gpus_leave_the_pool_and_a_head_that_can_never_fit_blocks_nobody() {
+        let gpus = pool(&[2]);
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        q.set_available(gpus[1], false);
+        let head = claim("head", 2, 60);
+        let small = claim("small", 1, 600);
+        q.claim(head.clone()).unwrap();
+        q.claim(small.clone()).unwrap();
+        let statuses = q.statuses(0);
+        assert_eq!(statuses[0].start_bound, None);
+        let grants = q.schedule(0);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].session, small.session);
+        assert_eq!(grants[0].gpus, [gpus[0]]);
+        q.set_available(gpus[1], true);
+        assert_eq!(q.free_gpus(), 1);
+    }
+
+    #[test]
+    fn a_drained_gpu_stays_with_its_session_until_released() {
+        let gpus = pool(&[1]);
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        let a = claim("a", 1, 60);
+        q.claim(a.clone()).unwrap();
+        q.schedule(0);
+        q.set_available(gpus[0], false);
+        assert_eq!(q.gpus_of(a.session), Some(&gpus[..]));
+        q.release(a.session).unwrap();
+        assert_eq!(q.free_gpus(), 0);
+    }
+
+    #[test]
+    fn adopted_sessions_hold_their_gpus() {
+        let gpus = pool(&[2]);
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        let adopted = SessionId::new();
+        q.adopt(adopted, WalletId::new("a"), &gpus[1..], 5_000)
+            .unwrap();
+        assert!(
+            q.adopt(SessionId::new(), WalletId::new("b"), &gpus[1..], 5_000)
+                .is_err()
+        );
+        assert!(matches!(
+            q.claim(claim("a", 1, 60)),
+            Err(ClaimError::WalletBusy(_))
+        ));
+        let b = claim("b", 1, 60);
+        q.claim(b).unwrap();
+        assert_eq!(q.schedule(0)[0].gpus, [gpus[0]]);
+    }
+
+    #[test]
+    fn updating_a_running_bound_moves_the_shadow() {
+        let mut q = Queue::new(pool(&[1]), Policy::default());
+        let a = claim("a", 1, 100);
+        q.claim(a.clone()).unwrap();
+        q.schedule(0);
+        assert_eq!(q.shadow_time(1, 0), Some(100_000));
+        q.update_bound(a.session, 300_000, 10_000);
+        assert_eq!(q.shadow_time(1, 10_000), Some(310_000));
+    }
+}
