@@ -16,6 +16,9 @@
 pub mod gpu;
 pub mod ports;
 pub mod queue;
+pub mod scheduler;
+pub mod session;
+pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod wallet;

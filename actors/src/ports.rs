@@ -85,6 +85,9 @@ pub enum LedgerError {
         /// Amount asked.
         asked: CreditSeconds,
     },
+    /// A negative amount was asked for.
+    #[error("invalid amount {0}: debits are positive")]
+    InvalidAmount(CreditSeconds),
     /// The key was used before with different parameters.
     #[error("idempotency key {0} was used with different parameters")]
     KeyConflict(String),
@@ -199,6 +202,9 @@ pub struct StoreError(pub String);
 pub trait SessionStore: Send + Sync + 'static {
     /// Writes the record (insert or update).
     async fn save(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// One session's record, ended or not.
+    async fn load(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Every session not yet ended, oldest first.
     async fn load_active(&self) -> Result<Vec<SessionRecord>, StoreError>;

@@ -1,0 +1,439 @@
+//! `Scheduler`: the actor around [`crate::queue::Queue`]. It owns the wait
+//! queue and the allocation decisions, takes fenced leases from the
+//! `GpuActor`s for every grant, hands the GPUs to the session, and publishes
+//! each waiter's position and start bound whenever they change.
+
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::gpu::{GpuMsg, Lease};
+use crate::ports::{GpuAddr, SessionId, WalletId};
+use crate::queue::{Claim, ClaimError, Grant, Millis, Policy, Queue};
+use crate::session::SessionMsg;
+
+/// How long one call to a `GpuActor` may take before the scheduler gives up
+/// on it.
+const GPU_CALL_TIMEOUT_MS: u64 = 2_000;
+
+/// Messages to the [`Scheduler`].
+#[derive(Debug)]
+pub enum SchedulerMsg {
+    /// Queue a claim; the session is told `Granted` when its GPUs are leased.
+    Claim {
+        /// The claim.
+        claim: Claim,
+        /// The session actor to notify.
+        session: ActorRef<SessionMsg>,
+        /// Accepted into the queue, or why not.
+        reply: RpcReplyPort<Result<(), ClaimError>>,
+    },
+    /// Leave the queue; answers false if the session was not waiting.
+    Cancel {
+        /// The session.
+        session: SessionId,
+        /// Whether it was waiting.
+        reply: RpcReplyPort<bool>,
+    },
+    /// A session is over: release its leases (fenced) and schedule again.
+    Released {
+        /// The session.
+        session: SessionId,
+    },
+    /// A session's credit bound changed (runway from now).
+    UpdateBound {
+        /// The session.
+        session: SessionId,
+        /// How long it can run from now.
+        runway_ms: Millis,
+    },
+    /// Re-point a waiting or running session at a restarted session actor;
+    /// answers the leases if it was already granted (the grant message may
+    /// have died with the old actor).
+    Rebind {
+        /// The session.
+        session: SessionId,
+        /// Its new actor.
+        actor: ActorRef<SessionMsg>,
+        /// Its leases when granted, `None` while it waits.
+        reply: RpcReplyPort<Option<Vec<Lease>>>,
+    },
+    /// Take GPUs for a session that is already running (recovery).
+    Adopt {
+        /// The session.
+        session: SessionId,
+        /// Its wallet.
+        wallet: WalletId,
+        /// The GPUs its container has.
+        gpus: Vec<GpuAddr>,
+        /// How long it can still run.
+        runway_ms: Millis,
+        /// Its actor.
+        actor: ActorRef<SessionMsg>,
+        /// The leases, or why the GPUs could not be taken.
+        reply: RpcReplyPort<Result<Vec<Lease>, String>>,
+    },
+    /// Mark a GPU unhealthy (`Some(reason)`) or healthy again (`None`).
+    SetHealth {
+        /// The GPU.
+        gpu: GpuAddr,
+        /// Why it is unhealthy.
+        unhealthy: Option<String>,
+    },
+    /// Drain a GPU (no new leases) or put it back.
+    Drain {
+        /// The GPU.
+        gpu: GpuAddr,
+        /// Drain or undrain.
+        on: bool,
+    },
+    /// Counts for `/profiles`, the admin API and tests.
+    Snapshot {
+        /// The answer.
+        reply: RpcReplyPort<PoolSnapshot>,
+    },
+    /// Publish positions and start bounds (sent to itself, coalescing bursts).
+    Publish,
+}
+
+/// The pool at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// GPUs in the pool.
+    pub total_gpus: u32,
+    /// Free, available GPUs.
+    pub free_gpus: u32,
+    /// Waiting claims.
+    pub waiting: usize,
+    /// Running sessions.
+    pub running: usize,
+    /// Waiting claims per GPU count asked.
+    pub waiting_by_gpus: Vec<(u32, usize)>,
+    /// Whether a claim of each GPU count would start now.
+    pub fits_now: Vec<(u32, bool)>,
+}
+
+/// What a waiting session is told about its place in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// 1 for the head.
+    pub position: usize,
+    /// Upper bound on the wait in whole seconds (rounded up), or `None` when
+    /// no host can currently fit the claim.
+    pub eta_seconds: Option<u64>,
+}
+
+/// Arguments of the [`Scheduler`].
+#[derive(Debug)]
+pub struct SchedulerArgs {
+    /// The GPU actors, by address.
+    pub gpus: Vec<(GpuAddr, ActorRef<GpuMsg>)>,
+    /// Scheduling policy.
+    pub policy: Policy,
+    /// The GPU counts the profiles ask for (for snapshots).
+    pub profile_sizes: Vec<u32>,
+}
+
+/// The scheduler actor.
+#[derive(Debug, Default)]
+pub struct Scheduler;
+
+/// The scheduler's state.
+#[derive(Debug)]
+pub struct SchedulerState {
+    queue: Queue,
+    origin: Instant,
+    gpu_actors: HashMap<GpuAddr, ActorRef<GpuMsg>>,
+    sessions: HashMap<SessionId, ActorRef<SessionMsg>>,
+    leases: HashMap<SessionId, Vec<Lease>>,
+    last_published: HashMap<SessionId, QueueStatus>,
+    publish_pending: bool,
+    profile_sizes: Vec<u32>,
+}
+
+impl SchedulerState {
+    fn now(&self) -> Millis {
+        self.origin.elapsed().as_millis() as Millis
+    }
+}
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SchedulerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let queue = Queue::new(args.gpus.iter().map(|(addr, _)| *addr), args.policy);
+        Ok(SchedulerState {
+            queue,
+            origin: Instant::now(),
+            gpu_actors: args.gpus.into_iter().collect(),
+            sessions: HashMap::new(),
+            leases: HashMap::new(),
+            last_published: HashMap::new(),
+            publish_pending: false,
+            profile_sizes: args.profile_sizes,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SchedulerMsg::Claim {
+                claim,
+                session,
+                reply,
+            } => {
+                let id = claim.session;
+                let result = state.queue.claim(claim);
+                if result.is_ok() {
+                    state.sessions.insert(id, session);
+                }
+                let _ = reply.send(result);
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::Cancel { session, reply } => {
+                let was_waiting = state.queue.cancel(session);
+                if was_waiting {
+                    state.sessions.remove(&session);
+                    state.last_published.remove(&session);
+                    request_publish(&myself, state);
+                }
+                let _ = reply.send(was_waiting);
+                // A cancelled head may unblock others.
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::Released { session } => {
+                release(state, session).await;
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::UpdateBound { session, runway_ms } => {
+                let now = state.now();
+                state.queue.update_bound(session, runway_ms, now);
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::Rebind {
+                session,
+                actor,
+                reply,
+            } => {
+                if let Some(current) = state.sessions.get_mut(&session) {
+                    *current = actor;
+                    state.last_published.remove(&session);
+                    request_publish(&myself, state);
+                }
+                let _ = reply.send(state.leases.get(&session).cloned());
+            }
+            SchedulerMsg::Adopt {
+                session,
+                wallet,
+                gpus,
+                runway_ms,
+                actor,
+                reply,
+            } => {
+                let now = state.now();
+                let result = match state.queue.adopt(session, wallet, &gpus, now + runway_ms) {
+                    Ok(()) => match lease_all(state, session, &gpus).await {
+                        Ok(leases) => {
+                            state.sessions.insert(session, actor);
+                            state.leases.insert(session, leases.clone());
+                            Ok(leases)
+                        }
+                        Err(why) => {
+                            state.queue.release(session);
+                            Err(why)
+                        }
+                    },
+                    Err(err) => Err(err.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            SchedulerMsg::SetHealth { gpu, unhealthy } => {
+                state.queue.set_available(gpu, unhealthy.is_none());
+                if let Some(actor) = state.gpu_actors.get(&gpu) {
+                    let _ = actor.cast(GpuMsg::SetHealth { unhealthy });
+                }
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::Drain { gpu, on } => {
+                state.queue.set_available(gpu, !on);
+                if let Some(actor) = state.gpu_actors.get(&gpu) {
+                    let _ = actor.cast(GpuMsg::Drain { on });
+                }
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::Snapshot { reply } => {
+                let _ = reply.send(snapshot(state));
+            }
+            SchedulerMsg::Publish => {
+                state.publish_pending = false;
+                publish(state);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the queue's decisions and carries out each grant.
+async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+    let now = state.now();
+    let grants = state.queue.schedule(now);
+    let granted_any = !grants.is_empty();
+    for grant in grants {
+        carry_out(state, grant).await;
+    }
+    metrics::gauge!("deskgate_scheduler_waiting_claims").set(state.queue.waiting_len() as f64);
+    metrics::gauge!("deskgate_scheduler_free_gpus").set(f64::from(state.queue.free_gpus()));
+    if granted_any || state.queue.waiting_len() > 0 {
+        request_publish(myself, state);
+    }
+}
+
+/// Leases the granted GPUs and tells the session. A GPU that refuses (it
+/// changed state behind the scheduler's back) fails the grant: the session
+/// is told, and the GPU leaves the pool until an operator looks.
+async fn carry_out(state: &mut SchedulerState, grant: Grant) {
+    state.last_published.remove(&grant.session);
+    match lease_all(state, grant.session, &grant.gpus).await {
+        Ok(leases) => {
+            metrics::counter!("deskgate_scheduler_grants_total", "backfilled" => grant.backfilled.to_string())
+                .increment(1);
+            tracing::info!(session = %grant.session, host = grant.host, gpus = grant.gpus.len(), backfilled = grant.backfilled, "granted");
+            state.leases.insert(grant.session, leases.clone());
+            if let Some(actor) = state.sessions.get(&grant.session) {
+                let _ = actor.cast(SessionMsg::Granted {
+                    host: grant.host,
+                    leases,
+                });
+            }
+        }
+        Err(why) => {
+            tracing::error!(session = %grant.session, %why, "grant failed: a GPU refused its lease");
+            state.queue.release(grant.session);
+            if let Some(actor) = state.sessions.remove(&grant.session) {
+                let _ = actor.cast(SessionMsg::GrantFailed { reason: why });
+            }
+        }
+    }
+}
+
+/// Takes a lease on every GPU or none.
+async fn lease_all(
+    state: &mut SchedulerState,
+    session: SessionId,
+    gpus: &[GpuAddr],
+) -> Result<Vec<Lease>, String> {
+    let mut leases = Vec::with_capacity(gpus.len());
+    for addr in gpus {
+        let outcome = match state.gpu_actors.get(addr) {
+            Some(actor) => actor
+                .call(
+                    |reply| GpuMsg::Lease { session, reply },
+                    Some(std::time::Duration::from_millis(GPU_CALL_TIMEOUT_MS)),
+                )
+                .await
+                .map_err(|e| format!("GPU {}:{} did not answer: {e}", addr.host, addr.index))
+                .and_then(|r| match r {
+                    ractor::rpc::CallResult::Success(lease) => {
+                        lease.map_err(|e| format!("GPU {}:{}: {e}", addr.host, addr.index))
+                    }
+                    _ => Err(format!("GPU {}:{} did not answer", addr.host, addr.index)),
+                }),
+            None => Err(format!(
+                "GPU {}:{} is not in the pool",
+                addr.host, addr.index
+            )),
+        };
+        match outcome {
+            Ok(lease) => leases.push(lease),
+            Err(why) => {
+                for lease in leases {
+                    if let Some(actor) = state.gpu_actors.get(&lease.addr) {
+                        let _ = actor.cast(GpuMsg::Release { lease, reply: None });
+                    }
+                }
+                state.queue.set_available(*addr, false);
+                return Err(why);
+            }
+        }
+    }
+    Ok(leases)
+}
+
+/// Frees a session's GPUs with its own lease tokens, so that a late or
+/// repeated release can never free a GPU someone else holds now.
+async fn release(state: &mut SchedulerState, session: SessionId) {
+    state.sessions.remove(&session);
+    state.last_published.remove(&session);
+    if state.queue.cancel(session) {
+        return;
+    }
+    if state.queue.release(session).is_none() {
+        return;
+    }
+    for lease in state.leases.remove(&session).unwrap_or_default() {
+        if let Some(actor) = state.gpu_actors.get(&lease.addr) {
+            let _ = actor.cast(GpuMsg::Release { lease, reply: None });
+        }
+    }
+    metrics::counter!("deskgate_scheduler_releases_total").increment(1);
+}
+
+fn request_publish(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
+    // One pass after the messages already queued: a burst of releases or
+    // claims costs one O(n log n) pass, not one per message.
+    if !state.publish_pending {
+        state.publish_pending = true;
+        let _ = myself.cast(SchedulerMsg::Publish);
+    }
+}
+
+/// Sends each waiter its position and start bound if they changed.
+fn publish(state: &mut SchedulerState) {
+    let now = state.now();
+    for status in state.queue.statuses(now) {
+        let update = QueueStatus {
+            position: status.position,
+            eta_seconds: status
+                .start_bound
+                .map(|t| (t.saturating_sub(now)).div_ceil(1000)),
+        };
+        if state.last_published.get(&status.session) == Some(&update) {
+            continue;
+        }
+        if let Some(actor) = state.sessions.get(&status.session) {
+            let _ = actor.cast(SessionMsg::QueueStatus(update));
+            state.last_published.insert(status.session, update);
+        }
+    }
+}
+
+fn snapshot(state: &SchedulerState) -> PoolSnapshot {
+    let q = &state.queue;
+    PoolSnapshot {
+        total_gpus: q.total_gpus(),
+        free_gpus: q.free_gpus(),
+        waiting: q.waiting_len(),
+        running: q.running_len(),
+        waiting_by_gpus: state
+            .profile_sizes
+            .iter()
+            .map(|&g| (g, q.waiting_for(g)))
+            .collect(),
+        fits_now: state
+            .profile_sizes
+            .iter()
+            .map(|&g| (g, q.fits_now(g)))
+            .collect(),
+    }
+}

@@ -1,0 +1,912 @@
+//! `SessionActor`: one session's life — Queued → Launching → Running →
+//! Stopping → Ended — and its server-clocked billing.
+//!
+//! Billing runs on the actor's clock (tokio time, so tests run on paused
+//! time). While the container runs, every `billing_interval` the actor debits
+//! `gpus × interval` credit-seconds under the key `(session, interval)`, and
+//! only after the ledger has committed it does the actor count it. At the end
+//! the last partial interval is billed in whole seconds. The session stops
+//! exactly when its credit runs out: the moment is computed from the balance
+//! after each debit and armed as a timer, never discovered late. Every way
+//! of ending — stop, credit exhausted, presence timeout, container exit,
+//! launch failure, admin kill — goes through [`SessionActorState::finish`],
+//! which bills, stops the container, releases the lease and records why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::gpu::Lease;
+use crate::ports::{
+    CreditSeconds, DebitKey, EndReason, GpuAddr, LaunchError, LaunchSpec, Launcher, LedgerError,
+    SessionId, SessionRecord, SessionState, SessionStore,
+};
+use crate::queue::{Claim, ClaimError, Millis};
+use crate::scheduler::{QueueStatus, SchedulerMsg};
+use crate::wallet::WalletMsg;
+
+/// How long a call to the wallet or scheduler may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Delay before billing retries after the ledger failed.
+const BILLING_RETRY: Duration = Duration::from_secs(1);
+/// Attempts at the final debit before giving up on it (it stays replayable
+/// under its key).
+const FINAL_DEBIT_ATTEMPTS: u32 = 3;
+
+/// Timing of billing and presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Time between debits; whole seconds.
+    pub billing_interval: Duration,
+    /// A running session without presence for this long is stopped.
+    pub presence_timeout: Duration,
+    /// Remaining-time marks at which a low-credit warning is sent, largest
+    /// first.
+    pub low_credit_warnings: Vec<Duration>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            billing_interval: Duration::from_secs(10),
+            presence_timeout: Duration::from_secs(60),
+            low_credit_warnings: vec![Duration::from_secs(300), Duration::from_secs(60)],
+        }
+    }
+}
+
+/// What the browser is told (over the events socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The lifecycle state changed.
+    State {
+        /// New state.
+        state: SessionState,
+        /// Why it ended, once ended.
+        reason: Option<EndReason>,
+    },
+    /// Queue position and ETA changed.
+    Queue(QueueStatus),
+    /// Credit was debited.
+    Balance {
+        /// Wallet balance after the debit.
+        credit_seconds: CreditSeconds,
+        /// Billed to this session so far.
+        billed_credit: CreditSeconds,
+    },
+    /// Credit runs out soon.
+    LowCredit {
+        /// Seconds until the session stops.
+        seconds_left: u64,
+    },
+}
+
+/// A session's current view, for the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// The persisted record as the actor knows it.
+    pub record: SessionRecord,
+    /// Queue position and ETA while queued.
+    pub queue: Option<QueueStatus>,
+    /// Seconds of credit left while running.
+    pub seconds_left: Option<u64>,
+}
+
+/// Messages to a [`SessionActor`].
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// Claim GPUs at the scheduler; answers whether the claim was queued.
+    Enqueue {
+        /// The answer.
+        reply: RpcReplyPort<Result<(), ClaimError>>,
+    },
+    /// The container survived a gate restart and the scheduler holds its
+    /// GPUs again: resume billing from the persisted billing clock.
+    Adopt,
+    /// GPUs are leased for this session: launch the container.
+    Granted {
+        /// The host the GPUs are on.
+        host: u16,
+        /// The leases (the scheduler keeps them to release).
+        leases: Vec<Lease>,
+    },
+    /// The scheduler could not lease the granted GPUs.
+    GrantFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The queue position or ETA changed.
+    QueueStatus(QueueStatus),
+    /// The launch finished.
+    LaunchFinished(Result<String, LaunchError>),
+    /// The browser proved presence.
+    Presence,
+    /// The container exited by itself.
+    ContainerExited {
+        /// Exit code.
+        code: i64,
+        /// Killed for memory.
+        oom: bool,
+    },
+    /// The wallet's credit changed outside billing (a deposit): re-plan.
+    CreditChanged,
+    /// End the session for `reason`; answers once it has ended.
+    Stop {
+        /// Why.
+        reason: EndReason,
+        /// Told when the session has ended.
+        reply: Option<RpcReplyPort<()>>,
+    },
+    /// A timer fired; stale generations are ignored.
+    Wake {
+        /// The timer generation it was armed for.
+        generation: u64,
+    },
+    /// Asks for the current view.
+    View {
+        /// The answer.
+        reply: RpcReplyPort<SessionView>,
+    },
+    /// Panics inside the actor, to exercise supervision in tests.
+    #[cfg(any(test, feature = "testing"))]
+    Crash,
+}
+
+/// How a session actor starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// A new or re-queued claim: wait for `Enqueue`.
+    Fresh,
+    /// Restarted after a crash: re-attach to the scheduler and carry on from
+    /// the persisted record.
+    Restarted,
+}
+
+/// Arguments of a [`SessionActor`].
+#[derive(Clone)]
+pub struct SessionArgs {
+    /// The record to start from.
+    pub record: SessionRecord,
+    /// How to start.
+    pub mode: StartMode,
+    /// The wallet's actor.
+    pub wallet: ActorRef<WalletMsg>,
+    /// The scheduler.
+    pub scheduler: ActorRef<SchedulerMsg>,
+    /// Where containers run.
+    pub launcher: Arc<dyn Launcher>,
+    /// Where records are persisted.
+    pub store: Arc<dyn SessionStore>,
+    /// Timing.
+    pub settings: SessionSettings,
+    /// Where events for the browser go.
+    pub events: broadcast::Sender<SessionEvent>,
+    /// The billing clock's origin, shared with the supervisor so that an
+    /// actor restarted after a crash bills the time the container kept
+    /// running while the actor was down.
+    pub run_origin: RunOrigin,
+}
+
+/// The instant a session's running time counts from, kept outside the actor.
+pub type RunOrigin = Arc<std::sync::Mutex<Option<Instant>>>;
+
+impl std::fmt::Debug for SessionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionArgs")
+            .field("session", &self.record.id)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session actor.
+#[derive(Debug, Default)]
+pub struct SessionActor;
+
+/// The billing clock of a running session.
+#[derive(Clone, Copy, Debug)]
+struct RunClock {
+    /// The instant at which running time is zero: running time now is
+    /// `now - origin`. After a restart it is set so that already-billed time
+    /// stays billed and the downtime is not.
+    origin: Instant,
+    /// Wallet balance after the last debit (or read).
+    balance: CreditSeconds,
+    last_presence: Instant,
+    /// Low-credit warnings already sent.
+    warned: usize,
+    /// Billing failed; do not try again before this.
+    retry_after: Option<Instant>,
+}
+
+/// A [`SessionActor`]'s state.
+pub struct SessionActorState {
+    args: SessionArgs,
+    record: SessionRecord,
+    queue: Option<QueueStatus>,
+    clock: Option<RunClock>,
+    generation: u64,
+    /// A stop asked for while the container was launching.
+    stop_after_launch: Option<EndReason>,
+    waiting_stop: Vec<RpcReplyPort<()>>,
+}
+
+impl std::fmt::Debug for SessionActorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionActorState")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionActorState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionActorState {
+            record: args.record.clone(),
+            args,
+            queue: None,
+            clock: None,
+            generation: 0,
+            stop_after_launch: None,
+            waiting_stop: Vec::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match state.args.mode {
+            StartMode::Fresh => Ok(()),
+            StartMode::Restarted => state.resume_after_crash(&myself).await,
+        }
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Enqueue { reply } => {
+                let result = state.enqueue(&myself).await;
+                let refused = result.is_err();
+                let _ = reply.send(result);
+                if refused {
+                    myself.stop(Some("claim refused".into()));
+                }
+            }
+            SessionMsg::Adopt => {
+                if matches!(
+                    state.record.state,
+                    SessionState::Running | SessionState::Launching
+                ) {
+                    state.start_running(&myself).await;
+                }
+            }
+            SessionMsg::Granted { host, leases } => {
+                if state.record.state == SessionState::Queued {
+                    state.launch(&myself, host, &leases).await;
+                }
+            }
+            SessionMsg::GrantFailed { reason } => {
+                state
+                    .finish(&myself, EndReason::LaunchFailed(reason), Instant::now())
+                    .await;
+            }
+            SessionMsg::QueueStatus(status) => {
+                if state.record.state == SessionState::Queued {
+                    state.queue = Some(status);
+                    state.emit(SessionEvent::Queue(status));
+                }
+            }
+            SessionMsg::LaunchFinished(result) => state.launch_finished(&myself, result).await,
+            SessionMsg::Presence => {
+                if let Some(clock) = &mut state.clock {
+                    clock.last_presence = Instant::now();
+                    state.arm(&myself);
+                }
+            }
+            SessionMsg::ContainerExited { code, oom } => {
+                if matches!(
+                    state.record.state,
+                    SessionState::Running | SessionState::Launching
+                ) {
+                    state
+                        .finish(
+                            &myself,
+                            EndReason::ContainerExited { code, oom },
+                            Instant::now(),
+                        )
+                        .await;
+                }
+            }
+            SessionMsg::CreditChanged => {
+                if state.clock.is_some() {
+                    if let Ok(balance) = state.read_balance(true).await
+                        && let Some(clock) = &mut state.clock
+                    {
+                        clock.balance = balance;
+                        clock.warned = 0;
+                    }
+                    state.report_bound();
+                    state.wake(&myself).await;
+                }
+            }
+            SessionMsg::Stop { reason, reply } => {
+                if let Some(reply) = reply {
+                    state.waiting_stop.push(reply);
+                }
+                if state.record.state == SessionState::Launching {
+                    state.stop_after_launch = Some(reason);
+                } else {
+                    state.finish(&myself, reason, Instant::now()).await;
+                }
+            }
+            SessionMsg::Wake { generation } => {
+                if generation == state.generation {
+                    state.wake(&myself).await;
+                }
+            }
+            SessionMsg::View { reply } => {
+                let _ = reply.send(state.view());
+            }
+            #[cfg(any(test, feature = "testing"))]
+            SessionMsg::Crash => panic!("session {} crashed on request", state.record.id),
+        }
+        Ok(())
+    }
+}
+
+impl SessionActorState {
+    fn gpus(&self) -> u32 {
+        self.record.gpus
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.args.settings.billing_interval.as_millis() as u64
+    }
+
+    async fn enqueue(&mut self, myself: &ActorRef<SessionMsg>) -> Result<(), ClaimError> {
+        let gpus = self.gpus();
+        let runway_secs = match self.runway_seconds().await {
+            Ok(secs) => secs,
+            Err(err) => {
+                tracing::warn!(session = %self.record.id, %err, "cannot read the wallet's credit");
+                0
+            }
+        };
+        let claim = Claim {
+            session: self.record.id,
+            wallet: self.record.wallet.clone(),
+            gpus,
+            runway_ms: runway_secs.saturating_mul(1000),
+        };
+        let scheduler = self.args.scheduler.clone();
+        let me = myself.clone();
+        let outcome = scheduler
+            .call(
+                move |reply| SchedulerMsg::Claim {
+                    claim,
+                    session: me,
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await;
+        match outcome {
+            Ok(CallResult::Success(Ok(()))) => {
+                self.record.state = SessionState::Queued;
+                self.persist().await;
+                self.emit_state();
+                Ok(())
+            }
+            Ok(CallResult::Success(Err(err))) => Err(err),
+            _ => Err(ClaimError::NoGpus),
+        }
+    }
+
+    async fn runway_seconds(&self) -> Result<u64, LedgerError> {
+        let gpus = self.gpus();
+        match self
+            .args
+            .wallet
+            .call(
+                |reply| WalletMsg::RunwaySeconds { gpus, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(result)) => result,
+            _ => Err(LedgerError::Unavailable(
+                "wallet actor did not answer".into(),
+            )),
+        }
+    }
+
+    async fn read_balance(&self, refresh: bool) -> Result<CreditSeconds, LedgerError> {
+        let outcome = self
+            .args
+            .wallet
+            .call(
+                |reply| {
+                    if refresh {
+                        WalletMsg::Refresh { reply }
+                    } else {
+                        WalletMsg::Balance { reply }
+                    }
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await;
+        match outcome {
+            Ok(CallResult::Success(result)) => result,
+            _ => Err(LedgerError::Unavailable(
+                "wallet actor did not answer".into(),
+            )),
+        }
+    }
+
+    async fn launch(&mut self, myself: &ActorRef<SessionMsg>, host: u16, leases: &[Lease]) {
+        self.queue = None;
+        self.record.state = SessionState::Launching;
+        self.record.gpu_addrs = leases.iter().map(|l| l.addr).collect();
+        self.persist().await;
+        self.emit_state();
+        let spec = LaunchSpec {
+            session: self.record.id,
+            host,
+            gpu_indices: self.record.gpu_addrs.iter().map(|g| g.index).collect(),
+        };
+        let launcher = self.args.launcher.clone();
+        let me = myself.clone();
+        // Launch off the actor's task so that messages (a stop) still arrive.
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = launcher.launch(&spec).await;
+            metrics::histogram!("deskgate_session_launch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let _ = me.cast(SessionMsg::LaunchFinished(result));
+        });
+    }
+
+    async fn launch_finished(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        result: Result<String, LaunchError>,
+    ) {
+        if self.record.state != SessionState::Launching {
+            return;
+        }
+        match result {
+            Ok(container_id) => {
+                self.record.container_id = Some(container_id);
+                if let Some(reason) = self.stop_after_launch.take() {
+                    self.finish(myself, reason, Instant::now()).await;
+                } else {
+                    self.start_running(myself).await;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(session = %self.record.id, %err, "launch failed");
+                self.finish(myself, EndReason::LaunchFailed(err.0), Instant::now())
+                    .await;
+            }
+        }
+    }
+
+    /// Starts (or resumes) the billing clock. Time already billed stays
+    /// billed; billing resumes from there.
+    async fn start_running(&mut self, myself: &ActorRef<SessionMsg>) {
+        let now = Instant::now();
+        let balance = match self.read_balance(true).await {
+            Ok(balance) => balance,
+            Err(err) => {
+                tracing::warn!(session = %self.record.id, %err, "cannot read the balance; billing will retry");
+                0
+            }
+        };
+        let origin = {
+            let mut shared = self
+                .args
+                .run_origin
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A crash restart keeps the origin; a new run or an adoption
+            // after a gate restart starts from the billed time, so downtime
+            // is not billed.
+            let origin = match (self.args.mode.clone(), *shared) {
+                (StartMode::Restarted, Some(origin)) => origin,
+                _ => now - Duration::from_millis(self.record.billed_ms),
+            };
+            *shared = Some(origin);
+            origin
+        };
+        self.clock = Some(RunClock {
+            origin,
+            balance,
+            last_presence: now,
+            warned: 0,
+            retry_after: None,
+        });
+        self.record.state = SessionState::Running;
+        self.persist().await;
+        self.emit_state();
+        self.report_bound();
+        tracing::info!(session = %self.record.id, gpus = self.gpus(), balance, "running");
+        self.wake(myself).await;
+    }
+
+    /// When the credit runs out, on the actor's clock.
+    fn exhaustion_at(&self, clock: &RunClock) -> Instant {
+        let affordable_secs = (clock.balance.max(0) / CreditSeconds::from(self.gpus())) as u64;
+        clock.origin
+            + Duration::from_millis(self.record.billed_ms)
+            + Duration::from_secs(affordable_secs)
+    }
+
+    fn next_tick(&self, clock: &RunClock) -> Instant {
+        clock.origin
+            + Duration::from_millis((self.record.billed_intervals + 1) * self.interval_ms())
+    }
+
+    /// Tells the scheduler how long this session can still run.
+    fn report_bound(&self) {
+        if let Some(clock) = &self.clock {
+            let left = self
+                .exhaustion_at(clock)
+                .saturating_duration_since(Instant::now());
+            let _ = self.args.scheduler.cast(SchedulerMsg::UpdateBound {
+                session: self.record.id,
+                runway_ms: left.as_millis() as Millis,
+            });
+        }
+    }
+
+    /// Does whatever is due now, then arms the timer for the next thing.
+    async fn wake(&mut self, myself: &ActorRef<SessionMsg>) {
+        loop {
+            let Some(clock) = self.clock else { return };
+            let now = Instant::now();
+            let exhaustion = self.exhaustion_at(&clock);
+            if now >= exhaustion {
+                self.finish(myself, EndReason::CreditExhausted, exhaustion)
+                    .await;
+                return;
+            }
+            if now >= clock.last_presence + self.args.settings.presence_timeout {
+                self.finish(myself, EndReason::PresenceTimeout, now).await;
+                return;
+            }
+            let billing_blocked = clock.retry_after.is_some_and(|t| now < t);
+            if now >= self.next_tick(&clock) && !billing_blocked {
+                self.bill_interval().await;
+                continue;
+            }
+            self.send_due_warnings(exhaustion, now);
+            break;
+        }
+        self.arm(myself);
+    }
+
+    fn send_due_warnings(&mut self, exhaustion: Instant, now: Instant) {
+        let Some(clock) = &mut self.clock else { return };
+        let marks = &self.args.settings.low_credit_warnings;
+        while clock.warned < marks.len() && now + marks[clock.warned] >= exhaustion {
+            clock.warned += 1;
+            let seconds_left = exhaustion.saturating_duration_since(now).as_secs();
+            let _ = self
+                .args
+                .events
+                .send(SessionEvent::LowCredit { seconds_left });
+        }
+    }
+
+    /// Arms one timer for the earliest thing due.
+    fn arm(&mut self, myself: &ActorRef<SessionMsg>) {
+        let Some(clock) = self.clock else { return };
+        let exhaustion = self.exhaustion_at(&clock);
+        let mut due = exhaustion
+            .min(clock.last_presence + self.args.settings.presence_timeout)
+            .min(
+                self.next_tick(&clock)
+                    .max(clock.retry_after.unwrap_or(clock.origin)),
+            );
+        if let Some(mark) = self.args.settings.low_credit_warnings.get(clock.warned) {
+            due = due.min(exhaustion.checked_sub(*mark).unwrap_or(clock.origin));
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let delay = due.saturating_duration_since(Instant::now());
+        myself.send_after(delay, move || SessionMsg::Wake { generation });
+    }
+
+    /// Debits one full interval; counts it only once the ledger committed it.
+    async fn bill_interval(&mut self) {
+        let interval_secs = self.args.settings.billing_interval.as_secs();
+        let amount = CreditSeconds::from(self.gpus()) * interval_secs as CreditSeconds;
+        let key = DebitKey {
+            session: self.record.id,
+            interval: self.record.billed_intervals,
+        };
+        match self.debit(amount, key).await {
+            Ok(balance) => {
+                self.record.billed_intervals += 1;
+                self.record.billed_ms += self.interval_ms();
+                self.record.billed_credit += amount;
+                if let Some(clock) = &mut self.clock {
+                    clock.balance = balance;
+                    clock.retry_after = None;
+                }
+                self.persist().await;
+                self.emit(SessionEvent::Balance {
+                    credit_seconds: balance,
+                    billed_credit: self.record.billed_credit,
+                });
+            }
+            Err(LedgerError::InsufficientCredit { balance, .. }) => {
+                // Credit was taken elsewhere (an admin adjustment): the
+                // exhaustion time moves to now and the next wake ends it.
+                if let Some(clock) = &mut self.clock {
+                    clock.balance = balance;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(session = %self.record.id, %key, %err, "billing debit failed; will retry");
+                metrics::counter!("deskgate_billing_debit_failures_total").increment(1);
+                if let Some(clock) = &mut self.clock {
+                    clock.retry_after = Some(Instant::now() + BILLING_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn debit(
+        &self,
+        amount: CreditSeconds,
+        key: DebitKey,
+    ) -> Result<CreditSeconds, LedgerError> {
+        let outcome = self
+            .args
+            .wallet
+            .call(
+                |reply| WalletMsg::Debit { amount, key, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await;
+        let result = match outcome {
+            Ok(CallResult::Success(result)) => result,
+            _ => Err(LedgerError::Unavailable(
+                "wallet actor did not answer".into(),
+            )),
+        };
+        if result.is_ok() {
+            metrics::counter!("deskgate_billing_debited_credit_seconds_total")
+                .increment(amount as u64);
+        }
+        result
+    }
+
+    /// Bills the running time up to `at` that is not billed yet, in whole
+    /// seconds, never more than the wallet holds.
+    async fn bill_final(&mut self, at: Instant) {
+        let Some(clock) = self.clock else { return };
+        let running_ms = at.saturating_duration_since(clock.origin).as_millis() as u64;
+        let unbilled_secs = running_ms.saturating_sub(self.record.billed_ms) / 1000;
+        let gpus = CreditSeconds::from(self.gpus());
+        let affordable = clock.balance.max(0) / gpus;
+        let secs = (unbilled_secs as CreditSeconds).min(affordable);
+        if secs == 0 {
+            return;
+        }
+        let amount = secs * gpus;
+        let key = DebitKey {
+            session: self.record.id,
+            interval: self.record.billed_intervals,
+        };
+        for attempt in 1..=FINAL_DEBIT_ATTEMPTS {
+            match self.debit(amount, key).await {
+                Ok(balance) => {
+                    self.record.billed_ms += secs as u64 * 1000;
+                    self.record.billed_credit += amount;
+                    self.emit(SessionEvent::Balance {
+                        credit_seconds: balance,
+                        billed_credit: self.record.billed_credit,
+                    });
+                    return;
+                }
+                Err(err) if attempt < FINAL_DEBIT_ATTEMPTS => {
+                    tracing::warn!(session = %self.record.id, %key, %err, attempt, "final debit failed; retrying");
+                    tokio::time::sleep(BILLING_RETRY).await;
+                }
+                Err(err) => {
+                    metrics::counter!("deskgate_billing_debit_failures_total").increment(1);
+                    tracing::error!(session = %self.record.id, %key, amount, %err, "final debit failed; it can be replayed under its key");
+                }
+            }
+        }
+    }
+
+    /// Ends the session for `reason` as of `at`: bills, stops the container,
+    /// releases the GPUs, records why. Every ending path comes here.
+    async fn finish(&mut self, myself: &ActorRef<SessionMsg>, reason: EndReason, at: Instant) {
+        if self.record.state == SessionState::Ended {
+            self.answer_stop_waiters();
+            return;
+        }
+        let was = self.record.state;
+        self.generation += 1; // disarm timers
+        if was == SessionState::Running {
+            self.bill_final(at).await;
+        }
+        self.clock = None;
+        self.record.state = SessionState::Stopping;
+        self.persist().await;
+        self.emit_state();
+        let may_have_container =
+            self.record.container_id.is_some() || was == SessionState::Launching;
+        if may_have_container && let Err(err) = self.args.launcher.stop(self.record.id).await {
+            tracing::warn!(session = %self.record.id, %err, "container stop failed");
+        }
+        let _ = self.args.scheduler.cast(SchedulerMsg::Released {
+            session: self.record.id,
+        });
+        self.record.state = SessionState::Ended;
+        self.record.gpu_addrs.clear();
+        self.record.end_reason = Some(reason.clone());
+        self.persist().await;
+        metrics::counter!("deskgate_sessions_ended_total", "reason" => reason_label(&reason))
+            .increment(1);
+        tracing::info!(session = %self.record.id, ?reason, billed = self.record.billed_credit, "ended");
+        let _ = self.args.events.send(SessionEvent::State {
+            state: SessionState::Ended,
+            reason: Some(reason),
+        });
+        self.answer_stop_waiters();
+        myself.stop(Some("ended".into()));
+    }
+
+    fn answer_stop_waiters(&mut self) {
+        for reply in self.waiting_stop.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Carries on after the previous actor of this session crashed.
+    async fn resume_after_crash(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = self.record.id;
+        match self.record.state {
+            SessionState::Queued | SessionState::Launching => {
+                let me = myself.clone();
+                let leases = self
+                    .args
+                    .scheduler
+                    .call(
+                        move |reply| SchedulerMsg::Rebind {
+                            session: id,
+                            actor: me,
+                            reply,
+                        },
+                        Some(CALL_TIMEOUT),
+                    )
+                    .await;
+                if let Ok(CallResult::Success(Some(leases))) = leases {
+                    // Granted before or during the crash: (re)launch cleanly.
+                    if self.record.state == SessionState::Launching {
+                        let _ = self.args.launcher.stop(id).await;
+                        self.record.state = SessionState::Queued;
+                    }
+                    let host = leases.first().map_or(0, |l| l.addr.host);
+                    self.launch(myself, host, &leases).await;
+                }
+            }
+            SessionState::Running => {
+                let containers = self.args.launcher.running().await.unwrap_or_default();
+                if containers.iter().any(|c| c.session == id) {
+                    let me = myself.clone();
+                    let _ = self
+                        .args
+                        .scheduler
+                        .call(
+                            move |reply| SchedulerMsg::Rebind {
+                                session: id,
+                                actor: me,
+                                reply,
+                            },
+                            Some(CALL_TIMEOUT),
+                        )
+                        .await;
+                    self.start_running(myself).await;
+                } else {
+                    self.finish(myself, EndReason::LostOnRestart, Instant::now())
+                        .await;
+                }
+            }
+            SessionState::Stopping => {
+                let reason = self.record.end_reason.clone().unwrap_or_else(|| {
+                    EndReason::Crashed("stopping when the actor crashed".into())
+                });
+                self.finish(myself, reason, Instant::now()).await;
+            }
+            SessionState::Ended => myself.stop(None),
+        }
+        Ok(())
+    }
+
+    fn view(&self) -> SessionView {
+        SessionView {
+            record: self.record.clone(),
+            queue: self.queue,
+            seconds_left: self.clock.map(|c| {
+                self.exhaustion_at(&c)
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+            }),
+        }
+    }
+
+    async fn persist(&self) {
+        if let Err(err) = self.args.store.save(&self.record).await {
+            metrics::counter!("deskgate_session_persist_failures_total").increment(1);
+            tracing::error!(session = %self.record.id, %err, "cannot persist the session");
+        }
+    }
+
+    fn emit_state(&self) {
+        self.emit(SessionEvent::State {
+            state: self.record.state,
+            reason: self.record.end_reason.clone(),
+        });
+    }
+
+    fn emit(&self, event: SessionEvent) {
+        // No subscriber is fine: nobody is watching.
+        let _ = self.args.events.send(event);
+    }
+}
+
+fn reason_label(reason: &EndReason) -> &'static str {
+    match reason {
+        EndReason::UserStopped => "user_stopped",
+        EndReason::CreditExhausted => "credit_exhausted",
+        EndReason::PresenceTimeout => "presence_timeout",
+        EndReason::ContainerExited { .. } => "container_exited",
+        EndReason::LaunchFailed(_) => "launch_failed",
+        EndReason::Crashed(_) => "crashed",
+        EndReason::AdminKilled => "admin_killed",
+        EndReason::LostOnRestart => "lost_on_restart",
+    }
+}
+
+/// A new record for a session that is about to be claimed.
+pub fn new_record(id: SessionId, wallet: crate::ports::WalletId, gpus: u32) -> SessionRecord {
+    SessionRecord {
+        id,
+        wallet,
+        gpus,
+        state: SessionState::Queued,
+        gpu_addrs: Vec::<GpuAddr>::new(),
+        container_id: None,
+        billed_intervals: 0,
+        billed_credit: 0,
+        billed_ms: 0,
+        end_reason: None,
+    }
+}

@@ -1,0 +1,392 @@
+//! Every way a session can end, on paused time: each test proves the GPUs
+//! come back and the bill is exact to the credit-second.
+
+mod support;
+
+use std::time::Duration;
+
+use deskgate_actors::ports::{
+    EndReason, RunningContainer, SessionRecord, SessionState, SessionStore,
+};
+use deskgate_actors::session::{SessionEvent, SessionMsg, SessionSettings};
+use deskgate_actors::testing::{FakeLauncher, MemoryLedger, MemoryStore};
+use std::sync::Arc;
+use support::{Tree, one_host, record_events, settings, wallet};
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_stop_bills_exactly_the_seconds_held() {
+    let tree = Tree::start(one_host(2), settings()).await;
+    let w = wallet(1);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 2).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    tokio::time::sleep(Duration::from_millis(25_400)).await;
+    assert!(tree.stop(session.id, EndReason::UserStopped).await);
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::UserStopped);
+    let held = secs(ended - running);
+    assert_eq!(held, 25);
+    assert_eq!(tree.ledger.total_debited(session.id), held * 2);
+    assert_eq!(tree.ledger.balance_now(&w), 10_000 - 50);
+    // Two full intervals and the prorated rest, each under its own key.
+    let keys: Vec<u64> = tree
+        .ledger
+        .debits()
+        .iter()
+        .map(|(k, _, _)| k.interval)
+        .collect();
+    assert_eq!(keys, [0, 1, 2]);
+    assert!(tree.launcher.stopped(session.id));
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn credit_exhaustion_stops_exactly_when_credit_runs_out() {
+    let tree = Tree::start(one_host(2), settings()).await;
+    let w = wallet(2);
+    tree.fund(&w, 95); // 2 GPUs: 47 whole seconds
+    let session = tree.claim(&w, 2).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::CreditExhausted);
+    assert_eq!(ended - running, Duration::from_secs(47));
+    assert_eq!(tree.ledger.total_debited(session.id), 94);
+    assert_eq!(tree.ledger.balance_now(&w), 1);
+    assert!(!tree.launcher.is_running(session.id));
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn low_credit_warnings_come_at_five_and_one_minute() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    let w = wallet(3);
+    tree.fund(&w, 400);
+    let session = tree.claim(&w, 1).await;
+    let events = record_events(&session);
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    let (ended, _) = tree.wait_ended(session.id).await;
+    assert_eq!(ended - running, Duration::from_secs(400));
+    let warnings: Vec<(u64, u64)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(at, e)| match e {
+            SessionEvent::LowCredit { seconds_left } => {
+                Some(((*at - running).as_secs(), *seconds_left))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings, [(100, 300), (340, 60)]);
+    assert_eq!(tree.ledger.total_debited(session.id), 400);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_timeout_stops_a_session_nobody_watches() {
+    let settings = SessionSettings {
+        presence_timeout: Duration::from_secs(30),
+        ..settings()
+    };
+    let tree = Tree::start(one_host(1), settings).await;
+    let w = wallet(4);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::PresenceTimeout);
+    assert_eq!(ended - running, Duration::from_secs(30));
+    assert_eq!(tree.ledger.total_debited(session.id), 30);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_keeps_a_session_running() {
+    let settings = SessionSettings {
+        presence_timeout: Duration::from_secs(30),
+        ..settings()
+    };
+    let tree = Tree::start(one_host(1), settings).await;
+    let w = wallet(5);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        session.actor.cast(SessionMsg::Presence).unwrap();
+    }
+    assert_eq!(tree.record(session.id).state, SessionState::Running);
+    tree.stop(session.id, EndReason::UserStopped).await;
+    let (ended, _) = tree.wait_ended(session.id).await;
+    assert_eq!(secs(ended - running), 180);
+    assert_eq!(tree.ledger.total_debited(session.id), 180);
+}
+
+#[tokio::test(start_paused = true)]
+async fn container_exit_ends_the_session_and_frees_its_gpus() {
+    let tree = Tree::start(one_host(2), settings()).await;
+    let w = wallet(6);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(tree.launcher.exit(session.id, 137, true));
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(
+        reason,
+        EndReason::ContainerExited {
+            code: 137,
+            oom: true
+        }
+    );
+    assert_eq!(secs(ended - running), 12);
+    assert_eq!(tree.ledger.total_debited(session.id), 12);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn launch_failure_bills_nothing_and_frees_the_gpus() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    tree.launcher.fail_launches(Some("image not found".into()));
+    let w = wallet(7);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let (_, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::LaunchFailed("image not found".into()));
+    assert_eq!(tree.ledger.total_debited(session.id), 0);
+    tree.assert_all_gpus_free().await;
+    // The wallet may claim again.
+    tree.launcher.fail_launches(None);
+    let again = tree.claim(&w, 1).await;
+    tree.wait_for(again.id, SessionState::Running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn admin_kill_bills_up_to_the_kill() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    let w = wallet(8);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    tree.stop(session.id, EndReason::AdminKilled).await;
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::AdminKilled);
+    assert_eq!(tree.ledger.total_debited(session.id), secs(ended - running));
+    assert_eq!(secs(ended - running), 7);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_during_launch_stops_the_container_and_bills_nothing() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    tree.launcher.set_launch_delay(Duration::from_secs(5));
+    let w = wallet(9);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    tree.wait_for(session.id, SessionState::Launching).await;
+    tree.stop(session.id, EndReason::UserStopped).await;
+    let (_, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::UserStopped);
+    assert_eq!(tree.ledger.total_debited(session.id), 0);
+    assert!(!tree.launcher.is_running(session.id));
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_session_is_restarted_and_billing_stays_exact() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    let w = wallet(10);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    session.actor.cast(SessionMsg::Crash).unwrap();
+    // A new actor takes over the same session.
+    let mut restarted = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if let Some(h) = tree.lookup(session.id).await
+            && h.actor.get_id() != session.actor.get_id()
+        {
+            restarted = Some(h);
+            break;
+        }
+    }
+    let restarted = restarted.expect("the session actor was restarted");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(tree.record(session.id).state, SessionState::Running);
+    assert_eq!(
+        tree.snapshot().await.free_gpus,
+        0,
+        "the GPU stayed with the session"
+    );
+    tree.stop(restarted.id, EndReason::UserStopped).await;
+    let (ended, _) = tree.wait_ended(session.id).await;
+    let held = secs(ended - running);
+    assert_eq!(held, 35);
+    assert_eq!(tree.ledger.total_debited(session.id), held);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_keeps_crashing_is_ended_and_releases_its_gpus() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    let w = wallet(11);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    let mut last = session.actor.get_id();
+    for _ in 0..4 {
+        let handle = tree.lookup(session.id).await.expect("live");
+        handle.actor.cast(SessionMsg::Crash).unwrap();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            match tree.lookup(session.id).await {
+                Some(h) if h.actor.get_id() != last => {
+                    last = h.actor.get_id();
+                    break;
+                }
+                None => break,
+                _ => {}
+            }
+        }
+    }
+    let (ended, reason) = tree.wait_ended(session.id).await;
+    assert!(matches!(reason, EndReason::Crashed(_)), "{reason:?}");
+    assert!(!tree.launcher.is_running(session.id));
+    // Never more than was held.
+    assert!(tree.ledger.total_debited(session.id) <= secs(ended - running) + 1);
+    tree.assert_all_gpus_free().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn contention_queues_fairly_and_a_release_grants_the_head() {
+    let tree = Tree::start(one_host(2), settings()).await;
+    let mut handles = Vec::new();
+    for n in 0..5 {
+        let w = wallet(100 + n);
+        tree.fund(&w, 600);
+        handles.push(tree.claim(&w, 1).await);
+    }
+    for h in &handles[..2] {
+        tree.wait_for(h.id, SessionState::Running).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut positions = Vec::new();
+    for h in &handles[2..] {
+        let view = deskgate_actors::supervisor::view(h).await.unwrap();
+        assert_eq!(view.record.state, SessionState::Queued);
+        let status = view.queue.expect("a queue status");
+        assert!(status.eta_seconds.is_some());
+        positions.push(status.position);
+    }
+    assert_eq!(positions, [1, 2, 3]);
+    // Claiming twice from one wallet is refused.
+    assert!(tree.try_claim(&wallet(104), 1).await.is_err());
+
+    // Cancelling position 2 moves position 3 up.
+    tree.stop(handles[3].id, EndReason::UserStopped).await;
+    tree.wait_ended(handles[3].id).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let last = deskgate_actors::supervisor::view(&handles[4])
+        .await
+        .unwrap();
+    assert_eq!(last.queue.unwrap().position, 2);
+
+    // A release grants the head.
+    tree.stop(handles[0].id, EndReason::UserStopped).await;
+    tree.wait_for(handles[2].id, SessionState::Running).await;
+    assert_eq!(tree.record(handles[4].id).state, SessionState::Queued);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_adopts_survivors_ends_the_lost_and_removes_orphans() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let store = Arc::new(MemoryStore::new());
+    let launcher = Arc::new(FakeLauncher::new());
+    let gpus = one_host(2);
+    let survivor_wallet = wallet(200);
+    ledger.deposit(&survivor_wallet, 1_000);
+
+    let survivor = deskgate_actors::session::new_record(
+        deskgate_actors::ports::SessionId::new(),
+        survivor_wallet.clone(),
+        1,
+    );
+    let survivor = SessionRecord {
+        state: SessionState::Running,
+        gpu_addrs: vec![gpus[1]],
+        container_id: Some("ctr".into()),
+        billed_intervals: 3,
+        billed_ms: 30_000,
+        billed_credit: 30,
+        ..survivor
+    };
+    let lost = SessionRecord {
+        state: SessionState::Running,
+        gpu_addrs: vec![gpus[0]],
+        ..deskgate_actors::session::new_record(
+            deskgate_actors::ports::SessionId::new(),
+            wallet(201),
+            1,
+        )
+    };
+    let queued = deskgate_actors::session::new_record(
+        deskgate_actors::ports::SessionId::new(),
+        wallet(202),
+        1,
+    );
+    ledger.deposit(&wallet(202), 1_000);
+    for r in [&survivor, &lost, &queued] {
+        store.save(r).await.unwrap();
+    }
+    let orphan = deskgate_actors::ports::SessionId::new();
+    for (session, id) in [(survivor.id, "ctr"), (orphan, "orphan")] {
+        launcher.insert_running(RunningContainer {
+            session,
+            container_id: id.into(),
+            host: 0,
+        });
+    }
+
+    let tree = Tree::start_with(gpus, settings(), ledger, store, launcher).await;
+    let adopted_at = tokio::time::Instant::now();
+    let report = match tree
+        .supervisor
+        .call(
+            |reply| deskgate_actors::supervisor::SupervisorMsg::Recovery { reply },
+            support::CALL,
+        )
+        .await
+        .unwrap()
+    {
+        ractor::rpc::CallResult::Success(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(report.adopted, [survivor.id]);
+    assert_eq!(report.ended, [lost.id]);
+    assert_eq!(report.requeued, [queued.id]);
+    assert_eq!(report.orphans_removed, [orphan]);
+    assert!(!tree.launcher.is_running(orphan));
+    assert_eq!(
+        tree.record(lost.id).end_reason,
+        Some(EndReason::LostOnRestart)
+    );
+
+    // The queued session gets the free GPU; the survivor keeps its own.
+    tree.wait_for(queued.id, SessionState::Running).await;
+    assert_eq!(tree.record(queued.id).gpu_addrs, [tree.gpus[0]]);
+
+    // Billing resumes after the 30 s already billed; downtime is not billed.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    tree.stop(survivor.id, EndReason::UserStopped).await;
+    let (ended, _) = tree.wait_ended(survivor.id).await;
+    assert_eq!(secs(ended - adopted_at), 12);
+    assert_eq!(tree.ledger.total_debited(survivor.id), 12);
+    assert_eq!(tree.record(survivor.id).billed_credit, 42);
+}
