@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deskgate_actors::ports::{
-    CreditSeconds, EndReason, GpuAddr, SessionId, SessionRecord, SessionState, WalletId,
+    CreditSeconds, EndReason, GpuAddr, Launcher, SessionId, SessionRecord, SessionState, WalletId,
 };
 use deskgate_actors::queue::Policy;
 use deskgate_actors::scheduler::PoolSnapshot;
@@ -64,13 +64,26 @@ impl Tree {
         store: Arc<MemoryStore>,
         launcher: Arc<FakeLauncher>,
     ) -> Self {
+        Self::start_on(gpus, settings, ledger, store, launcher.clone(), launcher).await
+    }
+
+    /// Starts the tree on `port` as its launcher; `fake` is the fake behind
+    /// it (the same object, or the one a wrapper delegates to).
+    pub async fn start_on(
+        gpus: Vec<GpuAddr>,
+        settings: SessionSettings,
+        ledger: Arc<MemoryLedger>,
+        store: Arc<MemoryStore>,
+        port: Arc<dyn Launcher>,
+        launcher: Arc<FakeLauncher>,
+    ) -> Self {
         let args = SupervisorArgs {
             gpus: gpus.clone(),
             policy: Policy::default(),
             profile_sizes: vec![1, 2, 4, 8],
             ledger: ledger.clone(),
             store: store.clone(),
-            launcher: launcher.clone(),
+            launcher: port,
             settings,
             restart: RestartPolicy::default(),
         };
