@@ -17,6 +17,12 @@ use crate::session::SessionMsg;
 /// on it.
 const GPU_CALL_TIMEOUT_MS: u64 = 2_000;
 
+/// Positions and ETAs are published at most this often. One pass costs
+/// O(n log n) plus a message per waiter whose status changed (after a grant,
+/// everyone behind it), so bursts of claims and releases share one pass
+/// instead of paying one each; grant decisions never wait for it.
+pub const PUBLISH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Messages to the [`Scheduler`].
 #[derive(Debug)]
 pub enum SchedulerMsg {
@@ -390,11 +396,9 @@ async fn release(state: &mut SchedulerState, session: SessionId) {
 }
 
 fn request_publish(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
-    // One pass after the messages already queued: a burst of releases or
-    // claims costs one O(n log n) pass, not one per message.
     if !state.publish_pending {
         state.publish_pending = true;
-        let _ = myself.cast(SchedulerMsg::Publish);
+        myself.send_after(PUBLISH_DEBOUNCE, || SchedulerMsg::Publish);
     }
 }
 

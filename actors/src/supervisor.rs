@@ -39,8 +39,9 @@ use crate::wallet::{WalletArgs, WalletMsg, spawn_wallet};
 
 /// How long the supervisor waits on a child's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events buffered per session for slow subscribers.
-const EVENT_BUFFER: usize = 64;
+/// Events buffered per session for slow subscribers (a lagging browser
+/// skips to the latest; every event carries the whole current value).
+const EVENT_BUFFER: usize = 16;
 
 /// When to stop restarting a crashing session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use deskgate_actors::ports::{
     EndReason, RunningContainer, SessionRecord, SessionState, SessionStore,
 };
+use deskgate_actors::scheduler::PUBLISH_DEBOUNCE;
 use deskgate_actors::session::{SessionEvent, SessionMsg, SessionSettings};
 use deskgate_actors::testing::{FakeLauncher, MemoryLedger, MemoryStore};
 use std::sync::Arc;
@@ -276,7 +277,7 @@ async fn contention_queues_fairly_and_a_release_grants_the_head() {
     for h in &handles[..2] {
         tree.wait_for(h.id, SessionState::Running).await;
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(PUBLISH_DEBOUNCE * 2).await;
     let mut positions = Vec::new();
     for h in &handles[2..] {
         let view = deskgate_actors::supervisor::view(h).await.unwrap();
@@ -292,7 +293,7 @@ async fn contention_queues_fairly_and_a_release_grants_the_head() {
     // Cancelling position 2 moves position 3 up.
     tree.stop(handles[3].id, EndReason::UserStopped).await;
     tree.wait_ended(handles[3].id).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(PUBLISH_DEBOUNCE * 2).await;
     let last = deskgate_actors::supervisor::view(&handles[4])
         .await
         .unwrap();
