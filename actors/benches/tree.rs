@@ -1,7 +1,8 @@
 //! Figures for the whole actor tree (on in-memory ports), printed in one run:
 //!
 //! - claims per second accepted through the supervisor;
-//! - resident memory per waiting claim, actors included (target ≤ 8 KiB);
+//! - resident memory per waiting claim, everything the tree keeps for it
+//!   (target ≤ 8 KiB);
 //! - release-to-grant time through the actors with 10,000 waiters on 64
 //!   GPUs (a stop, the scheduler's decision, the lease, the grant message);
 //! - fan-out: time from a release until the last of 10,000 waiters has its
@@ -45,7 +46,14 @@ fn rss_bytes() -> u64 {
 
 async fn claim(supervisor: &ActorRef<SupervisorMsg>, wallet: WalletId) -> SessionHandle {
     match supervisor
-        .call(|reply| SupervisorMsg::StartSession { wallet, gpus: 1, reply }, CALL)
+        .call(
+            |reply| SupervisorMsg::StartSession {
+                wallet,
+                gpus: 1,
+                reply,
+            },
+            CALL,
+        )
         .await
         .expect("supervisor answers")
     {
@@ -124,7 +132,7 @@ async fn run() {
         WAITERS as f64 / took.as_secs_f64()
     );
     println!(
-        "tree: resident memory per waiting claim (session + wallet actors, queue entry): {:.0} bytes (target <= 8192)",
+        "tree: resident memory per waiting claim (queue entry, event channel, record; actors start at grant): {:.0} bytes (target <= 8192)",
         after.saturating_sub(before) as f64 / WAITERS as f64
     );
 

@@ -10,13 +10,15 @@
 //!   free, because every running session has a latest possible end (its
 //!   wallet's credit bounds it). A later claim may start now only if it fits
 //!   now and its own latest end is no later than the shadow time, so the head
-//!   — and, by the same argument, everyone behind it — starts no later than
-//!   if it had not run. A head that can never fit (its GPUs are drained)
+//!   starts no later than if it had not run. A head that can never fit (its GPUs are drained)
 //!   blocks nobody.
 //! - **ETAs.** [`Queue::statuses`] simulates strict FIFO with every session
-//!   running to its latest end; each waiter's simulated start is an upper
-//!   bound on its real start given the current state. It is O(n log n) for n
-//!   waiters; the grant path itself is O(log n) plus a bounded backfill scan.
+//!   running to its latest end. The head's simulated start is its shadow
+//!   time, a guaranteed bound; on a single host every waiter's is. On
+//!   several hosts, sessions that end early can make best fit pick another
+//!   host than the simulation did, so for waiters behind the head it is an
+//!   estimate, recomputed and republished on every change. It is O(n log n)
+//!   for n waiters; the grant path is O(log n) plus a bounded backfill scan.
 //!
 //! Time is plain milliseconds on the caller's clock ([`Millis`]).
 
@@ -312,6 +314,9 @@ impl Queue {
     ) -> Result<(), ClaimError> {
         if self.entries.contains_key(&session) {
             return Err(ClaimError::Duplicate(session));
+        }
+        if self.policy.one_per_wallet && self.wallets.contains(&wallet) {
+            return Err(ClaimError::WalletBusy(wallet));
         }
         let host_id = gpus.first().map(|g| g.host).ok_or(ClaimError::NoGpus)?;
         let host_index = self.host_index(host_id).ok_or(ClaimError::TooLarge {
@@ -623,9 +628,18 @@ impl Timeline {
             if let Some(host) = best_fit(self.free.iter().copied(), gpus) {
                 return Some((self.now, host));
             }
+            // Take every return due at that instant before fitting, as the
+            // real scheduler sees them all at once; best fit may differ
+            // otherwise.
             let Reverse((time, host, count)) = self.returns.pop()?;
             self.now = self.now.max(time);
             self.free[host] += count;
+            while let Some(&Reverse((next, host, count))) = self.returns.peek()
+                && next <= time
+            {
+                self.returns.pop();
+                self.free[host] += count;
+            }
         }
     }
 
@@ -823,6 +837,35 @@ mod tests {
         assert_eq!(q.gpus_of(a.session), Some(&gpus[..]));
         q.release(a.session).unwrap();
         assert_eq!(q.free_gpus(), 0);
+    }
+
+    #[test]
+    fn simultaneous_returns_are_taken_together_as_the_scheduler_sees_them() {
+        // Two hosts of 2: a(2) on host 0, b(1) and c(1) on host 1.
+        let mut q = Queue::new(pool(&[2, 2]), Policy::default());
+        for c in [claim("a", 2, 110), claim("b", 1, 110), claim("c", 1, 130)] {
+            q.claim(c).unwrap();
+        }
+        q.schedule(0);
+        for c in [claim("d", 1, 60), claim("e", 1, 40), claim("f", 2, 40)] {
+            q.claim(c).unwrap();
+        }
+        // At 110 s a and b end together; best fit then puts d on host 1 and
+        // e on host 0, so f needs host 0 after e: 150 s, not 130 s.
+        let bounds: Vec<_> = q.statuses(0).iter().map(|s| s.start_bound).collect();
+        assert_eq!(bounds, [Some(110_000), Some(110_000), Some(150_000)]);
+    }
+
+    #[test]
+    fn adoption_respects_one_claim_per_wallet() {
+        let gpus = pool(&[2]);
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        q.adopt(SessionId::new(), WalletId::new("a"), &gpus[..1], 5_000)
+            .unwrap();
+        assert!(matches!(
+            q.adopt(SessionId::new(), WalletId::new("a"), &gpus[1..], 5_000),
+            Err(ClaimError::WalletBusy(_))
+        ));
     }
 
     #[test]

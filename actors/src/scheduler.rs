@@ -1,7 +1,9 @@
 //! `Scheduler`: the actor around [`crate::queue::Queue`]. It owns the wait
 //! queue and the allocation decisions, takes fenced leases from the
-//! `GpuActor`s for every grant, hands the GPUs to the session, and publishes
-//! each waiter's position and start bound whenever they change.
+//! `GpuActor`s for every grant, announces the grant to the supervisor (which
+//! spawns the session actor: a waiting claim is an entry here, not an actor,
+//! so 10,000 waiters cost kilobytes, not actors), and publishes each waiter's
+//! position and start bound on its event channel whenever they change.
 
 use std::collections::HashMap;
 
@@ -11,7 +13,9 @@ use tokio::time::Instant;
 use crate::gpu::{GpuMsg, Lease};
 use crate::ports::{GpuAddr, SessionId, WalletId};
 use crate::queue::{Claim, ClaimError, Grant, Millis, Policy, Queue};
-use crate::session::SessionMsg;
+use crate::session::SessionEvent;
+use crate::supervisor::SupervisorMsg;
+use tokio::sync::broadcast;
 
 /// How long one call to a `GpuActor` may take before the scheduler gives up
 /// on it.
@@ -26,14 +30,15 @@ pub const PUBLISH_DEBOUNCE: std::time::Duration = std::time::Duration::from_mill
 /// Messages to the [`Scheduler`].
 #[derive(Debug)]
 pub enum SchedulerMsg {
-    /// Queue a claim; the session is told `Granted` when its GPUs are leased.
+    /// Queue a claim. Its position and ETA go to `events` while it waits;
+    /// the supervisor is told `Granted` once its GPUs are leased.
     Claim {
         /// The claim.
         claim: Claim,
-        /// The session actor to notify.
-        session: ActorRef<SessionMsg>,
-        /// Accepted into the queue, or why not.
-        reply: RpcReplyPort<Result<(), ClaimError>>,
+        /// The session's event channel.
+        events: broadcast::Sender<SessionEvent>,
+        /// Its position at the back of the queue, or why it was refused.
+        reply: RpcReplyPort<Result<usize, ClaimError>>,
     },
     /// Leave the queue; answers false if the session was not waiting.
     Cancel {
@@ -54,16 +59,20 @@ pub enum SchedulerMsg {
         /// How long it can run from now.
         runway_ms: Millis,
     },
-    /// Re-point a waiting or running session at a restarted session actor;
-    /// answers the leases if it was already granted (the grant message may
-    /// have died with the old actor).
-    Rebind {
+    /// The leases a granted session holds (for an actor restarted after a
+    /// crash); `None` if it holds none.
+    Leases {
         /// The session.
         session: SessionId,
-        /// Its new actor.
-        actor: ActorRef<SessionMsg>,
-        /// Its leases when granted, `None` while it waits.
+        /// Its leases.
         reply: RpcReplyPort<Option<Vec<Lease>>>,
+    },
+    /// A waiting session's last published position and ETA.
+    Status {
+        /// The session.
+        session: SessionId,
+        /// Its status, `None` if it is not waiting.
+        reply: RpcReplyPort<Option<QueueStatus>>,
     },
     /// Take GPUs for a session that is already running (recovery).
     Adopt {
@@ -75,8 +84,6 @@ pub enum SchedulerMsg {
         gpus: Vec<GpuAddr>,
         /// How long it can still run.
         runway_ms: Millis,
-        /// Its actor.
-        actor: ActorRef<SessionMsg>,
         /// The leases, or why the GPUs could not be taken.
         reply: RpcReplyPort<Result<Vec<Lease>, String>>,
     },
@@ -139,6 +146,8 @@ pub struct SchedulerArgs {
     pub policy: Policy,
     /// The GPU counts the profiles ask for (for snapshots).
     pub profile_sizes: Vec<u32>,
+    /// Where grants are announced (the supervisor spawns the session actor).
+    pub grants_to: ActorRef<SupervisorMsg>,
 }
 
 /// The scheduler actor.
@@ -151,7 +160,9 @@ pub struct SchedulerState {
     queue: Queue,
     origin: Instant,
     gpu_actors: HashMap<GpuAddr, ActorRef<GpuMsg>>,
-    sessions: HashMap<SessionId, ActorRef<SessionMsg>>,
+    /// Event channels of waiting sessions (a waiting claim is no actor yet).
+    waiters: HashMap<SessionId, broadcast::Sender<SessionEvent>>,
+    grants_to: ActorRef<SupervisorMsg>,
     leases: HashMap<SessionId, Vec<Lease>>,
     last_published: HashMap<SessionId, QueueStatus>,
     publish_pending: bool,
@@ -179,7 +190,8 @@ impl Actor for Scheduler {
             queue,
             origin: Instant::now(),
             gpu_actors: args.gpus.into_iter().collect(),
-            sessions: HashMap::new(),
+            waiters: HashMap::new(),
+            grants_to: args.grants_to,
             leases: HashMap::new(),
             last_published: HashMap::new(),
             publish_pending: false,
@@ -196,13 +208,13 @@ impl Actor for Scheduler {
         match message {
             SchedulerMsg::Claim {
                 claim,
-                session,
+                events,
                 reply,
             } => {
                 let id = claim.session;
-                let result = state.queue.claim(claim);
+                let result = state.queue.claim(claim).map(|()| state.queue.waiting_len());
                 if result.is_ok() {
-                    state.sessions.insert(id, session);
+                    state.waiters.insert(id, events);
                 }
                 let _ = reply.send(result);
                 schedule(&myself, state).await;
@@ -210,7 +222,7 @@ impl Actor for Scheduler {
             SchedulerMsg::Cancel { session, reply } => {
                 let was_waiting = state.queue.cancel(session);
                 if was_waiting {
-                    state.sessions.remove(&session);
+                    state.waiters.remove(&session);
                     state.last_published.remove(&session);
                     request_publish(&myself, state);
                 }
@@ -227,31 +239,28 @@ impl Actor for Scheduler {
                 state.queue.update_bound(session, runway_ms, now);
                 schedule(&myself, state).await;
             }
-            SchedulerMsg::Rebind {
-                session,
-                actor,
-                reply,
-            } => {
-                if let Some(current) = state.sessions.get_mut(&session) {
-                    *current = actor;
-                    state.last_published.remove(&session);
-                    request_publish(&myself, state);
-                }
+            SchedulerMsg::Leases { session, reply } => {
                 let _ = reply.send(state.leases.get(&session).cloned());
+            }
+            SchedulerMsg::Status { session, reply } => {
+                let status = state
+                    .queue
+                    .is_waiting(session)
+                    .then(|| state.last_published.get(&session).copied())
+                    .flatten();
+                let _ = reply.send(status);
             }
             SchedulerMsg::Adopt {
                 session,
                 wallet,
                 gpus,
                 runway_ms,
-                actor,
                 reply,
             } => {
                 let now = state.now();
                 let result = match state.queue.adopt(session, wallet, &gpus, now + runway_ms) {
                     Ok(()) => match lease_all(state, session, &gpus).await {
                         Ok(leases) => {
-                            state.sessions.insert(session, actor);
                             state.leases.insert(session, leases.clone());
                             Ok(leases)
                         }
@@ -310,25 +319,26 @@ async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
 /// is told, and the GPU leaves the pool until an operator looks.
 async fn carry_out(state: &mut SchedulerState, grant: Grant) {
     state.last_published.remove(&grant.session);
+    state.waiters.remove(&grant.session);
     match lease_all(state, grant.session, &grant.gpus).await {
         Ok(leases) => {
             metrics::counter!("deskgate_scheduler_grants_total", "backfilled" => grant.backfilled.to_string())
                 .increment(1);
             tracing::info!(session = %grant.session, host = grant.host, gpus = grant.gpus.len(), backfilled = grant.backfilled, "granted");
             state.leases.insert(grant.session, leases.clone());
-            if let Some(actor) = state.sessions.get(&grant.session) {
-                let _ = actor.cast(SessionMsg::Granted {
-                    host: grant.host,
-                    leases,
-                });
-            }
+            let _ = state.grants_to.cast(SupervisorMsg::Granted {
+                session: grant.session,
+                host: grant.host,
+                leases,
+            });
         }
         Err(why) => {
             tracing::error!(session = %grant.session, %why, "grant failed: a GPU refused its lease");
             state.queue.release(grant.session);
-            if let Some(actor) = state.sessions.remove(&grant.session) {
-                let _ = actor.cast(SessionMsg::GrantFailed { reason: why });
-            }
+            let _ = state.grants_to.cast(SupervisorMsg::GrantFailed {
+                session: grant.session,
+                reason: why,
+            });
         }
     }
 }
@@ -379,7 +389,7 @@ async fn lease_all(
 /// Frees a session's GPUs with its own lease tokens, so that a late or
 /// repeated release can never free a GPU someone else holds now.
 async fn release(state: &mut SchedulerState, session: SessionId) {
-    state.sessions.remove(&session);
+    state.waiters.remove(&session);
     state.last_published.remove(&session);
     if state.queue.cancel(session) {
         return;
@@ -415,8 +425,9 @@ fn publish(state: &mut SchedulerState) {
         if state.last_published.get(&status.session) == Some(&update) {
             continue;
         }
-        if let Some(actor) = state.sessions.get(&status.session) {
-            let _ = actor.cast(SessionMsg::QueueStatus(update));
+        if let Some(events) = state.waiters.get(&status.session) {
+            // Nobody listening is fine; the status is kept for `Status`.
+            let _ = events.send(SessionEvent::Queue(update));
             state.last_published.insert(status.session, update);
         }
     }

@@ -25,7 +25,7 @@ use crate::ports::{
     CreditSeconds, DebitKey, EndReason, GpuAddr, LaunchError, LaunchSpec, Launcher, LedgerError,
     SessionId, SessionRecord, SessionState, SessionStore,
 };
-use crate::queue::{Claim, ClaimError, Millis};
+use crate::queue::Millis;
 use crate::scheduler::{QueueStatus, SchedulerMsg};
 use crate::wallet::WalletMsg;
 
@@ -99,28 +99,6 @@ pub struct SessionView {
 /// Messages to a [`SessionActor`].
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// Claim GPUs at the scheduler; answers whether the claim was queued.
-    Enqueue {
-        /// The answer.
-        reply: RpcReplyPort<Result<(), ClaimError>>,
-    },
-    /// The container survived a gate restart and the scheduler holds its
-    /// GPUs again: resume billing from the persisted billing clock.
-    Adopt,
-    /// GPUs are leased for this session: launch the container.
-    Granted {
-        /// The host the GPUs are on.
-        host: u16,
-        /// The leases (the scheduler keeps them to release).
-        leases: Vec<Lease>,
-    },
-    /// The scheduler could not lease the granted GPUs.
-    GrantFailed {
-        /// Why.
-        reason: String,
-    },
-    /// The queue position or ETA changed.
-    QueueStatus(QueueStatus),
     /// The launch finished.
     LaunchFinished(Result<String, LaunchError>),
     /// The browser proved presence.
@@ -156,13 +134,21 @@ pub enum SessionMsg {
     Crash,
 }
 
-/// How a session actor starts.
+/// How a session actor starts. A session waiting in the queue has no
+/// actor; its actor starts once its GPUs are leased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartMode {
-    /// A new or re-queued claim: wait for `Enqueue`.
-    Fresh,
-    /// Restarted after a crash: re-attach to the scheduler and carry on from
-    /// the persisted record.
+    /// GPUs were just granted: launch the container.
+    Granted {
+        /// The host the GPUs are on.
+        host: u16,
+        /// The leases (the scheduler keeps them to release).
+        leases: Vec<Lease>,
+    },
+    /// The container survived a gate restart and the scheduler holds its
+    /// GPUs again: resume billing from the persisted billing clock.
+    Adopted,
+    /// Restarted after a crash: carry on from the persisted record.
     Restarted,
 }
 
@@ -227,7 +213,6 @@ struct RunClock {
 pub struct SessionActorState {
     args: SessionArgs,
     record: SessionRecord,
-    queue: Option<QueueStatus>,
     clock: Option<RunClock>,
     generation: u64,
     /// A stop asked for while the container was launching.
@@ -256,7 +241,6 @@ impl Actor for SessionActor {
         Ok(SessionActorState {
             record: args.record.clone(),
             args,
-            queue: None,
             clock: None,
             generation: 0,
             stop_after_launch: None,
@@ -269,8 +253,15 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match state.args.mode {
-            StartMode::Fresh => Ok(()),
+        match state.args.mode.clone() {
+            StartMode::Granted { host, leases } => {
+                state.launch(&myself, host, &leases).await;
+                Ok(())
+            }
+            StartMode::Adopted => {
+                state.start_running(&myself).await;
+                Ok(())
+            }
             StartMode::Restarted => state.resume_after_crash(&myself).await,
         }
     }
@@ -282,38 +273,6 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionMsg::Enqueue { reply } => {
-                let result = state.enqueue(&myself).await;
-                let refused = result.is_err();
-                let _ = reply.send(result);
-                if refused {
-                    myself.stop(Some("claim refused".into()));
-                }
-            }
-            SessionMsg::Adopt => {
-                if matches!(
-                    state.record.state,
-                    SessionState::Running | SessionState::Launching
-                ) {
-                    state.start_running(&myself).await;
-                }
-            }
-            SessionMsg::Granted { host, leases } => {
-                if state.record.state == SessionState::Queued {
-                    state.launch(&myself, host, &leases).await;
-                }
-            }
-            SessionMsg::GrantFailed { reason } => {
-                state
-                    .finish(&myself, EndReason::LaunchFailed(reason), Instant::now())
-                    .await;
-            }
-            SessionMsg::QueueStatus(status) => {
-                if state.record.state == SessionState::Queued {
-                    state.queue = Some(status);
-                    state.emit(SessionEvent::Queue(status));
-                }
-            }
             SessionMsg::LaunchFinished(result) => state.launch_finished(&myself, result).await,
             SessionMsg::Presence => {
                 if let Some(clock) = &mut state.clock {
@@ -381,63 +340,6 @@ impl SessionActorState {
         self.args.settings.billing_interval.as_millis() as u64
     }
 
-    async fn enqueue(&mut self, myself: &ActorRef<SessionMsg>) -> Result<(), ClaimError> {
-        let gpus = self.gpus();
-        let runway_secs = match self.runway_seconds().await {
-            Ok(secs) => secs,
-            Err(err) => {
-                tracing::warn!(session = %self.record.id, %err, "cannot read the wallet's credit");
-                0
-            }
-        };
-        let claim = Claim {
-            session: self.record.id,
-            wallet: self.record.wallet.clone(),
-            gpus,
-            runway_ms: runway_secs.saturating_mul(1000),
-        };
-        let scheduler = self.args.scheduler.clone();
-        let me = myself.clone();
-        let outcome = scheduler
-            .call(
-                move |reply| SchedulerMsg::Claim {
-                    claim,
-                    session: me,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        match outcome {
-            Ok(CallResult::Success(Ok(()))) => {
-                self.record.state = SessionState::Queued;
-                self.persist().await;
-                self.emit_state();
-                Ok(())
-            }
-            Ok(CallResult::Success(Err(err))) => Err(err),
-            _ => Err(ClaimError::NoGpus),
-        }
-    }
-
-    async fn runway_seconds(&self) -> Result<u64, LedgerError> {
-        let gpus = self.gpus();
-        match self
-            .args
-            .wallet
-            .call(
-                |reply| WalletMsg::RunwaySeconds { gpus, reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(CallResult::Success(result)) => result,
-            _ => Err(LedgerError::Unavailable(
-                "wallet actor did not answer".into(),
-            )),
-        }
-    }
-
     async fn read_balance(&self, refresh: bool) -> Result<CreditSeconds, LedgerError> {
         let outcome = self
             .args
@@ -462,7 +364,6 @@ impl SessionActorState {
     }
 
     async fn launch(&mut self, myself: &ActorRef<SessionMsg>, host: u16, leases: &[Lease]) {
-        self.queue = None;
         self.record.state = SessionState::Launching;
         self.record.gpu_addrs = leases.iter().map(|l| l.addr).collect();
         self.persist().await;
@@ -794,45 +695,34 @@ impl SessionActorState {
         let id = self.record.id;
         match self.record.state {
             SessionState::Queued | SessionState::Launching => {
-                let me = myself.clone();
                 let leases = self
                     .args
                     .scheduler
                     .call(
-                        move |reply| SchedulerMsg::Rebind {
-                            session: id,
-                            actor: me,
-                            reply,
-                        },
+                        |reply| SchedulerMsg::Leases { session: id, reply },
                         Some(CALL_TIMEOUT),
                     )
                     .await;
-                if let Ok(CallResult::Success(Some(leases))) = leases {
-                    // Granted before or during the crash: (re)launch cleanly.
-                    if self.record.state == SessionState::Launching {
+                match leases {
+                    Ok(CallResult::Success(Some(leases))) => {
+                        // Granted before the crash: launch again, cleanly.
                         let _ = self.args.launcher.stop(id).await;
-                        self.record.state = SessionState::Queued;
+                        let host = leases.first().map_or(0, |l| l.addr.host);
+                        self.launch(myself, host, &leases).await;
                     }
-                    let host = leases.first().map_or(0, |l| l.addr.host);
-                    self.launch(myself, host, &leases).await;
+                    _ => {
+                        self.finish(
+                            myself,
+                            EndReason::Crashed("no GPUs held after a crash".into()),
+                            Instant::now(),
+                        )
+                        .await;
+                    }
                 }
             }
             SessionState::Running => {
                 let containers = self.args.launcher.running().await.unwrap_or_default();
                 if containers.iter().any(|c| c.session == id) {
-                    let me = myself.clone();
-                    let _ = self
-                        .args
-                        .scheduler
-                        .call(
-                            move |reply| SchedulerMsg::Rebind {
-                                session: id,
-                                actor: me,
-                                reply,
-                            },
-                            Some(CALL_TIMEOUT),
-                        )
-                        .await;
                     self.start_running(myself).await;
                 } else {
                     self.finish(myself, EndReason::LostOnRestart, Instant::now())
@@ -853,7 +743,7 @@ impl SessionActorState {
     fn view(&self) -> SessionView {
         SessionView {
             record: self.record.clone(),
-            queue: self.queue,
+            queue: None,
             seconds_left: self.clock.map(|c| {
                 self.exhaustion_at(&c)
                     .saturating_duration_since(Instant::now())

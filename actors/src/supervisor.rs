@@ -1,7 +1,9 @@
 //! `Supervisor`: the root of the tree. It starts the GPU actors and the
-//! scheduler, spawns a wallet actor per active wallet and a session actor per
-//! session, routes container exits, rebuilds the tree from persisted state
-//! at start, and applies the restart policy:
+//! scheduler, queues claims, spawns a session actor for each session once
+//! its GPUs are granted (a waiting claim is a queue entry and an event
+//! channel, not an actor, so 10,000 waiters stay cheap) and a wallet actor
+//! per wallet with a running session, routes container exits, rebuilds the
+//! tree from persisted state at start, and applies the restart policy:
 //!
 //! - a crashed `SessionActor` is restarted one-for-one from its persisted
 //!   record (its GPUs stay leased, billing resumes from the last committed
@@ -24,12 +26,12 @@ use ractor::{
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use crate::gpu::spawn_gpu;
+use crate::gpu::{Lease, spawn_gpu};
 use crate::ports::{
     ContainerExit, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, SessionRecord,
     SessionState, SessionStore, StoreError, WalletId,
 };
-use crate::queue::{ClaimError, Policy};
+use crate::queue::{Claim, ClaimError, Policy};
 use crate::scheduler::{PoolSnapshot, Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::session::{
     RunOrigin, SessionActor, SessionArgs, SessionEvent, SessionMsg, SessionSettings, SessionView,
@@ -112,8 +114,9 @@ pub struct SessionHandle {
     pub id: SessionId,
     /// Its owner.
     pub wallet: WalletId,
-    /// Its actor (changes if the actor is restarted; look it up again).
-    pub actor: ActorRef<SessionMsg>,
+    /// Its actor once its GPUs are granted (changes if the actor is
+    /// restarted; look it up again). `None` while it waits in the queue.
+    pub actor: Option<ActorRef<SessionMsg>>,
     /// Its events; the channel survives actor restarts.
     pub events: broadcast::Sender<SessionEvent>,
 }
@@ -159,6 +162,34 @@ pub enum SupervisorMsg {
         /// Whether it was live.
         reply: RpcReplyPort<bool>,
     },
+    /// The browser proved presence for a session.
+    Presence {
+        /// The session.
+        session: SessionId,
+    },
+    /// A session's current view (queued or live).
+    View {
+        /// The session.
+        session: SessionId,
+        /// Its view, if it is known and not ended.
+        reply: RpcReplyPort<Option<SessionView>>,
+    },
+    /// The scheduler leased GPUs for a waiting session: start its actor.
+    Granted {
+        /// The session.
+        session: SessionId,
+        /// The host its GPUs are on.
+        host: u16,
+        /// The leases.
+        leases: Vec<Lease>,
+    },
+    /// The scheduler could not lease the GPUs it chose for a session.
+    GrantFailed {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: String,
+    },
     /// A wallet's credit changed outside billing (a deposit was credited).
     CreditChanged {
         /// The wallet.
@@ -186,10 +217,22 @@ pub struct Supervisor;
 
 struct SessionEntry {
     wallet: WalletId,
-    actor: ActorRef<SessionMsg>,
+    phase: Phase,
     events: broadcast::Sender<SessionEvent>,
     run_origin: RunOrigin,
     crashes: VecDeque<Instant>,
+}
+
+/// Where a live session is.
+enum Phase {
+    /// Waiting in the queue; no actor yet. `stop` is a stop asked for while
+    /// its grant was already on its way.
+    Queued {
+        record: SessionRecord,
+        stop: Option<EndReason>,
+    },
+    /// Granted: its actor runs it.
+    Live(ActorRef<SessionMsg>),
 }
 
 /// What a session keeps across restarts of its actor.
@@ -252,6 +295,7 @@ impl Actor for Supervisor {
                 gpus: gpu_refs,
                 policy: args.policy,
                 profile_sizes: args.profile_sizes.clone(),
+                grants_to: myself.clone(),
             },
             myself.get_cell(),
         )
@@ -310,8 +354,7 @@ impl Actor for Supervisor {
                 reply,
             } => {
                 let record = new_record(SessionId::new(), wallet, gpus);
-                let result = state.start_fresh(&myself, record).await;
-                let _ = reply.send(result);
+                let _ = reply.send(state.enqueue(record).await);
             }
             SupervisorMsg::Lookup { session, reply } => {
                 let _ = reply.send(state.handle_of(session));
@@ -321,31 +364,35 @@ impl Actor for Supervisor {
                 reason,
                 reply,
             } => {
-                let live = match state.sessions.get(&session) {
-                    Some(entry) => entry
-                        .actor
-                        .cast(SessionMsg::Stop {
-                            reason,
-                            reply: None,
-                        })
-                        .is_ok(),
-                    None => false,
-                };
+                let live = state.stop_session(session, reason).await;
                 let _ = reply.send(live);
             }
-            SupervisorMsg::CreditChanged { wallet } => {
-                if let Some(actor) = state.wallets.get(&wallet) {
-                    let _ = actor
-                        .call(|reply| WalletMsg::Refresh { reply }, Some(CALL_TIMEOUT))
-                        .await;
-                }
-                for entry in state.sessions.values().filter(|e| e.wallet == wallet) {
-                    let _ = entry.actor.cast(SessionMsg::CreditChanged);
+            SupervisorMsg::Presence { session } => {
+                if let Some(actor) = state.actor_of(session) {
+                    let _ = actor.cast(SessionMsg::Presence);
                 }
             }
+            SupervisorMsg::View { session, reply } => {
+                let _ = reply.send(state.view_of(session).await);
+            }
+            SupervisorMsg::Granted {
+                session,
+                host,
+                leases,
+            } => state.granted(&myself, session, host, leases).await,
+            SupervisorMsg::GrantFailed { session, reason } => {
+                if let Some(entry) = state.sessions.remove(&session)
+                    && let Phase::Queued { record, .. } = entry.phase
+                {
+                    state
+                        .end_unlaunched(record, EndReason::LaunchFailed(reason), &entry.events)
+                        .await;
+                }
+            }
+            SupervisorMsg::CreditChanged { wallet } => state.credit_changed(wallet).await,
             SupervisorMsg::ContainerExited(exit) => {
-                if let Some(entry) = state.sessions.get(&exit.session) {
-                    let _ = entry.actor.cast(SessionMsg::ContainerExited {
+                if let Some(actor) = state.actor_of(exit.session) {
+                    let _ = actor.cast(SessionMsg::ContainerExited {
                         code: exit.code,
                         oom: exit.oom,
                     });
@@ -405,9 +452,19 @@ impl SupervisorState {
         self.sessions.get(&session).map(|e| SessionHandle {
             id: session,
             wallet: e.wallet.clone(),
-            actor: e.actor.clone(),
+            actor: match &e.phase {
+                Phase::Live(actor) => Some(actor.clone()),
+                Phase::Queued { .. } => None,
+            },
             events: e.events.clone(),
         })
+    }
+
+    fn actor_of(&self, session: SessionId) -> Option<ActorRef<SessionMsg>> {
+        match &self.sessions.get(&session)?.phase {
+            Phase::Live(actor) => Some(actor.clone()),
+            Phase::Queued { .. } => None,
+        }
     }
 
     fn forget_actor(&mut self, cell: &ActorCell) {
@@ -416,6 +473,234 @@ impl SupervisorState {
             self.sessions.remove(&session);
         }
         self.wallets.retain(|_, actor| actor.get_id() != id);
+    }
+
+    /// How long `gpus` GPUs can run on the wallet's credit.
+    async fn runway_ms(&self, wallet: &WalletId, gpus: u32) -> Result<u64, LedgerError> {
+        let cached = match self.wallets.get(wallet) {
+            Some(actor) => match actor
+                .call(|reply| WalletMsg::Balance { reply }, Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(result)) => Some(result?),
+                _ => None,
+            },
+            None => None,
+        };
+        let balance = match cached {
+            Some(balance) => balance,
+            None => self.args.ledger.balance(wallet).await?,
+        };
+        let secs = balance.max(0) as u64 / u64::from(gpus.max(1));
+        Ok(secs.saturating_mul(1000))
+    }
+
+    /// Queues a claim for `record` (new, or re-queued at recovery) and
+    /// persists it once the queue has accepted it. A grant that follows at
+    /// once waits in this actor's mailbox until the record is saved.
+    async fn enqueue(&mut self, mut record: SessionRecord) -> Result<SessionHandle, StartError> {
+        let runway_ms = self.runway_ms(&record.wallet, record.gpus).await?;
+        let carried = Carried::new();
+        let claim = Claim {
+            session: record.id,
+            wallet: record.wallet.clone(),
+            gpus: record.gpus,
+            runway_ms,
+        };
+        let events = carried.events.clone();
+        let queued = self
+            .scheduler
+            .call(
+                |reply| SchedulerMsg::Claim {
+                    claim,
+                    events,
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await;
+        match queued {
+            Ok(CallResult::Success(Ok(_position))) => {}
+            Ok(CallResult::Success(Err(err))) => return Err(err.into()),
+            _ => return Err(StartError::Spawn("the scheduler did not answer".into())),
+        }
+        record.state = SessionState::Queued;
+        if let Err(err) = self.args.store.save(&record).await {
+            tracing::error!(session = %record.id, %err, "cannot persist the queued session");
+        }
+        let id = record.id;
+        self.sessions.insert(
+            id,
+            SessionEntry {
+                wallet: record.wallet.clone(),
+                phase: Phase::Queued { record, stop: None },
+                events: carried.events,
+                run_origin: carried.run_origin,
+                crashes: carried.crashes,
+            },
+        );
+        Ok(self.handle_of(id).expect("just inserted"))
+    }
+
+    /// GPUs were leased for a waiting session: its actor takes over.
+    async fn granted(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        session: SessionId,
+        host: u16,
+        leases: Vec<Lease>,
+    ) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            // Nobody waits for it any more.
+            let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+            return;
+        };
+        let Phase::Queued { record, stop } = entry.phase else {
+            self.sessions.insert(session, entry);
+            return;
+        };
+        let events = entry.events.clone();
+        let carried = Carried {
+            events: entry.events,
+            run_origin: entry.run_origin,
+            crashes: entry.crashes,
+        };
+        let mode = StartMode::Granted { host, leases };
+        match self
+            .spawn_session(myself, record.clone(), mode, carried)
+            .await
+        {
+            Ok(actor) => {
+                if let Some(reason) = stop {
+                    let _ = actor.cast(SessionMsg::Stop {
+                        reason,
+                        reply: None,
+                    });
+                }
+            }
+            Err(err) => {
+                tracing::error!(%session, %err, "cannot start the session actor");
+                let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+                self.end_unlaunched(record, EndReason::LaunchFailed(err.to_string()), &events)
+                    .await;
+            }
+        }
+    }
+
+    /// Ends a session that never had a container.
+    async fn end_unlaunched(
+        &mut self,
+        mut record: SessionRecord,
+        reason: EndReason,
+        events: &broadcast::Sender<SessionEvent>,
+    ) {
+        record.state = SessionState::Ended;
+        record.end_reason = Some(reason.clone());
+        if let Err(err) = self.args.store.save(&record).await {
+            tracing::error!(session = %record.id, %err, "cannot persist the ended session");
+        }
+        let _ = events.send(SessionEvent::State {
+            state: SessionState::Ended,
+            reason: Some(reason),
+        });
+    }
+
+    /// Stops a live session or takes a waiting one out of the queue.
+    async fn stop_session(&mut self, session: SessionId, reason: EndReason) -> bool {
+        let Some(entry) = self.sessions.get(&session) else {
+            return false;
+        };
+        if let Phase::Live(actor) = &entry.phase {
+            return actor
+                .cast(SessionMsg::Stop {
+                    reason,
+                    reply: None,
+                })
+                .is_ok();
+        }
+        let cancelled = self
+            .scheduler
+            .call(
+                |reply| SchedulerMsg::Cancel { session, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await;
+        if matches!(cancelled, Ok(CallResult::Success(true))) {
+            let entry = self.sessions.remove(&session).expect("present");
+            if let Phase::Queued { record, .. } = entry.phase {
+                self.end_unlaunched(record, reason, &entry.events).await;
+            }
+        } else if let Some(SessionEntry {
+            phase: Phase::Queued { stop, .. },
+            ..
+        }) = self.sessions.get_mut(&session)
+        {
+            // Its grant is already on its way: stop it on arrival.
+            *stop = Some(reason);
+        }
+        true
+    }
+
+    /// A deposit was credited: live sessions re-plan their end, waiting
+    /// claims get their new runway.
+    async fn credit_changed(&mut self, wallet: WalletId) {
+        if let Some(actor) = self.wallets.get(&wallet) {
+            let _ = actor
+                .call(|reply| WalletMsg::Refresh { reply }, Some(CALL_TIMEOUT))
+                .await;
+        }
+        let affected: Vec<(SessionId, u32, Option<ActorRef<SessionMsg>>)> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.wallet == wallet)
+            .map(|(id, e)| match &e.phase {
+                Phase::Live(actor) => (*id, 0, Some(actor.clone())),
+                Phase::Queued { record, .. } => (*id, record.gpus, None),
+            })
+            .collect();
+        for (session, gpus, actor) in affected {
+            match actor {
+                Some(actor) => {
+                    let _ = actor.cast(SessionMsg::CreditChanged);
+                }
+                None => {
+                    if let Ok(runway_ms) = self.runway_ms(&wallet, gpus).await {
+                        let _ = self
+                            .scheduler
+                            .cast(SchedulerMsg::UpdateBound { session, runway_ms });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn view_of(&self, session: SessionId) -> Option<SessionView> {
+        match &self.sessions.get(&session)?.phase {
+            Phase::Live(actor) => match actor
+                .call(|reply| SessionMsg::View { reply }, Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(view)) => Some(view),
+                _ => None,
+            },
+            Phase::Queued { record, .. } => {
+                let status = self
+                    .scheduler
+                    .call(
+                        |reply| SchedulerMsg::Status { session, reply },
+                        Some(CALL_TIMEOUT),
+                    )
+                    .await;
+                Some(SessionView {
+                    record: record.clone(),
+                    queue: match status {
+                        Ok(CallResult::Success(status)) => status,
+                        _ => None,
+                    },
+                    seconds_left: None,
+                })
+            }
+        }
     }
 
     async fn wallet_actor(
@@ -477,33 +762,13 @@ impl SupervisorState {
             id,
             SessionEntry {
                 wallet: owner,
-                actor: actor.clone(),
+                phase: Phase::Live(actor.clone()),
                 events,
                 run_origin,
                 crashes,
             },
         );
         Ok(actor)
-    }
-
-    /// Spawns a session actor and queues its claim.
-    async fn start_fresh(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        record: SessionRecord,
-    ) -> Result<SessionHandle, StartError> {
-        let id = record.id;
-        let actor = self
-            .spawn_session(myself, record, StartMode::Fresh, Carried::new())
-            .await?;
-        let queued = actor
-            .call(|reply| SessionMsg::Enqueue { reply }, Some(CALL_TIMEOUT))
-            .await;
-        match queued {
-            Ok(CallResult::Success(Ok(()))) => Ok(self.handle_of(id).expect("just inserted")),
-            Ok(CallResult::Success(Err(err))) => Err(err.into()),
-            _ => Err(StartError::Spawn("the session actor did not answer".into())),
-        }
     }
 
     /// One-for-one restart from the persisted record, within the policy.
@@ -599,7 +864,7 @@ impl SupervisorState {
             let id = record.id;
             let has_container = containers.iter().any(|c| c.session == id);
             match record.state {
-                SessionState::Queued => match self.start_fresh(myself, record.clone()).await {
+                SessionState::Queued => match self.enqueue(record.clone()).await {
                     Ok(_) => report.requeued.push(id),
                     Err(err) => {
                         tracing::warn!(session = %id, %err, "cannot re-queue; ending it");
@@ -643,53 +908,37 @@ impl SupervisorState {
     /// Adopts a session whose container survived: takes its GPUs back at the
     /// scheduler and resumes its billing clock.
     async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, record: SessionRecord) -> bool {
-        let Ok(wallet) = self.wallet_actor(myself, &record.wallet).await else {
-            return false;
-        };
-        let gpus = record.gpus;
-        let runway = wallet
-            .call(
-                |reply| WalletMsg::RunwaySeconds { gpus, reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        let runway_ms = match runway {
-            Ok(CallResult::Success(Ok(secs))) => secs.saturating_mul(1000),
-            _ => 0,
-        };
-        let id = record.id;
-        let owner = record.wallet.clone();
-        let addrs = record.gpu_addrs.clone();
-        let Ok(actor) = self
-            .spawn_session(myself, record, StartMode::Fresh, Carried::new())
+        let runway_ms = self
+            .runway_ms(&record.wallet, record.gpus)
             .await
-        else {
-            return false;
-        };
+            .unwrap_or(0);
+        let session = record.id;
+        let wallet = record.wallet.clone();
+        let gpus = record.gpu_addrs.clone();
         let adopted = self
             .scheduler
             .call(
                 |reply| SchedulerMsg::Adopt {
-                    session: id,
-                    wallet: owner,
-                    gpus: addrs,
+                    session,
+                    wallet,
+                    gpus,
                     runway_ms,
-                    actor: actor.clone(),
                     reply,
                 },
                 Some(CALL_TIMEOUT),
             )
             .await;
-        match adopted {
-            Ok(CallResult::Success(Ok(_))) => {
-                // The actor was started idle; now let it run as adopted.
-                let _ = actor.cast(SessionMsg::Adopt);
-                true
-            }
-            _ => {
-                actor.stop(None);
-                self.by_actor.remove(&actor.get_id());
-                self.sessions.remove(&id);
+        if !matches!(adopted, Ok(CallResult::Success(Ok(_)))) {
+            return false;
+        }
+        match self
+            .spawn_session(myself, record, StartMode::Adopted, Carried::new())
+            .await
+        {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(%session, %err, "cannot start the adopted session's actor");
+                let _ = self.scheduler.cast(SchedulerMsg::Released { session });
                 false
             }
         }
@@ -713,14 +962,16 @@ pub async fn lookup(
     }
 }
 
-/// Asks a live session for its view.
-pub async fn view(handle: &SessionHandle) -> Option<SessionView> {
-    match handle
-        .actor
-        .call(|reply| SessionMsg::View { reply }, Some(CALL_TIMEOUT))
+/// A session's view through the supervisor, queued or live.
+pub async fn view(supervisor: &ActorRef<SupervisorMsg>, session: SessionId) -> Option<SessionView> {
+    match supervisor
+        .call(
+            |reply| SupervisorMsg::View { session, reply },
+            Some(CALL_TIMEOUT),
+        )
         .await
     {
-        Ok(CallResult::Success(view)) => Some(view),
+        Ok(CallResult::Success(view)) => view,
         _ => None,
     }
 }

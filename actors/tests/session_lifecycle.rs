@@ -118,7 +118,7 @@ async fn presence_keeps_a_session_running() {
     let running = tree.wait_for(session.id, SessionState::Running).await;
     for _ in 0..9 {
         tokio::time::sleep(Duration::from_secs(20)).await;
-        session.actor.cast(SessionMsg::Presence).unwrap();
+        tree.presence(session.id);
     }
     assert_eq!(tree.record(session.id).state, SessionState::Running);
     tree.stop(session.id, EndReason::UserStopped).await;
@@ -206,13 +206,16 @@ async fn a_crashed_session_is_restarted_and_billing_stays_exact() {
     let session = tree.claim(&w, 1).await;
     let running = tree.wait_for(session.id, SessionState::Running).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
-    session.actor.cast(SessionMsg::Crash).unwrap();
+    let first = tree.actor(session.id).await;
+    first.cast(SessionMsg::Crash).unwrap();
     // A new actor takes over the same session.
     let mut restarted = None;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(1)).await;
         if let Some(h) = tree.lookup(session.id).await
-            && h.actor.get_id() != session.actor.get_id()
+            && h.actor
+                .as_ref()
+                .is_some_and(|a| a.get_id() != first.get_id())
         {
             restarted = Some(h);
             break;
@@ -241,15 +244,15 @@ async fn a_session_that_keeps_crashing_is_ended_and_releases_its_gpus() {
     tree.fund(&w, 10_000);
     let session = tree.claim(&w, 1).await;
     let running = tree.wait_for(session.id, SessionState::Running).await;
-    let mut last = session.actor.get_id();
+    let mut last = tree.actor(session.id).await.get_id();
     for _ in 0..4 {
         let handle = tree.lookup(session.id).await.expect("live");
-        handle.actor.cast(SessionMsg::Crash).unwrap();
+        handle.actor.expect("live").cast(SessionMsg::Crash).unwrap();
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             match tree.lookup(session.id).await {
-                Some(h) if h.actor.get_id() != last => {
-                    last = h.actor.get_id();
+                Some(h) if h.actor.as_ref().is_some_and(|a| a.get_id() != last) => {
+                    last = h.actor.expect("checked").get_id();
                     break;
                 }
                 None => break,
@@ -280,7 +283,9 @@ async fn contention_queues_fairly_and_a_release_grants_the_head() {
     tokio::time::sleep(PUBLISH_DEBOUNCE * 2).await;
     let mut positions = Vec::new();
     for h in &handles[2..] {
-        let view = deskgate_actors::supervisor::view(h).await.unwrap();
+        let view = deskgate_actors::supervisor::view(&tree.supervisor, h.id)
+            .await
+            .unwrap();
         assert_eq!(view.record.state, SessionState::Queued);
         let status = view.queue.expect("a queue status");
         assert!(status.eta_seconds.is_some());
@@ -294,7 +299,7 @@ async fn contention_queues_fairly_and_a_release_grants_the_head() {
     tree.stop(handles[3].id, EndReason::UserStopped).await;
     tree.wait_ended(handles[3].id).await;
     tokio::time::sleep(PUBLISH_DEBOUNCE * 2).await;
-    let last = deskgate_actors::supervisor::view(&handles[4])
+    let last = deskgate_actors::supervisor::view(&tree.supervisor, handles[4].id)
         .await
         .unwrap();
     assert_eq!(last.queue.unwrap().position, 2);

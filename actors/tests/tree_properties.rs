@@ -153,9 +153,9 @@ async fn scenario(gpu_count: u32, ops: Vec<Op>) {
             }
             Op::Crash(i) => {
                 if let Some(&id) = sessions.get(i)
-                    && let Some(handle) = tree.lookup(id).await
+                    && let Some(actor) = tree.lookup(id).await.and_then(|h| h.actor)
                 {
-                    let _ = handle.actor.cast(SessionMsg::Crash);
+                    let _ = actor.cast(SessionMsg::Crash);
                 }
             }
             Op::Exit(i) => {
@@ -171,11 +171,11 @@ async fn scenario(gpu_count: u32, ops: Vec<Op>) {
     // credit ever deposited bounds how long the remaining work can take.
     tokio::time::sleep(Duration::from_secs(deposited + 60)).await;
 
-    let watch = watching.state.lock().unwrap();
-    assert!(watch.violations.is_empty(), "{:?}", watch.violations);
     let snapshot = tree.snapshot().await;
     assert_eq!(snapshot.free_gpus, snapshot.total_gpus, "{snapshot:?}");
     assert_eq!(snapshot.waiting, 0);
+    let watch = watching.state.lock().unwrap();
+    assert!(watch.violations.is_empty(), "{:?}", watch.violations);
     for id in &sessions {
         let record = tree.record(*id);
         assert_eq!(record.state, SessionState::Ended, "{record:?}");

@@ -10,7 +10,7 @@ use deskgate_actors::ports::{
 };
 use deskgate_actors::queue::Policy;
 use deskgate_actors::scheduler::PoolSnapshot;
-use deskgate_actors::session::{SessionEvent, SessionSettings};
+use deskgate_actors::session::{SessionEvent, SessionMsg, SessionSettings};
 use deskgate_actors::supervisor::{
     RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs, SupervisorMsg,
 };
@@ -164,6 +164,21 @@ impl Tree {
 
     pub async fn lookup(&self, session: SessionId) -> Option<SessionHandle> {
         deskgate_actors::supervisor::lookup(&self.supervisor, session).await
+    }
+
+    /// The live actor of a granted session.
+    pub async fn actor(&self, session: SessionId) -> ActorRef<SessionMsg> {
+        self.lookup(session)
+            .await
+            .and_then(|h| h.actor)
+            .expect("a live session actor")
+    }
+
+    /// Proves presence for a session.
+    pub fn presence(&self, session: SessionId) {
+        self.supervisor
+            .cast(SupervisorMsg::Presence { session })
+            .expect("supervisor alive");
     }
 
     pub fn record(&self, session: SessionId) -> SessionRecord {
