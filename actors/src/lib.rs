@@ -13,6 +13,7 @@
 //! - [`session`]: `SessionActor`, lifecycle and server-clocked billing.
 //! - [`supervisor`]: `Supervisor`, the root: restarts, escalation, recovery.
 
+pub mod ask;
 pub mod gpu;
 pub mod ports;
 pub mod queue;

@@ -192,6 +192,15 @@ pub struct SessionRecord {
     pub end_reason: Option<EndReason>,
 }
 
+impl SessionRecord {
+    /// Marks the record ended for `reason`; it holds no GPUs any more.
+    pub fn end(&mut self, reason: EndReason) {
+        self.state = SessionState::Ended;
+        self.gpu_addrs.clear();
+        self.end_reason = Some(reason);
+    }
+}
+
 /// Why the session store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("session store unavailable: {0}")]

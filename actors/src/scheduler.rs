@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
+use crate::ask::ask_within;
 use crate::gpu::{GpuMsg, Lease};
 use crate::ports::{GpuAddr, SessionId, WalletId};
 use crate::queue::{Claim, ClaimError, Grant, Millis, Policy, Queue};
@@ -19,7 +20,7 @@ use tokio::sync::broadcast;
 
 /// How long one call to a `GpuActor` may take before the scheduler gives up
 /// on it.
-const GPU_CALL_TIMEOUT_MS: u64 = 2_000;
+const GPU_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Positions and ETAs are published at most this often. One pass costs
 /// O(n log n) plus a message per waiter whose status changed (after a grant,
@@ -351,24 +352,17 @@ async fn lease_all(
 ) -> Result<Vec<Lease>, String> {
     let mut leases = Vec::with_capacity(gpus.len());
     for addr in gpus {
+        let name = format!("GPU {}:{}", addr.host, addr.index);
         let outcome = match state.gpu_actors.get(addr) {
-            Some(actor) => actor
-                .call(
-                    |reply| GpuMsg::Lease { session, reply },
-                    Some(std::time::Duration::from_millis(GPU_CALL_TIMEOUT_MS)),
-                )
-                .await
-                .map_err(|e| format!("GPU {}:{} did not answer: {e}", addr.host, addr.index))
-                .and_then(|r| match r {
-                    ractor::rpc::CallResult::Success(lease) => {
-                        lease.map_err(|e| format!("GPU {}:{}: {e}", addr.host, addr.index))
-                    }
-                    _ => Err(format!("GPU {}:{} did not answer", addr.host, addr.index)),
-                }),
-            None => Err(format!(
-                "GPU {}:{} is not in the pool",
-                addr.host, addr.index
-            )),
+            Some(actor) => ask_within(
+                actor,
+                |reply| GpuMsg::Lease { session, reply },
+                GPU_CALL_TIMEOUT,
+            )
+            .await
+            .ok_or_else(|| format!("{name} did not answer"))
+            .and_then(|lease| lease.map_err(|e| format!("{name}: {e}"))),
+            None => Err(format!("{name} is not in the pool")),
         };
         match outcome {
             Ok(lease) => leases.push(lease),

@@ -15,22 +15,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::ask::ask;
 use crate::gpu::Lease;
 use crate::ports::{
-    CreditSeconds, DebitKey, EndReason, GpuAddr, LaunchError, LaunchSpec, Launcher, LedgerError,
-    SessionId, SessionRecord, SessionState, SessionStore,
+    CreditSeconds, DebitKey, EndReason, LaunchError, LaunchSpec, Launcher, LedgerError, SessionId,
+    SessionRecord, SessionState, SessionStore,
 };
 use crate::queue::Millis;
 use crate::scheduler::{QueueStatus, SchedulerMsg};
 use crate::wallet::WalletMsg;
 
-/// How long a call to the wallet or scheduler may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delay before billing retries after the ledger failed.
 const BILLING_RETRY: Duration = Duration::from_secs(1);
 /// Attempts at the final debit before giving up on it (it stays replayable
@@ -341,26 +339,15 @@ impl SessionActorState {
     }
 
     async fn read_balance(&self, refresh: bool) -> Result<CreditSeconds, LedgerError> {
-        let outcome = self
-            .args
-            .wallet
-            .call(
-                |reply| {
-                    if refresh {
-                        WalletMsg::Refresh { reply }
-                    } else {
-                        WalletMsg::Balance { reply }
-                    }
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        match outcome {
-            Ok(CallResult::Success(result)) => result,
-            _ => Err(LedgerError::Unavailable(
-                "wallet actor did not answer".into(),
-            )),
-        }
+        ask(&self.args.wallet, |reply| {
+            if refresh {
+                WalletMsg::Refresh { reply }
+            } else {
+                WalletMsg::Balance { reply }
+            }
+        })
+        .await
+        .unwrap_or_else(wallet_silent)
     }
 
     async fn launch(&mut self, myself: &ActorRef<SessionMsg>, host: u16, leases: &[Lease]) {
@@ -430,7 +417,7 @@ impl SessionActorState {
             // A crash restart keeps the origin; a new run or an adoption
             // after a gate restart starts from the billed time, so downtime
             // is not billed.
-            let origin = match (self.args.mode.clone(), *shared) {
+            let origin = match (&self.args.mode, *shared) {
                 (StartMode::Restarted, Some(origin)) => origin,
                 _ => now - Duration::from_millis(self.record.billed_ms),
             };
@@ -581,20 +568,13 @@ impl SessionActorState {
         amount: CreditSeconds,
         key: DebitKey,
     ) -> Result<CreditSeconds, LedgerError> {
-        let outcome = self
-            .args
-            .wallet
-            .call(
-                |reply| WalletMsg::Debit { amount, key, reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        let result = match outcome {
-            Ok(CallResult::Success(result)) => result,
-            _ => Err(LedgerError::Unavailable(
-                "wallet actor did not answer".into(),
-            )),
-        };
+        let result = ask(&self.args.wallet, |reply| WalletMsg::Debit {
+            amount,
+            key,
+            reply,
+        })
+        .await
+        .unwrap_or_else(wallet_silent);
         if result.is_ok() {
             metrics::counter!("deskgate_billing_debited_credit_seconds_total")
                 .increment(amount as u64);
@@ -666,9 +646,7 @@ impl SessionActorState {
         let _ = self.args.scheduler.cast(SchedulerMsg::Released {
             session: self.record.id,
         });
-        self.record.state = SessionState::Ended;
-        self.record.gpu_addrs.clear();
-        self.record.end_reason = Some(reason.clone());
+        self.record.end(reason.clone());
         self.persist().await;
         metrics::counter!("deskgate_sessions_ended_total", "reason" => reason_label(&reason))
             .increment(1);
@@ -695,16 +673,14 @@ impl SessionActorState {
         let id = self.record.id;
         match self.record.state {
             SessionState::Queued | SessionState::Launching => {
-                let leases = self
-                    .args
-                    .scheduler
-                    .call(
-                        |reply| SchedulerMsg::Leases { session: id, reply },
-                        Some(CALL_TIMEOUT),
-                    )
-                    .await;
+                let leases = ask(&self.args.scheduler, |reply| SchedulerMsg::Leases {
+                    session: id,
+                    reply,
+                })
+                .await
+                .flatten();
                 match leases {
-                    Ok(CallResult::Success(Some(leases))) => {
+                    Some(leases) => {
                         // Granted before the crash: launch again, cleanly.
                         let _ = self.args.launcher.stop(id).await;
                         let host = leases.first().map_or(0, |l| l.addr.host);
@@ -772,6 +748,14 @@ impl SessionActorState {
     }
 }
 
+/// The error a money operation gets when the wallet actor did not answer;
+/// the operation may be retried under the same key.
+fn wallet_silent<T>() -> Result<T, LedgerError> {
+    Err(LedgerError::Unavailable(
+        "wallet actor did not answer".into(),
+    ))
+}
+
 fn reason_label(reason: &EndReason) -> &'static str {
     match reason {
         EndReason::UserStopped => "user_stopped",
@@ -792,7 +776,7 @@ pub fn new_record(id: SessionId, wallet: crate::ports::WalletId, gpus: u32) -> S
         wallet,
         gpus,
         state: SessionState::Queued,
-        gpu_addrs: Vec::<GpuAddr>::new(),
+        gpu_addrs: Vec::new(),
         container_id: None,
         billed_intervals: 0,
         billed_credit: 0,

@@ -19,13 +19,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
+use crate::ask::ask;
 use crate::gpu::{Lease, spawn_gpu};
 use crate::ports::{
     ContainerExit, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, SessionRecord,
@@ -39,8 +39,6 @@ use crate::session::{
 };
 use crate::wallet::{WalletArgs, WalletMsg, spawn_wallet};
 
-/// How long the supervisor waits on a child's answer.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events buffered per session for slow subscribers (a lagging browser
 /// skips to the latest; every event carries the whole current value).
 const EVENT_BUFFER: usize = 16;
@@ -102,6 +100,9 @@ pub enum StartError {
     /// The wallet's credit could not be read.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The scheduler did not answer.
+    #[error("the scheduler did not answer")]
+    SchedulerSilent,
     /// An actor could not be started.
     #[error("cannot start the session: {0}")]
     Spawn(String),
@@ -385,7 +386,7 @@ impl Actor for Supervisor {
                     && let Phase::Queued { record, .. } = entry.phase
                 {
                     state
-                        .end_unlaunched(record, EndReason::LaunchFailed(reason), &entry.events)
+                        .record_end(record, EndReason::LaunchFailed(reason), &entry.events)
                         .await;
                 }
             }
@@ -402,11 +403,9 @@ impl Actor for Supervisor {
                 let _ = state.scheduler.cast(message);
             }
             SupervisorMsg::Snapshot { reply } => {
-                let snapshot = state
-                    .scheduler
-                    .call(|r| SchedulerMsg::Snapshot { reply: r }, Some(CALL_TIMEOUT))
-                    .await;
-                if let Ok(CallResult::Success(snapshot)) = snapshot {
+                if let Some(snapshot) =
+                    ask(&state.scheduler, |reply| SchedulerMsg::Snapshot { reply }).await
+                {
                     let _ = reply.send(snapshot);
                 }
             }
@@ -477,14 +476,12 @@ impl SupervisorState {
 
     /// How long `gpus` GPUs can run on the wallet's credit.
     async fn runway_ms(&self, wallet: &WalletId, gpus: u32) -> Result<u64, LedgerError> {
+        // A wallet with a running session has an actor whose cache is as
+        // fresh as the ledger; otherwise ask the ledger.
         let cached = match self.wallets.get(wallet) {
-            Some(actor) => match actor
-                .call(|reply| WalletMsg::Balance { reply }, Some(CALL_TIMEOUT))
+            Some(actor) => ask(actor, |reply| WalletMsg::Balance { reply })
                 .await
-            {
-                Ok(CallResult::Success(result)) => Some(result?),
-                _ => None,
-            },
+                .transpose()?,
             None => None,
         };
         let balance = match cached {
@@ -508,22 +505,13 @@ impl SupervisorState {
             runway_ms,
         };
         let events = carried.events.clone();
-        let queued = self
-            .scheduler
-            .call(
-                |reply| SchedulerMsg::Claim {
-                    claim,
-                    events,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        match queued {
-            Ok(CallResult::Success(Ok(_position))) => {}
-            Ok(CallResult::Success(Err(err))) => return Err(err.into()),
-            _ => return Err(StartError::Spawn("the scheduler did not answer".into())),
-        }
+        ask(&self.scheduler, |reply| SchedulerMsg::Claim {
+            claim,
+            events,
+            reply,
+        })
+        .await
+        .ok_or(StartError::SchedulerSilent)??;
         record.state = SessionState::Queued;
         if let Err(err) = self.args.store.save(&record).await {
             tracing::error!(session = %record.id, %err, "cannot persist the queued session");
@@ -581,21 +569,21 @@ impl SupervisorState {
             Err(err) => {
                 tracing::error!(%session, %err, "cannot start the session actor");
                 let _ = self.scheduler.cast(SchedulerMsg::Released { session });
-                self.end_unlaunched(record, EndReason::LaunchFailed(err.to_string()), &events)
+                self.record_end(record, EndReason::LaunchFailed(err.to_string()), &events)
                     .await;
             }
         }
     }
 
-    /// Ends a session that never had a container.
-    async fn end_unlaunched(
+    /// Records the end of a session that has no actor (never granted, or
+    /// given up) and tells its subscribers.
+    async fn record_end(
         &mut self,
         mut record: SessionRecord,
         reason: EndReason,
         events: &broadcast::Sender<SessionEvent>,
     ) {
-        record.state = SessionState::Ended;
-        record.end_reason = Some(reason.clone());
+        record.end(reason.clone());
         if let Err(err) = self.args.store.save(&record).await {
             tracing::error!(session = %record.id, %err, "cannot persist the ended session");
         }
@@ -618,17 +606,15 @@ impl SupervisorState {
                 })
                 .is_ok();
         }
-        let cancelled = self
-            .scheduler
-            .call(
-                |reply| SchedulerMsg::Cancel { session, reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        if matches!(cancelled, Ok(CallResult::Success(true))) {
+        let cancelled = ask(&self.scheduler, |reply| SchedulerMsg::Cancel {
+            session,
+            reply,
+        })
+        .await;
+        if cancelled == Some(true) {
             let entry = self.sessions.remove(&session).expect("present");
             if let Phase::Queued { record, .. } = entry.phase {
-                self.end_unlaunched(record, reason, &entry.events).await;
+                self.record_end(record, reason, &entry.events).await;
             }
         } else if let Some(SessionEntry {
             phase: Phase::Queued { stop, .. },
@@ -645,9 +631,7 @@ impl SupervisorState {
     /// claims get their new runway.
     async fn credit_changed(&mut self, wallet: WalletId) {
         if let Some(actor) = self.wallets.get(&wallet) {
-            let _ = actor
-                .call(|reply| WalletMsg::Refresh { reply }, Some(CALL_TIMEOUT))
-                .await;
+            let _ = ask(actor, |reply| WalletMsg::Refresh { reply }).await;
         }
         let affected: Vec<(SessionId, u32, Option<ActorRef<SessionMsg>>)> = self
             .sessions
@@ -676,30 +660,17 @@ impl SupervisorState {
 
     async fn view_of(&self, session: SessionId) -> Option<SessionView> {
         match &self.sessions.get(&session)?.phase {
-            Phase::Live(actor) => match actor
-                .call(|reply| SessionMsg::View { reply }, Some(CALL_TIMEOUT))
-                .await
-            {
-                Ok(CallResult::Success(view)) => Some(view),
-                _ => None,
-            },
-            Phase::Queued { record, .. } => {
-                let status = self
-                    .scheduler
-                    .call(
-                        |reply| SchedulerMsg::Status { session, reply },
-                        Some(CALL_TIMEOUT),
-                    )
-                    .await;
-                Some(SessionView {
-                    record: record.clone(),
-                    queue: match status {
-                        Ok(CallResult::Success(status)) => status,
-                        _ => None,
-                    },
-                    seconds_left: None,
+            Phase::Live(actor) => ask(actor, |reply| SessionMsg::View { reply }).await,
+            Phase::Queued { record, .. } => Some(SessionView {
+                record: record.clone(),
+                queue: ask(&self.scheduler, |reply| SchedulerMsg::Status {
+                    session,
+                    reply,
                 })
-            }
+                .await
+                .flatten(),
+                seconds_left: None,
+            }),
         }
     }
 
@@ -820,7 +791,7 @@ impl SupervisorState {
     /// container and releases its GPUs. Time not yet billed is not billed.
     async fn give_up(
         &mut self,
-        mut record: SessionRecord,
+        record: SessionRecord,
         why: String,
         events: &broadcast::Sender<SessionEvent>,
     ) {
@@ -828,16 +799,8 @@ impl SupervisorState {
         let _ = self
             .scheduler
             .cast(SchedulerMsg::Released { session: record.id });
-        record.state = SessionState::Ended;
-        record.gpu_addrs.clear();
-        record.end_reason = Some(EndReason::Crashed(why));
-        if let Err(err) = self.args.store.save(&record).await {
-            tracing::error!(session = %record.id, %err, "cannot persist the ended session");
-        }
-        let _ = events.send(SessionEvent::State {
-            state: SessionState::Ended,
-            reason: record.end_reason.clone(),
-        });
+        self.record_end(record, EndReason::Crashed(why), events)
+            .await;
     }
 
     async fn load_record(&self, session: SessionId) -> Result<Option<SessionRecord>, StoreError> {
@@ -868,8 +831,7 @@ impl SupervisorState {
                     Ok(_) => report.requeued.push(id),
                     Err(err) => {
                         tracing::warn!(session = %id, %err, "cannot re-queue; ending it");
-                        record.state = SessionState::Ended;
-                        record.end_reason = Some(EndReason::LostOnRestart);
+                        record.end(EndReason::LostOnRestart);
                         self.args.store.save(&record).await?;
                         report.ended.push(id);
                     }
@@ -879,9 +841,7 @@ impl SupervisorState {
                         report.adopted.push(id);
                     } else {
                         self.args.launcher.stop(id).await?;
-                        record.state = SessionState::Ended;
-                        record.gpu_addrs.clear();
-                        record.end_reason = Some(EndReason::LostOnRestart);
+                        record.end(EndReason::LostOnRestart);
                         self.args.store.save(&record).await?;
                         report.ended.push(id);
                     }
@@ -892,11 +852,8 @@ impl SupervisorState {
                     if has_container {
                         self.args.launcher.stop(id).await?;
                     }
-                    record.state = SessionState::Ended;
-                    record.gpu_addrs.clear();
-                    if record.end_reason.is_none() {
-                        record.end_reason = Some(EndReason::LostOnRestart);
-                    }
+                    let reason = record.end_reason.take().unwrap_or(EndReason::LostOnRestart);
+                    record.end(reason);
                     self.args.store.save(&record).await?;
                     report.ended.push(id);
                 }
@@ -915,20 +872,15 @@ impl SupervisorState {
         let session = record.id;
         let wallet = record.wallet.clone();
         let gpus = record.gpu_addrs.clone();
-        let adopted = self
-            .scheduler
-            .call(
-                |reply| SchedulerMsg::Adopt {
-                    session,
-                    wallet,
-                    gpus,
-                    runway_ms,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        if !matches!(adopted, Ok(CallResult::Success(Ok(_)))) {
+        let adopted = ask(&self.scheduler, |reply| SchedulerMsg::Adopt {
+            session,
+            wallet,
+            gpus,
+            runway_ms,
+            reply,
+        })
+        .await;
+        if !matches!(adopted, Some(Ok(_))) {
             return false;
         }
         match self
@@ -950,28 +902,14 @@ pub async fn lookup(
     supervisor: &ActorRef<SupervisorMsg>,
     session: SessionId,
 ) -> Option<SessionHandle> {
-    match supervisor
-        .call(
-            |reply| SupervisorMsg::Lookup { session, reply },
-            Some(CALL_TIMEOUT),
-        )
+    ask(supervisor, |reply| SupervisorMsg::Lookup { session, reply })
         .await
-    {
-        Ok(CallResult::Success(handle)) => handle,
-        _ => None,
-    }
+        .flatten()
 }
 
 /// A session's view through the supervisor, queued or live.
 pub async fn view(supervisor: &ActorRef<SupervisorMsg>, session: SessionId) -> Option<SessionView> {
-    match supervisor
-        .call(
-            |reply| SupervisorMsg::View { session, reply },
-            Some(CALL_TIMEOUT),
-        )
+    ask(supervisor, |reply| SupervisorMsg::View { session, reply })
         .await
-    {
-        Ok(CallResult::Success(view)) => view,
-        _ => None,
-    }
+        .flatten()
 }
