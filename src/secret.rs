@@ -195,15 +195,12 @@ mod tests {
     }
 
     #[test]
-    fn every_value_of_the_example_env_file_is_a_placeholder() {
+    fn values_from_the_example_env_file_are_placeholders() {
         let values: Vec<_> = example_env_values().collect();
-        assert!(!values.is_empty(), "the example env file has values");
-        for value in values {
-            assert!(
-                is_placeholder(value),
-                "{value} should count as a placeholder"
-            );
-        }
+        assert!(values.contains(&"change-me-admin-token"), "{values:?}");
+        // Caught only because it is in the example file, not by a prefix rule.
+        assert!(is_placeholder("https://desk.example.org"));
+        assert!(!is_placeholder("https://desk.example.net"));
     }
 
     #[test]
