@@ -4,13 +4,18 @@
 //! `deskgate-actors` and the media path in `deskgate-media`. See DESIGN.md for
 //! how the parts fit.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod docker;
 pub mod gpu;
 pub mod http;
 pub mod launcher_service;
+pub mod ledger;
 pub mod readiness;
+pub mod schema;
 pub mod secret;
 pub mod server;
+pub mod session_store;
+pub mod sign_in_store;
 pub mod telemetry;

@@ -6,45 +6,7 @@ mod support;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::MigrationHarness;
-use support::{run_deskgate, service_env};
-
-/// A database of its own for one test, dropped at the end.
-struct ScratchDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    async fn create(tag: &str) -> Self {
-        let admin_url = service_env("DESKGATE_DATABASE_URL");
-        let name = format!("deskgate_{tag}_{}", std::process::id());
-        let mut conn = AsyncPgConnection::establish(&admin_url).await.unwrap();
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&name);
-        Self {
-            admin_url,
-            name,
-            url: url.to_string(),
-        }
-    }
-
-    async fn drop_it(self) {
-        let mut conn = AsyncPgConnection::establish(&self.admin_url).await.unwrap();
-        diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-}
+use support::{ScratchDatabase, run_deskgate};
 
 async fn table_exists(conn: &mut AsyncPgConnection, table: &str) -> bool {
     let found: Option<String> = diesel::select(diesel::dsl::sql::<Nullable<Text>>(&format!(

@@ -17,6 +17,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -242,4 +244,55 @@ pub fn run_script(script: &Path, args: &[&str]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A database of its own for one test, dropped at the end (the server is the
+/// one `DESKGATE_DATABASE_URL` names; its role may create databases).
+pub struct ScratchDatabase {
+    admin_url: String,
+    /// Database name.
+    pub name: String,
+    /// URL that reaches it.
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `deskgate_<tag>_<pid>`, dropping a leftover of that name first.
+    pub async fn create(tag: &str) -> Self {
+        let admin_url = service_env("DESKGATE_DATABASE_URL");
+        let name = format!("deskgate_{tag}_{}", std::process::id());
+        let mut conn = diesel_async::AsyncPgConnection::establish(&admin_url).await.unwrap();
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        Self {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    /// Creates it and applies the embedded migrations.
+    pub async fn migrated(tag: &str) -> Self {
+        let db = Self::create(tag).await;
+        let url = deskgate::secret::Secret::new(db.url.clone());
+        deskgate::db::migrate(&url).await.expect("migrations apply");
+        db
+    }
+
+    /// Drops it, closing any connection still open.
+    pub async fn drop_it(self) {
+        let mut conn = diesel_async::AsyncPgConnection::establish(&self.admin_url).await.unwrap();
+        diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }

@@ -10,6 +10,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::secret::Secret;
 
+pub mod retry;
+pub mod tls;
+
 /// The schema, from `migrations/`, built into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

@@ -1,0 +1,1 @@
+//! The audit log: who did what, when (issue 4, in progress).

@@ -1,0 +1,1 @@
+//! Bounded retries for transient PostgreSQL failures.

@@ -1,0 +1,1 @@
+//! The double-entry credit ledger on PostgreSQL.

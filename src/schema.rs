@@ -1,0 +1,1 @@
+//! diesel table definitions for the tables the stores query through the DSL.

@@ -1,0 +1,1 @@
+//! Session records on PostgreSQL: the actors' `SessionStore` port.

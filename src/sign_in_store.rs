@@ -1,0 +1,1 @@
+//! Sign-in storage: EIP-4361 challenges and bearer tokens.
