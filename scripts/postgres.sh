@@ -3,7 +3,9 @@
 #
 #   postgres.sh up                   the project cluster: $STATE_DIR/pg on 127.0.0.1:55432
 #   postgres.sh down                 stop it
-#   postgres.sh start DATA_DIR PORT  start (initdb first if needed) any cluster; idempotent
+#   postgres.sh start DATA_DIR PORT [CERT KEY]
+#                                    start (initdb first if needed) any cluster; idempotent;
+#                                    with CERT and KEY (PEM files): TLS on (ssl = on)
 #   postgres.sh stop DATA_DIR        stop a cluster started by `start`; no-op if stopped
 #   postgres.sh status [DATA_DIR]    exit 0 when running
 #   postgres.sh packages             print the Debian packages that are missing
@@ -13,6 +15,9 @@
 # owning database `deskgate`, so this URL works for all of them:
 #   postgres://deskgate:deskgate-dev-only@127.0.0.1:PORT/deskgate
 # Local (socket) connections are `trust`; TCP connections need the password (SCRAM).
+# With CERT and KEY, copies of them live in the data directory (server.crt, server.key:
+# owned by the server user, key mode 0600, as PostgreSQL demands) and TCP clients may use
+# TLS; plain TCP stays allowed, so `sslmode` decides.
 #
 # PostgreSQL refuses to run as root: as root, the server runs as the `postgres` user and
 # owns the data directory. When the postgres user cannot reach DATA_DIR's parent (e.g. a
@@ -33,7 +38,7 @@ DB_NAME=deskgate
 PG_USER=postgres
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -141,10 +146,14 @@ lock_cluster() { # REAL_DIR — serialises start/stop of one cluster across proc
     flock -w 120 9 || die "timed out waiting for another postgres.sh working on $1"
 }
 
-cmd_start() { # DATA_DIR PORT
-    local data=$1 port=$2
+cmd_start() { # DATA_DIR PORT [CERT KEY]
+    local data=$1 port=$2 cert=${3:-} key=${4:-}
     if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
         die "invalid port: $port"
+    fi
+    if [[ -n $cert ]]; then
+        [[ -r $cert ]] || die "cannot read TLS certificate $cert"
+        [[ -r $key ]] || die "cannot read TLS key $key"
     fi
     ensure_installed
     if is_root; then
@@ -162,7 +171,11 @@ cmd_start() { # DATA_DIR PORT
         if [[ $running_port != "$port" ]]; then
             warn "cluster $data is already running on port $running_port, not $port; leaving it as is"
         fi
-        ensure_role_and_db "${sock:-$(socket_dir "$real" "$running_port")}" "$running_port"
+        sock=${sock:-$(socket_dir "$real" "$running_port")}
+        ensure_role_and_db "$sock" "$running_port"
+        if [[ -n $cert && $(psql_super "$sock" "$running_port" -At -c 'SHOW ssl') != on ]]; then
+            warn "cluster $data is running without TLS; stop it and start it again to turn TLS on"
+        fi
         log "already running: $data on 127.0.0.1:$running_port"
         return 0
     fi
@@ -189,6 +202,17 @@ cmd_start() { # DATA_DIR PORT
         chown -R "$PG_USER:" -- "$real"
     fi
 
+    # The server reads relative paths from its data directory; copies there are readable by
+    # the server user wherever the originals live.
+    local tls_opts=""
+    if [[ -n $cert ]]; then
+        local owner=()
+        is_root && owner=(-o "$PG_USER" -g "$(id -gn "$PG_USER")")
+        install -m 644 "${owner[@]}" -- "$cert" "$real/server.crt"
+        install -m 600 "${owner[@]}" -- "$key" "$real/server.key"
+        tls_opts=" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+    fi
+
     local sock logfile
     sock=$(socket_dir "$real" "$port")
     if [[ $sock != "$real" ]]; then
@@ -197,9 +221,9 @@ cmd_start() { # DATA_DIR PORT
         chmod 700 -- "$sock"
     fi
     logfile=$real/postmaster.log
-    log "starting $data on 127.0.0.1:$port"
+    log "starting $data on 127.0.0.1:$port${cert:+ (TLS on)}"
     if ! as_owner "$PG_BINDIR/pg_ctl" -D "$real" -l "$logfile" -w -t 60 start \
-        -o "-p $port -k '$sock' -c listen_addresses=127.0.0.1" >/dev/null; then
+        -o "-p $port -k '$sock' -c listen_addresses=127.0.0.1$tls_opts" >/dev/null; then
         show_log_tail "$logfile"
         die "could not start PostgreSQL in $data on port $port (is the port taken?)"
     fi
@@ -240,8 +264,8 @@ cmd_status() { # [DATA_DIR]
 
 case ${1:-} in
 start)
-    (($# == 3)) || usage
-    cmd_start "$2" "$3"
+    (($# == 3 || $# == 5)) || usage
+    cmd_start "$2" "$3" "${4:-}" "${5:-}"
     ;;
 stop)
     (($# == 2)) || usage

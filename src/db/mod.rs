@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use diesel::ConnectionError;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool, PoolError};
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::{FutureExt, TryFutureExt};
 
 use crate::secret::Secret;
 
@@ -47,8 +48,15 @@ pub enum DbError {
 
 /// Builds the pool. Connections are opened lazily, so this succeeds even
 /// while PostgreSQL is down; `/readyz` reports that.
+///
+/// The URL's `sslmode`/`sslrootcert` are checked here, so a typo stops
+/// start-up; every connection goes through [`tls::connect`].
 pub fn pool(url: &Secret) -> Result<DbPool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.expose());
+    tls::check(url.expose()).map_err(ConnectionError::from)?;
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(|url| tls::connect(url).map_err(ConnectionError::from).boxed());
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.expose(), config);
     Ok(Pool::builder(manager).max_size(POOL_SIZE).build()?)
 }
 
@@ -70,7 +78,9 @@ pub async fn ping(pool: &DbPool, timeout: Duration) -> Result<(), DbError> {
 /// diesel's migration runner is synchronous; the harness bridges it with
 /// `block_in_place`, so this must run on the multi-threaded runtime.
 pub async fn migrate(url: &Secret) -> Result<Vec<String>, DbError> {
-    let conn = AsyncPgConnection::establish(url.expose()).await?;
+    let conn = tls::connect(url.expose())
+        .await
+        .map_err(ConnectionError::from)?;
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
         .run_pending_migrations(MIGRATIONS)
