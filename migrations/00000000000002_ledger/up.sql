@@ -62,15 +62,24 @@ BEGIN
     END IF;
 
     -- A wallet that would go negative fails wallet_balance_not_negative and
-    -- aborts the whole transaction.
+    -- aborts the whole transaction. Existing rows are updated, not upserted:
+    -- PostgreSQL checks an upsert's proposed row (the delta alone, negative
+    -- for a debit) before it finds the conflict.
+    UPDATE balances AS b
+    SET amount = b.amount + d.delta, updated_at = now()
+    FROM (SELECT account, sum(amount) AS delta
+          FROM new_entries
+          WHERE account LIKE 'wallet:%'
+          GROUP BY account) AS d
+    WHERE b.account = d.account;
+
     INSERT INTO balances AS b (account, amount)
     SELECT account, sum(amount)
-    FROM new_entries
+    FROM new_entries AS n
     WHERE account LIKE 'wallet:%'
+      AND NOT EXISTS (SELECT 1 FROM balances AS x WHERE x.account = n.account)
     GROUP BY account
-    ORDER BY account
-    ON CONFLICT (account) DO UPDATE
-        SET amount = b.amount + EXCLUDED.amount, updated_at = now();
+    ORDER BY account;
     RETURN NULL;
 END
 $$;

@@ -8,8 +8,9 @@ CREATE TABLE sessions (
     gpus              INTEGER NOT NULL CHECK (gpus > 0),
     state             TEXT NOT NULL
         CHECK (state IN ('queued', 'launching', 'running', 'stopping', 'ended')),
-    -- the GPU host and the device indices held there (empty unless held)
-    host              SMALLINT,
+    -- the GPU host and the device indices held there (empty unless held);
+    -- INTEGER because a host number is a u16, which SMALLINT cannot hold
+    host              INTEGER CHECK (host BETWEEN 0 AND 65535),
     gpu_indices       INTEGER[] NOT NULL DEFAULT '{}',
     container_id      TEXT,
     billed_intervals  BIGINT NOT NULL DEFAULT 0 CHECK (billed_intervals >= 0),
@@ -22,10 +23,11 @@ CREATE TABLE sessions (
     -- first time the container ran, and when the session ended
     started_at        TIMESTAMPTZ,
     ended_at          TIMESTAMPTZ,
-    CHECK ((state = 'ended') = (ended_at IS NOT NULL)),
-    CHECK (state <> 'ended' OR end_reason IS NOT NULL)
+    -- named, so that a violation says which rule was broken
+    CONSTRAINT sessions_ended_at_iff_ended CHECK ((state = 'ended') = (ended_at IS NOT NULL)),
+    CONSTRAINT sessions_ended_has_reason CHECK (state <> 'ended' OR end_reason IS NOT NULL)
 );
 
 -- Recovery reads every session not yet ended; a wallet's own list is by address.
-CREATE INDEX sessions_active_idx ON sessions (created_at) WHERE state <> 'ended';
+CREATE INDEX sessions_active_idx ON sessions (created_at, id) WHERE state <> 'ended';
 CREATE INDEX sessions_address_idx ON sessions (address, created_at);

@@ -1,0 +1,349 @@
+//! `PgSessionStore` on a real PostgreSQL: records round-trip exactly, the
+//! database keeps the timestamps, recovery sees active sessions oldest
+//! first, and an ended session is final whatever a stale actor saves.
+
+mod support;
+
+use chrono::{DateTime, Utc};
+use deskgate::db::DbPool;
+use deskgate::schema::sessions;
+use deskgate::secret::Secret;
+use deskgate::session_store::PgSessionStore;
+use deskgate_actors::ports::{
+    EndReason, GpuAddr, SessionId, SessionRecord, SessionState, SessionStore, WalletId,
+};
+use support::ScratchDatabase;
+use uuid::Uuid;
+
+const ALICE: &str = "0x00000000000000000000000000000000000a11ce";
+const BOB: &str = "0x0000000000000000000000000000000000000b0b";
+
+async fn setup(tag: &str) -> (ScratchDatabase, DbPool, PgSessionStore) {
+    let db = ScratchDatabase::migrated(tag).await;
+    let pool = deskgate::db::pool(&Secret::new(db.url.clone())).expect("pool");
+    let store = PgSessionStore::new(pool.clone());
+    (db, pool, store)
+}
+
+async fn teardown(db: ScratchDatabase, pool: DbPool) {
+    drop(pool);
+    db.drop_it().await;
+}
+
+fn record(id: SessionId, wallet: &str, state: SessionState) -> SessionRecord {
+    SessionRecord {
+        id,
+        wallet: WalletId::new(wallet),
+        gpus: 2,
+        state,
+        gpu_addrs: Vec::new(),
+        container_id: None,
+        billed_intervals: 0,
+        billed_credit: 0,
+        billed_ms: 0,
+        end_reason: None,
+    }
+}
+
+/// Direct reads and writes of the table, for what the port does not show.
+/// (In a module: diesel's `RunQueryDsl::load` would shadow the port's.)
+mod sql {
+    use super::*;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+
+    /// The database's timestamps of one session.
+    #[derive(Debug, Clone, Copy, PartialEq, Queryable)]
+    pub struct Stamps {
+        pub created_at: DateTime<Utc>,
+        pub updated_at: DateTime<Utc>,
+        pub started_at: Option<DateTime<Utc>>,
+        pub ended_at: Option<DateTime<Utc>>,
+    }
+
+    pub async fn stamps(pool: &DbPool, id: SessionId) -> Stamps {
+        let mut conn = pool.get().await.unwrap();
+        sessions::table
+            .find(id.0)
+            .select((
+                sessions::created_at,
+                sessions::updated_at,
+                sessions::started_at,
+                sessions::ended_at,
+            ))
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Gives every session the same creation time.
+    pub async fn same_created_at(pool: &DbPool) {
+        let mut conn = pool.get().await.unwrap();
+        diesel::update(sessions::table)
+            .set(sessions::created_at.eq(diesel::dsl::now))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+use sql::stamps;
+
+/// Every field, with values at the edges of their ranges, and every
+/// `EndReason` variant, comes back exactly as saved.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_round_trip_exactly() {
+    let (db, pool, store) = setup("sessions_round_trip").await;
+
+    let running = SessionRecord {
+        id: SessionId::new(),
+        wallet: WalletId::new(&ALICE.to_uppercase().replace("0X", "0x")),
+        gpus: 3,
+        state: SessionState::Running,
+        // Order is kept; host 65535 is the largest u16.
+        gpu_addrs: vec![
+            GpuAddr {
+                host: 65535,
+                index: 7,
+            },
+            GpuAddr {
+                host: 65535,
+                index: 0,
+            },
+            GpuAddr {
+                host: 65535,
+                index: i32::MAX as u32,
+            },
+        ],
+        container_id: Some("3f2a9c0d1e".into()),
+        billed_intervals: i64::MAX as u64,
+        billed_credit: 1_234_567_890_123,
+        billed_ms: 987_654_321,
+        end_reason: None,
+    };
+    store.save(&running).await.unwrap();
+    assert_eq!(store.load(running.id).await.unwrap(), Some(running.clone()));
+
+    // A stopping session may already carry its reason.
+    let mut stopping = record(SessionId::new(), BOB, SessionState::Stopping);
+    stopping.end_reason = Some(EndReason::PresenceTimeout);
+    stopping.gpu_addrs = vec![GpuAddr { host: 0, index: 1 }];
+    store.save(&stopping).await.unwrap();
+    assert_eq!(store.load(stopping.id).await.unwrap(), Some(stopping));
+
+    let reasons = [
+        EndReason::UserStopped,
+        EndReason::CreditExhausted,
+        EndReason::PresenceTimeout,
+        EndReason::ContainerExited {
+            code: -9,
+            oom: true,
+        },
+        EndReason::ContainerExited {
+            code: 0,
+            oom: false,
+        },
+        EndReason::LaunchFailed("image \"x\" not found: ünïcode ok".into()),
+        EndReason::Crashed(String::new()),
+        EndReason::AdminKilled,
+        EndReason::LostOnRestart,
+    ];
+    for reason in reasons {
+        let mut ended = record(SessionId::new(), ALICE, SessionState::Running);
+        ended.container_id = Some("c".into());
+        ended.billed_intervals = 4;
+        ended.billed_credit = 240;
+        ended.billed_ms = 240_000;
+        ended.end(reason.clone());
+        store.save(&ended).await.unwrap();
+        assert_eq!(
+            store.load(ended.id).await.unwrap(),
+            Some(ended),
+            "{reason:?}"
+        );
+    }
+
+    assert_eq!(store.load(SessionId::new()).await.unwrap(), None);
+    teardown(db, pool).await;
+}
+
+/// Records the store cannot represent are refused with a reason, and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn unrepresentable_records_are_refused() {
+    let (db, pool, store) = setup("sessions_refused").await;
+
+    let mut spanning = record(SessionId::new(), ALICE, SessionState::Launching);
+    spanning.gpu_addrs = vec![GpuAddr { host: 0, index: 0 }, GpuAddr { host: 1, index: 0 }];
+    let err = store.save(&spanning).await.unwrap_err();
+    assert!(err.0.contains("span hosts 0 and 1"), "{err}");
+    assert_eq!(store.load(spanning.id).await.unwrap(), None);
+
+    let mut huge_index = record(SessionId::new(), ALICE, SessionState::Launching);
+    huge_index.gpu_addrs = vec![GpuAddr {
+        host: 0,
+        index: u32::MAX,
+    }];
+    let err = store.save(&huge_index).await.unwrap_err();
+    assert!(err.0.contains("GPU index"), "{err}");
+
+    // The schema's own rules surface as errors naming the constraint.
+    let mut ended_without_reason = record(SessionId::new(), ALICE, SessionState::Ended);
+    ended_without_reason.end_reason = None;
+    let err = store.save(&ended_without_reason).await.unwrap_err();
+    assert!(err.0.contains("sessions_ended_has_reason"), "{err}");
+    assert!(
+        err.0.contains(&ended_without_reason.id.to_string()),
+        "{err}"
+    );
+    assert_eq!(store.load(ended_without_reason.id).await.unwrap(), None);
+
+    teardown(db, pool).await;
+}
+
+/// `load_active` leaves ended sessions out and lists the rest by first save,
+/// then by id; later saves do not move a session.
+#[tokio::test(flavor = "multi_thread")]
+async fn load_active_is_oldest_first_without_ended() {
+    let (db, pool, store) = setup("sessions_active").await;
+
+    // Ids that sort opposite to creation order, so order by id would fail.
+    let ids: Vec<SessionId> = (0..4u128)
+        .rev()
+        .map(|n| SessionId(Uuid::from_u128(n + 1)))
+        .collect();
+    let states = [
+        SessionState::Queued,
+        SessionState::Running,
+        SessionState::Launching,
+        SessionState::Stopping,
+    ];
+    for (id, state) in ids.iter().zip(states) {
+        store.save(&record(*id, ALICE, state)).await.unwrap();
+    }
+    let mut ended = record(SessionId(Uuid::from_u128(100)), BOB, SessionState::Running);
+    ended.end(EndReason::UserStopped);
+    store.save(&ended).await.unwrap();
+
+    // Saving the oldest again keeps its place.
+    let mut oldest = record(ids[0], ALICE, SessionState::Launching);
+    oldest.gpu_addrs = vec![GpuAddr { host: 0, index: 0 }, GpuAddr { host: 0, index: 1 }];
+    store.save(&oldest).await.unwrap();
+
+    let active: Vec<SessionId> = store
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(active, ids);
+    assert_eq!(store.load_active().await.unwrap()[0], oldest);
+
+    // Sessions created in the same instant come in id order.
+    sql::same_created_at(&pool).await;
+    let active: Vec<SessionId> = store
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let mut by_id = ids.clone();
+    by_id.sort();
+    assert_eq!(active, by_id);
+
+    teardown(db, pool).await;
+}
+
+/// `started_at` is the first save as running and survives later saves;
+/// `updated_at` moves on every save; `ended_at` comes with the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn timestamps_are_kept_by_the_database() {
+    let (db, pool, store) = setup("sessions_stamps").await;
+    let mut session = record(SessionId::new(), ALICE, SessionState::Queued);
+
+    store.save(&session).await.unwrap();
+    let queued = stamps(&pool, session.id).await;
+    assert_eq!(queued.started_at, None);
+    assert_eq!(queued.ended_at, None);
+
+    session.state = SessionState::Running;
+    session.gpu_addrs = vec![GpuAddr { host: 0, index: 0 }];
+    store.save(&session).await.unwrap();
+    let first_run = stamps(&pool, session.id).await;
+    let started = first_run.started_at.expect("started_at set when running");
+    assert!(started > queued.updated_at);
+    assert_eq!(first_run.created_at, queued.created_at);
+
+    // Billing saves while running, then the end.
+    session.billed_intervals = 1;
+    session.billed_credit = 60;
+    store.save(&session).await.unwrap();
+    let billed = stamps(&pool, session.id).await;
+    assert_eq!(billed.started_at, Some(started));
+    assert!(billed.updated_at > first_run.updated_at);
+
+    session.state = SessionState::Stopping;
+    store.save(&session).await.unwrap();
+    session.end(EndReason::CreditExhausted);
+    store.save(&session).await.unwrap();
+    let ended = stamps(&pool, session.id).await;
+    assert_eq!(ended.started_at, Some(started));
+    assert_eq!(ended.created_at, queued.created_at);
+    let ended_at = ended.ended_at.expect("ended_at set when ended");
+    assert!(ended_at > started);
+    assert_eq!(ended.updated_at, ended_at);
+
+    // A session that never ran has no start.
+    let mut never_ran = record(SessionId::new(), BOB, SessionState::Queued);
+    store.save(&never_ran).await.unwrap();
+    never_ran.end(EndReason::UserStopped);
+    store.save(&never_ran).await.unwrap();
+    let stamps_never_ran = stamps(&pool, never_ran.id).await;
+    assert_eq!(stamps_never_ran.started_at, None);
+    assert!(stamps_never_ran.ended_at.is_some());
+
+    teardown(db, pool).await;
+}
+
+/// Once ended, a row never changes: a stale actor's save of an older state,
+/// or a second end with another reason, succeeds and writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_sessions_never_change() {
+    let (db, pool, store) = setup("sessions_final").await;
+
+    let mut running = record(SessionId::new(), ALICE, SessionState::Running);
+    running.gpu_addrs = vec![GpuAddr { host: 2, index: 3 }];
+    running.container_id = Some("ctr".into());
+    running.billed_intervals = 2;
+    running.billed_credit = 120;
+    running.billed_ms = 120_000;
+    store.save(&running).await.unwrap();
+
+    let mut ended = running.clone();
+    ended.billed_intervals = 3;
+    ended.billed_credit = 150;
+    ended.billed_ms = 150_000;
+    ended.end(EndReason::ContainerExited {
+        code: 137,
+        oom: true,
+    });
+    store.save(&ended).await.unwrap();
+    let at_end = stamps(&pool, ended.id).await;
+
+    // The stale actor still holds the running record, and later a billing
+    // step; neither may resurrect the session.
+    store.save(&running).await.unwrap();
+    let mut stale = running.clone();
+    stale.billed_intervals = 9;
+    store.save(&stale).await.unwrap();
+    let mut other_end = running.clone();
+    other_end.end(EndReason::AdminKilled);
+    store.save(&other_end).await.unwrap();
+
+    assert_eq!(store.load(ended.id).await.unwrap(), Some(ended.clone()));
+    assert_eq!(stamps(&pool, ended.id).await, at_end);
+    assert!(store.load_active().await.unwrap().is_empty());
+
+    teardown(db, pool).await;
+}
