@@ -88,6 +88,9 @@ pub enum LedgerError {
     /// A negative amount was asked for.
     #[error("invalid amount {0}: debits are positive")]
     InvalidAmount(CreditSeconds),
+    /// The request is malformed (an account name, a key, a self-transfer).
+    #[error("invalid ledger request: {0}")]
+    InvalidRequest(String),
     /// The key was used before with different parameters.
     #[error("idempotency key {0} was used with different parameters")]
     KeyConflict(String),

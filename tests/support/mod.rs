@@ -261,7 +261,9 @@ impl ScratchDatabase {
     pub async fn create(tag: &str) -> Self {
         let admin_url = service_env("DESKGATE_DATABASE_URL");
         let name = format!("deskgate_{tag}_{}", std::process::id());
-        let mut conn = diesel_async::AsyncPgConnection::establish(&admin_url).await.unwrap();
+        let mut conn = diesel_async::AsyncPgConnection::establish(&admin_url)
+            .await
+            .unwrap();
         diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
             .execute(&mut conn)
             .await
@@ -289,7 +291,9 @@ impl ScratchDatabase {
 
     /// Drops it, closing any connection still open.
     pub async fn drop_it(self) {
-        let mut conn = diesel_async::AsyncPgConnection::establish(&self.admin_url).await.unwrap();
+        let mut conn = diesel_async::AsyncPgConnection::establish(&self.admin_url)
+            .await
+            .unwrap();
         diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&mut conn)
             .await
