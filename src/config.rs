@@ -92,6 +92,12 @@ pub const KEYS: &[Key] = &[
         "PostgreSQL URL, e.g. postgres://user:pass@127.0.0.1:5432/deskgate"
     ),
     key!(
+        "MIGRATE_ON_START",
+        Plain,
+        Some("true"),
+        "`serve` applies pending database migrations at start (retrying until PostgreSQL answers)"
+    ),
+    key!(
         "RPC_URL",
         CredentialUrl,
         None,
@@ -453,6 +459,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// PostgreSQL URL (may hold a password).
     pub database_url: Option<Secret>,
+    /// `serve` migrates the database at start.
+    pub migrate_on_start: bool,
     /// Ethereum JSON-RPC URL (may hold an API key).
     pub rpc_url: Option<Secret>,
     /// Expected chain id.
@@ -718,6 +726,7 @@ impl Config {
         })
         .unwrap_or_default();
         let docs_enabled = parse_key(raw, "DOCS_ENABLED", p, parse_bool);
+        let migrate_on_start = parse_key(raw, "MIGRATE_ON_START", p, parse_bool);
         let log_format = parse_key(raw, "LOG_FORMAT", p, |t| match t {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -746,6 +755,7 @@ impl Config {
             public_url: public_url?,
             tls,
             database_url,
+            migrate_on_start: migrate_on_start?,
             rpc_url,
             chain_id: chain_id?,
             revenue_address,

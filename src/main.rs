@@ -248,6 +248,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut dependencies = Vec::new();
     if let Some(url) = &config.database_url {
         dependencies.push(Dependency::Postgres(db::pool(url)?));
+        if config.migrate_on_start {
+            tokio::spawn(migrate_until_done(url.clone()));
+        }
     }
     if let Some(url) = &config.rpc_url {
         dependencies.push(
@@ -289,6 +292,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Applies pending migrations, retrying with backoff while PostgreSQL is
+/// unreachable (in a compose stack it may start after the gate). Until it
+/// succeeds `/readyz` reports the schema as behind.
+async fn migrate_until_done(url: deskgate::secret::Secret) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match db::migrate(&url).await {
+            Ok(applied) => {
+                if applied.is_empty() {
+                    tracing::info!("database schema is current");
+                } else {
+                    tracing::info!(applied = ?applied, "database migrations applied");
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "cannot migrate the database yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn launcher(config: Config) -> anyhow::Result<()> {

@@ -41,6 +41,17 @@ pub enum DbError {
     /// A query failed.
     #[error("PostgreSQL query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// The database's schema is older than this build.
+    #[error(
+        "the schema is at migration {found} but this build needs {needed}: run `deskgate migrate` \
+         (or let `serve` migrate: DESKGATE_MIGRATE_ON_START=true)"
+    )]
+    SchemaBehind {
+        /// Newest migration applied, or `none`.
+        found: String,
+        /// Newest migration built in.
+        needed: String,
+    },
     /// PostgreSQL did not answer in time.
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
@@ -62,14 +73,47 @@ pub fn pool(url: &Secret) -> Result<DbPool, DbError> {
 
 /// Checks that PostgreSQL answers a query within `timeout`.
 pub async fn ping(pool: &DbPool, timeout: Duration) -> Result<(), DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        version: Option<String>,
+    }
     let check = async {
         let mut conn = pool.get().await?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
-        Ok(())
+        // A database never migrated has no migrations table at all.
+        let table: Applied =
+            diesel::sql_query("SELECT to_regclass('__diesel_schema_migrations')::text AS version")
+                .get_result(&mut conn)
+                .await?;
+        let applied: Applied = if table.version.is_some() {
+            diesel::sql_query("SELECT max(version) AS version FROM __diesel_schema_migrations")
+                .get_result(&mut conn)
+                .await?
+        } else {
+            table
+        };
+        let needed = latest_version();
+        match applied.version {
+            // Versions are zero-padded to one width, so text order is age order.
+            Some(version) if version >= needed => Ok(()),
+            found => Err(DbError::SchemaBehind {
+                found: found.unwrap_or_else(|| "none".into()),
+                needed,
+            }),
+        }
     };
     tokio::time::timeout(timeout, check)
         .await
         .map_err(|_| DbError::Timeout(timeout))?
+}
+
+/// The newest migration built into this binary.
+pub fn latest_version() -> String {
+    use diesel::migration::MigrationSource;
+    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .ok()
+        .and_then(|all| all.iter().map(|m| m.name().version().to_string()).max())
+        .unwrap_or_default()
 }
 
 /// Applies every pending migration, each in its own transaction; returns the
