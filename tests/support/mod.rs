@@ -264,6 +264,7 @@ impl ScratchDatabase {
         let mut conn = diesel_async::AsyncPgConnection::establish(&admin_url)
             .await
             .unwrap();
+        drop_leftovers(&mut conn).await;
         diesel::sql_query(format!("DROP DATABASE IF EXISTS {name}"))
             .execute(&mut conn)
             .await
@@ -298,5 +299,34 @@ impl ScratchDatabase {
             .execute(&mut conn)
             .await
             .unwrap();
+    }
+}
+
+/// Drops scratch databases whose test process is gone (a failed test panics
+/// before it can drop its own).
+async fn drop_leftovers(conn: &mut diesel_async::AsyncPgConnection) {
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let names: Vec<Name> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'deskgate\\_%\\_%'")
+            .load(conn)
+            .await
+            .unwrap_or_default();
+    for Name { datname } in names {
+        let Some(pid) = datname
+            .rsplit('_')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {datname} WITH (FORCE)"))
+                .execute(conn)
+                .await;
+        }
     }
 }
