@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use ipnet::IpNet;
 use url::Url;
 
@@ -125,7 +125,43 @@ pub const KEYS: &[Key] = &[
         "CONFIRMATIONS",
         Plain,
         Some("12"),
-        "confirmations before a deposit is credited"
+        "confirmations before a deposit is credited, or `finalized` to wait for the finalized block"
+    ),
+    key!(
+        "PRICE_WEI_PER_GPU_HOUR",
+        Plain,
+        Some("1000000000000000"),
+        "price of one GPU-hour in wei for ETH deposits (default 0.001 ETH)"
+    ),
+    key!(
+        "PRICE_TOKEN_PER_GPU_HOUR",
+        Plain,
+        Some("1000000000000000000"),
+        "price of one GPU-hour in the token's base units (default 1 token of 18 decimals)"
+    ),
+    key!(
+        "TIERS",
+        Plain,
+        None,
+        "token-holder discounts as MIN_BALANCE:PERCENT pairs, e.g. 1000e18:10,10000e18:25 in base units"
+    ),
+    key!(
+        "CHAIN_POLL_MILLIS",
+        Plain,
+        Some("2000"),
+        "how often the chain watcher asks the RPC node for new blocks"
+    ),
+    key!(
+        "DEPOSIT_START_BLOCK",
+        Plain,
+        None,
+        "first block the chain watcher scans on a fresh database (default: the latest block at first start)"
+    ),
+    key!(
+        "TOKEN_TTL_SECONDS",
+        Plain,
+        Some("86400"),
+        "lifetime of a sign-in token"
     ),
     key!(
         "ADMIN_TOKEN",
@@ -470,7 +506,19 @@ pub struct Config {
     /// Accepted ERC-20 token.
     pub token_address: Option<Address>,
     /// Confirmations before crediting.
-    pub confirmations: u64,
+    pub confirmations: Confirmations,
+    /// Wei per GPU-hour for ETH deposits.
+    pub price_wei_per_gpu_hour: U256,
+    /// Token base units per GPU-hour.
+    pub price_token_per_gpu_hour: U256,
+    /// Token-holder discount tiers, ascending by minimum balance.
+    pub tiers: Vec<Tier>,
+    /// Chain polling period.
+    pub chain_poll: Duration,
+    /// First block to scan on a fresh database.
+    pub deposit_start_block: Option<u64>,
+    /// Sign-in token lifetime.
+    pub token_ttl: Duration,
     /// Admin API token; the admin API exists only when set.
     pub admin_token: Option<Secret>,
     /// Remote launchers; empty means local Docker.
@@ -597,6 +645,80 @@ fn parse_u64(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{text}` is not a whole number"))
 }
 
+/// How long a deposit waits before it is credited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmations {
+    /// This many blocks on top of the deposit's block (1 = the block itself).
+    Blocks(u64),
+    /// Until the node's `finalized` block includes it.
+    Finalized,
+}
+
+/// A token-holder discount: at least `min_balance` base units of the token
+/// take `percent` off the price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    /// Minimum token balance, base units.
+    pub min_balance: U256,
+    /// Discount, percent (1 to 90).
+    pub percent: u8,
+}
+
+/// A positive integer amount of base units; `1e15`-style exponents allowed.
+fn parse_amount(text: &str) -> Result<U256, String> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (
+            m,
+            e.parse::<usize>()
+                .map_err(|_| format!("`{text}` has a bad exponent"))?,
+        ),
+        None => (text, 0),
+    };
+    let mantissa = U256::from_str_radix(mantissa, 10)
+        .map_err(|_| format!("`{text}` is not a whole number of base units"))?;
+    U256::from(10u8)
+        .checked_pow(U256::from(exponent))
+        .and_then(|scale| mantissa.checked_mul(scale))
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn parse_price(text: &str) -> Result<U256, String> {
+    match parse_amount(text)? {
+        price if price.is_zero() => Err("a price of 0 would give unlimited credit".into()),
+        price => Ok(price),
+    }
+}
+
+fn parse_tiers(text: &str) -> Result<Vec<Tier>, String> {
+    let mut tiers = comma_list(text)
+        .map(|pair| {
+            let (balance, percent) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("`{pair}` is not MIN_BALANCE:PERCENT"))?;
+            let percent = match percent.trim_end_matches('%').parse::<u8>() {
+                Ok(p) if (1..=90).contains(&p) => p,
+                _ => {
+                    return Err(format!(
+                        "`{percent}` is not a discount from 1 to 90 percent"
+                    ));
+                }
+            };
+            Ok(Tier {
+                min_balance: parse_amount(balance)?,
+                percent,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    tiers.sort_by_key(|t| t.min_balance);
+    if tiers
+        .windows(2)
+        .any(|w| w[0].min_balance == w[1].min_balance || w[0].percent >= w[1].percent)
+    {
+        return Err("tiers must have distinct balances and grow in discount with balance".into());
+    }
+    Ok(tiers)
+}
+
 fn parse_address(text: &str) -> Result<Address, String> {
     Address::parse_checksummed(text, None)
         .or_else(|_| {
@@ -682,7 +804,23 @@ impl Config {
         let chain_id = parse_key(raw, "CHAIN_ID", p, parse_u64);
         let revenue_address = parse_key(raw, "REVENUE_ADDRESS", p, parse_address);
         let token_address = parse_key(raw, "TOKEN_ADDRESS", p, parse_address);
-        let confirmations = parse_key(raw, "CONFIRMATIONS", p, parse_u64);
+        let confirmations = parse_key(raw, "CONFIRMATIONS", p, |t| match t {
+            "finalized" => Ok(Confirmations::Finalized),
+            _ => parse_u64(t)
+                .map(Confirmations::Blocks)
+                .map_err(|e| format!("{e} (or `finalized`)")),
+        });
+        let price_wei_per_gpu_hour = parse_key(raw, "PRICE_WEI_PER_GPU_HOUR", p, parse_price);
+        let price_token_per_gpu_hour = parse_key(raw, "PRICE_TOKEN_PER_GPU_HOUR", p, parse_price);
+        let tiers = parse_key(raw, "TIERS", p, parse_tiers).unwrap_or_default();
+        let chain_poll = parse_key(raw, "CHAIN_POLL_MILLIS", p, |t| match t.parse::<u64>() {
+            Ok(ms) if (50..=60_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => Err(format!(
+                "`{t}` is not a number of milliseconds from 50 to 60000"
+            )),
+        });
+        let deposit_start_block = parse_key(raw, "DEPOSIT_START_BLOCK", p, parse_u64);
+        let token_ttl = parse_key(raw, "TOKEN_TTL_SECONDS", p, parse_seconds);
         let launcher_urls = parse_key(raw, "LAUNCHER_URLS", p, |t| {
             comma_list(t)
                 .map(parse_http_url)
@@ -761,6 +899,12 @@ impl Config {
             revenue_address,
             token_address,
             confirmations: confirmations?,
+            price_wei_per_gpu_hour: price_wei_per_gpu_hour?,
+            price_token_per_gpu_hour: price_token_per_gpu_hour?,
+            tiers,
+            chain_poll: chain_poll?,
+            deposit_start_block,
+            token_ttl: token_ttl?,
             admin_token: secret("ADMIN_TOKEN"),
             launcher_urls,
             launcher_token: secret("LAUNCHER_TOKEN"),
@@ -1101,7 +1245,7 @@ mod tests {
         let config = loaded.config.unwrap();
         assert_eq!(config.bind.port(), 9000);
         assert_eq!(config.chain_id, 31337);
-        assert_eq!(config.confirmations, 5);
+        assert_eq!(config.confirmations, Confirmations::Blocks(5));
         assert_eq!(config.launcher_urls.len(), 2);
     }
 
@@ -1141,5 +1285,53 @@ mod tests {
         assert!(parse_address("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_ok());
         assert!(parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed").is_ok());
         assert!(parse_address("0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_err());
+    }
+
+    #[test]
+    fn tiers_parse_sorted_and_refuse_nonsense() {
+        let tiers = parse_tiers("10000e18:25, 1000e18:10").unwrap();
+        assert_eq!(tiers.len(), 2);
+        assert_eq!(
+            tiers[0].min_balance,
+            U256::from(1000u64) * U256::from(10u64).pow(U256::from(18))
+        );
+        assert_eq!((tiers[0].percent, tiers[1].percent), (10, 25));
+        assert!(
+            parse_tiers("1000:10,2000:5").is_err(),
+            "a bigger balance must not get less"
+        );
+        assert!(parse_tiers("1000:95").is_err());
+        assert!(parse_tiers("1000").is_err());
+        assert!(parse_tiers("x:10").is_err());
+        assert_eq!(
+            parse_price("1e15"),
+            Ok(U256::from(1_000_000_000_000_000u64))
+        );
+        assert!(parse_price("0").is_err());
+        assert!(parse_price("1e99").is_err(), "beyond U256");
+    }
+
+    #[test]
+    fn confirmations_are_a_count_or_finalized() {
+        let loaded = load(
+            None,
+            env(&[("DESKGATE_CONFIRMATIONS", "finalized")]),
+            Role::Serve,
+        );
+        assert_eq!(
+            loaded.config.unwrap().confirmations,
+            Confirmations::Finalized
+        );
+        let loaded = load(
+            None,
+            env(&[("DESKGATE_CONFIRMATIONS", "soon")]),
+            Role::Serve,
+        );
+        assert!(
+            loaded
+                .problems
+                .iter()
+                .any(|p| p.to_string().contains("finalized"))
+        );
     }
 }
