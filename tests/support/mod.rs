@@ -330,3 +330,78 @@ async fn drop_leftovers(conn: &mut diesel_async::AsyncPgConnection) {
         }
     }
 }
+
+/// An anvil node of a test's own, on a free port, killed on drop. Tests that
+/// mine, revert, reorg, warp time or stop the node use one so that they never
+/// disturb the shared node other tests use.
+pub struct OwnAnvil {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl OwnAnvil {
+    /// Starts anvil (chain id 31337, auto-mining, the standard dev accounts)
+    /// and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_on(free_port(), &[])
+    }
+
+    /// Starts anvil on `port` with extra arguments (e.g. `--block-time 1`);
+    /// used to restart a stopped node on the same port.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let bin = service_env("DESKGATE_ANVIL_BIN");
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                "31337",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("anvil starts (run `make services` to install it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(loopback(port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "anvil did not listen on {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, url }
+    }
+
+    /// Stops the node: SIGTERM (so that `--state FILE` is written), then
+    /// SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnAnvil {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

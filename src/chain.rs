@@ -1,0 +1,1 @@
+//! The Ethereum JSON-RPC adapter (alloy) behind the chain watcher's port.

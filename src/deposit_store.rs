@@ -1,0 +1,1 @@
+//! Deposits and the chain cursor on PostgreSQL.

@@ -1,0 +1,1 @@
+//! EIP-4361 (Sign-In with Ethereum) messages: build and parse.
