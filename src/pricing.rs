@@ -6,7 +6,8 @@
 //! rounded up. Rounding always favours the house by less than one unit, so
 //! quoting then depositing the quote always buys at least what was quoted.
 
-use alloy::primitives::U256;
+use alloy::primitives::{Address, U256};
+use async_trait::async_trait;
 use deskgate_actors::ports::CreditSeconds;
 use serde::Serialize;
 
@@ -109,6 +110,35 @@ impl Pricing {
         self.per_gpu_hour(asset)
             .saturating_mul(U256::from(keep))
             .max(U256::from(1))
+    }
+}
+
+/// Prices a deposit for the wallet that made it: the seam between the chain
+/// watcher (which credits deposits) and the tier oracle (which knows a
+/// wallet's discount from chain history).
+#[async_trait]
+pub trait DepositPricer: Send + Sync + 'static {
+    /// Credit-seconds that `amount` of `asset` deposited by `wallet` buys.
+    /// An error means "cannot price it now" (the RPC node is down, say); the
+    /// deposit stays pending and is priced again later.
+    async fn credit_for(
+        &self,
+        wallet: Address,
+        asset: Asset,
+        amount: U256,
+    ) -> Result<CreditSeconds, String>;
+}
+
+/// The listed price for everyone, no discounts.
+#[async_trait]
+impl DepositPricer for Pricing {
+    async fn credit_for(
+        &self,
+        _wallet: Address,
+        asset: Asset,
+        amount: U256,
+    ) -> Result<CreditSeconds, String> {
+        Ok(Pricing::credit_for(self, asset, amount, 0))
     }
 }
 
