@@ -215,3 +215,30 @@ pub async fn revoke_all_tokens(pool: &DbPool, address: &WalletId) -> Result<usiz
     tracing::info!(%address, revoked, "revoked every token of a wallet");
     Ok(revoked)
 }
+
+/// Whether [`consume_challenge`] would accept `nonce` for `address` at
+/// `now`, read without consuming anything. It lets the protocol refuse a
+/// dead nonce before doing costly signature checks; only
+/// [`consume_challenge`] decides, since the state can change in between.
+pub async fn check_challenge(
+    pool: &DbPool,
+    nonce: &str,
+    address: &WalletId,
+    now: DateTime<Utc>,
+) -> Result<Challenge, ChallengeError> {
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let found = challenges::table
+        .find(nonce)
+        .select(Challenge::as_select())
+        .first(&mut conn)
+        .await
+        .optional()
+        .map_err(DbError::from)?;
+    match found {
+        None => Err(ChallengeError::Unknown),
+        Some(c) if c.address != address.as_str() => Err(ChallengeError::WrongAddress),
+        Some(c) if c.used_at.is_some() => Err(ChallengeError::AlreadyUsed),
+        Some(c) if c.expires_at <= now => Err(ChallengeError::Expired),
+        Some(c) => Ok(c),
+    }
+}
