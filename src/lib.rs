@@ -5,8 +5,10 @@
 //! how the parts fit.
 
 pub mod audit;
+pub mod chain;
 pub mod config;
 pub mod db;
+pub mod deposit_store;
 pub mod docker;
 pub mod gpu;
 pub mod http;
@@ -17,9 +19,9 @@ pub mod readiness;
 pub mod schema;
 pub mod secret;
 pub mod server;
-pub mod siwe;
-pub mod sign_in;
 pub mod session_store;
+pub mod sign_in;
 pub mod sign_in_store;
+pub mod siwe;
 pub mod telemetry;
 pub mod tiers;
