@@ -1,1 +1,787 @@
-//! Deposits and the chain cursor on PostgreSQL.
+//! Deposits and the chain cursor on PostgreSQL: the chain watcher's
+//! [`DepositBook`], and [`check_transaction`], which `POST /api/v1/deposits`
+//! calls to check one transaction at once by the watcher's rules.
+//!
+//! A deposit's credit is exactly-once twice over: the ledger applies the key
+//! `deposit:<chain>:<tx>:<log index>` at most once, and the row moves from
+//! `pending` to `credited` under a row lock in the same database transaction
+//! as that ledger call's success. The credit-seconds are fixed on the row
+//! before the ledger is asked, so a retry asks for the same amount even if
+//! the price (a tier discount) changed in between.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use alloy::primitives::{Address, B256, U256};
+use async_trait::async_trait;
+use deskgate_actors::chain_watcher::{Required, confirmations};
+use deskgate_actors::ports::{
+    Address20, Amount256, BlockHeader, BookError, ChainDeposit, ChainError, ChainReader,
+    CreditSeconds, DepositAsset, DepositBook, DepositRecord, DepositStatus, ETH_LOG_INDEX, Hash32,
+    WalletId,
+};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::chain::{AlloyChain, address20, amount256, hash32};
+use crate::db::DbPool;
+use crate::ledger::{PgLedger, SystemAccount};
+use crate::pricing::{Asset, DepositPricer};
+
+/// Processed block hashes kept below the cursor, for reorg detection.
+const KEPT_BLOCKS: i64 = 4096;
+
+const COLUMNS: &str = "tx_hash, log_index, block_number, block_hash, \"from\", \"to\", asset, \
+                       amount::text AS amount, status, credit_seconds";
+
+#[derive(QueryableByName)]
+struct DepositRow {
+    #[diesel(sql_type = Text)]
+    tx_hash: String,
+    #[diesel(sql_type = BigInt)]
+    log_index: i64,
+    #[diesel(sql_type = BigInt)]
+    block_number: i64,
+    #[diesel(sql_type = Text)]
+    block_hash: String,
+    #[diesel(sql_type = Text)]
+    from: String,
+    #[diesel(sql_type = Text)]
+    to: String,
+    #[diesel(sql_type = Text)]
+    asset: String,
+    #[diesel(sql_type = Text)]
+    amount: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    credit_seconds: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct BlockRow {
+    #[diesel(sql_type = BigInt)]
+    number: i64,
+    #[diesel(sql_type = Text)]
+    hash: String,
+    #[diesel(sql_type = Text)]
+    parent_hash: String,
+}
+
+#[derive(QueryableByName)]
+struct StatusRow {
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+fn bad(what: &str, value: &str) -> BookError {
+    BookError(format!(
+        "unreadable {what} {value:?} in the deposits tables"
+    ))
+}
+
+fn parse_hash(value: &str) -> Result<Hash32, BookError> {
+    B256::from_str(value)
+        .map(hash32)
+        .map_err(|_| bad("hash", value))
+}
+
+fn parse_address(value: &str) -> Result<Address20, BookError> {
+    Address::from_str(value)
+        .map(address20)
+        .map_err(|_| bad("address", value))
+}
+
+fn parse_status(value: &str) -> Result<DepositStatus, BookError> {
+    Ok(match value {
+        "pending" => DepositStatus::Pending,
+        "credited" => DepositStatus::Credited,
+        "rejected" => DepositStatus::Rejected,
+        "removed" => DepositStatus::Removed,
+        other => return Err(bad("status", other)),
+    })
+}
+
+fn asset_name(asset: DepositAsset) -> &'static str {
+    match asset {
+        DepositAsset::Eth => Asset::Eth.as_str(),
+        DepositAsset::Token => Asset::Token.as_str(),
+    }
+}
+
+fn pricing_asset(asset: DepositAsset) -> Asset {
+    match asset {
+        DepositAsset::Eth => Asset::Eth,
+        DepositAsset::Token => Asset::Token,
+    }
+}
+
+/// The amount as a U256.
+pub fn amount_u256(amount: Amount256) -> U256 {
+    U256::from_be_bytes(amount.0)
+}
+
+fn number(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl DepositRow {
+    fn into_record(self) -> Result<DepositRecord, BookError> {
+        let amount =
+            U256::from_str_radix(&self.amount, 10).map_err(|_| bad("amount", &self.amount))?;
+        Ok(DepositRecord {
+            deposit: ChainDeposit {
+                tx_hash: parse_hash(&self.tx_hash)?,
+                log_index: self.log_index,
+                block_number: u64::try_from(self.block_number)
+                    .map_err(|_| bad("block number", &self.block_number.to_string()))?,
+                block_hash: parse_hash(&self.block_hash)?,
+                from: parse_address(&self.from)?,
+                to: parse_address(&self.to)?,
+                asset: match self.asset.as_str() {
+                    "eth" => DepositAsset::Eth,
+                    "token" => DepositAsset::Token,
+                    other => return Err(bad("asset", other)),
+                },
+                amount: amount256(amount),
+            },
+            status: parse_status(&self.status)?,
+        })
+    }
+}
+
+fn db_error(error: impl fmt::Display) -> BookError {
+    metrics::counter!("deskgate_deposits_db_errors_total").increment(1);
+    BookError(error.to_string())
+}
+
+/// Records `deposits` as pending: a new one is inserted, a removed one seen
+/// again (in its new block) is pending again, a pending or credited one
+/// follows its transaction to the block it is in now.
+async fn upsert_deposits(
+    conn: &mut AsyncPgConnection,
+    chain_id: u64,
+    deposits: &[ChainDeposit],
+) -> Result<(), diesel::result::Error> {
+    for deposit in deposits {
+        diesel::sql_query(
+            "INSERT INTO deposits (chain_id, tx_hash, log_index, block_number, block_hash, \
+             \"from\", \"to\", asset, amount, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, 'pending') \
+             ON CONFLICT (chain_id, tx_hash, log_index) DO UPDATE SET \
+               block_number = EXCLUDED.block_number, \
+               block_hash = EXCLUDED.block_hash, \
+               status = CASE WHEN deposits.status = 'removed' THEN 'pending' ELSE deposits.status END, \
+               reorged_at = CASE WHEN deposits.block_hash = EXCLUDED.block_hash \
+                            THEN deposits.reorged_at END, \
+               updated_at = now() \
+             WHERE deposits.status <> 'rejected'",
+        )
+        .bind::<BigInt, _>(number(chain_id))
+        .bind::<Text, _>(deposit.tx_hash.to_string())
+        .bind::<BigInt, _>(deposit.log_index)
+        .bind::<BigInt, _>(number(deposit.block_number))
+        .bind::<Text, _>(deposit.block_hash.to_string())
+        .bind::<Text, _>(deposit.from.to_string())
+        .bind::<Text, _>(deposit.to.to_string())
+        .bind::<Text, _>(asset_name(deposit.asset))
+        .bind::<Text, _>(amount_u256(deposit.amount).to_string())
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why a credit could not be made inside its transaction.
+#[derive(Debug, thiserror::Error)]
+enum CreditError {
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error("ledger: {0}")]
+    Ledger(#[from] deskgate_actors::ports::LedgerError),
+    #[error("the deposit is {0}, not pending")]
+    NotPending(String),
+}
+
+/// The chain watcher's book on PostgreSQL, for one chain.
+#[derive(Clone)]
+pub struct PgDepositBook {
+    pool: DbPool,
+    ledger: PgLedger,
+    pricer: Arc<dyn DepositPricer>,
+    chain_id: u64,
+}
+
+impl fmt::Debug for PgDepositBook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgDepositBook")
+            .field("chain_id", &self.chain_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgDepositBook {
+    /// A book for `chain_id` that credits through `ledger` at `pricer`'s prices.
+    pub fn new(
+        pool: DbPool,
+        ledger: PgLedger,
+        pricer: Arc<dyn DepositPricer>,
+        chain_id: u64,
+    ) -> Self {
+        Self {
+            pool,
+            ledger,
+            pricer,
+            chain_id,
+        }
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, BookError>
+    {
+        self.pool.get().await.map_err(db_error)
+    }
+
+    async fn select(
+        &self,
+        filter: &str,
+        binds: (i64, Option<String>),
+    ) -> Result<Vec<DepositRecord>, BookError> {
+        let mut conn = self.conn().await?;
+        let sql = format!("SELECT {COLUMNS} FROM deposits WHERE chain_id = $1 AND {filter}");
+        let rows: Vec<DepositRow> = match binds.1 {
+            Some(text) => {
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(number(self.chain_id))
+                    .bind::<BigInt, _>(binds.0)
+                    .bind::<Text, _>(text)
+                    .load(&mut conn)
+                    .await
+            }
+            None => {
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(number(self.chain_id))
+                    .bind::<BigInt, _>(binds.0)
+                    .load(&mut conn)
+                    .await
+            }
+        }
+        .map_err(db_error)?;
+        rows.into_iter().map(DepositRow::into_record).collect()
+    }
+
+    /// Every recorded deposit of transaction `tx_hash`, by log index.
+    pub async fn deposits_of(
+        &self,
+        tx_hash: Hash32,
+    ) -> Result<Vec<(DepositRecord, Option<CreditSeconds>)>, BookError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<DepositRow> = diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM deposits WHERE chain_id = $1 AND tx_hash = $2 ORDER BY log_index"
+        ))
+        .bind::<BigInt, _>(number(self.chain_id))
+        .bind::<Text, _>(tx_hash.to_string())
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|row| {
+                let credit = row.credit_seconds;
+                row.into_record().map(|r| (r, credit))
+            })
+            .collect()
+    }
+
+    /// Records deposits found by a direct check as pending (see [`upsert_deposits`]).
+    pub async fn record_pending(&self, deposits: &[ChainDeposit]) -> Result<(), BookError> {
+        let mut conn = self.conn().await?;
+        upsert_deposits(&mut conn, self.chain_id, deposits)
+            .await
+            .map_err(db_error)
+    }
+
+    /// What `deposit` buys now at the pricer's prices.
+    pub async fn price(&self, deposit: &ChainDeposit) -> Result<CreditSeconds, BookError> {
+        self.pricer
+            .credit_for(
+                Address::from(deposit.from.0),
+                pricing_asset(deposit.asset),
+                amount_u256(deposit.amount),
+            )
+            .await
+            .map_err(|e| BookError(format!("cannot price the deposit now: {e}")))
+    }
+
+    fn key_binds(&self, deposit: &ChainDeposit) -> (i64, String, i64) {
+        (
+            number(self.chain_id),
+            deposit.tx_hash.to_string(),
+            deposit.log_index,
+        )
+    }
+}
+
+#[async_trait]
+impl DepositBook for PgDepositBook {
+    async fn cursor(&self) -> Result<Option<BlockHeader>, BookError> {
+        let mut conn = self.conn().await?;
+        let row: Option<BlockRow> = diesel::sql_query(
+            "SELECT number, hash, parent_hash FROM chain_blocks WHERE chain_id = $1 \
+             ORDER BY number DESC LIMIT 1",
+        )
+        .bind::<BigInt, _>(number(self.chain_id))
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?
+        .pop();
+        row.map(|r| {
+            Ok(BlockHeader {
+                number: u64::try_from(r.number).map_err(|_| bad("block", &r.number.to_string()))?,
+                hash: parse_hash(&r.hash)?,
+                parent_hash: parse_hash(&r.parent_hash)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn recorded_hash(&self, block: u64) -> Result<Option<Hash32>, BookError> {
+        let mut conn = self.conn().await?;
+        let row: Option<BlockRow> = diesel::sql_query(
+            "SELECT number, hash, parent_hash FROM chain_blocks WHERE chain_id = $1 AND number = $2",
+        )
+        .bind::<BigInt, _>(number(self.chain_id))
+        .bind::<BigInt, _>(number(block))
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?
+        .pop();
+        row.map(|r| parse_hash(&r.hash)).transpose()
+    }
+
+    async fn commit_block(
+        &self,
+        block: &BlockHeader,
+        deposits: &[ChainDeposit],
+    ) -> Result<(), BookError> {
+        let mut conn = self.conn().await?;
+        let chain_id = self.chain_id;
+        let block = *block;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            {
+                upsert_deposits(conn, chain_id, deposits).await?;
+                diesel::sql_query(
+                    "INSERT INTO chain_blocks (chain_id, number, hash, parent_hash) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (chain_id, number) DO UPDATE SET \
+                     hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash, processed_at = now()",
+                )
+                .bind::<BigInt, _>(number(chain_id))
+                .bind::<BigInt, _>(number(block.number))
+                .bind::<Text, _>(block.hash.to_string())
+                .bind::<Text, _>(block.parent_hash.to_string())
+                .execute(conn)
+                .await?;
+                diesel::sql_query("DELETE FROM chain_blocks WHERE chain_id = $1 AND number < $2")
+                    .bind::<BigInt, _>(number(chain_id))
+                    .bind::<BigInt, _>(number(block.number) - KEPT_BLOCKS)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+        .map_err(db_error)
+    }
+
+    async fn deposits_above(&self, block: u64) -> Result<Vec<DepositRecord>, BookError> {
+        self.select(
+            "block_number > $2 AND status IN ('pending', 'credited') ORDER BY block_number, log_index",
+            (number(block), None),
+        )
+        .await
+    }
+
+    async fn stale_at(&self, block: &BlockHeader) -> Result<Vec<DepositRecord>, BookError> {
+        self.select(
+            "block_number = $2 AND block_hash <> $3 AND status IN ('pending', 'credited') \
+             ORDER BY log_index",
+            (number(block.number), Some(block.hash.to_string())),
+        )
+        .await
+    }
+
+    async fn rewind(&self, ancestor: u64) -> Result<(), BookError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query("DELETE FROM chain_blocks WHERE chain_id = $1 AND number > $2")
+            .bind::<BigInt, _>(number(self.chain_id))
+            .bind::<BigInt, _>(number(ancestor))
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<Vec<DepositRecord>, BookError> {
+        self.select(
+            "status = 'pending' AND block_number >= $2 ORDER BY block_number, log_index",
+            (0, None),
+        )
+        .await
+    }
+
+    async fn credit(&self, deposit: &ChainDeposit) -> Result<CreditSeconds, BookError> {
+        let (chain, tx, log_index) = self.key_binds(deposit);
+        // Fix the amount first, in its own statement, so that every retry
+        // asks the ledger for the same credit under the same key.
+        let price = self.price(deposit).await?;
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE deposits SET credit_seconds = $4, updated_at = now() \
+             WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3 AND credit_seconds IS NULL",
+        )
+        .bind::<BigInt, _>(chain)
+        .bind::<Text, _>(tx.clone())
+        .bind::<BigInt, _>(log_index)
+        .bind::<BigInt, _>(price)
+        .execute(&mut conn)
+        .await
+        .map_err(db_error)?;
+
+        let ledger = &self.ledger;
+        let wallet = WalletId::new(&deposit.from.to_string());
+        let key = deposit.credit_key(self.chain_id);
+        let credited = conn
+            .transaction::<_, CreditError, _>(async |conn| {
+                #[derive(QueryableByName)]
+                struct Locked {
+                    #[diesel(sql_type = Text)]
+                    status: String,
+                    #[diesel(sql_type = Nullable<BigInt>)]
+                    credit_seconds: Option<i64>,
+                }
+                let locked: Locked = diesel::sql_query(
+                    "SELECT status, credit_seconds FROM deposits \
+                         WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3 FOR UPDATE",
+                )
+                .bind::<BigInt, _>(chain)
+                .bind::<Text, _>(tx.clone())
+                .bind::<BigInt, _>(log_index)
+                .get_result(conn)
+                .await?;
+                let amount = locked.credit_seconds.unwrap_or(price);
+                match locked.status.as_str() {
+                    "pending" => {}
+                    "credited" => return Ok((amount, false)),
+                    other => return Err(CreditError::NotPending(other.to_string())),
+                }
+                if amount > 0 {
+                    ledger
+                        .credit(&wallet, amount, SystemAccount::Revenue, key)
+                        .await?;
+                }
+                diesel::sql_query(
+                    "UPDATE deposits SET status = 'credited', credited_at = now(), \
+                         updated_at = now() \
+                         WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3",
+                )
+                .bind::<BigInt, _>(chain)
+                .bind::<Text, _>(tx.clone())
+                .bind::<BigInt, _>(log_index)
+                .execute(conn)
+                .await?;
+                Ok((amount, true))
+            })
+            .await
+            .map_err(db_error)?;
+        let (amount, newly) = credited;
+        if newly {
+            metrics::counter!("deskgate_deposits_credit_seconds_total")
+                .increment(amount.unsigned_abs());
+        }
+        Ok(amount)
+    }
+
+    async fn mark_removed(&self, deposit: &ChainDeposit) -> Result<DepositStatus, BookError> {
+        let (chain, tx, log_index) = self.key_binds(deposit);
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE deposits SET status = 'removed', updated_at = now() \
+             WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3 AND status = 'pending' \
+             AND block_hash = $4",
+        )
+        .bind::<BigInt, _>(chain)
+        .bind::<Text, _>(tx.clone())
+        .bind::<BigInt, _>(log_index)
+        .bind::<Text, _>(deposit.block_hash.to_string())
+        .execute(&mut conn)
+        .await
+        .map_err(db_error)?;
+        let row: StatusRow = diesel::sql_query(
+            "SELECT status FROM deposits WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3",
+        )
+        .bind::<BigInt, _>(chain)
+        .bind::<Text, _>(tx)
+        .bind::<BigInt, _>(log_index)
+        .get_result(&mut conn)
+        .await
+        .map_err(db_error)?;
+        parse_status(&row.status)
+    }
+
+    async fn flag_reorged(&self, deposit: &ChainDeposit, depth: u64) -> Result<(), BookError> {
+        let (chain, tx, log_index) = self.key_binds(deposit);
+        let mut conn = self.conn().await?;
+        let flagged: Vec<StatusRow> = diesel::sql_query(
+            "UPDATE deposits SET reorged_at = now(), updated_at = now() \
+             WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3 AND status = 'credited' \
+             AND reorged_at IS NULL AND block_hash = $4 RETURNING status",
+        )
+        .bind::<BigInt, _>(chain)
+        .bind::<Text, _>(tx.clone())
+        .bind::<BigInt, _>(log_index)
+        .bind::<Text, _>(deposit.block_hash.to_string())
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?;
+        drop(conn);
+        if flagged.is_empty() {
+            return Ok(()); // flagged before, or not credited
+        }
+        let details = serde_json::json!({
+            "chain_id": self.chain_id,
+            "tx_hash": tx,
+            "log_index": log_index,
+            "block_number": deposit.block_number,
+            "block_hash": deposit.block_hash.to_string(),
+            "from": deposit.from.to_string(),
+            "asset": asset_name(deposit.asset),
+            "amount": amount_u256(deposit.amount).to_string(),
+            "depth": depth,
+            "credit_key": deposit.credit_key(self.chain_id),
+        });
+        let subject = format!("wallet:{}", deposit.from);
+        if let Err(error) = crate::audit::record(
+            &self.pool,
+            "system",
+            "deposit.reorged",
+            Some(&subject),
+            details,
+        )
+        .await
+        {
+            // Undo the mark so that the next round flags it again.
+            if let Ok(mut conn) = self.conn().await {
+                let _ = diesel::sql_query(
+                    "UPDATE deposits SET reorged_at = NULL \
+                     WHERE chain_id = $1 AND tx_hash = $2 AND log_index = $3",
+                )
+                .bind::<BigInt, _>(chain)
+                .bind::<Text, _>(tx)
+                .bind::<BigInt, _>(log_index)
+                .execute(&mut conn)
+                .await;
+            }
+            return Err(db_error(error));
+        }
+        warn!(subject, depth, "deposit.reorged recorded in the audit log");
+        Ok(())
+    }
+}
+
+/// Where a checked transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// A valid deposit waiting for confirmations (or not yet mined).
+    Pending,
+    /// Credited (now or before).
+    Credited,
+    /// Not a deposit deskgate accepts; `reason` says why.
+    Rejected,
+}
+
+/// The answer to `POST /api/v1/deposits {tx_hash}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TxCheck {
+    /// Where it stands.
+    pub status: CheckStatus,
+    /// Confirmations now (0 while unmined or unknown).
+    pub confirmations: u64,
+    /// Confirmations needed; `None` when deposits wait for the finalized block.
+    pub required: Option<u64>,
+    /// Credit-seconds it bought (credited) or buys at today's price (pending).
+    pub credit_seconds: Option<CreditSeconds>,
+    /// Why it was rejected, or what it waits for.
+    pub reason: Option<String>,
+}
+
+impl TxCheck {
+    fn rejected(required: Required, reason: String) -> Self {
+        Self {
+            status: CheckStatus::Rejected,
+            confirmations: 0,
+            required: required_blocks(required),
+            credit_seconds: None,
+            reason: Some(reason),
+        }
+    }
+}
+
+fn required_blocks(required: Required) -> Option<u64> {
+    match required {
+        Required::Blocks(n) => Some(n),
+        Required::Finalized => None,
+    }
+}
+
+/// Why a transaction could not be checked now (try again later).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The RPC node failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The database failed.
+    #[error(transparent)]
+    Book(#[from] BookError),
+}
+
+/// Checks one transaction now, by the chain watcher's rules: a successful
+/// transaction that sends ETH to the revenue address, or whose logs hold a
+/// Transfer of the configured token to it, is a deposit. It is recorded as
+/// pending and, once it has enough confirmations, credited exactly once
+/// (the same key as the watcher's, so the two never credit it twice).
+/// Idempotent: asking again answers the same, credited at most once.
+pub async fn check_transaction(
+    chain: &AlloyChain,
+    book: &PgDepositBook,
+    required: Required,
+    tx_hash: B256,
+) -> Result<TxCheck, CheckError> {
+    let known = book.deposits_of(hash32(tx_hash)).await?;
+    let Some(facts) = chain.transaction(tx_hash).await? else {
+        let credited: Vec<_> = known
+            .iter()
+            .filter(|(r, _)| r.status == DepositStatus::Credited)
+            .collect();
+        if !credited.is_empty() {
+            // Credited, then reorged away (flagged for an administrator).
+            return Ok(TxCheck {
+                status: CheckStatus::Credited,
+                confirmations: 0,
+                required: required_blocks(required),
+                credit_seconds: Some(credited.iter().filter_map(|(_, c)| *c).sum()),
+                reason: Some("credited, but the node no longer knows the transaction".into()),
+            });
+        }
+        return Ok(TxCheck::rejected(
+            required,
+            format!("unknown transaction: the node does not know {tx_hash}"),
+        ));
+    };
+    let revenue = chain.revenue();
+    let token = chain.token();
+
+    let Some((block_number, block_hash)) = facts.block else {
+        return Ok(TxCheck {
+            status: CheckStatus::Pending,
+            confirmations: 0,
+            required: required_blocks(required),
+            credit_seconds: None,
+            reason: Some("not yet mined".into()),
+        });
+    };
+    if facts.success == Some(false) {
+        return Ok(TxCheck::rejected(
+            required,
+            "failed transaction: it reverted, so nothing was transferred".into(),
+        ));
+    }
+
+    let mut deposits = Vec::new();
+    if facts.to == Some(revenue) && !facts.value.is_zero() {
+        deposits.push(ChainDeposit {
+            tx_hash: hash32(tx_hash),
+            log_index: ETH_LOG_INDEX,
+            block_number,
+            block_hash: hash32(block_hash),
+            from: address20(facts.from),
+            to: address20(revenue),
+            asset: DepositAsset::Eth,
+            amount: amount256(facts.value),
+        });
+    }
+    for transfer in &facts.transfers {
+        if transfer.to == revenue && Some(transfer.token) == token {
+            deposits.push(ChainDeposit {
+                tx_hash: hash32(tx_hash),
+                log_index: i64::try_from(transfer.log_index).unwrap_or(i64::MAX),
+                block_number,
+                block_hash: hash32(block_hash),
+                from: address20(transfer.from),
+                to: address20(revenue),
+                asset: DepositAsset::Token,
+                amount: amount256(transfer.amount),
+            });
+        }
+    }
+
+    if deposits.is_empty() {
+        let reason = if let Some(other) = facts.transfers.iter().find(|t| t.to == revenue) {
+            match token {
+                Some(token) => format!(
+                    "wrong token: {} is not the accepted token {token}",
+                    other.token
+                ),
+                None => format!("wrong token: {} is not accepted; only ETH is", other.token),
+            }
+        } else if let Some(transfer) = facts.transfers.iter().find(|t| Some(t.token) == token) {
+            format!(
+                "wrong recipient: the token went to {}, not the revenue address {revenue}",
+                transfer.to
+            )
+        } else if facts.to == Some(revenue) {
+            "no value: the transaction sends no ETH and no token to the revenue address".into()
+        } else {
+            let to = facts
+                .to
+                .map_or("a new contract".to_string(), |a| a.to_string());
+            format!("wrong recipient: the transaction pays {to}, not the revenue address {revenue}")
+        };
+        info!(tx = %tx_hash, reason, "deposit check rejected");
+        return Ok(TxCheck::rejected(required, reason));
+    }
+
+    book.record_pending(&deposits).await?;
+    let latest = chain.latest_block().await?;
+    let confirmations = confirmations(block_number, latest);
+    let finalized = match required {
+        Required::Finalized => chain.finalized_block().await?,
+        Required::Blocks(_) => None,
+    };
+    let ready = required.met(block_number, latest, finalized);
+    let mut total = 0;
+    let mut all_credited = true;
+    for deposit in &deposits {
+        if ready {
+            total += book.credit(deposit).await?;
+        } else {
+            all_credited = false;
+            total += book.price(deposit).await.unwrap_or(0);
+        }
+    }
+    Ok(TxCheck {
+        status: if all_credited {
+            CheckStatus::Credited
+        } else {
+            CheckStatus::Pending
+        },
+        confirmations,
+        required: required_blocks(required),
+        credit_seconds: Some(total),
+        reason: (!all_credited).then(|| "waiting for confirmations".to_string()),
+    })
+}

@@ -12,8 +12,10 @@
 //! - [`scheduler`]: `Scheduler`, the actor around [`queue`].
 //! - [`session`]: `SessionActor`, lifecycle and server-clocked billing.
 //! - [`supervisor`]: `Supervisor`, the root: restarts, escalation, recovery.
+//! - [`chain_watcher`]: `ChainWatcher`, deposits to credit: confirmations and reorgs.
 
 pub mod ask;
+pub mod chain_watcher;
 pub mod gpu;
 pub mod ports;
 pub mod queue;

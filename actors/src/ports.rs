@@ -275,3 +275,200 @@ pub trait Launcher: Send + Sync + 'static {
     /// Sends every container exit to `sink` from now on.
     fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>);
 }
+
+/// A 32-byte hash: a block's or a transaction's. Shown as lower-case `0x` hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hash32(pub [u8; 32]);
+
+/// A 20-byte Ethereum address. Shown as lower-case `0x` hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Address20(pub [u8; 20]);
+
+/// An unsigned 256-bit amount of base units (wei, or the token's smallest
+/// unit), big-endian. The actors never do arithmetic on it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Amount256(pub [u8; 32]);
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    f.write_str("0x")?;
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+macro_rules! hex_display {
+    ($($ty:ty),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hex(f, &self.0)
+            }
+        }
+    )*};
+}
+hex_display!(Hash32, Address20, Amount256);
+
+/// What a deposit is paid in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DepositAsset {
+    /// Native ETH, in wei.
+    Eth,
+    /// The configured ERC-20, in its base units.
+    Token,
+}
+
+/// The log index that marks a native ETH transfer (a transaction's value,
+/// which has no log) in a deposit's identity.
+pub const ETH_LOG_INDEX: i64 = -1;
+
+/// A block as the chain watcher needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// Height.
+    pub number: u64,
+    /// Its hash.
+    pub hash: Hash32,
+    /// Its parent's hash.
+    pub parent_hash: Hash32,
+}
+
+/// One transfer to the revenue address, as seen in one block.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChainDeposit {
+    /// The transaction.
+    pub tx_hash: Hash32,
+    /// The Transfer log's index in its block, or [`ETH_LOG_INDEX`] for ETH.
+    pub log_index: i64,
+    /// The block that holds it.
+    pub block_number: u64,
+    /// That block's hash.
+    pub block_hash: Hash32,
+    /// Who paid: the transaction's sender for ETH, the Transfer's `from` for the token.
+    pub from: Address20,
+    /// Who received (the revenue address).
+    pub to: Address20,
+    /// ETH or the token.
+    pub asset: DepositAsset,
+    /// Base units.
+    pub amount: Amount256,
+}
+
+impl ChainDeposit {
+    /// The ledger idempotency key of its credit:
+    /// `deposit:<chain id>:<tx hash>:<log index>`.
+    pub fn credit_key(&self, chain_id: u64) -> String {
+        format!("deposit:{chain_id}:{}:{}", self.tx_hash, self.log_index)
+    }
+}
+
+/// Where a recorded deposit is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DepositStatus {
+    /// Seen on chain; waiting for confirmations.
+    Pending,
+    /// Credited to the payer's wallet (exactly once).
+    Credited,
+    /// Not a valid deposit (failed, wrong recipient, wrong token).
+    Rejected,
+    /// Its block left the canonical chain before it was credited.
+    Removed,
+}
+
+impl DepositStatus {
+    /// The name stored in the `deposits` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Credited => "credited",
+            Self::Rejected => "rejected",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+/// A deposit as recorded, with its status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositRecord {
+    /// The transfer.
+    pub deposit: ChainDeposit,
+    /// Where it is.
+    pub status: DepositStatus,
+}
+
+/// Why the chain could not be read. The watcher retries on its next tick.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("chain RPC: {0}")]
+pub struct ChainError(pub String);
+
+/// Read access to the chain, filtered to deposits to the revenue address.
+#[async_trait]
+pub trait ChainReader: Send + Sync + 'static {
+    /// The latest block number.
+    async fn latest_block(&self) -> Result<u64, ChainError>;
+
+    /// The latest finalized block number, if the node knows one.
+    async fn finalized_block(&self) -> Result<Option<u64>, ChainError>;
+
+    /// The canonical block at `number`, or `None` above the tip.
+    async fn block(&self, number: u64) -> Result<Option<BlockHeader>, ChainError>;
+
+    /// Every deposit in `block` (read by its hash, so the answer is about
+    /// that very block): the token's Transfer logs to the revenue address,
+    /// and successful transactions that send ETH to it.
+    async fn deposits_in_block(&self, block: &BlockHeader)
+    -> Result<Vec<ChainDeposit>, ChainError>;
+}
+
+/// Why the deposit book failed. The watcher retries on its next tick.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("deposit book: {0}")]
+pub struct BookError(pub String);
+
+/// The watcher's persistent state: processed blocks and deposits.
+#[async_trait]
+pub trait DepositBook: Send + Sync + 'static {
+    /// The last fully processed block (the cursor), if any.
+    async fn cursor(&self) -> Result<Option<BlockHeader>, BookError>;
+
+    /// The hash recorded for processed block `number`, if it is still kept.
+    async fn recorded_hash(&self, number: u64) -> Result<Option<Hash32>, BookError>;
+
+    /// In one transaction: records `deposits` as pending (a removed one seen
+    /// again is pending again; a credited one keeps its status) and stores
+    /// `block` as processed, which advances the cursor to it.
+    async fn commit_block(
+        &self,
+        block: &BlockHeader,
+        deposits: &[ChainDeposit],
+    ) -> Result<(), BookError>;
+
+    /// Pending or credited deposits recorded in blocks above `number`.
+    async fn deposits_above(&self, number: u64) -> Result<Vec<DepositRecord>, BookError>;
+
+    /// Pending or credited deposits recorded at `block.number` but in
+    /// another block of that height (seen there before a reorg).
+    async fn stale_at(&self, block: &BlockHeader) -> Result<Vec<DepositRecord>, BookError>;
+
+    /// Forgets the processed blocks above `ancestor` (the cursor goes back to it).
+    async fn rewind(&self, ancestor: u64) -> Result<(), BookError>;
+
+    /// Deposits waiting for confirmations, oldest block first.
+    async fn pending(&self) -> Result<Vec<DepositRecord>, BookError>;
+
+    /// Credits a pending deposit exactly once; returns the credit-seconds.
+    /// A deposit credited before is not credited again.
+    async fn credit(&self, deposit: &ChainDeposit) -> Result<CreditSeconds, BookError>;
+
+    /// Marks a pending deposit removed (never to be credited); returns its
+    /// status after, which stays `Credited` for one credited already.
+    async fn mark_removed(&self, deposit: &ChainDeposit) -> Result<DepositStatus, BookError>;
+
+    /// Records in the audit log (`deposit.reorged`) that a credited deposit
+    /// left the chain, for an administrator; nothing is debited. Idempotent:
+    /// a deposit already flagged for that block is not flagged again.
+    async fn flag_reorged(&self, deposit: &ChainDeposit, depth: u64) -> Result<(), BookError>;
+}

@@ -1,0 +1,2 @@
+DROP TABLE chain_blocks;
+DROP TABLE deposits;
