@@ -9,11 +9,20 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use deskgate::chain::AlloyChain;
+use deskgate::config::Confirmations;
 use deskgate::config::{self, Config, Loaded, Role};
+use deskgate::deposit_store::PgDepositBook;
+use deskgate::http::api::{Api, DepositDesk};
 use deskgate::http::{GateState, Limits};
+use deskgate::ledger::PgLedger;
+use deskgate::pricing::{DepositPricer, Pricing};
 use deskgate::readiness::Dependency;
 use deskgate::server::{self, Service};
+use deskgate::sign_in::SignIn;
+use deskgate::tiers::{TierOracle, TieredPricer};
 use deskgate::{db, gpu, launcher_service, telemetry};
+use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
 
 /// How long a remote launcher's health check may take.
 const LAUNCHER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -246,8 +255,11 @@ fn metrics_listener(
 async fn serve(config: Config) -> anyhow::Result<()> {
     log_inventory(&config).await?;
     let mut dependencies = Vec::new();
+    let mut api = None;
     if let Some(url) = &config.database_url {
-        dependencies.push(Dependency::Postgres(db::pool(url)?));
+        let pool = db::pool(url)?;
+        dependencies.push(Dependency::Postgres(pool.clone()));
+        api = Some(Arc::new(build_api(&config, pool).await?));
         if config.migrate_on_start {
             tokio::spawn(migrate_until_done(url.clone()));
         }
@@ -277,6 +289,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let state = GateState {
         dependencies: Arc::new(dependencies),
+        api,
     };
     tracing::info!(public_url = %config.public_url, tls = config.is_tls(), "starting the gate");
     let app = deskgate::http::gate_router(state, limits(&config));
@@ -292,6 +305,62 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The user API: sign-in always (it needs only the database), deposits when
+/// an RPC node and a revenue address are configured; then the chain watcher
+/// runs in the background and credits deposits nobody asked about.
+async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
+    let sign_in = SignIn::from_config(pool.clone(), config).context("cannot set up sign-in")?;
+    let deposits = match (&config.rpc_url, config.revenue_address) {
+        (Some(rpc), Some(revenue)) => {
+            let url =
+                url::Url::parse(rpc.expose()).context("DESKGATE_RPC_URL is not a valid URL")?;
+            let pricing = Pricing::from_config(config);
+            let oracle = TierOracle::new(
+                alloy::providers::RootProvider::new_http(url.clone()),
+                config.token_address,
+                pricing.clone(),
+                config.confirmations,
+            );
+            let pricer: Arc<dyn DepositPricer> =
+                Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
+            let book =
+                PgDepositBook::new(pool.clone(), PgLedger::new(pool), pricer, config.chain_id);
+            let required = match config.confirmations {
+                Confirmations::Blocks(n) => Required::Blocks(n),
+                Confirmations::Finalized => Required::Finalized,
+            };
+            spawn_chain_watcher(
+                ChainWatcherArgs {
+                    reader: Arc::new(AlloyChain::new(url.clone(), revenue, config.token_address)),
+                    book: Arc::new(book.clone()),
+                    required,
+                    poll: config.chain_poll,
+                    start_block: config.deposit_start_block,
+                },
+                None,
+            )
+            .await
+            .context("cannot start the chain watcher")?;
+            Some(DepositDesk {
+                chain: AlloyChain::new(url, revenue, config.token_address),
+                book,
+                required,
+            })
+        }
+        _ => {
+            tracing::warn!(
+                "deposits are off: set DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS to accept them"
+            );
+            None
+        }
+    };
+    Ok(Api {
+        sign_in,
+        deposits,
+        https: config.is_tls(),
+    })
 }
 
 /// Applies pending migrations, retrying with backoff while PostgreSQL is

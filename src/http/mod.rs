@@ -1,6 +1,7 @@
 //! The gate's HTTP surface: routes, and the guards every request passes
 //! (body limit, time limit, metrics).
 
+pub mod api;
 pub mod problem;
 
 use std::sync::Arc;
@@ -31,15 +32,21 @@ pub struct Limits {
 pub struct GateState {
     /// Dependencies `/readyz` checks.
     pub dependencies: Arc<Vec<Dependency>>,
+    /// The user API; `None` without a database.
+    pub api: Option<Arc<api::Api>>,
 }
 
 /// The gate's router.
 pub fn gate_router(state: GateState, limits: Limits) -> Router {
-    let routes = Router::new()
+    let api = state.api.clone();
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(record_metrics))
         .with_state(state);
+    if let Some(api) = api {
+        routes = routes.merge(api::routes(api).route_layer(middleware::from_fn(record_metrics)));
+    }
     guarded(routes, limits)
 }
 

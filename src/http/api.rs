@@ -1,0 +1,227 @@
+//! The user API that exists so far (DESIGN §6): wallet sign-in, and checking
+//! a deposit by its transaction hash. Sessions join when the actor tree is
+//! wired into the gate.
+
+use std::sync::Arc;
+
+use alloy::primitives::{Address, B256};
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use deskgate_actors::chain_watcher::Required;
+use deskgate_actors::ports::WalletId;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Problem;
+use crate::chain::AlloyChain;
+use crate::deposit_store::{PgDepositBook, check_transaction};
+use crate::sign_in::{SignIn, SignInError};
+
+/// The cookie that carries a sign-in token for browsers.
+pub const TOKEN_COOKIE: &str = "deskgate_token";
+
+/// What the API handlers share.
+pub struct Api {
+    /// Wallet sign-in.
+    pub sign_in: SignIn,
+    /// Deposit checks; `None` without an RPC node and a revenue address.
+    pub deposits: Option<DepositDesk>,
+    /// Whether the gate serves HTTPS (the cookie is then `Secure`).
+    pub https: bool,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("deposits", &self.deposits.is_some())
+            .field("https", &self.https)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a deposit check needs.
+#[allow(missing_debug_implementations)] // its parts hold RPC and pool handles
+pub struct DepositDesk {
+    /// The chain.
+    pub chain: AlloyChain,
+    /// Recorded deposits.
+    pub book: PgDepositBook,
+    /// When a deposit is credited.
+    pub required: Required,
+}
+
+/// The API's routes.
+pub fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/api/v1/auth/nonce", post(nonce))
+        .route("/api/v1/auth/verify", post(verify))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/deposits", post(deposit))
+        .with_state(api)
+}
+
+fn bad_json(rejection: JsonRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "malformed-json",
+        "The request body is not the JSON this endpoint takes",
+    )
+    .detail(rejection.body_text())
+}
+
+fn sign_in_problem(err: &SignInError) -> Problem {
+    let status = if err.is_unavailable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if matches!(
+        err,
+        SignInError::MalformedMessage(_) | SignInError::MalformedSignature
+    ) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    Problem::new(status, "sign-in-refused", "Sign-in refused")
+        .detail(err.to_string())
+        .with("reason", json!(err.code()))
+}
+
+/// The token from `Authorization: Bearer` or the cookie.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+    })
+}
+
+async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<WalletId, Problem> {
+    let token = presented_token(headers).ok_or_else(|| {
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Sign in first").detail(
+            "send the token as `Authorization: Bearer <token>` or the deskgate_token cookie",
+        )
+    })?;
+    api.sign_in
+        .authenticate(token)
+        .await
+        .map_err(|err| sign_in_problem(&err))
+}
+
+#[derive(Deserialize)]
+struct NonceRequest {
+    address: Address,
+}
+
+#[derive(Serialize)]
+struct NonceResponse {
+    nonce: String,
+    message: String,
+    expires_at: DateTime<Utc>,
+}
+
+async fn nonce(
+    State(api): State<Arc<Api>>,
+    body: Result<Json<NonceRequest>, JsonRejection>,
+) -> Result<Json<NonceResponse>, Problem> {
+    let Json(request) = body.map_err(bad_json)?;
+    let issued = api
+        .sign_in
+        .issue(request.address)
+        .await
+        .map_err(|err| sign_in_problem(&err))?;
+    Ok(Json(NonceResponse {
+        nonce: issued.nonce,
+        message: issued.message,
+        expires_at: issued.expires_at,
+    }))
+}
+
+#[derive(Deserialize)]
+struct VerifyRequest {
+    message: String,
+    signature: String,
+}
+
+async fn verify(
+    State(api): State<Arc<Api>>,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(request) = body.map_err(bad_json)?;
+    let issued = api
+        .sign_in
+        .verify(&request.message, &request.signature)
+        .await
+        .map_err(|err| sign_in_problem(&err))?;
+    let max_age = (issued.expires_at - Utc::now()).num_seconds().max(0);
+    let secure = if api.https { "; Secure" } else { "" };
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}",
+        issued.token.expose()
+    );
+    let body = Json(json!({
+        "token": issued.token.expose(),
+        "address": issued.address.as_str(),
+        "expires_at": issued.expires_at,
+    }));
+    let mut response = body.into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<StatusCode, Problem> {
+    signed_in(&api, &headers).await?;
+    if let Some(token) = presented_token(&headers) {
+        api.sign_in
+            .logout(token)
+            .await
+            .map_err(|err| sign_in_problem(&err))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct DepositRequest {
+    tx_hash: B256,
+}
+
+async fn deposit(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<Json<DepositRequest>, JsonRejection>,
+) -> Result<Response, Problem> {
+    signed_in(&api, &headers).await?;
+    let Json(request) = body.map_err(bad_json)?;
+    let Some(desk) = &api.deposits else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deposits-disabled",
+            "Deposits are not configured",
+        )
+        .detail("the gate needs DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS"));
+    };
+    match check_transaction(&desk.chain, &desk.book, desk.required, request.tx_hash).await {
+        Ok(check) => Ok(Json(check).into_response()),
+        Err(err) => {
+            tracing::warn!(error = %err, "deposit check failed");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deposit-check-unavailable",
+                "The deposit cannot be checked right now",
+            )
+            .detail("the RPC node or the database did not answer; try again"))
+        }
+    }
+}

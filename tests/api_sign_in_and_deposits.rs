@@ -1,0 +1,208 @@
+//! The gate's sign-in and deposit API over real HTTP, on a real PostgreSQL
+//! and an anvil node of its own: sign in with a real key, deposit ETH, ask
+//! for the deposit by hash until it is credited, and let the chain watcher
+//! credit a deposit nobody asked about.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, U256};
+use alloy::providers::ext::AnvilApi;
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use deskgate::ledger::PgLedger;
+use deskgate::secret::Secret;
+use deskgate_actors::ports::{Ledger, WalletId};
+use serde_json::{Value, json};
+use support::{Deskgate, OwnAnvil, ScratchDatabase, as_env, free_port, serve_env};
+
+/// 0.001 ETH: one GPU-hour at the default price.
+const ONE_GPU_HOUR_WEI: u64 = 1_000_000_000_000_000;
+
+struct Gate {
+    _process: Deskgate,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Gate {
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn sign_in(gate: &Gate, signer: &PrivateKeySigner) -> String {
+    let (status, challenge) = gate
+        .post(
+            "/api/v1/auth/nonce",
+            None,
+            json!({ "address": signer.address() }),
+        )
+        .await;
+    assert_eq!(status, 200, "{challenge}");
+    let message = challenge["message"].as_str().unwrap();
+    let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
+    let (status, issued) = gate
+        .post(
+            "/api/v1/auth/verify",
+            None,
+            json!({ "message": message, "signature": alloy::hex::encode_prefixed(signature.as_bytes()) }),
+        )
+        .await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(
+        issued["address"].as_str().unwrap(),
+        WalletId::new(&signer.address().to_string()).as_str()
+    );
+    issued["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
+    let anvil = OwnAnvil::start();
+    let db = ScratchDatabase::migrated("api_deposits").await;
+    let revenue = Address::repeat_byte(0x5e);
+    let port = free_port();
+    let mut env = serve_env(port);
+    env.retain(|(k, _)| !matches!(*k, "DESKGATE_DATABASE_URL" | "DESKGATE_RPC_URL"));
+    env.extend([
+        ("DESKGATE_DATABASE_URL", db.url.clone()),
+        ("DESKGATE_RPC_URL", anvil.url.clone()),
+        ("DESKGATE_REVENUE_ADDRESS", revenue.to_string()),
+        ("DESKGATE_CONFIRMATIONS", "2".into()),
+        ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),
+        ("DESKGATE_DEPOSIT_START_BLOCK", "0".into()),
+    ]);
+    let mut process = Deskgate::spawn(&["serve"], &as_env(&env));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    process.wait_ready(&http, &format!("{base}/readyz")).await;
+    let gate = Gate {
+        _process: process,
+        base,
+        http,
+    };
+
+    // Bad input is refused with a problem, not a crash.
+    let (status, problem) = gate
+        .post("/api/v1/auth/nonce", None, json!({ "address": "alice" }))
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (400, Some("urn:deskgate:problem:malformed-json"))
+    );
+    let (status, problem) = gate
+        .post(
+            "/api/v1/auth/verify",
+            None,
+            json!({ "message": "hello", "signature": "0x00" }),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (400, Some("malformed_message"))
+    );
+    let (status, _) = gate
+        .post(
+            "/api/v1/deposits",
+            None,
+            json!({ "tx_hash": format!("0x{}", "11".repeat(32)) }),
+        )
+        .await;
+    assert_eq!(status, 401, "deposits need a signed-in wallet");
+
+    let signer = PrivateKeySigner::random();
+    let token = sign_in(&gate, &signer).await;
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer.clone()))
+        .connect_http(anvil.url.parse().unwrap());
+    provider
+        .anvil_set_balance(signer.address(), U256::from(10u64).pow(U256::from(18)))
+        .await
+        .unwrap();
+    let send = |value: u64| {
+        let provider = provider.clone();
+        async move {
+            provider
+                .send_transaction(
+                    TransactionRequest::default()
+                        .with_to(revenue)
+                        .with_value(U256::from(value)),
+                )
+                .await
+                .unwrap()
+                .get_receipt()
+                .await
+                .unwrap()
+                .transaction_hash
+        }
+    };
+
+    // Asked about at once: pending at 1 of 2 confirmations, credited at 2.
+    let tx = send(ONE_GPU_HOUR_WEI).await;
+    let (status, check) = gate
+        .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
+        .await;
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["status"], "pending", "{check}");
+    assert_eq!(
+        (check["confirmations"].as_u64(), check["required"].as_u64()),
+        (Some(1), Some(2))
+    );
+    provider.anvil_mine(Some(1), None).await.unwrap();
+    let (_, check) = gate
+        .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
+        .await;
+    assert_eq!(check["status"], "credited", "{check}");
+    assert_eq!(check["credit_seconds"].as_i64(), Some(3600));
+    let (_, again) = gate
+        .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
+        .await;
+    assert_eq!(again["status"], "credited");
+
+    // Not asked about: the chain watcher credits it by itself.
+    send(ONE_GPU_HOUR_WEI / 2).await;
+    provider.anvil_mine(Some(2), None).await.unwrap();
+    let pool = deskgate::db::pool(&Secret::new(db.url.clone())).unwrap();
+    let ledger = PgLedger::new(pool);
+    let wallet = WalletId::new(&signer.address().to_string());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ledger.balance(&wallet).await.unwrap() != 5400 {
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not credit the second deposit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both credited exactly once, however often they were seen.
+    provider.anvil_mine(Some(3), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ledger.balance(&wallet).await.unwrap(), 5400);
+
+    // Logged out, the token opens nothing.
+    let (status, _) = gate
+        .post("/api/v1/auth/logout", Some(&token), json!({}))
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = gate
+        .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
+        .await;
+    assert_eq!(status, 401);
+    let output = gate._process.output();
+    assert!(!output.contains(&token), "the token leaked into the logs");
+    drop(gate);
+    db.drop_it().await;
+}
