@@ -13,7 +13,7 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use deskgate::chain::AlloyChain;
-use deskgate::deposit_store::{CheckStatus, PgDepositBook, check_transaction};
+use deskgate::deposit_store::{CheckStatus, PgDepositBook, TxCheck, check_transaction};
 use deskgate::ledger::PgLedger;
 use deskgate::pricing::Pricing;
 use deskgate::secret::Secret;
@@ -267,6 +267,13 @@ async fn status(watcher: &ActorRef<ChainWatcherMsg>) -> WatcherStatus {
 /// Long enough that only explicit polls run after the first round.
 const MANUAL: Duration = Duration::from_secs(3600);
 
+/// The check rejected the transaction for a reason starting with `reason`.
+fn assert_rejected(result: &TxCheck, reason: &str) {
+    assert_eq!(result.status, CheckStatus::Rejected, "{result:?}");
+    let given = result.reason.as_deref().unwrap_or_default();
+    assert!(given.starts_with(reason), "{result:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn eth_and_token_deposits_are_credited_once_after_n_confirmations() {
     let world = World::new("cw_confirm", OwnAnvil::start()).await;
@@ -419,27 +426,11 @@ async fn check_transaction_rejects_wrong_recipient_wrong_token_failed_and_unknow
     let elsewhere = Address::repeat_byte(0x77);
     let wrong_recipient = world.send_eth(elsewhere, eth(1)).await;
     let result = check(wrong_recipient).await;
-    assert_eq!(result.status, CheckStatus::Rejected);
-    assert!(
-        result
-            .reason
-            .as_deref()
-            .unwrap()
-            .starts_with("wrong recipient"),
-        "{result:?}"
-    );
+    assert_rejected(&result, "wrong recipient");
 
     let token_elsewhere = world.send_token(world.token, elsewhere, tokens(1)).await;
     let result = check(token_elsewhere).await;
-    assert_eq!(result.status, CheckStatus::Rejected);
-    assert!(
-        result
-            .reason
-            .as_deref()
-            .unwrap()
-            .starts_with("wrong recipient"),
-        "{result:?}"
-    );
+    assert_rejected(&result, "wrong recipient");
 
     let other_token = deploy_token(&world.provider).await;
     world.mint(other_token, tokens(5)).await;
@@ -462,26 +453,10 @@ async fn check_transaction_rejects_wrong_recipient_wrong_token_failed_and_unknow
         .unwrap();
     assert!(!receipt.status(), "the over-balance transfer reverted");
     let result = check(failed).await;
-    assert_eq!(result.status, CheckStatus::Rejected);
-    assert!(
-        result
-            .reason
-            .as_deref()
-            .unwrap()
-            .starts_with("failed transaction"),
-        "{result:?}"
-    );
+    assert_rejected(&result, "failed transaction");
 
     let result = check(B256::repeat_byte(0xab)).await;
-    assert_eq!(result.status, CheckStatus::Rejected);
-    assert!(
-        result
-            .reason
-            .as_deref()
-            .unwrap()
-            .starts_with("unknown transaction"),
-        "{result:?}"
-    );
+    assert_rejected(&result, "unknown transaction");
 
     // None of them was recorded or credited.
     assert_eq!(
