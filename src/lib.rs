@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod deposit_store;
 pub mod docker;
+pub mod docker_launcher;
 pub mod gpu;
 pub mod http;
 pub mod launcher_service;

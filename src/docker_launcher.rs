@@ -1,0 +1,790 @@
+//! [`DockerLauncher`]: the [`Launcher`] port on a local Docker Engine. One
+//! hardened container per session (DESIGN.md §8):
+//!
+//! - name `deskgate-session-<id>`, labels `deskgate.session=<id>`,
+//!   `deskgate.gpus=<comma list of device indices>`, `deskgate.host=<n>`;
+//! - non-root user, `cap_drop: ALL`, `no-new-privileges`, read-only root with
+//!   size-limited `noexec,nosuid` tmpfs for `/tmp` and `/home`, pids, memory
+//!   and CPU limits, never privileged, no binds or mounts (so never the Docker
+//!   socket);
+//! - environment: only `DESKGATE_SESSION_ID`, `DESKGATE_GPUS`, a per-session
+//!   random `DESKGATE_VNC_PASSWORD` (32 random bytes as hex, kept in memory
+//!   and read back with [`DockerLauncher::vnc_secret`]) and the operator's
+//!   allowlisted extras;
+//! - GPUs by explicit device id only (`DeviceRequest` with the `nvidia`
+//!   driver), and only when [`LauncherSettings::gpu_runtime`] is on: without
+//!   the NVIDIA runtime Docker refuses to start such a container. The leased
+//!   ids are recorded in the labels and `DESKGATE_GPUS` either way;
+//! - image pinned by digest when [`LauncherSettings::image_digest`] is set.
+//!
+//! # Network isolation (decision)
+//!
+//! Each session gets a bridge network of its own, `deskgate-s-<id>`, and its
+//! container joins no other (`network_mode` is that network). A plain
+//! user-defined bridge is **not** isolation: measured on Docker 20.10, a
+//! container on one reaches every host address (its own gateway, `docker0`'s
+//! address, the host's LAN address) and so any host service bound to
+//! `0.0.0.0` (the launcher API, a control plane). `internal: true` alone does
+//! not fix it either: it drops forwarded traffic, but the bridge still holds
+//! the gateway address, so the host's own sockets answer on it. The network is
+//! therefore created with `internal: true` **and** the bridge driver option
+//! `com.docker.network.bridge.inhibit_ipv4=true`, so that the host has no
+//! address on the bridge: the container has no route anywhere but its own
+//! subnet (tests/docker_launcher.rs probes PostgreSQL and a host listener on
+//! every host address and sees them unreachable). IPv6 is left off. The
+//! consequence is that the host cannot route into the session either: the
+//! gate's media relay must reach the desktop from inside that network (a relay
+//! endpoint attached to it), not through a host route. That is deliberate: the
+//! desktop gets its traffic only through the gate's relay.
+//!
+//! Exits are watched on Docker's event stream (`die`/`oom`/`kill` of labelled
+//! containers), reconnecting when it breaks; exits caused by [`Launcher::stop`]
+//! are not reported. Errors carry Docker's message but never the environment
+//! or the VNC secret.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, EventMessage, HostConfig, NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use deskgate_actors::ports::{
+    ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
+};
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::secret::Secret;
+
+/// Label holding the session id.
+pub const LABEL_SESSION: &str = "deskgate.session";
+/// Label holding the leased GPU device indices, comma-separated.
+pub const LABEL_GPUS: &str = "deskgate.gpus";
+/// Label holding the host number.
+pub const LABEL_HOST: &str = "deskgate.host";
+
+/// Environment names the launcher sets itself; extras may not use them.
+const RESERVED_ENV: [&str; 3] = [
+    "DESKGATE_SESSION_ID",
+    "DESKGATE_VNC_PASSWORD",
+    "DESKGATE_GPUS",
+];
+
+/// Bytes of randomness in a VNC secret (sent as 64 lower-case hex digits).
+const VNC_SECRET_BYTES: usize = 32;
+
+/// How a session container is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LauncherSettings {
+    /// Image reference (`repo:tag`).
+    pub image: String,
+    /// `sha256:<64 hex>`: when set the container runs `image@digest`.
+    pub image_digest: Option<String>,
+    /// Command; `None` runs the image's default.
+    pub command: Option<Vec<String>>,
+    /// `uid:gid` the desktop runs as; never root.
+    pub user: String,
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Most processes at once.
+    pub pids_limit: i64,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_size_bytes: u64,
+    /// Size of the `/home` tmpfs in bytes.
+    pub home_size_bytes: u64,
+    /// Extra environment the operator allows into every session container.
+    pub extra_env: Vec<(String, String)>,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+    /// Whether the host has the NVIDIA container runtime: only then are GPUs
+    /// passed as device requests (labels and `DESKGATE_GPUS` are set anyway).
+    pub gpu_runtime: bool,
+}
+
+impl LauncherSettings {
+    /// Defaults for `image`: user 1000:1000, 4 GiB, 2 CPUs, 512 processes,
+    /// 256 MiB `/tmp`, 512 MiB `/home`, 10 s grace, GPUs passed through.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            image_digest: None,
+            command: None,
+            user: "1000:1000".into(),
+            memory_bytes: 4 << 30,
+            nano_cpus: 2_000_000_000,
+            pids_limit: 512,
+            tmp_size_bytes: 256 << 20,
+            home_size_bytes: 512 << 20,
+            extra_env: Vec::new(),
+            stop_grace: Duration::from_secs(10),
+            gpu_runtime: true,
+        }
+    }
+
+    /// Refuses settings that would weaken the container.
+    pub fn validate(&self) -> Result<(), LaunchError> {
+        let bad = |what: String| Err(LaunchError(format!("invalid launcher settings: {what}")));
+        if self.image.trim().is_empty() {
+            return bad("the session image is empty".into());
+        }
+        if let Some(digest) = &self.image_digest {
+            let hex = digest.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("the image digest must be sha256:<64 hex digits>".into());
+            }
+        }
+        let uid = self.user.split(':').next().unwrap_or("").trim();
+        if uid.is_empty() || uid == "root" || uid.parse::<u64>() == Ok(0) {
+            return bad(format!(
+                "user {:?} is root or empty; use uid:gid",
+                self.user
+            ));
+        }
+        if self.memory_bytes <= 0 || self.nano_cpus <= 0 || self.pids_limit <= 0 {
+            return bad("memory, CPU and pids limits must be positive".into());
+        }
+        if self.tmp_size_bytes == 0 || self.home_size_bytes == 0 {
+            return bad("tmpfs sizes must be positive".into());
+        }
+        for (name, value) in &self.extra_env {
+            let valid = !name.is_empty()
+                && !name.as_bytes()[0].is_ascii_digit()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return bad(format!(
+                    "extra environment name {name:?} is not a valid name"
+                ));
+            }
+            if RESERVED_ENV.contains(&name.as_str()) {
+                return bad(format!(
+                    "extra environment name {name} is set by the launcher"
+                ));
+            }
+            if value.contains('\0') {
+                return bad(format!("extra environment {name} contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The reference the container is created from.
+    pub fn image_ref(&self) -> String {
+        match &self.image_digest {
+            Some(digest) => {
+                let repo = self.image.split('@').next().unwrap_or(&self.image);
+                format!("{repo}@{digest}")
+            }
+            None => self.image.clone(),
+        }
+    }
+}
+
+/// The container name of a session.
+pub fn container_name(session: SessionId) -> String {
+    format!("deskgate-session-{session}")
+}
+
+/// The network name of a session.
+pub fn network_name(session: SessionId) -> String {
+    format!("deskgate-s-{session}")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether Docker answered with `status`.
+fn is_status(err: &DockerError, status: u16) -> bool {
+    matches!(err, DockerError::DockerResponseServerError { status_code, .. } if *status_code == status)
+}
+
+fn docker_error(what: &str, err: DockerError) -> LaunchError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => LaunchError(format!("{what}: Docker answered {status_code}: {message}")),
+        other => LaunchError(format!("{what}: {other}")),
+    }
+}
+
+fn random_secret() -> Secret {
+    let mut raw = [0u8; VNC_SECRET_BYTES];
+    rand::rng().fill(&mut raw);
+    Secret::new(alloy::hex::encode(raw))
+}
+
+fn session_of(labels: Option<&HashMap<String, String>>) -> Option<SessionId> {
+    labels?
+        .get(LABEL_SESSION)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .map(SessionId)
+}
+
+fn host_of(labels: Option<&HashMap<String, String>>) -> u16 {
+    labels
+        .and_then(|l| l.get(LABEL_HOST))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the launcher and its exit watchers share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Sessions being stopped by [`Launcher::stop`]: their `die` is not an exit.
+    stopping: Mutex<HashSet<SessionId>>,
+}
+
+/// The [`Launcher`] on a local Docker Engine; see the module docs.
+#[derive(Debug)]
+pub struct DockerLauncher {
+    docker: Docker,
+    settings: LauncherSettings,
+    secrets: Mutex<HashMap<SessionId, Secret>>,
+    shared: Arc<Shared>,
+}
+
+impl DockerLauncher {
+    /// A launcher on `docker` (see [`crate::docker::connect`]); refuses weak settings.
+    pub fn new(docker: Docker, settings: LauncherSettings) -> Result<Self, LaunchError> {
+        settings.validate()?;
+        Ok(Self {
+            docker,
+            settings,
+            secrets: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared::default()),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LauncherSettings {
+        &self.settings
+    }
+
+    /// The session's VNC secret, for the media path; `None` when this
+    /// launcher neither launched nor adopted the session.
+    pub fn vnc_secret(&self, session: SessionId) -> Option<Secret> {
+        lock(&self.secrets).get(&session).cloned()
+    }
+
+    /// The create request for `spec` with `vnc_secret` (no I/O).
+    pub fn container_config(&self, spec: &LaunchSpec, vnc_secret: &Secret) -> ContainerCreateBody {
+        let s = &self.settings;
+        let session = spec.session;
+        let gpus = spec
+            .gpu_indices
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>();
+        let labels = HashMap::from([
+            (LABEL_SESSION.to_string(), session.to_string()),
+            (LABEL_GPUS.to_string(), gpus.join(",")),
+            (LABEL_HOST.to_string(), spec.host.to_string()),
+        ]);
+        let mut env = vec![
+            format!("DESKGATE_SESSION_ID={session}"),
+            format!("DESKGATE_GPUS={}", gpus.join(",")),
+            format!("DESKGATE_VNC_PASSWORD={}", vnc_secret.expose()),
+        ];
+        env.extend(s.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+        let tmpfs = HashMap::from([
+            (
+                "/tmp".to_string(),
+                format!("rw,noexec,nosuid,nodev,size={}", s.tmp_size_bytes),
+            ),
+            (
+                "/home".to_string(),
+                format!("rw,noexec,nosuid,nodev,size={}", s.home_size_bytes),
+            ),
+        ]);
+        let device_requests = (s.gpu_runtime && !gpus.is_empty()).then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(gpus.clone()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]
+        });
+        ContainerCreateBody {
+            image: Some(s.image_ref()),
+            cmd: s.command.clone(),
+            user: Some(s.user.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some("desktop".into()),
+            stop_timeout: Some(s.stop_grace.as_secs().try_into().unwrap_or(i64::MAX)),
+            host_config: Some(HostConfig {
+                network_mode: Some(network_name(session)),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: None,
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(tmpfs),
+                privileged: Some(false),
+                pids_limit: Some(s.pids_limit),
+                memory: Some(s.memory_bytes),
+                memory_swap: Some(s.memory_bytes),
+                nano_cpus: Some(s.nano_cpus),
+                device_requests,
+                binds: None,
+                mounts: None,
+                publish_all_ports: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create_network(&self, session: SessionId) -> Result<(), LaunchError> {
+        let request = NetworkCreateRequest {
+            name: network_name(session),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            attachable: Some(false),
+            enable_ipv6: Some(false),
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.bridge.inhibit_ipv4".to_string(),
+                    "true".to_string(),
+                ),
+                (
+                    "com.docker.network.bridge.enable_icc".to_string(),
+                    "true".to_string(),
+                ),
+            ])),
+            labels: Some(HashMap::from([(
+                LABEL_SESSION.to_string(),
+                session.to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            Err(err) if is_status(&err, 409) => Ok(()),
+            Err(err) => Err(docker_error(
+                &format!("creating network {}", network_name(session)),
+                err,
+            )),
+        }
+    }
+
+    /// Creates the session's network and container without starting it;
+    /// returns the container id. [`Launcher::launch`] is this plus start.
+    pub async fn create(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
+        let session = spec.session;
+        let name = container_name(session);
+        self.create_network(session).await?;
+        let secret = random_secret();
+        let config = self.container_config(spec, &secret);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        match self.docker.create_container(Some(options), config).await {
+            Ok(created) => {
+                lock(&self.secrets).insert(session, secret);
+                Ok(created.id)
+            }
+            Err(err) => {
+                let _ = self.remove_network(session).await;
+                Err(docker_error(&format!("creating container {name}"), err))
+            }
+        }
+    }
+
+    async fn remove_container(&self, session: SessionId) -> Result<(), LaunchError> {
+        let name = container_name(session);
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(&name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_status(&err, 404) => Ok(()),
+            // Removal already under way (a concurrent stop): fine.
+            Err(err) if is_status(&err, 409) => Ok(()),
+            Err(err) => Err(docker_error(&format!("removing container {name}"), err)),
+        }
+    }
+
+    async fn remove_network(&self, session: SessionId) -> Result<(), LaunchError> {
+        let name = network_name(session);
+        match self.docker.remove_network(&name).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_status(&err, 404) => Ok(()),
+            Err(err) => Err(docker_error(&format!("removing network {name}"), err)),
+        }
+    }
+
+    /// Removes the session's container and network, whatever their state.
+    async fn remove_all(&self, session: SessionId) -> Result<(), LaunchError> {
+        self.remove_container(session).await?;
+        self.remove_network(session).await?;
+        lock(&self.secrets).remove(&session);
+        Ok(())
+    }
+
+    /// After a restart: keeps the containers of `known` sessions (adopting
+    /// their VNC secrets from the container config) and removes every other
+    /// deskgate container and network. Returns the adopted running
+    /// containers and the sessions removed.
+    pub async fn reconcile(
+        &self,
+        known: &HashSet<SessionId>,
+    ) -> Result<(Vec<RunningContainer>, Vec<SessionId>), LaunchError> {
+        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing session containers", e))?;
+        let mut adopted = Vec::new();
+        let mut removed = Vec::new();
+        for summary in containers {
+            let Some(session) = session_of(summary.labels.as_ref()) else {
+                continue;
+            };
+            let id = summary.id.clone().unwrap_or_default();
+            if !known.contains(&session) {
+                self.remove_all(session).await?;
+                removed.push(session);
+                continue;
+            }
+            let running = matches!(
+                summary.state,
+                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            );
+            if !running {
+                continue;
+            }
+            if let Ok(inspect) = self
+                .docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                && let Some(secret) = inspect
+                    .config
+                    .and_then(|c| c.env)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|e| e.strip_prefix("DESKGATE_VNC_PASSWORD=").map(Secret::new))
+            {
+                lock(&self.secrets).insert(session, secret);
+            }
+            adopted.push(RunningContainer {
+                session,
+                container_id: id,
+                host: host_of(summary.labels.as_ref()),
+            });
+        }
+        // Networks left behind without a container (a crash between steps).
+        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| docker_error("listing session networks", e))?;
+        for network in networks {
+            if let Some(session) = session_of(network.labels.as_ref())
+                && !known.contains(&session)
+            {
+                self.remove_network(session).await?;
+                if !removed.contains(&session) {
+                    removed.push(session);
+                }
+            }
+        }
+        Ok((adopted, removed))
+    }
+}
+
+#[async_trait]
+impl Launcher for DockerLauncher {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
+        let session = spec.session;
+        let name = container_name(session);
+        // A retried launch of a session that already runs is the same launch.
+        if let Ok(existing) = self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            let running = existing.state.and_then(|s| s.running).unwrap_or(false);
+            if running && self.vnc_secret(session).is_some() {
+                return Ok(existing.id.unwrap_or_default());
+            }
+            self.remove_container(session).await?;
+        }
+        let id = self.create(spec).await?;
+        if let Err(err) = self.docker.start_container(&id, None).await {
+            let err = docker_error(&format!("starting container {name}"), err);
+            if let Err(cleanup) = self.remove_all(session).await {
+                tracing::warn!(%session, error = %cleanup, "cleanup after a failed start failed");
+            }
+            return Err(err);
+        }
+        tracing::info!(%session, container = %id, "session container started");
+        Ok(id)
+    }
+
+    async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
+        let name = container_name(session);
+        lock(&self.shared.stopping).insert(session);
+        let grace = self
+            .settings
+            .stop_grace
+            .as_secs()
+            .try_into()
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(grace).build();
+        match self.docker.stop_container(&name, Some(options)).await {
+            Ok(()) => {}
+            // 304: already stopped; 404: already gone.
+            Err(err) if is_status(&err, 304) || is_status(&err, 404) => {
+                lock(&self.shared.stopping).remove(&session);
+            }
+            Err(err) => {
+                // Force removal below kills it.
+                tracing::warn!(%session, error = %docker_error("graceful stop", err), "killing instead");
+            }
+        }
+        self.remove_all(session).await?;
+        tracing::info!(%session, "session container stopped and removed");
+        Ok(())
+    }
+
+    async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
+        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing session containers", e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                Some(RunningContainer {
+                    session: session_of(c.labels.as_ref())?,
+                    container_id: c.id.clone()?,
+                    host: host_of(c.labels.as_ref()),
+                })
+            })
+            .collect())
+    }
+
+    fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
+        let docker = self.docker.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(watch_events(docker, shared, sink));
+    }
+}
+
+/// What one watcher remembers between events.
+#[derive(Default)]
+struct WatchState {
+    /// Containers that had an `oom` event and have not died yet.
+    oom: HashSet<String>,
+    /// `die` events already reported, by (container, time in ns), so a
+    /// replay after a reconnect is not reported twice.
+    reported: HashSet<(String, i64)>,
+    /// Seconds since the epoch of the last event seen: where a reconnect resumes.
+    last_time: Option<i64>,
+}
+
+async fn watch_events(
+    docker: Docker,
+    shared: Arc<Shared>,
+    sink: mpsc::UnboundedSender<ContainerExit>,
+) {
+    // Resume from the watcher's start, so that a break before the first
+    // event loses nothing either.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut state = WatchState {
+        last_time: i64::try_from(started).ok(),
+        ..WatchState::default()
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("label", vec![LABEL_SESSION]),
+            ("event", vec!["die", "oom", "kill"]),
+        ]);
+        let mut builder = EventsOptionsBuilder::default().filters(&filters);
+        let since = state.last_time.map(|t| t.to_string());
+        if let Some(since) = &since {
+            builder = builder.since(since);
+        }
+        let mut stream = Box::pin(docker.events(Some(builder.build())));
+        loop {
+            let next = tokio::select! {
+                () = sink.closed() => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    backoff = Duration::from_millis(100);
+                    if !handle_event(&docker, &shared, &sink, &mut state, event).await {
+                        return;
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "Docker event stream broke; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("Docker event stream ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = sink.closed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Handles one event; false when nobody listens any more.
+async fn handle_event(
+    docker: &Docker,
+    shared: &Shared,
+    sink: &mpsc::UnboundedSender<ContainerExit>,
+    state: &mut WatchState,
+    event: EventMessage,
+) -> bool {
+    if let Some(time) = event.time {
+        state.last_time = Some(state.last_time.map_or(time, |t| t.max(time)));
+    }
+    let Some(actor) = event.actor else {
+        return true;
+    };
+    let id = actor.id.unwrap_or_default();
+    let attributes = actor.attributes.unwrap_or_default();
+    let Some(session) = session_of(Some(&attributes)) else {
+        return true;
+    };
+    match event.action.as_deref() {
+        Some("oom") => {
+            state.oom.insert(id);
+        }
+        Some("die") => {
+            let key = (id.clone(), event.time_nano.unwrap_or_default());
+            if !state.reported.insert(key) {
+                return true;
+            }
+            if state.reported.len() > 4096 {
+                state.reported.clear();
+            }
+            let mut oom = state.oom.remove(&id);
+            if lock(&shared.stopping).remove(&session) {
+                return true;
+            }
+            if !oom
+                && let Ok(inspect) = docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+            {
+                oom = inspect.state.and_then(|s| s.oom_killed).unwrap_or(false);
+            }
+            let code = attributes
+                .get("exitCode")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(-1);
+            tracing::info!(%session, code, oom, "session container exited");
+            return sink.send(ContainerExit { session, code, oom }).is_ok();
+        }
+        _ => {}
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make_launcher(settings: LauncherSettings) -> DockerLauncher {
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION)
+                .expect("client");
+        DockerLauncher::new(docker, settings).expect("valid settings")
+    }
+
+    #[test]
+    fn root_and_reserved_names_and_bad_digests_are_refused() {
+        for user in ["0", "0:0", "root", "", "root:root"] {
+            let mut s = LauncherSettings::new("img");
+            s.user = user.into();
+            assert!(s.validate().is_err(), "{user:?} accepted");
+        }
+        let mut s = LauncherSettings::new("img");
+        s.extra_env = vec![("DESKGATE_VNC_PASSWORD".into(), "x".into())];
+        assert!(s.validate().is_err());
+        s.extra_env = vec![("A=B".into(), "x".into())];
+        assert!(s.validate().is_err());
+        let mut s = LauncherSettings::new("img");
+        s.image_digest = Some("sha256:abc".into());
+        assert!(s.validate().is_err());
+        s.image_digest = Some(format!("sha256:{}", "a".repeat(64)));
+        assert!(s.validate().is_ok());
+        assert_eq!(s.image_ref(), format!("img@sha256:{}", "a".repeat(64)));
+    }
+
+    #[tokio::test]
+    async fn config_is_hardened_and_gpus_are_conditional() {
+        let mut settings = LauncherSettings::new("img");
+        settings.gpu_runtime = false;
+        settings.extra_env = vec![("LANG".into(), "C.UTF-8".into())];
+        let launcher = make_launcher(settings);
+        let spec = LaunchSpec {
+            session: SessionId::new(),
+            host: 2,
+            gpu_indices: vec![1, 3],
+        };
+        let secret = random_secret();
+        assert_eq!(secret.expose().len(), 64);
+        let config = launcher.container_config(&spec, &secret);
+        let host = config.host_config.clone().unwrap();
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.device_requests, None);
+        assert_eq!(host.network_mode, Some(network_name(spec.session)));
+        let labels = config.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_GPUS], "1,3");
+        assert_eq!(labels[LABEL_HOST], "2");
+        let env = config.env.clone().unwrap();
+        assert_eq!(env.len(), 4, "{}", env.len());
+        assert!(env.contains(&"DESKGATE_GPUS=1,3".to_string()));
+        assert!(env.contains(&"LANG=C.UTF-8".to_string()));
+
+        let mut settings = LauncherSettings::new("img");
+        settings.gpu_runtime = true;
+        let config = make_launcher(settings).container_config(&spec, &secret);
+        let requests = config.host_config.unwrap().device_requests.unwrap();
+        assert_eq!(requests[0].device_ids, Some(vec!["1".into(), "3".into()]));
+        assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
+    }
+}
