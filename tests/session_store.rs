@@ -32,16 +32,8 @@ async fn teardown(db: ScratchDatabase, pool: DbPool) {
 
 fn record(id: SessionId, wallet: &str, state: SessionState) -> SessionRecord {
     SessionRecord {
-        id,
-        wallet: WalletId::new(wallet),
-        gpus: 2,
         state,
-        gpu_addrs: Vec::new(),
-        container_id: None,
-        billed_intervals: 0,
-        billed_credit: 0,
-        billed_ms: 0,
-        end_reason: None,
+        ..SessionRecord::new(id, WalletId::new(wallet), 2)
     }
 }
 

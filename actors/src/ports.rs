@@ -196,6 +196,23 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A new record for a session that is about to be claimed: queued,
+    /// holding nothing, billed nothing.
+    pub fn new(id: SessionId, wallet: WalletId, gpus: u32) -> Self {
+        Self {
+            id,
+            wallet,
+            gpus,
+            state: SessionState::Queued,
+            gpu_addrs: Vec::new(),
+            container_id: None,
+            billed_intervals: 0,
+            billed_credit: 0,
+            billed_ms: 0,
+            end_reason: None,
+        }
+    }
+
     /// Marks the record ended for `reason`; it holds no GPUs any more.
     pub fn end(&mut self, reason: EndReason) {
         self.state = SessionState::Ended;

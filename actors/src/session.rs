@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::ask::ask;
 use crate::gpu::Lease;
 use crate::ports::{
-    CreditSeconds, DebitKey, EndReason, LaunchError, LaunchSpec, Launcher, LedgerError, SessionId,
+    CreditSeconds, DebitKey, EndReason, LaunchError, LaunchSpec, Launcher, LedgerError,
     SessionRecord, SessionState, SessionStore,
 };
 use crate::queue::Millis;
@@ -766,21 +766,5 @@ fn reason_label(reason: &EndReason) -> &'static str {
         EndReason::Crashed(_) => "crashed",
         EndReason::AdminKilled => "admin_killed",
         EndReason::LostOnRestart => "lost_on_restart",
-    }
-}
-
-/// A new record for a session that is about to be claimed.
-pub fn new_record(id: SessionId, wallet: crate::ports::WalletId, gpus: u32) -> SessionRecord {
-    SessionRecord {
-        id,
-        wallet,
-        gpus,
-        state: SessionState::Queued,
-        gpu_addrs: Vec::new(),
-        container_id: None,
-        billed_intervals: 0,
-        billed_credit: 0,
-        billed_ms: 0,
-        end_reason: None,
     }
 }

@@ -35,7 +35,7 @@ use crate::queue::{Claim, ClaimError, Policy};
 use crate::scheduler::{PoolSnapshot, Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::session::{
     RunOrigin, SessionActor, SessionArgs, SessionEvent, SessionMsg, SessionSettings, SessionView,
-    StartMode, new_record,
+    StartMode,
 };
 use crate::wallet::{WalletArgs, WalletMsg, spawn_wallet};
 
@@ -354,7 +354,7 @@ impl Actor for Supervisor {
                 gpus,
                 reply,
             } => {
-                let record = new_record(SessionId::new(), wallet, gpus);
+                let record = SessionRecord::new(SessionId::new(), wallet, gpus);
                 let _ = reply.send(state.enqueue(record).await);
             }
             SupervisorMsg::Lookup { session, reply } => {

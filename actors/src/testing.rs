@@ -456,16 +456,8 @@ mod tests {
     async fn store_loads_unended_records_in_first_save_order() {
         let store = MemoryStore::new();
         let record = |state| SessionRecord {
-            id: SessionId::new(),
-            wallet: wallet(),
-            gpus: 1,
             state,
-            gpu_addrs: Vec::new(),
-            container_id: None,
-            billed_intervals: 0,
-            billed_credit: 0,
-            billed_ms: 0,
-            end_reason: None,
+            ..SessionRecord::new(SessionId::new(), wallet(), 1)
         };
         let mut first = record(SessionState::Queued);
         let ended = record(SessionState::Ended);

@@ -319,7 +319,7 @@ async fn recovery_adopts_survivors_ends_the_lost_and_removes_orphans() {
     let survivor_wallet = wallet(200);
     ledger.deposit(&survivor_wallet, 1_000);
 
-    let survivor = deskgate_actors::session::new_record(
+    let survivor = deskgate_actors::ports::SessionRecord::new(
         deskgate_actors::ports::SessionId::new(),
         survivor_wallet.clone(),
         1,
@@ -336,13 +336,13 @@ async fn recovery_adopts_survivors_ends_the_lost_and_removes_orphans() {
     let lost = SessionRecord {
         state: SessionState::Running,
         gpu_addrs: vec![gpus[0]],
-        ..deskgate_actors::session::new_record(
+        ..deskgate_actors::ports::SessionRecord::new(
             deskgate_actors::ports::SessionId::new(),
             wallet(201),
             1,
         )
     };
-    let queued = deskgate_actors::session::new_record(
+    let queued = deskgate_actors::ports::SessionRecord::new(
         deskgate_actors::ports::SessionId::new(),
         wallet(202),
         1,
