@@ -6,12 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::ext::AnvilApi;
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionRequest;
-use alloy::signers::local::PrivateKeySigner;
 use deskgate::chain::AlloyChain;
 use deskgate::deposit_store::{CheckStatus, PgDepositBook, TxCheck, check_transaction};
 use deskgate::ledger::PgLedger;
@@ -25,10 +24,8 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ractor::{ActorRef, call};
-use support::{OwnAnvil, ScratchDatabase};
+use support::{OwnAnvil, ScratchDatabase, deploy_test_token, dev_wallet_provider};
 
-/// anvil's first dev account.
-const DEV_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const CHAIN_ID: u64 = 31337;
 /// 0.001 ETH per GPU-hour: 0.01 ETH buys 36 000 credit-seconds.
 const WEI_PER_HOUR: u64 = 1_000_000_000_000_000;
@@ -67,37 +64,11 @@ struct World {
     ledger: PgLedger,
 }
 
-fn wallet_provider(url: &str) -> (DynProvider, Address) {
-    let signer: PrivateKeySigner = DEV_KEY.parse().unwrap();
-    let payer = signer.address();
-    let provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer))
-        .connect_http(url.parse().unwrap())
-        .erased();
-    (provider, payer)
-}
-
-async fn deploy_token(provider: &DynProvider) -> Address {
-    let hex = std::fs::read_to_string(
-        support::repo_root().join("tests/fixtures/artifacts/TestToken.bin"),
-    )
-    .unwrap();
-    let code: Bytes = hex.trim().trim_start_matches("0x").parse().unwrap();
-    let receipt = provider
-        .send_transaction(TransactionRequest::default().with_deploy_code(code))
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    receipt.contract_address.expect("TestToken deployed")
-}
-
 impl World {
     async fn new(tag: &str, anvil: OwnAnvil) -> Self {
         let db = ScratchDatabase::migrated(tag).await;
-        let (provider, payer) = wallet_provider(&anvil.url);
-        let token = deploy_token(&provider).await;
+        let (provider, payer) = dev_wallet_provider(&anvil.url);
+        let token = deploy_test_token(&provider).await;
         let pool = deskgate::db::pool(&Secret::new(db.url.clone())).unwrap();
         let ledger = PgLedger::new(pool.clone());
         let pricing = Pricing::new(U256::from(WEI_PER_HOUR), U256::from(TOKEN_PER_HOUR), vec![]);
@@ -360,7 +331,7 @@ async fn a_deposit_whose_block_is_reorged_away_is_never_credited() {
 
     // A deposit made on the new chain is credited as usual (a fresh
     // provider: the old one caches the reverted chain's nonce).
-    world.provider = wallet_provider(&world.anvil.url).0;
+    world.provider = dev_wallet_provider(&world.anvil.url).0;
     world.send_eth(revenue(), eth(1)).await;
     world.mine(3).await;
     poll(&watcher).await;
@@ -432,7 +403,7 @@ async fn check_transaction_rejects_wrong_recipient_wrong_token_failed_and_unknow
     let result = check(token_elsewhere).await;
     assert_rejected(&result, "wrong recipient");
 
-    let other_token = deploy_token(&world.provider).await;
+    let other_token = deploy_test_token(&world.provider).await;
     world.mint(other_token, tokens(5)).await;
     let wrong_token = world.send_token(other_token, revenue(), tokens(1)).await;
     let result = check(wrong_token).await;

@@ -8,16 +8,15 @@ mod support;
 use std::sync::Arc;
 
 use alloy::eips::BlockNumberOrTag;
-use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, Bytes, U256};
+use alloy::network::Ethereum;
+use alloy::primitives::{Address, U256};
 use alloy::providers::ext::AnvilApi;
-use alloy::providers::{DynProvider, Provider, ProviderBuilder, RootProvider};
-use alloy::rpc::types::TransactionRequest;
-use alloy::signers::local::PrivateKeySigner;
+use alloy::providers::{DynProvider, PendingTransactionBuilder, Provider, RootProvider};
+use alloy::rpc::types::TransactionReceipt;
 use deskgate::config::{Confirmations, Tier};
 use deskgate::pricing::{Asset, DepositPricer, Pricing};
 use deskgate::tiers::{TierOracle, TieredPricer};
-use support::{OwnAnvil, repo_root};
+use support::{OwnAnvil, deploy_test_token, dev_wallet_provider};
 
 alloy::sol! {
     #[sol(rpc)]
@@ -28,8 +27,6 @@ alloy::sol! {
     }
 }
 
-/// Anvil's first dev account (public knowledge; a test chain only).
-const DEV_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const DAY: u64 = 24 * 60 * 60;
 
 /// One whole token of 18 decimals, in base units.
@@ -65,28 +62,18 @@ struct Chain {
     deployer: Address,
 }
 
+/// Waits for `pending`'s receipt and asserts it succeeded.
+async fn confirmed(pending: PendingTransactionBuilder<Ethereum>, what: &str) -> TransactionReceipt {
+    let receipt = pending.get_receipt().await.unwrap();
+    assert!(receipt.status(), "{what} reverted");
+    receipt
+}
+
 impl Chain {
     async fn start(extra: &[&str]) -> Self {
         let anvil = OwnAnvil::start_on(support::free_port(), extra);
-        let signer: PrivateKeySigner = DEV_KEY.parse().unwrap();
-        let deployer = signer.address();
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(anvil.url.parse().unwrap())
-            .erased();
-        let bin =
-            std::fs::read_to_string(repo_root().join("tests/fixtures/artifacts/TestToken.bin"))
-                .expect("TestToken.bin");
-        let code: Bytes = alloy::hex::decode(bin.trim()).unwrap().into();
-        let receipt = provider
-            .send_transaction(TransactionRequest::default().with_deploy_code(code))
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        assert!(receipt.status(), "TestToken deployment reverted");
-        let token = receipt.contract_address.expect("a deployed address");
+        let (provider, deployer) = dev_wallet_provider(&anvil.url);
+        let token = deploy_test_token(&provider).await;
         Self {
             anvil,
             provider,
@@ -101,31 +88,14 @@ impl Chain {
 
     /// Mints `amount` to `to`; returns the block it landed in.
     async fn mint(&self, to: Address, amount: U256) -> u64 {
-        let receipt = self
-            .contract()
-            .mint(to, amount)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        assert!(receipt.status(), "mint reverted");
-        receipt.block_number.unwrap()
+        let pending = self.contract().mint(to, amount).send().await.unwrap();
+        confirmed(pending, "mint").await.block_number.unwrap()
     }
 
     /// Sends `amount` from the deployer to `to`.
     async fn transfer(&self, to: Address, amount: U256) {
-        let receipt = self
-            .contract()
-            .transfer(to, amount)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        assert!(receipt.status(), "transfer reverted");
+        let pending = self.contract().transfer(to, amount).send().await.unwrap();
+        confirmed(pending, "transfer").await;
     }
 
     /// Balance at the latest block.

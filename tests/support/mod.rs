@@ -405,3 +405,42 @@ impl Drop for OwnAnvil {
         self.stop();
     }
 }
+
+/// anvil's first dev account (public knowledge; a test chain only).
+pub const DEV_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// A provider for the node at `url` that signs with [`DEV_KEY`], and that
+/// account's address.
+pub fn dev_wallet_provider(
+    url: &str,
+) -> (alloy::providers::DynProvider, alloy::primitives::Address) {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let signer: alloy::signers::local::PrivateKeySigner = DEV_KEY.parse().unwrap();
+    let address = signer.address();
+    let provider = ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer))
+        .connect_http(url.parse().unwrap())
+        .erased();
+    (provider, address)
+}
+
+/// Deploys `tests/fixtures/artifacts/TestToken.bin` from `provider`'s
+/// wallet; returns its address.
+pub async fn deploy_test_token(
+    provider: &alloy::providers::DynProvider,
+) -> alloy::primitives::Address {
+    use alloy::network::TransactionBuilder;
+    use alloy::providers::Provider;
+    let hex = std::fs::read_to_string(repo_root().join("tests/fixtures/artifacts/TestToken.bin"))
+        .expect("TestToken.bin");
+    let code: alloy::primitives::Bytes = alloy::hex::decode(hex.trim()).unwrap().into();
+    let receipt = provider
+        .send_transaction(alloy::rpc::types::TransactionRequest::default().with_deploy_code(code))
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status(), "TestToken deployment reverted");
+    receipt.contract_address.expect("a deployed address")
+}
