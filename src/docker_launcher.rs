@@ -50,7 +50,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, DeviceRequest, EventMessage, HostConfig, NetworkCreateRequest,
+    ContainerCreateBody, ContainerSummary, DeviceRequest, EventMessage, HostConfig,
+    NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
@@ -436,6 +437,19 @@ impl DockerLauncher {
         Ok(())
     }
 
+    /// The containers labelled as deskgate sessions; stopped ones too if `all`.
+    async fn session_containers(&self, all: bool) -> Result<Vec<ContainerSummary>, LaunchError> {
+        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(all)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("listing session containers", e))
+    }
+
     /// After a restart: keeps the containers of `known` sessions (adopting
     /// their VNC secrets from the container config) and removes every other
     /// deskgate container and network. Returns the adopted running
@@ -444,16 +458,7 @@ impl DockerLauncher {
         &self,
         known: &HashSet<SessionId>,
     ) -> Result<(Vec<RunningContainer>, Vec<SessionId>), LaunchError> {
-        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| docker_error("listing session containers", e))?;
+        let containers = self.session_containers(true).await?;
         let mut adopted = Vec::new();
         let mut removed = Vec::new();
         for summary in containers {
@@ -572,15 +577,7 @@ impl Launcher for DockerLauncher {
     }
 
     async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
-        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
-        let options = ListContainersOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| docker_error("listing session containers", e))?;
+        let containers = self.session_containers(false).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
