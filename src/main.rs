@@ -331,9 +331,11 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
                 Confirmations::Blocks(n) => Required::Blocks(n),
                 Confirmations::Finalized => Required::Finalized,
             };
+            // One adapter serves the watcher and the API's single checks.
+            let chain = Arc::new(AlloyChain::new(url, revenue, config.token_address));
             spawn_chain_watcher(
                 ChainWatcherArgs {
-                    reader: Arc::new(AlloyChain::new(url.clone(), revenue, config.token_address)),
+                    reader: chain.clone(),
                     book: Arc::new(book.clone()),
                     required,
                     poll: config.chain_poll,
@@ -344,7 +346,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
             .await
             .context("cannot start the chain watcher")?;
             Some(DepositDesk {
-                chain: AlloyChain::new(url, revenue, config.token_address),
+                chain,
                 book,
                 required,
             })

@@ -48,7 +48,7 @@ impl std::fmt::Debug for Api {
 #[allow(missing_debug_implementations)] // its parts hold RPC and pool handles
 pub struct DepositDesk {
     /// The chain.
-    pub chain: AlloyChain,
+    pub chain: Arc<AlloyChain>,
     /// Recorded deposits.
     pub book: PgDepositBook,
     /// When a deposit is credited.
