@@ -354,6 +354,7 @@ fn apply_entries(
     for (account, after) in &updated {
         balances.insert((*account).clone(), *after);
     }
+    // as_slice: diesel's RunQueryDsl::first would otherwise claim the call.
     Ok(updated.as_slice().first().map_or(0, |(_, after)| *after))
 }
 

@@ -520,29 +520,29 @@ async fn invariants_hold_after_concurrent_random_operations_with_killed_connecti
         assert_eq!(ledger.balance(w).await, Ok(*balance), "balance of {w}");
     }
     // A changed amount under an applied key is refused.
-    let (key, operation) = posted
+    let (key, wallet, amount, from) = posted
         .iter()
-        .find(|(_, op)| matches!(op, Operation::Credit { .. }))
-        .unwrap();
-    if let Operation::Credit {
-        wallet,
-        amount,
-        from,
-    } = operation.clone()
-    {
-        let changed = posting(
-            key,
+        .find_map(|(key, op)| match op {
             Operation::Credit {
                 wallet,
-                amount: amount + 1,
+                amount,
                 from,
-            },
-        );
-        assert_eq!(
-            ledger.post(changed).await,
-            Err(LedgerError::KeyConflict(key.clone()))
-        );
-    }
+            } => Some((key, wallet.clone(), *amount, *from)),
+            _ => None,
+        })
+        .expect("the mix posted credits");
+    let changed = posting(
+        key,
+        Operation::Credit {
+            wallet,
+            amount: amount + 1,
+            from,
+        },
+    );
+    assert_eq!(
+        ledger.post(changed).await,
+        Err(LedgerError::KeyConflict(key.clone()))
+    );
     assert_ledger_invariants(&pool).await;
     db.drop_it().await;
 }

@@ -5,7 +5,7 @@
 //! credit-second for i in `--from..--to`, `--batch` per transaction, and
 //! prints `committed <last i>` after each commit. Killing it at any moment
 //! and running it again over the same range must leave every key applied
-//! exactly once; `tests/ledger_crash.rs` does exactly that.
+//! exactly once; `tests/ledger.rs` does exactly that.
 
 use anyhow::Context;
 use clap::Parser;
