@@ -136,6 +136,9 @@ ensure_role_and_db() { # SOCKDIR PORT
     psql_super "$1" "$2" >/dev/null <<SQL
 SELECT 'CREATE ROLE $DB_ROLE' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_ROLE')\gexec
 ALTER ROLE $DB_ROLE WITH LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
+-- Tests drop their scratch databases WITH (FORCE); an autovacuum worker busy
+-- in one belongs to no role, so ending it needs pg_signal_backend.
+GRANT pg_signal_backend TO $DB_ROLE;
 SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_ROLE' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME')\gexec
 SQL
 }

@@ -290,15 +290,20 @@ impl ScratchDatabase {
         db
     }
 
-    /// Drops it, closing any connection still open.
+    /// Drops it, closing any connection still open. A backend that cannot be
+    /// ended yet (an autovacuum worker starting up) makes the drop fail, so it
+    /// is tried a few times before the test fails.
     pub async fn drop_it(self) {
         let mut conn = diesel_async::AsyncPgConnection::establish(&self.admin_url)
             .await
             .unwrap();
-        diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let mut attempt = 1;
+        while let Err(error) = diesel::sql_query(&statement).execute(&mut conn).await {
+            assert!(attempt < 10, "dropping {} failed: {error}", self.name);
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 }
 
