@@ -191,7 +191,37 @@ pub const KEYS: &[Key] = &[
         "SESSION_IMAGE",
         Plain,
         Some("deskgate/desktop:local"),
-        "desktop container image (pin by digest in production)"
+        "desktop container image; `repo@sha256:…` pins it (required with TLS on where containers run)"
+    ),
+    key!(
+        "SESSION_MEMORY_MIB",
+        Plain,
+        Some("4096"),
+        "memory limit of a session container, MiB"
+    ),
+    key!(
+        "SESSION_CPUS",
+        Plain,
+        Some("2"),
+        "CPU limit of a session container (decimals allowed, e.g. 1.5)"
+    ),
+    key!(
+        "SESSION_PIDS_LIMIT",
+        Plain,
+        Some("512"),
+        "most processes in a session container"
+    ),
+    key!(
+        "SESSION_ENV_ALLOWLIST",
+        Plain,
+        None,
+        "comma-separated names of the launcher's own environment variables passed into session containers (e.g. LANG,TZ)"
+    ),
+    key!(
+        "SESSION_STOP_GRACE_SECONDS",
+        Plain,
+        Some("10"),
+        "how long a stopping desktop gets after SIGTERM before SIGKILL"
     ),
     key!(
         "GPUS",
@@ -529,6 +559,16 @@ pub struct Config {
     pub launcher_bind: SocketAddr,
     /// Desktop image.
     pub session_image: String,
+    /// Session container memory limit in bytes.
+    pub session_memory_bytes: i64,
+    /// Session container CPU limit in billionths of a CPU.
+    pub session_nano_cpus: i64,
+    /// Most processes in a session container.
+    pub session_pids_limit: i64,
+    /// Names of launcher environment variables passed into sessions.
+    pub session_env_allowlist: Vec<String>,
+    /// SIGTERM-to-SIGKILL grace for a stopping session container.
+    pub session_stop_grace: Duration,
     /// Which GPUs to manage.
     pub gpus: GpuSelection,
     /// Time between billing debits.
@@ -637,6 +677,30 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
         Ok(0) | Err(_) => Err(format!("`{text}` is not a whole number of seconds above 0")),
         Ok(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
+/// A CPU count such as `2` or `1.5`, as billionths of a CPU (Docker's NanoCpus).
+fn parse_cpus(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not a CPU count from 0.01 to 1024, such as 2 or 1.5");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let whole: i64 = whole.parse().map_err(|_| bad())?;
+    let fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<9}").parse().map_err(|_| bad())?
+    };
+    let nanos = whole
+        .checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(fraction))
+        .ok_or_else(bad)?;
+    if (10_000_000..=1024 * 1_000_000_000).contains(&nanos) {
+        Ok(nanos)
+    } else {
+        Err(bad())
     }
 }
 
@@ -835,6 +899,41 @@ impl Config {
                 Ok(t.to_string())
             }
         });
+        let session_memory_bytes =
+            parse_key(raw, "SESSION_MEMORY_MIB", p, |t| match t.parse::<i64>() {
+                Ok(mib) if (64..=1 << 24).contains(&mib) => Ok(mib << 20),
+                _ => Err(format!("`{t}` is not a number of MiB from 64 to 16777216")),
+            });
+        let session_nano_cpus = parse_key(raw, "SESSION_CPUS", p, parse_cpus);
+        let session_pids_limit =
+            parse_key(raw, "SESSION_PIDS_LIMIT", p, |t| match t.parse::<i64>() {
+                Ok(n) if (16..=1 << 22).contains(&n) => Ok(n),
+                _ => Err(format!("`{t}` is not a process count from 16 to 4194304")),
+            });
+        let session_env_allowlist = parse_key(raw, "SESSION_ENV_ALLOWLIST", p, |t| {
+            comma_list(t)
+                .map(|name| {
+                    let valid = !name.as_bytes()[0].is_ascii_digit()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !valid {
+                        Err(format!("`{name}` is not an environment variable name"))
+                    } else if name.starts_with(ENV_PREFIX) {
+                        Err(format!(
+                            "`{name}`: deskgate's own settings never go into a session container"
+                        ))
+                    } else {
+                        Ok(name.to_string())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+        let session_stop_grace = parse_key(raw, "SESSION_STOP_GRACE_SECONDS", p, |t| {
+            match t.parse::<u64>() {
+                Ok(secs) if secs <= 300 => Ok(Duration::from_secs(secs)),
+                _ => Err(format!("`{t}` is not a number of seconds from 0 to 300")),
+            }
+        });
         let gpus = parse_key(raw, "GPUS", p, |t| t.parse::<GpuSelection>());
         let billing_interval = parse_key(raw, "BILLING_INTERVAL_SECONDS", p, parse_seconds);
         let presence_timeout = parse_key(raw, "PRESENCE_TIMEOUT_SECONDS", p, parse_seconds);
@@ -910,6 +1009,11 @@ impl Config {
             launcher_token: secret("LAUNCHER_TOKEN"),
             launcher_bind: launcher_bind?,
             session_image: session_image?,
+            session_memory_bytes: session_memory_bytes?,
+            session_nano_cpus: session_nano_cpus?,
+            session_pids_limit: session_pids_limit?,
+            session_env_allowlist,
+            session_stop_grace: session_stop_grace?,
             gpus: gpus?,
             billing_interval: billing_interval?,
             presence_timeout: presence_timeout?,
@@ -973,6 +1077,18 @@ impl Config {
                     "must be an https:// URL when TLS is on (browsers reach the gate over HTTPS)",
                 ));
             }
+        }
+
+        let runs_containers = role == Role::Launcher || self.launcher_urls.is_empty();
+        if self.is_tls() && runs_containers && !self.session_image.contains("@sha256:") {
+            problems.push(Problem::new(
+                "SESSION_IMAGE",
+                format!(
+                    "`{}` is not pinned by digest; with TLS on use repo@sha256:<digest> \
+                     (`docker image inspect --format '{{{{index .RepoDigests 0}}}}' IMAGE` prints it)",
+                    self.session_image
+                ),
+            ));
         }
 
         // The secrets this role needs, and whether each is needed at all.
@@ -1060,6 +1176,8 @@ mod tests {
     use super::*;
 
     const STRONG: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
+    const PINNED_IMAGE: &str =
+        "deskgate/desktop@sha256:4f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut all = vec![
@@ -1143,6 +1261,7 @@ mod tests {
             ("DESKGATE_TLS_CERT", "/etc/deskgate/cert.pem"),
             ("DESKGATE_TLS_KEY", "/etc/deskgate/key.pem"),
             ("DESKGATE_PUBLIC_URL", "https://desk.example.org"),
+            ("DESKGATE_SESSION_IMAGE", PINNED_IMAGE),
         ];
         let mut pairs = tls.to_vec();
         pairs.push(("DESKGATE_ADMIN_TOKEN", "change-me"));
@@ -1190,6 +1309,7 @@ mod tests {
                     "postgres://deskgate:deskgate-dev-only@db/deskgate",
                 ),
                 ("DESKGATE_RPC_URL", "http://127.0.0.1:8545"),
+                ("DESKGATE_SESSION_IMAGE", PINNED_IMAGE),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
             Role::Serve,
@@ -1332,6 +1452,75 @@ mod tests {
                 .problems
                 .iter()
                 .any(|p| p.to_string().contains("finalized"))
+        );
+    }
+
+    #[test]
+    fn cpus_parse_to_nano_cpus_and_refuse_nonsense() {
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert_eq!(parse_cpus("1.5"), Ok(1_500_000_000));
+        assert_eq!(parse_cpus("0.25"), Ok(250_000_000));
+        for bad in [
+            "0",
+            "-1",
+            "1.5.2",
+            "x",
+            "0.000000001",
+            "2000",
+            "1.1234567891",
+        ] {
+            assert!(parse_cpus(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn session_limits_and_allowlist_parse_and_deskgate_names_are_refused() {
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_SESSION_MEMORY_MIB", "512"),
+                ("DESKGATE_SESSION_ENV_ALLOWLIST", "LANG, TZ"),
+            ]),
+            Role::Serve,
+        );
+        let config = loaded.config.unwrap();
+        assert_eq!(config.session_memory_bytes, 512 << 20);
+        assert_eq!(config.session_env_allowlist, ["LANG", "TZ"]);
+        let loaded = load(
+            None,
+            env(&[(
+                "DESKGATE_SESSION_ENV_ALLOWLIST",
+                "LANG,DESKGATE_ADMIN_TOKEN",
+            )]),
+            Role::Serve,
+        );
+        assert_eq!(
+            variables(&loaded.problems),
+            ["DESKGATE_SESSION_ENV_ALLOWLIST"]
+        );
+    }
+
+    #[test]
+    fn tls_needs_a_pinned_image_where_containers_run() {
+        let tls = [
+            ("DESKGATE_TLS_CERT", "/c.pem"),
+            ("DESKGATE_TLS_KEY", "/k.pem"),
+            ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+        ];
+        let loaded = load(None, env(&tls), Role::Launcher);
+        assert!(
+            variables(&loaded.problems).contains(&"DESKGATE_SESSION_IMAGE"),
+            "{:?}",
+            loaded.problems
+        );
+        let digest = format!("deskgate/desktop@sha256:{}", "ab".repeat(32));
+        let mut pinned = tls.to_vec();
+        pinned.push(("DESKGATE_SESSION_IMAGE", &digest));
+        let loaded = load(None, env(&pinned), Role::Launcher);
+        assert!(
+            !variables(&loaded.problems).contains(&"DESKGATE_SESSION_IMAGE"),
+            "{:?}",
+            loaded.problems
         );
     }
 }

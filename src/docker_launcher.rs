@@ -135,6 +135,35 @@ impl LauncherSettings {
         }
     }
 
+    /// The settings `config` describes. Allowlisted environment variables
+    /// take their values from `lookup` (the process environment); names it
+    /// does not know are left out.
+    pub fn from_config(
+        config: &crate::config::Config,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        let (image, image_digest) = match config.session_image.split_once('@') {
+            Some((repo, digest)) => (repo.to_string(), Some(digest.to_string())),
+            None => (config.session_image.clone(), None),
+        };
+        Self {
+            image,
+            image_digest,
+            memory_bytes: config.session_memory_bytes,
+            nano_cpus: config.session_nano_cpus,
+            pids_limit: config.session_pids_limit,
+            extra_env: config
+                .session_env_allowlist
+                .iter()
+                .filter_map(|name| Some((name.clone(), lookup(name)?)))
+                .collect(),
+            stop_grace: config.session_stop_grace,
+            // Virtual GPUs have no device to pass through.
+            gpu_runtime: !matches!(config.gpus, crate::gpu::GpuSelection::Fake(_)),
+            ..Self::new("")
+        }
+    }
+
     /// Refuses settings that would weaken the container.
     pub fn validate(&self) -> Result<(), LaunchError> {
         let bad = |what: String| Err(LaunchError(format!("invalid launcher settings: {what}")));
@@ -244,11 +273,42 @@ fn host_of(labels: Option<&HashMap<String, String>>) -> u16 {
         .unwrap_or(0)
 }
 
+/// How long a stop keeps suppressing its container's `die` event. Entries
+/// stay for every watcher to see (each has its own event stream), and the
+/// event can arrive after `stop` has returned.
+const STOP_MEMORY: Duration = Duration::from_secs(300);
+
 /// What the launcher and its exit watchers share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Sessions being stopped by [`Launcher::stop`]: their `die` is not an exit.
-    stopping: Mutex<HashSet<SessionId>>,
+    /// Sessions stopped by [`Launcher::stop`], and when: their `die` is not an exit.
+    stopping: Mutex<HashMap<SessionId, std::time::Instant>>,
+}
+
+impl Shared {
+    fn mark_stopping(&self, session: SessionId) {
+        let mut stopping = lock(&self.stopping);
+        stopping.retain(|_, at| at.elapsed() < STOP_MEMORY);
+        stopping.insert(session, std::time::Instant::now());
+    }
+
+    fn was_stopped(&self, session: SessionId) -> bool {
+        lock(&self.stopping)
+            .get(&session)
+            .is_some_and(|at| at.elapsed() < STOP_MEMORY)
+    }
+}
+
+/// What [`DockerLauncher::recover`] found after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Running session containers, adopted with their VNC secrets.
+    pub adopted: Vec<RunningContainer>,
+    /// Session containers that had stopped (or never started) while nobody
+    /// watched, removed with their networks: their exits.
+    pub exited: Vec<ContainerExit>,
+    /// Networks left without a container, removed.
+    pub stray_networks: usize,
 }
 
 /// The [`Launcher`] on a local Docker Engine; see the module docs.
@@ -450,6 +510,51 @@ impl DockerLauncher {
             .map_err(|e| docker_error("listing session containers", e))
     }
 
+    /// After this process restarts with nobody to ask which sessions are
+    /// known (the launcher service): adopts every running session container
+    /// and removes the rest, stopped or never started, with their networks,
+    /// reporting each as an exit so the gate can end its session.
+    pub async fn recover(&self) -> Result<Recovered, LaunchError> {
+        let mut running = HashSet::new();
+        let mut exited = Vec::new();
+        for summary in self.session_containers(true).await? {
+            let Some(session) = session_of(summary.labels.as_ref()) else {
+                continue;
+            };
+            if matches!(
+                summary.state,
+                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            ) {
+                running.insert(session);
+                continue;
+            }
+            let state = match &summary.id {
+                Some(id) => self
+                    .docker
+                    .inspect_container(id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state),
+                None => None,
+            };
+            exited.push(ContainerExit {
+                session,
+                code: state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1),
+                oom: state.and_then(|s| s.oom_killed).unwrap_or(false),
+            });
+        }
+        let (adopted, removed) = self.reconcile(&running).await?;
+        let stray_networks = removed
+            .iter()
+            .filter(|s| !exited.iter().any(|e| e.session == **s))
+            .count();
+        Ok(Recovered {
+            adopted,
+            exited,
+            stray_networks,
+        })
+    }
+
     /// After a restart: keeps the containers of `known` sessions (adopting
     /// their VNC secrets from the container config) and removes every other
     /// deskgate container and network. Returns the adopted running
@@ -552,7 +657,7 @@ impl Launcher for DockerLauncher {
 
     async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
         let name = container_name(session);
-        lock(&self.shared.stopping).insert(session);
+        self.shared.mark_stopping(session);
         let grace = self
             .settings
             .stop_grace
@@ -563,9 +668,7 @@ impl Launcher for DockerLauncher {
         match self.docker.stop_container(&name, Some(options)).await {
             Ok(()) => {}
             // 304: already stopped; 404: already gone.
-            Err(err) if is_status(&err, 304) || is_status(&err, 404) => {
-                lock(&self.shared.stopping).remove(&session);
-            }
+            Err(err) if is_status(&err, 304) || is_status(&err, 404) => {}
             Err(err) => {
                 // Force removal below kills it.
                 tracing::warn!(%session, error = %docker_error("graceful stop", err), "killing instead");
@@ -698,7 +801,7 @@ async fn handle_event(
                 state.reported.clear();
             }
             let mut oom = state.oom.remove(&id);
-            if lock(&shared.stopping).remove(&session) {
+            if shared.was_stopped(session) {
                 return true;
             }
             if !oom

@@ -17,6 +17,7 @@ pub mod launcher_service;
 pub mod ledger;
 pub mod pricing;
 pub mod readiness;
+pub mod remote_launcher;
 pub mod schema;
 pub mod secret;
 pub mod server;

@@ -13,6 +13,7 @@ use deskgate::chain::AlloyChain;
 use deskgate::config::Confirmations;
 use deskgate::config::{self, Config, Loaded, Role};
 use deskgate::deposit_store::PgDepositBook;
+use deskgate::docker_launcher::{DockerLauncher, LauncherSettings};
 use deskgate::http::api::{Api, DepositDesk};
 use deskgate::http::{GateState, Limits};
 use deskgate::ledger::PgLedger;
@@ -389,15 +390,55 @@ async fn migrate_until_done(url: deskgate::secret::Secret) {
     }
 }
 
+/// The local Docker launcher with the session settings of `config`.
+async fn docker_launcher(config: &Config) -> anyhow::Result<DockerLauncher> {
+    let docker = deskgate::docker::connect()
+        .await
+        .context("cannot set up the Docker client (check DOCKER_HOST)")?;
+    docker
+        .ping()
+        .await
+        .context("Docker does not answer (is dockerd running? check DOCKER_HOST)")?;
+    let settings = LauncherSettings::from_config(config, |name| std::env::var(name).ok());
+    Ok(DockerLauncher::new(docker, settings)?)
+}
+
 async fn launcher(config: Config) -> anyhow::Result<()> {
     log_inventory(&config).await?;
     let token = config
         .launcher_token
         .clone()
         .context("DESKGATE_LAUNCHER_TOKEN is not set")?;
+    let selection = config.gpus.clone();
+    let gpu_indices = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
+        .await??
+        .iter()
+        .map(|g| g.index)
+        .collect();
+    let launcher = Arc::new(docker_launcher(&config).await?);
+    // A launcher killed mid-flight left containers behind: keep the running
+    // ones, clear the rest, and tell the gate about their exits.
+    let recovered = launcher
+        .recover()
+        .await
+        .context("cannot reconcile session containers with Docker")?;
+    tracing::info!(
+        adopted = recovered.adopted.len(),
+        exited = recovered.exited.len(),
+        stray_networks = recovered.stray_networks,
+        "session containers recovered"
+    );
+    let exits = Arc::new(launcher_service::ExitLog::default());
+    exits.follow(launcher.as_ref());
+    for exit in &recovered.exited {
+        exits.record(exit);
+    }
     let state = Arc::new(launcher_service::LauncherState {
         token,
         gpus: config.gpus.clone(),
+        gpu_indices,
+        launcher,
+        exits,
     });
     let app = launcher_service::router(state, limits(&config));
     server::run(

@@ -86,6 +86,10 @@ async fn tls_with_a_strong_admin_token_serves_https() {
     env.push(("DESKGATE_TLS_KEY", key));
     env.push(("DESKGATE_PUBLIC_URL", format!("https://localhost:{port}")));
     env.push(("DESKGATE_ADMIN_TOKEN", STRONG_SECRET.into()));
+    env.push((
+        "DESKGATE_SESSION_IMAGE",
+        format!("deskgate/desktop@sha256:{}", "ab".repeat(32)),
+    ));
     // The development database password is itself refused with TLS on; this
     // test is about the listener, so a strong password for a role that does
     // not exist will do (only /readyz would notice).

@@ -185,6 +185,15 @@ impl Deskgate {
     }
 }
 
+impl Deskgate {
+    /// Kills the process with SIGKILL (no cleanup of any kind) and reaps it.
+    pub fn kill_hard(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("reap");
+        assert!(!status.success(), "killed process reported success");
+    }
+}
+
 impl Drop for Deskgate {
     fn drop(&mut self) {
         let _ = self.child.kill();

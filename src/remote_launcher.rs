@@ -1,0 +1,324 @@
+//! [`RemoteLauncher`]: the [`Launcher`] port over the HTTP API of a
+//! `deskgate launcher` on another GPU host (see [`crate::launcher_service`]).
+//!
+//! The bearer token goes in the `Authorization` header of every request and
+//! of the events WebSocket handshake, never in a URL. Exits arrive on the
+//! `/v1/events` socket; when it drops, the watcher reconnects with `since`
+//! set a little before the last exit it saw, so the launcher replays what was
+//! missed, and exits already delivered are not delivered twice.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deskgate_actors::ports::{
+    ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
+};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use url::Url;
+
+use crate::launcher_service::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
+use crate::secret::Secret;
+
+/// How long connecting to a launcher may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may take; a launch includes container start.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How far before the last exit seen a reconnect asks to be replayed from,
+/// to cover clock steps on the launcher.
+const REPLAY_OVERLAP_MS: u64 = 5_000;
+/// Exits remembered to drop replays.
+const DELIVERED_MEMORY: usize = 4096;
+
+/// A launcher service on another host.
+#[derive(Clone, Debug)]
+pub struct RemoteLauncher {
+    base: Url,
+    token: Secret,
+    client: reqwest::Client,
+}
+
+impl RemoteLauncher {
+    /// A client of the launcher at `base` (`http://` or `https://`).
+    pub fn new(mut base: Url, token: Secret) -> Result<Self, LaunchError> {
+        // Paths are joined relative to the base, which must then end in `/`.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(LaunchError(format!(
+                "launcher URL {base} is not http:// or https://"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| LaunchError(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            base,
+            token,
+            client,
+        })
+    }
+
+    /// The launcher's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Result<Url, LaunchError> {
+        self.base
+            .join(path)
+            .map_err(|e| LaunchError(format!("launcher URL {}: {e}", self.base)))
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token.expose())
+    }
+
+    /// Sends `request` with the token and maps failures to errors that name
+    /// the launcher and carry its problem detail.
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, LaunchError> {
+        let response = request
+            .header(reqwest::header::AUTHORIZATION, self.bearer())
+            .send()
+            .await
+            .map_err(|e| {
+                LaunchError(format!(
+                    "{what} on launcher {}: {}",
+                    self.base,
+                    e.without_url()
+                ))
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let problem: serde_json::Value = response.json().await.unwrap_or_default();
+        let text = |k: &str| problem.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        Err(LaunchError(format!(
+            "{what} on launcher {}: {status} {} {}",
+            self.base,
+            text("title"),
+            text("detail")
+        )))
+    }
+
+    fn events_request(
+        &self,
+        since_ms: u64,
+    ) -> Result<tungstenite::handshake::client::Request, LaunchError> {
+        let mut url = self.url("v1/events")?;
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .map_err(|()| LaunchError(format!("launcher URL {} cannot be a socket", self.base)))?;
+        url.query_pairs_mut()
+            .append_pair("since", &since_ms.to_string());
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| LaunchError(format!("events socket of {}: {e}", self.base)))?;
+        let bearer = HeaderValue::from_str(&self.bearer())
+            .map_err(|_| LaunchError("the launcher token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", bearer);
+        Ok(request)
+    }
+}
+
+#[async_trait]
+impl Launcher for RemoteLauncher {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
+        let body = LaunchRequest {
+            session: spec.session.0,
+            host: spec.host,
+            gpu_indices: spec.gpu_indices.clone(),
+        };
+        let request = self.client.post(self.url("v1/sessions")?).json(&body);
+        let response = self.send("launch", request).await?;
+        let launched: LaunchResponse = response
+            .json()
+            .await
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))?;
+        Ok(launched.container_id)
+    }
+
+    async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
+        let request = self
+            .client
+            .delete(self.url(&format!("v1/sessions/{session}"))?);
+        self.send("stop", request).await.map(drop)
+    }
+
+    async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
+        let request = self.client.get(self.url("v1/sessions")?);
+        let response = self.send("list sessions", request).await?;
+        let views: Vec<ContainerView> = response
+            .json()
+            .await
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))?;
+        Ok(views
+            .into_iter()
+            .map(|v| RunningContainer {
+                session: SessionId(v.session),
+                container_id: v.container_id,
+                host: v.host,
+            })
+            .collect())
+    }
+
+    fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
+        tokio::spawn(follow_events(self.clone(), sink));
+    }
+}
+
+/// Exits already delivered, bounded.
+#[derive(Default)]
+struct Delivered {
+    order: VecDeque<(SessionId, u64)>,
+    seen: HashSet<(SessionId, u64)>,
+}
+
+impl Delivered {
+    /// True the first time `event` is offered.
+    fn first_time(&mut self, event: &ExitEvent) -> bool {
+        let key = (SessionId(event.session), event.at_ms);
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DELIVERED_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<ContainerExit>) {
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let mut since_ms = started_ms.saturating_sub(REPLAY_OVERLAP_MS);
+    let mut delivered = Delivered::default();
+    let mut backoff = Duration::from_millis(100);
+    let config = WebSocketConfig::default().max_message_size(Some(64 << 10));
+    loop {
+        let request = match remote.events_request(since_ms) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot follow launcher exits");
+                return;
+            }
+        };
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+        let outcome = tokio::select! {
+            () = sink.closed() => return,
+            outcome = connect => outcome,
+        };
+        match outcome {
+            Ok((mut socket, _)) => {
+                backoff = Duration::from_millis(100);
+                loop {
+                    let next = tokio::select! {
+                        () = sink.closed() => return,
+                        next = socket.next() => next,
+                    };
+                    match next {
+                        Some(Ok(Message::Text(text))) => {
+                            let Ok(event) = serde_json::from_str::<ExitEvent>(&text) else {
+                                tracing::warn!(launcher = %remote.base, "unreadable exit event");
+                                continue;
+                            };
+                            since_ms = since_ms.max(event.at_ms.saturating_sub(REPLAY_OVERLAP_MS));
+                            if delivered.first_time(&event) && sink.send(event.to_exit()).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            tracing::warn!(launcher = %remote.base, ?frame, "launcher closed the events socket; reconnecting");
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            tracing::warn!(launcher = %remote.base, error = %err, "events socket broke; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(tungstenite::Error::Http(response))
+                if response.status() == StatusCode::UNAUTHORIZED =>
+            {
+                tracing::error!(launcher = %remote.base, "launcher refused DESKGATE_LAUNCHER_TOKEN on its events socket; retrying");
+            }
+            Err(err) => {
+                tracing::warn!(launcher = %remote.base, error = %err, retry_in = ?backoff, "cannot reach the launcher's events socket");
+            }
+        }
+        tokio::select! {
+            () = sink.closed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_events_socket_url_follows_the_scheme_and_keeps_the_token_out() {
+        let token = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
+        for (base, scheme) in [
+            ("http://gpu-1.internal:8090/", "ws"),
+            ("https://gpu-1.internal:8090/", "wss"),
+        ] {
+            let remote =
+                RemoteLauncher::new(Url::parse(base).unwrap(), Secret::new(token)).unwrap();
+            let request = remote.events_request(42).unwrap();
+            let uri = request.uri().to_string();
+            assert!(
+                uri.starts_with(&format!(
+                    "{scheme}://gpu-1.internal:8090/v1/events?since=42"
+                )),
+                "{uri}"
+            );
+            assert!(!uri.contains(token));
+            assert_eq!(
+                request.headers()["authorization"],
+                format!("Bearer {token}").as_str()
+            );
+        }
+        assert!(RemoteLauncher::new(Url::parse("ftp://x/").unwrap(), Secret::new(token)).is_err());
+    }
+
+    #[test]
+    fn replayed_exits_are_delivered_once() {
+        let mut delivered = Delivered::default();
+        let event = ExitEvent {
+            session: uuid::Uuid::new_v4(),
+            code: 0,
+            oom: false,
+            at_ms: 7,
+        };
+        assert!(delivered.first_time(&event));
+        assert!(!delivered.first_time(&event));
+        let later = ExitEvent { at_ms: 8, ..event };
+        assert!(delivered.first_time(&later));
+    }
+}
