@@ -195,6 +195,98 @@ fn read_gpu(nvml: &Nvml, index: u32) -> Result<GpuInfo, InventoryError> {
     })
 }
 
+/// The health of each GPU in `indices` now. A GPU NVML cannot read is
+/// unhealthy with NVML's reason; if NVML itself fails, every GPU is. Virtual
+/// GPUs are always healthy.
+pub fn health_check(selection: &GpuSelection, indices: &[u32]) -> Vec<(u32, GpuHealth)> {
+    if let GpuSelection::Fake(_) = selection {
+        return indices.iter().map(|&i| (i, GpuHealth::Healthy)).collect();
+    }
+    let nvml = match init_nvml() {
+        Ok(nvml) => nvml,
+        Err(err) => {
+            let why = format!("NVML unavailable: {err}");
+            return indices
+                .iter()
+                .map(|&i| (i, GpuHealth::Unhealthy(why.clone())))
+                .collect();
+        }
+    };
+    indices
+        .iter()
+        .map(|&index| {
+            let health = match read_gpu(&nvml, index) {
+                Ok(info) => info.health,
+                Err(err) => GpuHealth::Unhealthy(format!("NVML cannot read it: {err}")),
+            };
+            (index, health)
+        })
+        .collect()
+}
+
+/// Turns successive health checks into changes, so that the GPU actors hear
+/// only when a GPU turns unhealthy or recovers. GPUs start out healthy, as
+/// their actors do.
+#[derive(Debug, Default)]
+pub struct HealthTracker {
+    last: std::collections::HashMap<u32, GpuHealth>,
+}
+
+impl HealthTracker {
+    /// The changes since the previous check: `(index, Some(reason))` for a
+    /// GPU that turned unhealthy (or changed reason), `(index, None)` for one
+    /// that recovered.
+    pub fn changes(&mut self, current: Vec<(u32, GpuHealth)>) -> Vec<(u32, Option<String>)> {
+        let mut changes = Vec::new();
+        for (index, health) in current {
+            let before = self.last.get(&index).unwrap_or(&GpuHealth::Healthy);
+            if *before != health {
+                changes.push((
+                    index,
+                    match &health {
+                        GpuHealth::Healthy => None,
+                        GpuHealth::Unhealthy(why) => Some(why.clone()),
+                    },
+                ));
+            }
+            self.last.insert(index, health);
+        }
+        changes
+    }
+}
+
+/// Checks the health of `indices` every `interval` and calls `report` with
+/// each change (see [`HealthTracker`]), until the returned task is aborted.
+/// NVML calls block, so each check runs on the blocking pool.
+pub fn spawn_health_feed(
+    selection: GpuSelection,
+    indices: Vec<u32>,
+    interval: std::time::Duration,
+    report: impl Fn(u32, Option<String>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tracker = HealthTracker::default();
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (selection, indices) = (selection.clone(), indices.clone());
+            let Ok(current) =
+                tokio::task::spawn_blocking(move || health_check(&selection, &indices)).await
+            else {
+                continue;
+            };
+            for (index, reason) in tracker.changes(current) {
+                match &reason {
+                    Some(why) => tracing::warn!(gpu = index, reason = %why, "GPU unhealthy"),
+                    None => tracing::info!(gpu = index, "GPU healthy again"),
+                }
+                report(index, reason);
+            }
+        }
+    })
+}
+
 /// Formats the inventory as the table `deskgate gpus` prints.
 pub fn render_table(gpus: &[GpuInfo]) -> String {
     let mut out = format!(
@@ -259,5 +351,67 @@ mod tests {
         let table = render_table(&gpus);
         assert_eq!(table.lines().count(), 4);
         assert!(table.contains("fake-2"));
+    }
+
+    #[test]
+    fn health_tracker_reports_only_changes() {
+        let mut tracker = HealthTracker::default();
+        let sick = || GpuHealth::Unhealthy("2 uncorrected ECC error(s)".into());
+        assert!(
+            tracker
+                .changes(vec![(0, GpuHealth::Healthy), (1, GpuHealth::Healthy)])
+                .is_empty(),
+            "healthy at first is no news"
+        );
+        assert_eq!(
+            tracker.changes(vec![(0, GpuHealth::Healthy), (1, sick())]),
+            vec![(1, Some("2 uncorrected ECC error(s)".to_string()))]
+        );
+        assert!(tracker.changes(vec![(1, sick())]).is_empty(), "same again");
+        assert_eq!(
+            tracker.changes(vec![(
+                1,
+                GpuHealth::Unhealthy("GPU fell off the bus".into())
+            )]),
+            vec![(1, Some("GPU fell off the bus".to_string()))]
+        );
+        assert_eq!(
+            tracker.changes(vec![(1, GpuHealth::Healthy)]),
+            vec![(1, None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn health_feed_on_fake_gpus_reports_nothing() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let feed = spawn_health_feed(
+            GpuSelection::Fake(2),
+            vec![0, 1],
+            std::time::Duration::from_millis(10),
+            move |index, reason| {
+                let _ = tx.send((index, reason));
+            },
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        feed.abort();
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn health_check_without_nvml_marks_every_gpu_unhealthy() {
+        // CI hosts have no NVIDIA driver; on a GPU host NVML answers instead.
+        if init_nvml().is_ok() {
+            let health = health_check(&GpuSelection::Auto, &[0]);
+            assert_eq!(health.len(), 1);
+            return;
+        }
+        let health = health_check(&GpuSelection::Auto, &[0, 1]);
+        assert_eq!(health.len(), 2);
+        for (_, h) in health {
+            match h {
+                GpuHealth::Unhealthy(why) => assert!(why.contains("NVML"), "{why}"),
+                GpuHealth::Healthy => panic!("healthy without NVML"),
+            }
+        }
     }
 }
