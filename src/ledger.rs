@@ -538,14 +538,24 @@ impl PgLedger {
         .map_err(|err| LedgerError::Unavailable(err.to_string()))
     }
 
+    /// One try, run on a task of its own so that it ends (commit or
+    /// rollback) even when the caller is cancelled: a transaction future
+    /// dropped between statements would leave its connection idle in
+    /// transaction, holding wallet row locks that every later posting to
+    /// those wallets then waits on.
     async fn attempt(&self, postings: &[Posting]) -> Result<BatchOutcome, AttemptError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| AttemptError::Pool(e.to_string()))?;
-        conn.transaction(async |conn| post_in_transaction(conn, postings).await)
-            .await
+        let pool = self.pool.clone();
+        let postings = postings.to_vec();
+        tokio::spawn(async move {
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|e| AttemptError::Pool(e.to_string()))?;
+            conn.transaction(async |conn| post_in_transaction(conn, &postings).await)
+                .await
+        })
+        .await
+        .map_err(|e| AttemptError::Pool(format!("the ledger task failed: {e}")))?
     }
 }
 

@@ -11,6 +11,7 @@ pub mod db;
 pub mod deposit_store;
 pub mod docker;
 pub mod docker_launcher;
+pub mod gate;
 pub mod gpu;
 pub mod http;
 pub mod launcher_service;

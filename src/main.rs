@@ -14,16 +14,21 @@ use deskgate::config::Confirmations;
 use deskgate::config::{self, Config, Loaded, Role};
 use deskgate::deposit_store::PgDepositBook;
 use deskgate::docker_launcher::{DockerLauncher, LauncherSettings};
+use deskgate::gate::Gate;
 use deskgate::http::api::{Api, DepositDesk};
+use deskgate::http::sessions::SessionDesk;
 use deskgate::http::{GateState, Limits};
 use deskgate::ledger::PgLedger;
 use deskgate::pricing::{DepositPricer, Pricing};
 use deskgate::readiness::Dependency;
 use deskgate::server::{self, Service};
+use deskgate::session_store::PgSessionStore;
 use deskgate::sign_in::SignIn;
 use deskgate::tiers::{TierOracle, TieredPricer};
 use deskgate::{db, gpu, launcher_service, telemetry};
 use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
+use deskgate_actors::ports::GpuAddr;
+use deskgate_actors::session::SessionSettings;
 
 /// How long a remote launcher's health check may take.
 const LAUNCHER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -260,10 +265,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(url) = &config.database_url {
         let pool = db::pool(url)?;
         dependencies.push(Dependency::Postgres(pool.clone()));
-        api = Some(Arc::new(build_api(&config, pool).await?));
-        if config.migrate_on_start {
-            tokio::spawn(migrate_until_done(url.clone()));
-        }
+        let built = Arc::new(build_api(&config, pool.clone()).await?);
+        tokio::spawn(bring_up_sessions(config.clone(), pool, built.clone()));
+        api = Some(built);
     }
     if let Some(url) = &config.rpc_url {
         dependencies.push(
@@ -363,7 +367,69 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
         sign_in,
         deposits,
         https: config.is_tls(),
+        sessions: std::sync::OnceLock::new(),
     })
+}
+
+/// The actor tree on local Docker, or `None` with remote launchers (not
+/// wired into the gate yet: the launcher service and [`deskgate::remote_launcher`]
+/// exist, scheduling across hosts does not).
+async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Option<SessionDesk>> {
+    if !config.launcher_urls.is_empty() {
+        tracing::warn!(
+            "sessions are off: scheduling across DESKGATE_LAUNCHER_URLS is not built yet; unset it to run sessions on local Docker"
+        );
+        return Ok(None);
+    }
+    let selection = config.gpus.clone();
+    let gpus = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
+        .await??
+        .iter()
+        .map(|g| GpuAddr {
+            host: 0,
+            index: g.index,
+        })
+        .collect();
+    let launcher = Arc::new(docker_launcher(config).await?);
+    let settings = SessionSettings {
+        billing_interval: config.billing_interval,
+        presence_timeout: config.presence_timeout,
+        ..SessionSettings::default()
+    };
+    let gate = Gate::start(pool.clone(), launcher, gpus, settings).await?;
+    Ok(Some(SessionDesk {
+        gate,
+        store: PgSessionStore::new(pool),
+        public_origin: config.public_url.origin().ascii_serialization(),
+        presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
+    }))
+}
+
+/// Migrates (unless disabled), then starts the session tree, retrying with
+/// backoff while PostgreSQL or Docker is not there yet; session routes answer
+/// 503 until it runs.
+async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<Api>) {
+    if config.migrate_on_start
+        && let Some(url) = &config.database_url
+    {
+        migrate_until_done(url.clone()).await;
+    }
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match session_desk(&config, pool.clone()).await {
+            Ok(Some(desk)) => {
+                let _ = api.sessions.set(desk);
+                tracing::info!("sessions are open");
+                return;
+            }
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "cannot start the session tree yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Applies pending migrations, retrying with backoff while PostgreSQL is

@@ -244,7 +244,8 @@ impl SessionRow {
 }
 
 /// The `state` column's spelling of a state (the same as the API's).
-fn state_name(state: SessionState) -> &'static str {
+/// The name a state has in the `sessions` table and the API.
+pub fn state_name(state: SessionState) -> &'static str {
     match state {
         SessionState::Queued => "queued",
         SessionState::Launching => "launching",

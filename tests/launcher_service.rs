@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -21,45 +20,13 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use url::Url;
 
-use support::{Deskgate, free_port, service_env};
+use support::{Deskgate, docker_cli, free_port, service_env, sleeper_image};
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
 
 /// The launcher's start-up recovery removes every stopped session container
 /// on the engine, so the test that restarts it runs alone.
 static RECOVERY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// The test image with `sleep` as its command (a stand-in desktop that runs
-/// until stopped), made once with `docker commit`; no registry needed.
-fn sleeper_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let image = "deskgate/test-sleeper:local".to_string();
-        let base = service_env("DESKGATE_TEST_IMAGE");
-        let name = format!("deskgate-sleeper-build-{}", std::process::id());
-        let docker = |args: &[&str]| {
-            let out = Command::new("docker")
-                .args(args)
-                .output()
-                .expect("docker CLI");
-            assert!(
-                out.status.success(),
-                "docker {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        docker(&["create", "--name", &name, &base]);
-        docker(&[
-            "commit",
-            "--change",
-            r#"CMD ["sleep", "86400"]"#,
-            &name,
-            &image,
-        ]);
-        docker(&["rm", &name]);
-        image
-    })
-}
 
 /// A `deskgate launcher` process on every host address (so that the
 /// isolation probe has something real to reach), with small session limits.
@@ -177,19 +144,6 @@ async fn exit_of(
             return exit;
         }
     }
-}
-
-fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Host IPv4 addresses other than loopback.

@@ -385,10 +385,19 @@ fn percent_decode(raw: &str) -> Result<String, ConnectError> {
 }
 
 fn pg_config(parsed: &ParsedUrl) -> Result<tokio_postgres::Config, ConnectError> {
-    parsed
+    let mut config = parsed
         .url
         .parse::<tokio_postgres::Config>()
-        .map_err(|e| ConnectError::InvalidUrl(chain(&e)))
+        .map_err(|e| ConnectError::InvalidUrl(chain(&e)))?;
+    // A session left idle inside a transaction (its client gone mid-way)
+    // would hold its row locks forever; the server ends it after a minute.
+    // An operator's own setting in `options` wins.
+    let mut options = config.get_options().unwrap_or_default().to_string();
+    if !options.contains("idle_in_transaction_session_timeout") {
+        options.push_str(" -c idle_in_transaction_session_timeout=60000");
+    }
+    config.options(options.trim());
+    Ok(config)
 }
 
 /// `host:port` of every server the URL names, for messages.

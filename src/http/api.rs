@@ -1,6 +1,6 @@
-//! The user API that exists so far (DESIGN §6): wallet sign-in, and checking
-//! a deposit by its transaction hash. Sessions join when the actor tree is
-//! wired into the gate.
+//! The user API (DESIGN §6): wallet sign-in and checking a deposit by its
+//! transaction hash here; sessions, profiles and the account in
+//! [`super::sessions`].
 
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub struct Api {
     pub deposits: Option<DepositDesk>,
     /// Whether the gate serves HTTPS (the cookie is then `Secure`).
     pub https: bool,
+    /// Sessions, once the actor tree runs (it starts after the migrations).
+    pub sessions: std::sync::OnceLock<super::sessions::SessionDesk>,
 }
 
 impl std::fmt::Debug for Api {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Api {
         f.debug_struct("Api")
             .field("deposits", &self.deposits.is_some())
             .field("https", &self.https)
+            .field("sessions", &self.sessions.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -62,10 +65,11 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/auth/verify", post(verify))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/deposits", post(deposit))
-        .with_state(api)
+        .with_state(api.clone())
+        .merge(super::sessions::routes(api))
 }
 
-fn bad_json(rejection: JsonRejection) -> Problem {
+pub(crate) fn bad_json(rejection: JsonRejection) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
         "malformed-json",
@@ -106,7 +110,8 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<WalletId, Problem> {
+/// The signed-in wallet, or a 401 problem.
+pub(crate) async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<WalletId, Problem> {
     let token = presented_token(headers).ok_or_else(|| {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Sign in first").detail(
             "send the token as `Authorization: Bearer <token>` or the deskgate_token cookie",

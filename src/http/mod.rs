@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod problem;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -458,3 +458,40 @@ pub async fn deploy_test_token(
     assert!(receipt.status(), "TestToken deployment reverted");
     receipt.contract_address.expect("a deployed address")
 }
+
+/// Runs the `docker` CLI (on the engine `DOCKER_HOST` names) and returns its
+/// trimmed output; fails the test with Docker's message if it fails.
+pub fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The test image with `sleep` as its command (a stand-in desktop that runs
+/// until stopped), made once per test process with `docker commit`; no
+/// registry needed.
+pub fn sleeper_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = "deskgate/test-sleeper:local".to_string();
+        let base = service_env("DESKGATE_TEST_IMAGE");
+        let name = format!("deskgate-sleeper-build-{}", std::process::id());
+        docker_cli(&["create", "--name", &name, &base]);
+        docker_cli(&[
+            "commit",
+            "--change",
+            r#"CMD ["sleep", "86400"]"#,
+            &name,
+            &image,
+        ]);
+        docker_cli(&["rm", &name]);
+        image
+    })
+}

@@ -1,0 +1,194 @@
+//! The gate's actor tree on its real adapters: the supervisor of
+//! `deskgate-actors` with the batched PostgreSQL ledger, the PostgreSQL
+//! session store and a launcher, plus the GPU profiles users claim by name.
+//!
+//! Starting the tree is also the gate's crash recovery: the supervisor reads
+//! the unended sessions from PostgreSQL and the running containers from the
+//! launcher, adopts sessions whose container survived (billing resumes from
+//! the last committed debit, so downtime is not billed), ends those whose
+//! container is gone and frees their GPUs, and removes containers nobody owns.
+
+use std::sync::Arc;
+
+use deskgate_actors::ask::ask;
+use deskgate_actors::ports::{
+    CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, WalletId,
+};
+use deskgate_actors::queue::Policy;
+use deskgate_actors::scheduler::PoolSnapshot;
+use deskgate_actors::session::{SessionSettings, SessionView};
+use deskgate_actors::supervisor::{
+    RecoveryReport, RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs,
+    SupervisorMsg,
+};
+use ractor::ActorRef;
+
+use crate::db::DbPool;
+use crate::ledger::{BatchingLedger, PgLedger};
+use crate::session_store::PgSessionStore;
+
+/// Debits committed together at most (group commit of the billing path).
+const MAX_DEBIT_BATCH: usize = 512;
+
+/// A GPU profile users claim by name (DESIGN §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// Its name.
+    pub name: &'static str,
+    /// GPUs it holds, all on one host.
+    pub gpus: u32,
+}
+
+/// The profiles offered.
+pub const PROFILES: [Profile; 4] = [
+    Profile {
+        name: "small",
+        gpus: 1,
+    },
+    Profile {
+        name: "medium",
+        gpus: 2,
+    },
+    Profile {
+        name: "large",
+        gpus: 4,
+    },
+    Profile {
+        name: "max",
+        gpus: 8,
+    },
+];
+
+/// The profile called `name`.
+pub fn profile_named(name: &str) -> Option<Profile> {
+    PROFILES.iter().copied().find(|p| p.name == name)
+}
+
+/// The name of the profile with `gpus` GPUs.
+pub fn profile_name(gpus: u32) -> &'static str {
+    PROFILES
+        .iter()
+        .find(|p| p.gpus == gpus)
+        .map_or("custom", |p| p.name)
+}
+
+/// Why the tree could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the session supervisor: {0}")]
+pub struct GateError(String);
+
+/// The running tree and what the API asks of it.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    supervisor: ActorRef<SupervisorMsg>,
+    ledger: Arc<BatchingLedger>,
+}
+
+impl Gate {
+    /// Starts the tree over `gpus` (recovering what a previous run left).
+    pub async fn start(
+        pool: DbPool,
+        launcher: Arc<dyn Launcher>,
+        gpus: Vec<GpuAddr>,
+        settings: SessionSettings,
+    ) -> Result<Self, GateError> {
+        let ledger = Arc::new(BatchingLedger::spawn(
+            PgLedger::new(pool.clone()),
+            MAX_DEBIT_BATCH,
+        ));
+        let args = SupervisorArgs {
+            gpus,
+            policy: Policy::default(),
+            profile_sizes: PROFILES.iter().map(|p| p.gpus).collect(),
+            ledger: ledger.clone(),
+            store: Arc::new(PgSessionStore::new(pool)),
+            launcher,
+            settings,
+            restart: RestartPolicy::default(),
+        };
+        let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| GateError(e.to_string()))?;
+        let gate = Self { supervisor, ledger };
+        let report = gate.recovery().await;
+        tracing::info!(
+            adopted = report.adopted.len(),
+            requeued = report.requeued.len(),
+            ended = report.ended.len(),
+            orphans_removed = report.orphans_removed.len(),
+            "sessions recovered"
+        );
+        Ok(gate)
+    }
+
+    /// What recovery did at start.
+    pub async fn recovery(&self) -> RecoveryReport {
+        ask(&self.supervisor, |reply| SupervisorMsg::Recovery { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Claims `gpus` GPUs for `wallet`.
+    pub async fn claim(&self, wallet: WalletId, gpus: u32) -> Result<SessionHandle, StartError> {
+        ask(&self.supervisor, |reply| SupervisorMsg::StartSession {
+            wallet,
+            gpus,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StartError::SchedulerSilent))
+    }
+
+    /// The session's current view; `None` once it has ended or if unknown.
+    pub async fn view(&self, session: SessionId) -> Option<SessionView> {
+        ask(&self.supervisor, |reply| SupervisorMsg::View {
+            session,
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
+    /// The session's handle (events channel), if it is live.
+    pub async fn lookup(&self, session: SessionId) -> Option<SessionHandle> {
+        ask(&self.supervisor, |reply| SupervisorMsg::Lookup {
+            session,
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
+    /// Stops a session or takes it out of the queue; false if it was not live.
+    pub async fn stop(&self, session: SessionId, reason: EndReason) -> bool {
+        ask(&self.supervisor, |reply| SupervisorMsg::StopSession {
+            session,
+            reason,
+            reply,
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// The browser is there.
+    pub fn presence(&self, session: SessionId) {
+        let _ = self.supervisor.cast(SupervisorMsg::Presence { session });
+    }
+
+    /// A deposit was credited to `wallet`: running sessions re-plan their end.
+    pub fn credit_changed(&self, wallet: WalletId) {
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::CreditChanged { wallet });
+    }
+
+    /// The pool at a glance.
+    pub async fn snapshot(&self) -> Option<PoolSnapshot> {
+        ask(&self.supervisor, |reply| SupervisorMsg::Snapshot { reply }).await
+    }
+
+    /// The wallet's credit.
+    pub async fn balance(&self, wallet: &WalletId) -> Result<CreditSeconds, LedgerError> {
+        self.ledger.balance(wallet).await
+    }
+}

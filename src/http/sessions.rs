@@ -1,0 +1,500 @@
+//! Sessions, profiles and the account (DESIGN §6): claim a profile, watch
+//! the session over its events socket, stop it.
+//!
+//! Another wallet's session answers 404, exactly like one that does not
+//! exist, so ids cannot be probed. The events socket checks `Origin` against
+//! `DESKGATE_PUBLIC_URL` before it upgrades, takes credentials only from the
+//! cookie or the bearer header, and counts as presence while it is open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deskgate_actors::ports::{
+    EndReason, SessionId, SessionRecord, SessionState, SessionStore, WalletId,
+};
+use deskgate_actors::queue::ClaimError;
+use deskgate_actors::session::{SessionEvent, SessionView};
+use deskgate_actors::supervisor::StartError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::Problem;
+use super::api::{Api, bad_json, signed_in};
+use crate::gate::{Gate, PROFILES, profile_name, profile_named};
+use crate::session_store::{PgSessionStore, state_name};
+
+/// Largest message a browser may send on the events socket: it is a control
+/// channel, and the gate reads nothing from it but pings.
+const EVENTS_MAX_MESSAGE_BYTES: usize = 1024;
+
+/// What the session routes need besides sign-in.
+#[derive(Clone)]
+pub struct SessionDesk {
+    /// The actor tree.
+    pub gate: Gate,
+    /// Ended sessions are read from here.
+    pub store: PgSessionStore,
+    /// `scheme://host[:port]` of `DESKGATE_PUBLIC_URL`: the only Origin accepted.
+    pub public_origin: String,
+    /// How often an open events socket reports presence.
+    pub presence_every: Duration,
+}
+
+impl std::fmt::Debug for SessionDesk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionDesk")
+            .field("public_origin", &self.public_origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session routes.
+pub fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/api/v1/profiles", get(profiles))
+        .route("/api/v1/account", get(account))
+        .route("/api/v1/sessions", post(claim))
+        .route("/api/v1/sessions/{id}", get(show).delete(stop))
+        .route("/api/v1/sessions/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/sessions/{id}/events", get(events))
+        .with_state(api)
+}
+
+fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
+    api.sessions.get().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sessions-unavailable",
+            "Sessions are not available yet",
+        )
+        .detail(
+            "the session supervisor starts once PostgreSQL and Docker answer; try again shortly",
+        )
+    })
+}
+
+fn unknown_session() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
+}
+
+fn ledger_unavailable() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger-unavailable",
+        "Credit cannot be read right now",
+    )
+    .detail("the database did not answer; try again")
+}
+
+fn parse_id(id: &str) -> Result<SessionId, Problem> {
+    Uuid::parse_str(id)
+        .map(SessionId)
+        .map_err(|_| unknown_session())
+}
+
+/// The session as its owner sees it: live from the actors, or ended from
+/// PostgreSQL. Another wallet's session is unknown.
+async fn owned(desk: &SessionDesk, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
+    if let Some(view) = desk.gate.view(id).await {
+        if view.record.wallet != *wallet {
+            return Err(unknown_session());
+        }
+        return Ok(Shown::Live(view));
+    }
+    match desk.store.load(id).await {
+        Ok(Some(record)) if record.wallet == *wallet => Ok(Shown::Ended(record)),
+        Ok(_) => Err(unknown_session()),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot load a session");
+            Err(ledger_unavailable())
+        }
+    }
+}
+
+enum Shown {
+    Live(SessionView),
+    Ended(SessionRecord),
+}
+
+fn reason_json(reason: Option<&EndReason>) -> Value {
+    reason
+        .and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn record_json(record: &SessionRecord) -> Value {
+    json!({
+        "id": record.id.to_string(),
+        "profile": profile_name(record.gpus),
+        "gpus": record.gpus,
+        "state": state_name(record.state),
+        "gpu_ids": record.gpu_addrs.iter().map(|g| g.index).collect::<Vec<_>>(),
+        "host": record.gpu_addrs.first().map(|g| g.host),
+        "billed_credit_seconds": record.billed_credit,
+        "billed_seconds": record.billed_ms / 1000,
+        "end_reason": reason_json(record.end_reason.as_ref()),
+    })
+}
+
+fn shown_json(shown: &Shown) -> Value {
+    match shown {
+        Shown::Live(view) => {
+            let mut body = record_json(&view.record);
+            body["seconds_left"] = json!(view.seconds_left);
+            body["queue_position"] = json!(view.queue.map(|q| q.position));
+            body["eta_seconds"] = json!(view.queue.and_then(|q| q.eta_seconds));
+            body
+        }
+        Shown::Ended(record) => record_json(record),
+    }
+}
+
+async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
+    let desk = desk(&api)?;
+    let snapshot = desk.gate.snapshot().await.ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler-silent",
+            "The scheduler did not answer",
+        )
+    })?;
+    let list: Vec<Value> = PROFILES
+        .iter()
+        .map(|p| {
+            let free = snapshot
+                .fits_now
+                .iter()
+                .any(|&(g, fits)| g == p.gpus && fits);
+            let queued = snapshot
+                .waiting_by_gpus
+                .iter()
+                .find(|(g, _)| *g == p.gpus)
+                .map_or(0, |&(_, n)| n);
+            json!({"name": p.name, "gpus": p.gpus, "free": free, "queued": queued})
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+async fn account(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let credit = desk.gate.balance(&wallet).await.map_err(|err| {
+        tracing::warn!(error = %err, "cannot read a balance");
+        ledger_unavailable()
+    })?;
+    let active = desk
+        .store
+        .load_active()
+        .await
+        .map_err(|_| ledger_unavailable())?
+        .into_iter()
+        .find(|r| r.wallet == wallet)
+        .map(|r| r.id.to_string());
+    Ok(Json(json!({
+        "address": wallet.as_str(),
+        "credit_seconds": credit,
+        "active_session": active,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimRequest {
+    profile: String,
+}
+
+fn claim_problem(err: &StartError) -> Problem {
+    let (status, kind, title) = match err {
+        StartError::Claim(ClaimError::WalletBusy(_) | ClaimError::Duplicate(_)) => (
+            StatusCode::CONFLICT,
+            "session-exists",
+            "This wallet already has a session queued or running",
+        ),
+        StartError::Claim(ClaimError::TooLarge { .. } | ClaimError::NoGpus) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "profile-unavailable",
+            "No host can run this profile",
+        ),
+        StartError::Claim(ClaimError::NoCredit { .. }) => (
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient-credit",
+            "Not enough credit to start",
+        ),
+        StartError::Ledger(_) => {
+            return ledger_unavailable();
+        }
+        StartError::SchedulerSilent | StartError::Spawn(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler-silent",
+            "The session could not be started right now",
+        ),
+    };
+    Problem::new(status, kind, title).detail(err.to_string())
+}
+
+async fn claim(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<Json<ClaimRequest>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let Json(request) = body.map_err(bad_json)?;
+    let profile = profile_named(&request.profile).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-profile",
+            "No such profile",
+        )
+        .detail(format!(
+            "choose one of {}",
+            PROFILES.map(|p| p.name).join(", ")
+        ))
+    })?;
+    let handle = desk
+        .gate
+        .claim(wallet, profile.gpus)
+        .await
+        .map_err(|err| claim_problem(&err))?;
+    let view = desk.gate.view(handle.id).await;
+    let state = view
+        .as_ref()
+        .map_or(SessionState::Queued, |v| v.record.state);
+    let queue = view.as_ref().and_then(|v| v.queue);
+    tracing::info!(session = %handle.id, profile = profile.name, "session claimed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": handle.id.to_string(),
+            "profile": profile.name,
+            "state": state_name(state),
+            "queue_position": queue.map(|q| q.position),
+            "eta_seconds": queue.and_then(|q| q.eta_seconds),
+        })),
+    )
+        .into_response())
+}
+
+async fn show(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let shown = owned(desk, &wallet, parse_id(&id)?).await?;
+    Ok(Json(shown_json(&shown)))
+}
+
+async fn stop(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let id = parse_id(&id)?;
+    if let Shown::Live(_) = owned(desk, &wallet, id).await? {
+        desk.gate.stop(id, EndReason::UserStopped).await;
+    }
+    let shown = owned(desk, &wallet, id).await?;
+    Ok(Json(shown_json(&shown)))
+}
+
+async fn heartbeat(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let id = parse_id(&id)?;
+    let shown = owned(desk, &wallet, id).await?;
+    if let Shown::Live(_) = shown {
+        desk.gate.presence(id);
+    }
+    let credit = desk
+        .gate
+        .balance(&wallet)
+        .await
+        .map_err(|_| ledger_unavailable())?;
+    let mut body = shown_json(&shown);
+    body["credit_seconds"] = json!(credit);
+    Ok(Json(body))
+}
+
+/// The browser's `Origin` matches the public URL exactly.
+fn origin_allowed(headers: &HeaderMap, public_origin: &str) -> bool {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| origin.eq_ignore_ascii_case(public_origin))
+}
+
+async fn events(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Problem> {
+    let desk = desk(&api)?.clone();
+    // Before anything else: a foreign page must not even learn whether the
+    // session exists.
+    if !origin_allowed(&headers, &desk.public_origin) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "origin-refused",
+            "This socket only accepts the gate's own pages",
+        )
+        .detail(format!("the Origin must be {}", desk.public_origin)));
+    }
+    let wallet = signed_in(&api, &headers).await?;
+    let id = parse_id(&id)?;
+    let Shown::Live(view) = owned(&desk, &wallet, id).await? else {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "session-ended",
+            "The session has ended",
+        ));
+    };
+    let handle = desk.gate.lookup(id).await.ok_or_else(unknown_session)?;
+    let receiver = handle.events.subscribe();
+    Ok(upgrade
+        .max_message_size(EVENTS_MAX_MESSAGE_BYTES)
+        .max_frame_size(EVENTS_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| relay_events(socket, desk, id, view, receiver)))
+}
+
+fn event_json(event: &SessionEvent) -> Value {
+    match event {
+        SessionEvent::State { state, reason } => json!({
+            "type": "state",
+            "state": state_name(*state),
+            "reason": reason_json(reason.as_ref()),
+        }),
+        SessionEvent::Queue(status) => json!({
+            "type": "queue",
+            "position": status.position,
+            "eta_seconds": status.eta_seconds,
+        }),
+        SessionEvent::Balance {
+            credit_seconds,
+            billed_credit,
+        } => json!({
+            "type": "balance",
+            "credit_seconds": credit_seconds,
+            "billed_credit_seconds": billed_credit,
+        }),
+        SessionEvent::LowCredit { seconds_left } => json!({
+            "type": "low_credit",
+            "seconds_left": seconds_left,
+        }),
+    }
+}
+
+async fn send_json(socket: &mut WebSocket, value: &Value) -> bool {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn relay_events(
+    mut socket: WebSocket,
+    desk: SessionDesk,
+    id: SessionId,
+    view: SessionView,
+    mut events: broadcast::Receiver<SessionEvent>,
+) {
+    desk.gate.presence(id);
+    let mut first = event_json(&SessionEvent::State {
+        state: view.record.state,
+        reason: None,
+    });
+    first["queue_position"] = json!(view.queue.map(|q| q.position));
+    first["eta_seconds"] = json!(view.queue.and_then(|q| q.eta_seconds));
+    if !send_json(&mut socket, &first).await {
+        return;
+    }
+    let mut presence = tokio::time::interval(desk.presence_every);
+    presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = presence.tick() => desk.gate.presence(id),
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let ended = matches!(event, SessionEvent::State { state: SessionState::Ended, .. });
+                    if !send_json(&mut socket, &event_json(&event)).await {
+                        return;
+                    }
+                    if ended {
+                        let _ = socket.send(Message::Close(Some(CloseFrame {
+                            code: 1000,
+                            reason: "session ended".into(),
+                        }))).await;
+                        return;
+                    }
+                }
+                // Missed some: the client re-reads the session with GET.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    if !send_json(&mut socket, &json!({"type": "lagged", "missed": missed})).await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_public_origin_is_allowed() {
+        let mut headers = HeaderMap::new();
+        assert!(!origin_allowed(&headers, "https://desk.example.org"));
+        for (origin, allowed) in [
+            ("https://desk.example.org", true),
+            ("HTTPS://DESK.EXAMPLE.ORG", true),
+            ("https://evil.example.org", false),
+            ("https://desk.example.org.evil.org", false),
+            ("http://desk.example.org", false),
+            ("null", false),
+        ] {
+            headers.insert(header::ORIGIN, origin.parse().unwrap());
+            assert_eq!(
+                origin_allowed(&headers, "https://desk.example.org"),
+                allowed,
+                "{origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_are_tagged_json() {
+        let json = event_json(&SessionEvent::LowCredit { seconds_left: 60 });
+        assert_eq!(json, json!({"type": "low_credit", "seconds_left": 60}));
+        let json = event_json(&SessionEvent::State {
+            state: SessionState::Ended,
+            reason: Some(EndReason::UserStopped),
+        });
+        assert_eq!(json["state"], "ended");
+        assert!(!json["reason"].is_null());
+    }
+}
