@@ -15,7 +15,7 @@ use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, WalletId,
 };
 use deskgate_actors::queue::Policy;
-use deskgate_actors::scheduler::PoolSnapshot;
+use deskgate_actors::scheduler::{PoolSnapshot, SchedulerMsg};
 use deskgate_actors::session::{SessionSettings, SessionView};
 use deskgate_actors::supervisor::{
     RecoveryReport, RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs,
@@ -180,6 +180,17 @@ impl Gate {
         let _ = self
             .supervisor
             .cast(SupervisorMsg::CreditChanged { wallet });
+    }
+
+    /// A GPU turned unhealthy (`Some(reason)`) or recovered (`None`): it
+    /// grants no new leases while unhealthy.
+    pub fn set_health(&self, gpu: GpuAddr, unhealthy: Option<String>) {
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::ToScheduler(SchedulerMsg::SetHealth {
+                gpu,
+                unhealthy,
+            }));
     }
 
     /// The pool at a glance.

@@ -30,6 +30,9 @@ use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_wat
 use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
 
+/// How often NVML is asked whether the GPUs are healthy.
+const GPU_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+
 /// How long a remote launcher's health check may take.
 const LAUNCHER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -382,13 +385,14 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         return Ok(None);
     }
     let selection = config.gpus.clone();
-    let gpus = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
+    let indices: Vec<u32> = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
         .await??
         .iter()
-        .map(|g| GpuAddr {
-            host: 0,
-            index: g.index,
-        })
+        .map(|g| g.index)
+        .collect();
+    let gpus = indices
+        .iter()
+        .map(|&index| GpuAddr { host: 0, index })
         .collect();
     let launcher = Arc::new(docker_launcher(config).await?);
     let settings = SessionSettings {
@@ -397,6 +401,13 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         ..SessionSettings::default()
     };
     let gate = Gate::start(pool.clone(), launcher, gpus, settings).await?;
+    let health_gate = gate.clone();
+    gpu::spawn_health_feed(
+        config.gpus.clone(),
+        indices,
+        GPU_HEALTH_INTERVAL,
+        move |index, unhealthy| health_gate.set_health(GpuAddr { host: 0, index }, unhealthy),
+    );
     Ok(Some(SessionDesk {
         gate,
         store: PgSessionStore::new(pool),
