@@ -5,6 +5,8 @@
 //! The workload is the billing tick of many sessions at once: every session
 //! debits one interval, `ROUNDS` times, each debit under its own key.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use deskgate::ledger::{BatchingLedger, PgLedger, Posting, SystemAccount};
@@ -17,20 +19,7 @@ const ROUNDS: u64 = 3;
 const MAX_BATCH: usize = 1000;
 
 fn database_url() -> String {
-    if let Ok(url) = std::env::var("DESKGATE_DATABASE_URL") {
-        return url;
-    }
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/.deskgate/services.env");
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("DESKGATE_DATABASE_URL=")
-                    .map(str::to_string)
-            })
-        })
-        .expect("DESKGATE_DATABASE_URL is not set: run `make bench` (it starts PostgreSQL)")
+    common::service_setting("DESKGATE_DATABASE_URL")
 }
 
 async fn sql(url: &str, statement: &str) {

@@ -18,8 +18,10 @@
 //! and creating the network ~80 ms: a session's own network is most of
 //! the gap to a plain `docker run`.
 //!
-//! The three are interleaved round by round so that drift in the engine
+//! All are interleaved round by round so that drift in the engine
 //! affects all of them alike; each is cleaned up outside the timed part.
+
+mod common;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -38,20 +40,7 @@ const ROUNDS: usize = 25;
 const WARMUP: usize = 2;
 
 fn test_image() -> String {
-    if let Ok(image) = std::env::var("DESKGATE_TEST_IMAGE") {
-        return image;
-    }
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/.deskgate/services.env");
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("DESKGATE_TEST_IMAGE=")
-                    .map(str::to_string)
-            })
-        })
-        .expect("DESKGATE_TEST_IMAGE is not set: run `make bench` (it starts Docker and builds the image)")
+    common::service_setting("DESKGATE_TEST_IMAGE")
 }
 
 fn docker_cli(args: &[&str]) -> String {

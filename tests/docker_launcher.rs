@@ -21,7 +21,7 @@ use deskgate_actors::ports::{ContainerExit, LaunchSpec, Launcher, SessionId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::service_env;
+use support::{host_addresses, service_env};
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
@@ -324,21 +324,6 @@ async fn gpu_device_requests_name_the_leased_ids_when_the_runtime_is_on() {
     assert!(!container_exists(&docker, session).await);
     assert!(!network_exists(&docker, session).await);
     assert!(launcher.vnc_secret(session).is_none());
-}
-
-/// Host IPv4 addresses other than loopback (`ip -4 -o addr`).
-fn host_addresses() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .expect("run `ip`");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .filter_map(|cidr| cidr.split('/').next())
-        .filter(|ip| !ip.starts_with("127."))
-        .map(str::to_string)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

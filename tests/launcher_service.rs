@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use url::Url;
 
-use support::{Deskgate, docker_cli, free_port, service_env, sleeper_image};
+use support::{Deskgate, docker_cli, free_port, host_addresses, service_env, sleeper_image};
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
 
@@ -144,21 +144,6 @@ async fn exit_of(
             return exit;
         }
     }
-}
-
-/// Host IPv4 addresses other than loopback.
-fn host_addresses() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .expect("run `ip`");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .filter_map(|cidr| cidr.split('/').next())
-        .filter(|ip| !ip.starts_with("127."))
-        .map(str::to_string)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

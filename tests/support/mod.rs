@@ -495,3 +495,19 @@ pub fn sleeper_image() -> &'static str {
         image
     })
 }
+
+/// This host's IPv4 addresses other than loopback (`ip -4 -o addr`): where a
+/// session container must not reach host services.
+pub fn host_addresses() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("run `ip`");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .filter(|ip| !ip.starts_with("127."))
+        .map(str::to_string)
+        .collect()
+}
