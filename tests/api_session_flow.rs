@@ -20,7 +20,8 @@ use deskgate_actors::ports::SessionId;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{
-    Deskgate, OwnAnvil, ScratchDatabase, as_env, docker_cli, free_port, serve_env, sleeper_image,
+    Deskgate, OwnAnvil, ScratchDatabase, as_env, docker_cli, free_port, serve_env_with,
+    sleeper_image,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -140,11 +141,8 @@ async fn sign_in_deposit_claim_run_bill_and_stop_end_to_end() {
     let db = ScratchDatabase::migrated("api_flow").await;
     let revenue = Address::repeat_byte(0x7a);
     let port = free_port();
-    let mut env = serve_env(port);
-    env.retain(|(k, _)| !matches!(*k, "DESKGATE_DATABASE_URL" | "DESKGATE_RPC_URL"));
+    let mut env = serve_env_with(port, &db.url, &anvil.url);
     env.extend([
-        ("DESKGATE_DATABASE_URL", db.url.clone()),
-        ("DESKGATE_RPC_URL", anvil.url.clone()),
         ("DESKGATE_REVENUE_ADDRESS", revenue.to_string()),
         ("DESKGATE_CONFIRMATIONS", "1".into()),
         ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),

@@ -18,7 +18,7 @@ use deskgate::ledger::PgLedger;
 use deskgate::secret::Secret;
 use deskgate_actors::ports::{Ledger, WalletId};
 use serde_json::{Value, json};
-use support::{Deskgate, OwnAnvil, ScratchDatabase, as_env, free_port, serve_env};
+use support::{Deskgate, OwnAnvil, ScratchDatabase, as_env, free_port, serve_env_with};
 
 /// 0.001 ETH: one GPU-hour at the default price.
 const ONE_GPU_HOUR_WEI: u64 = 1_000_000_000_000_000;
@@ -73,11 +73,8 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
     let db = ScratchDatabase::migrated("api_deposits").await;
     let revenue = Address::repeat_byte(0x5e);
     let port = free_port();
-    let mut env = serve_env(port);
-    env.retain(|(k, _)| !matches!(*k, "DESKGATE_DATABASE_URL" | "DESKGATE_RPC_URL"));
+    let mut env = serve_env_with(port, &db.url, &anvil.url);
     env.extend([
-        ("DESKGATE_DATABASE_URL", db.url.clone()),
-        ("DESKGATE_RPC_URL", anvil.url.clone()),
         ("DESKGATE_REVENUE_ADDRESS", revenue.to_string()),
         ("DESKGATE_CONFIRMATIONS", "2".into()),
         ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -21,43 +21,11 @@ use deskgate_actors::ports::{ContainerExit, LaunchSpec, Launcher, SessionId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::{host_addresses, service_env};
+use support::{Cleanup, host_addresses, service_env};
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
 static RECONCILE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// Removes the sessions' containers and networks when dropped (also on panic).
-struct Cleanup(Vec<SessionId>);
-
-impl Cleanup {
-    fn new() -> Self {
-        Self(Vec::new())
-    }
-
-    fn session(&mut self) -> SessionId {
-        let session = SessionId::new();
-        self.0.push(session);
-        session
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for session in &self.0 {
-            for args in [
-                vec!["rm", "-f", "-v", &container_name(*session)],
-                vec!["network", "rm", &network_name(*session)],
-            ] {
-                let _ = Command::new("docker")
-                    .args(&args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
-}
 
 async fn docker() -> Docker {
     // Make sure the client and the CLI in the guard talk to the test engine.

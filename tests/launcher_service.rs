@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -20,7 +19,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use url::Url;
 
-use support::{Deskgate, docker_cli, free_port, host_addresses, service_env, sleeper_image};
+use support::{
+    Cleanup, Deskgate, docker_cli, free_port, host_addresses, service_env, sleeper_image,
+};
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
 
@@ -67,31 +68,6 @@ impl LauncherProcess {
 
     fn remote(&self) -> RemoteLauncher {
         RemoteLauncher::new(self.url.clone(), Secret::new(TOKEN)).unwrap()
-    }
-}
-
-/// Removes the sessions' containers and networks when dropped (also on panic).
-#[derive(Default)]
-struct Cleanup(Vec<SessionId>);
-
-impl Cleanup {
-    fn session(&mut self) -> SessionId {
-        let session = SessionId::new();
-        self.0.push(session);
-        session
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for session in &self.0 {
-            for args in [
-                vec!["rm", "-f", "-v", &container_name(*session)],
-                vec!["network", "rm", &network_name(*session)],
-            ] {
-                let _ = Command::new("docker").args(&args).output();
-            }
-        }
     }
 }
 

@@ -511,3 +511,47 @@ pub fn host_addresses() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Session ids a Docker test uses; their containers and networks are removed
+/// when it is dropped, also when the test panics.
+#[derive(Default)]
+pub struct Cleanup(Vec<deskgate_actors::ports::SessionId>);
+
+impl Cleanup {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fresh session id, cleaned up at the end.
+    pub fn session(&mut self) -> deskgate_actors::ports::SessionId {
+        let session = deskgate_actors::ports::SessionId::new();
+        self.0.push(session);
+        session
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        use deskgate::docker_launcher::{container_name, network_name};
+        for session in &self.0 {
+            for args in [
+                vec!["rm", "-f", "-v", &container_name(*session)],
+                vec!["network", "rm", &network_name(*session)],
+            ] {
+                let _ = Command::new("docker").args(&args).output();
+            }
+        }
+    }
+}
+
+/// [`serve_env`] on a database and an RPC node of the test's own.
+pub fn serve_env_with(port: u16, database_url: &str, rpc_url: &str) -> Vec<(&'static str, String)> {
+    let mut env = serve_env(port);
+    env.retain(|(k, _)| !matches!(*k, "DESKGATE_DATABASE_URL" | "DESKGATE_RPC_URL"));
+    env.extend([
+        ("DESKGATE_DATABASE_URL", database_url.to_string()),
+        ("DESKGATE_RPC_URL", rpc_url.to_string()),
+    ]);
+    env
+}
