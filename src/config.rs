@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use ipnet::IpNet;
 use url::Url;
 
 use crate::gpu::GpuSelection;
+use crate::http::rate_limit::Quota;
 use crate::secret::{Secret, Weakness};
 
 /// Prefix of every environment variable deskgate reads.
@@ -283,6 +285,30 @@ pub const KEYS: &[Key] = &[
         Plain,
         Some("30"),
         "requests running longer get 408"
+    ),
+    key!(
+        "SIGN_IN_RATE_PER_MINUTE",
+        Plain,
+        Some("10"),
+        "sign-in requests (nonce and verify) per minute per client address (IPv6: per /64); 429 above it"
+    ),
+    key!(
+        "SIGN_IN_RATE_BURST",
+        Plain,
+        Some("5"),
+        "sign-in requests a client may make back to back"
+    ),
+    key!(
+        "CLAIM_RATE_PER_MINUTE",
+        Plain,
+        Some("30"),
+        "session claims per minute per client address (IPv6: per /64); 429 above it"
+    ),
+    key!(
+        "CLAIM_RATE_BURST",
+        Plain,
+        Some("10"),
+        "session claims a client may make back to back"
     ),
     key!(
         "SHUTDOWN_GRACE_SECONDS",
@@ -591,6 +617,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Per-request time limit.
     pub request_timeout: Duration,
+    /// Per-client limit on the sign-in endpoints.
+    pub sign_in_quota: Quota,
+    /// Per-client limit on session claims.
+    pub claim_quota: Quota,
     /// Grace period for open requests at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -702,6 +732,26 @@ fn parse_cpus(text: &str) -> Result<i64, String> {
     } else {
         Err(bad())
     }
+}
+
+/// A rate limit from its two settings: requests per minute and burst, each
+/// a whole number from 1 to 100000.
+fn parse_quota(
+    raw: &RawSettings,
+    per_minute_key: &'static str,
+    burst_key: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Option<Quota> {
+    let count = |t: &str| match t.parse::<NonZeroU32>() {
+        Ok(n) if n.get() <= 100_000 => Ok(n),
+        _ => Err(format!("`{t}` is not a whole number from 1 to 100000")),
+    };
+    let per_minute = parse_key(raw, per_minute_key, problems, count);
+    let burst = parse_key(raw, burst_key, problems, count);
+    Some(Quota {
+        per_minute: per_minute?,
+        burst: burst?,
+    })
 }
 
 fn parse_u64(text: &str) -> Result<u64, String> {
@@ -974,6 +1024,8 @@ impl Config {
             _ => Err(format!("`{t}` is not a byte count of at least 1024")),
         });
         let request_timeout = parse_key(raw, "REQUEST_TIMEOUT_SECONDS", p, parse_seconds);
+        let sign_in_quota = parse_quota(raw, "SIGN_IN_RATE_PER_MINUTE", "SIGN_IN_RATE_BURST", p);
+        let claim_quota = parse_quota(raw, "CLAIM_RATE_PER_MINUTE", "CLAIM_RATE_BURST", p);
         let shutdown_grace = parse_key(raw, "SHUTDOWN_GRACE_SECONDS", p, |t| {
             match t.parse::<u64>() {
                 Ok(secs) if secs <= 60 => Ok(Duration::from_secs(secs)),
@@ -1025,6 +1077,8 @@ impl Config {
             log_format: log_format?,
             max_body_bytes: max_body_bytes?,
             request_timeout: request_timeout?,
+            sign_in_quota: sign_in_quota?,
+            claim_quota: claim_quota?,
             shutdown_grace: shutdown_grace?,
         })
     }
@@ -1207,6 +1261,42 @@ mod tests {
         assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(config.gpus, GpuSelection::Auto);
         assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn rate_limits_default_and_are_checked() {
+        let config = load(None, env(&[]), Role::Serve).config.expect("config");
+        assert_eq!(config.sign_in_quota.to_string(), "10/min burst 5");
+        assert_eq!(config.claim_quota.to_string(), "30/min burst 10");
+
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_SIGN_IN_RATE_PER_MINUTE", "120"),
+                ("DESKGATE_CLAIM_RATE_BURST", "1"),
+            ]),
+            Role::Serve,
+        );
+        let config = loaded.config.expect("config");
+        assert_eq!(config.sign_in_quota.to_string(), "120/min burst 5");
+        assert_eq!(config.claim_quota.to_string(), "30/min burst 1");
+
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_SIGN_IN_RATE_BURST", "0"),
+                ("DESKGATE_CLAIM_RATE_PER_MINUTE", "lots"),
+            ]),
+            Role::Serve,
+        );
+        assert!(loaded.config.is_none());
+        assert_eq!(
+            variables(&loaded.problems),
+            [
+                "DESKGATE_SIGN_IN_RATE_BURST",
+                "DESKGATE_CLAIM_RATE_PER_MINUTE"
+            ]
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::chain::{AlloyChain, address20, amount256, hash32};
 use crate::db::DbPool;
-use crate::ledger::{PgLedger, SystemAccount};
+use crate::ledger::{Operation, PgLedger, Posting, SystemAccount};
 use crate::pricing::{Asset, DepositPricer};
 
 /// Processed block hashes kept below the cursor, for reorg detection.
@@ -214,7 +214,12 @@ pub struct PgDepositBook {
     ledger: PgLedger,
     pricer: Arc<dyn DepositPricer>,
     chain_id: u64,
+    on_credit: Option<CreditListener>,
 }
+
+/// Told the wallet each time a deposit is newly credited to it (running
+/// sessions then re-plan their end).
+pub type CreditListener = Arc<dyn Fn(&WalletId) + Send + Sync>;
 
 impl fmt::Debug for PgDepositBook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -237,7 +242,15 @@ impl PgDepositBook {
             ledger,
             pricer,
             chain_id,
+            on_credit: None,
         }
+    }
+
+    /// Calls `listener` after each deposit this book newly credits.
+    #[must_use]
+    pub fn on_credit(mut self, listener: CreditListener) -> Self {
+        self.on_credit = Some(listener);
+        self
     }
 
     async fn conn(
@@ -273,6 +286,32 @@ impl PgDepositBook {
         }
         .map_err(db_error)?;
         rows.into_iter().map(DepositRow::into_record).collect()
+    }
+
+    /// The deposits `from` made, newest block first, at most `limit`, each
+    /// with the credit-seconds it bought once credited.
+    pub async fn deposits_from(
+        &self,
+        from: Address20,
+        limit: i64,
+    ) -> Result<Vec<(DepositRecord, Option<CreditSeconds>)>, BookError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<DepositRow> = diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM deposits WHERE chain_id = $1 AND \"from\" = $2 \
+             ORDER BY block_number DESC, tx_hash, log_index LIMIT $3"
+        ))
+        .bind::<BigInt, _>(number(self.chain_id))
+        .bind::<Text, _>(from.to_string())
+        .bind::<BigInt, _>(limit)
+        .load(&mut conn)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|row| {
+                let credit = row.credit_seconds;
+                row.into_record().map(|r| (r, credit))
+            })
+            .collect()
     }
 
     /// Every recorded deposit of transaction `tx_hash`, by log index.
@@ -480,7 +519,16 @@ impl DepositBook for PgDepositBook {
                 }
                 if amount > 0 {
                     ledger
-                        .credit(&wallet, amount, SystemAccount::Revenue, key)
+                        .post(Posting {
+                            key,
+                            operation: Operation::Credit {
+                                wallet: wallet.clone(),
+                                amount,
+                                from: SystemAccount::Revenue,
+                            },
+                            reference: Some(format!("deposit:{tx}:{log_index}")),
+                            created_by: "system".into(),
+                        })
                         .await?;
                 }
                 diesel::sql_query(
@@ -501,6 +549,9 @@ impl DepositBook for PgDepositBook {
         if newly {
             metrics::counter!("deskgate_deposits_credit_seconds_total")
                 .increment(amount.unsigned_abs());
+            if let Some(listener) = &self.on_credit {
+                listener(&wallet);
+            }
         }
         Ok(amount)
     }

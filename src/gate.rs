@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use deskgate_actors::ask::ask;
+use deskgate_actors::gpu::{GpuMsg, GpuStatus};
 use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, WalletId,
 };
@@ -191,6 +192,29 @@ impl Gate {
                 gpu,
                 unhealthy,
             }));
+    }
+
+    /// Drains a GPU (no new leases; the current one stays) or puts it back.
+    pub fn drain(&self, gpu: GpuAddr, on: bool) {
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::ToScheduler(SchedulerMsg::Drain { gpu, on }));
+    }
+
+    /// Every GPU and its lease state, in address order; `None` if the
+    /// scheduler does not answer. A GPU actor that does not answer is left out.
+    pub async fn gpus(&self) -> Option<Vec<(GpuAddr, GpuStatus)>> {
+        let actors = ask(&self.supervisor, |reply| {
+            SupervisorMsg::ToScheduler(SchedulerMsg::Gpus { reply })
+        })
+        .await?;
+        let mut statuses = Vec::with_capacity(actors.len());
+        for (addr, actor) in actors {
+            if let Some(status) = ask(&actor, |reply| GpuMsg::Status { reply }).await {
+                statuses.push((addr, status));
+            }
+        }
+        Some(statuses)
     }
 
     /// The pool at a glance.

@@ -235,6 +235,26 @@ pub struct Receipt {
     pub replayed: bool,
 }
 
+/// One line of a wallet's statement: a transaction and what it did to the wallet.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct StatementLine {
+    /// The ledger transaction.
+    #[diesel(sql_type = BigInt)]
+    pub txn_id: i64,
+    /// `credit`, `debit` or `transfer`.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// What it is about: a session, a deposit, an adjustment.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub reference: Option<String>,
+    /// Credit-seconds added (positive) or taken (negative).
+    #[diesel(sql_type = BigInt)]
+    pub amount: CreditSeconds,
+    /// When it was posted.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The outcome of each posting of a batch, in order.
 pub type BatchOutcome = Vec<Result<Receipt, LedgerError>>;
 
@@ -530,6 +550,45 @@ impl PgLedger {
         with_retries(
             self.retry,
             "ledger balance",
+            true,
+            AttemptError::transience,
+            query,
+        )
+        .await
+        .map_err(|err| LedgerError::Unavailable(err.to_string()))
+    }
+
+    /// A wallet's own ledger lines, newest first: at most `limit`, and only
+    /// those older than transaction `before` when it is given (paging).
+    pub async fn statement(
+        &self,
+        wallet: &WalletId,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<StatementLine>, LedgerError> {
+        let name = Account::Wallet(wallet.clone()).to_string();
+        let query = || async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| AttemptError::Pool(e.to_string()))?;
+            let lines: Vec<StatementLine> = diesel::sql_query(
+                "SELECT t.id AS txn_id, t.kind, t.reference, e.amount, t.created_at \
+                 FROM ledger_entries e JOIN ledger_txns t ON t.id = e.txn_id \
+                 WHERE e.account = $1 AND t.id < $2 \
+                 ORDER BY t.id DESC LIMIT $3",
+            )
+            .bind::<Text, _>(&name)
+            .bind::<BigInt, _>(before.unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(limit)
+            .load(&mut conn)
+            .await?;
+            Ok::<_, AttemptError>(lines)
+        };
+        with_retries(
+            self.retry,
+            "ledger statement",
             true,
             AttemptError::transience,
             query,

@@ -27,4 +27,5 @@ pub mod sign_in;
 pub mod sign_in_store;
 pub mod siwe;
 pub mod telemetry;
+pub mod tickets;
 pub mod tiers;

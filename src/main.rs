@@ -12,9 +12,10 @@ use clap::{Parser, Subcommand};
 use deskgate::chain::AlloyChain;
 use deskgate::config::Confirmations;
 use deskgate::config::{self, Config, Loaded, Role};
-use deskgate::deposit_store::PgDepositBook;
+use deskgate::deposit_store::{CreditListener, PgDepositBook};
 use deskgate::docker_launcher::{DockerLauncher, LauncherSettings};
 use deskgate::gate::Gate;
+use deskgate::http::account::Offer;
 use deskgate::http::api::{Api, DepositDesk};
 use deskgate::http::sessions::SessionDesk;
 use deskgate::http::{GateState, Limits};
@@ -24,6 +25,7 @@ use deskgate::readiness::Dependency;
 use deskgate::server::{self, Service};
 use deskgate::session_store::PgSessionStore;
 use deskgate::sign_in::SignIn;
+use deskgate::tickets::TicketBook;
 use deskgate::tiers::{TierOracle, TieredPricer};
 use deskgate::{db, gpu, launcher_service, telemetry};
 use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
@@ -300,7 +302,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         api,
     };
     tracing::info!(public_url = %config.public_url, tls = config.is_tls(), "starting the gate");
-    let app = deskgate::http::gate_router(state, limits(&config));
+    let edge = deskgate::http::EdgePolicy::from_config(&config);
+    let app = deskgate::http::gate_router(state, limits(&config), edge);
     server::run(
         Service {
             app,
@@ -320,6 +323,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// runs in the background and credits deposits nobody asked about.
 async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
     let sign_in = SignIn::from_config(pool.clone(), config).context("cannot set up sign-in")?;
+    let sessions: Arc<std::sync::OnceLock<SessionDesk>> = Arc::default();
+    // A credited deposit extends the runway of the wallet's running session.
+    let credited_sessions = sessions.clone();
+    let on_credit: CreditListener = Arc::new(move |wallet| {
+        if let Some(desk) = credited_sessions.get() {
+            desk.gate.credit_changed(wallet.clone());
+        }
+    });
     let deposits = match (&config.rpc_url, config.revenue_address) {
         (Some(rpc), Some(revenue)) => {
             let url =
@@ -331,10 +342,14 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
                 pricing.clone(),
                 config.confirmations,
             );
-            let pricer: Arc<dyn DepositPricer> =
-                Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
-            let book =
-                PgDepositBook::new(pool.clone(), PgLedger::new(pool), pricer, config.chain_id);
+            let pricer = Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
+            let book = PgDepositBook::new(
+                pool.clone(),
+                PgLedger::new(pool.clone()),
+                pricer.clone() as Arc<dyn DepositPricer>,
+                config.chain_id,
+            )
+            .on_credit(on_credit);
             let required = match config.confirmations {
                 Confirmations::Blocks(n) => Required::Blocks(n),
                 Confirmations::Finalized => Required::Finalized,
@@ -357,6 +372,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
                 chain,
                 book,
                 required,
+                pricer,
             })
         }
         _ => {
@@ -370,7 +386,13 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
         sign_in,
         deposits,
         https: config.is_tls(),
-        sessions: std::sync::OnceLock::new(),
+        sessions,
+        offer: Offer::from_config(config),
+        ledger: PgLedger::new(pool.clone()),
+        pool,
+        admin_token: config.admin_token.clone(),
+        tickets: TicketBook::new(),
+        docs_enabled: config.docs_enabled,
     })
 }
 

@@ -102,6 +102,12 @@ pub enum SchedulerMsg {
         /// Drain or undrain.
         on: bool,
     },
+    /// Every GPU of the pool and its actor, in address order (the admin API
+    /// asks each for its status).
+    Gpus {
+        /// The GPUs.
+        reply: RpcReplyPort<Vec<(GpuAddr, ActorRef<GpuMsg>)>>,
+    },
     /// Counts for `/profiles`, the admin API and tests.
     Snapshot {
         /// The answer.
@@ -287,6 +293,15 @@ impl Actor for Scheduler {
                     let _ = actor.cast(GpuMsg::Drain { on });
                 }
                 schedule(&myself, state).await;
+            }
+            SchedulerMsg::Gpus { reply } => {
+                let mut gpus: Vec<_> = state
+                    .gpu_actors
+                    .iter()
+                    .map(|(addr, actor)| (*addr, actor.clone()))
+                    .collect();
+                gpus.sort_by_key(|(addr, _)| *addr);
+                let _ = reply.send(gpus);
             }
             SchedulerMsg::Snapshot { reply } => {
                 let _ = reply.send(snapshot(state));

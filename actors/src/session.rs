@@ -216,6 +216,49 @@ pub struct SessionActorState {
     /// A stop asked for while the container was launching.
     stop_after_launch: Option<EndReason>,
     waiting_stop: Vec<RpcReplyPort<()>>,
+    /// This session's place in `deskgate_sessions_current{state}`.
+    counted: StateGauge,
+}
+
+/// One session's contribution to the `deskgate_sessions_current` gauge:
+/// moved from state to state with it, and taken off when the actor's state
+/// is dropped, whichever way it ends (a crash included). Queued sessions
+/// have no actor; the scheduler counts them (`deskgate_scheduler_waiting_claims`).
+#[derive(Debug, Default)]
+struct StateGauge(Option<&'static str>);
+
+const SESSIONS_GAUGE: &str = "deskgate_sessions_current";
+
+impl StateGauge {
+    fn set(&mut self, state: Option<SessionState>) {
+        let label = state.map(state_label);
+        if label == self.0 {
+            return;
+        }
+        if let Some(old) = self.0 {
+            metrics::gauge!(SESSIONS_GAUGE, "state" => old).decrement(1.0);
+        }
+        if let Some(new) = label {
+            metrics::gauge!(SESSIONS_GAUGE, "state" => new).increment(1.0);
+        }
+        self.0 = label;
+    }
+}
+
+impl Drop for StateGauge {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+fn state_label(state: SessionState) -> &'static str {
+    match state {
+        SessionState::Queued => "queued",
+        SessionState::Launching => "launching",
+        SessionState::Running => "running",
+        SessionState::Stopping => "stopping",
+        SessionState::Ended => "ended",
+    }
 }
 
 impl std::fmt::Debug for SessionActorState {
@@ -236,6 +279,11 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let mut counted = StateGauge::default();
+        if matches!(args.mode, StartMode::Restarted) {
+            // It goes on from the state it crashed in, without announcing it.
+            counted.set(Some(args.record.state));
+        }
         Ok(SessionActorState {
             record: args.record.clone(),
             args,
@@ -243,6 +291,7 @@ impl Actor for SessionActor {
             generation: 0,
             stop_after_launch: None,
             waiting_stop: Vec::new(),
+            counted,
         })
     }
 
@@ -648,6 +697,7 @@ impl SessionActorState {
         });
         self.record.end(reason.clone());
         self.persist().await;
+        self.counted.set(None);
         metrics::counter!("deskgate_sessions_ended_total", "reason" => reason_label(&reason))
             .increment(1);
         tracing::info!(session = %self.record.id, ?reason, billed = self.record.billed_credit, "ended");
@@ -735,7 +785,8 @@ impl SessionActorState {
         }
     }
 
-    fn emit_state(&self) {
+    fn emit_state(&mut self) {
+        self.counted.set(Some(self.record.state));
         self.emit(SessionEvent::State {
             state: self.record.state,
             reason: self.record.end_reason.clone(),

@@ -2,14 +2,14 @@
 //! transaction hash here; sessions, profiles and the account in
 //! [`super::sessions`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use alloy::primitives::{Address, B256};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use deskgate_actors::chain_watcher::Required;
@@ -18,9 +18,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Problem;
+use super::account::Offer;
+use super::sessions::SessionDesk;
 use crate::chain::AlloyChain;
+use crate::db::DbPool;
 use crate::deposit_store::{PgDepositBook, check_transaction};
+use crate::ledger::PgLedger;
+use crate::secret::Secret;
 use crate::sign_in::{SignIn, SignInError};
+use crate::tickets::TicketBook;
+use crate::tiers::TieredPricer;
 
 /// The cookie that carries a sign-in token for browsers.
 pub const TOKEN_COOKIE: &str = "deskgate_token";
@@ -34,7 +41,21 @@ pub struct Api {
     /// Whether the gate serves HTTPS (the cookie is then `Secure`).
     pub https: bool,
     /// Sessions, once the actor tree runs (it starts after the migrations).
-    pub sessions: std::sync::OnceLock<super::sessions::SessionDesk>,
+    /// Shared, so that the chain watcher, built before the tree, can tell
+    /// running sessions about credited deposits.
+    pub sessions: Arc<OnceLock<SessionDesk>>,
+    /// The price list and where to pay.
+    pub offer: Offer,
+    /// The database, for the audit log.
+    pub pool: DbPool,
+    /// The ledger, for statements and adjustments.
+    pub ledger: PgLedger,
+    /// `DESKGATE_ADMIN_TOKEN`; the admin API is off without it.
+    pub admin_token: Option<Secret>,
+    /// Outstanding media tickets.
+    pub tickets: TicketBook,
+    /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
+    pub docs_enabled: bool,
 }
 
 impl std::fmt::Debug for Api {
@@ -56,20 +77,41 @@ pub struct DepositDesk {
     pub book: PgDepositBook,
     /// When a deposit is credited.
     pub required: Required,
+    /// Prices with the wallet's discount, for quotes.
+    pub pricer: Arc<TieredPricer>,
 }
 
 /// The API's routes.
 pub fn routes(api: Arc<Api>) -> Router {
-    Router::new()
+    let mut routes = Router::new();
+    if api.docs_enabled {
+        routes = routes.route(super::docs::OPENAPI_PATH, get(super::docs::openapi_json));
+    }
+    routes
         .route("/api/v1/auth/nonce", post(nonce))
         .route("/api/v1/auth/verify", post(verify))
         .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/deposits", post(deposit))
+        .route(
+            "/api/v1/deposits",
+            post(deposit).get(super::account::deposits),
+        )
         .with_state(api.clone())
-        .merge(super::sessions::routes(api))
+        .merge(super::sessions::routes(api.clone()))
+        .merge(super::account::routes(api.clone()))
+        .merge(super::admin::routes(api))
 }
 
 pub(crate) fn bad_json(rejection: JsonRejection) -> Problem {
+    // A body streamed without Content-Length passes the declared-size check
+    // and is cut off here, by the body limit: that is a 413, not bad JSON.
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+        )
+        .detail(rejection.body_text());
+    }
     Problem::new(
         StatusCode::BAD_REQUEST,
         "malformed-json",
@@ -123,8 +165,10 @@ pub(crate) async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<WalletId
         .map_err(|err| sign_in_problem(&err))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NonceRequest {
+    /// The wallet, 0x hex.
+    #[schema(value_type = String)]
     address: Address,
 }
 
@@ -135,6 +179,9 @@ struct NonceResponse {
     expires_at: DateTime<Utc>,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/nonce", tag = "auth",
+    request_body = NonceRequest,
+    responses((status = 200, description = "a nonce and the EIP-4361 message to sign", body = Object), (status = 400, description = "malformed JSON or address", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
 async fn nonce(
     State(api): State<Arc<Api>>,
     body: Result<Json<NonceRequest>, JsonRejection>,
@@ -152,12 +199,15 @@ async fn nonce(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct VerifyRequest {
     message: String,
     signature: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth",
+    request_body = VerifyRequest,
+    responses((status = 200, description = "a token (also set as an HttpOnly cookie)", body = Object), (status = 400, description = "malformed message or signature", body = Object, content_type = "application/problem+json"), (status = 401, description = "sign-in refused; `reason` says why", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
 async fn verify(
     State(api): State<Arc<Api>>,
     body: Result<Json<VerifyRequest>, JsonRejection>,
@@ -186,6 +236,8 @@ async fn verify(
     Ok(response)
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 204, description = "the token is revoked"), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
 async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<StatusCode, Problem> {
     signed_in(&api, &headers).await?;
     if let Some(token) = presented_token(&headers) {
@@ -197,11 +249,16 @@ async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DepositRequest {
+    /// The transaction, 0x hex.
+    #[schema(value_type = String)]
     tx_hash: B256,
 }
 
+#[utoipa::path(post, path = "/api/v1/deposits", tag = "money", security(("bearer" = []), ("cookie" = [])),
+    request_body = DepositRequest,
+    responses((status = 200, description = "pending, credited or rejected, with confirmations", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node or database is down", body = Object, content_type = "application/problem+json")))]
 async fn deposit(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,

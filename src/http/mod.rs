@@ -1,8 +1,14 @@
 //! The gate's HTTP surface: routes, and the guards every request passes
-//! (body limit, time limit, metrics).
+//! (client address, CORS, body limit, time limit, rate limits, metrics).
 
+pub mod account;
+pub mod admin;
 pub mod api;
+pub mod client_addr;
+pub mod cors;
+pub mod docs;
 pub mod problem;
+pub mod rate_limit;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -14,10 +20,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ipnet::IpNet;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::readiness::{self, Dependency};
+use cors::CorsPolicy;
 pub use problem::Problem;
+use rate_limit::{Quota, RateLimits};
 
 /// Per-request limits applied to every route.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +47,35 @@ pub struct GateState {
     pub api: Option<Arc<api::Api>>,
 }
 
+/// How the gate treats callers at its edge: which address a request is
+/// attributed to, how often an address may sign in or claim, and which
+/// browser origin may call the API.
+#[derive(Clone, Debug)]
+pub struct EdgePolicy {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// Per-client limit on `POST /api/v1/auth/{nonce,verify}`.
+    pub sign_in_quota: Quota,
+    /// Per-client limit on `POST /api/v1/sessions`.
+    pub claim_quota: Quota,
+    /// CORS for the public origin only.
+    pub cors: CorsPolicy,
+}
+
+impl EdgePolicy {
+    /// The policy `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            trusted_proxies: config.trusted_proxies.clone().into(),
+            sign_in_quota: config.sign_in_quota,
+            claim_quota: config.claim_quota,
+            cors: CorsPolicy::for_public_url(&config.public_url),
+        }
+    }
+}
+
 /// The gate's router.
-pub fn gate_router(state: GateState, limits: Limits) -> Router {
+pub fn gate_router(state: GateState, limits: Limits, edge: EdgePolicy) -> Router {
     let api = state.api.clone();
     let mut routes = Router::new()
         .route("/healthz", get(healthz))
@@ -48,7 +85,24 @@ pub fn gate_router(state: GateState, limits: Limits) -> Router {
     if let Some(api) = api {
         routes = routes.merge(api::routes(api).route_layer(middleware::from_fn(record_metrics)));
     }
+    let rate_limits = Arc::new(RateLimits::new(edge.sign_in_quota, edge.claim_quota));
+    // Layers run outermost (last added) first: the client address is known
+    // before anything else runs; CORS headers reach every answer, 413 and
+    // 429 included, so a page can read why it was refused; the rate limit
+    // runs after the cheap declared-size check and before any body is read.
+    let routes = routes.layer(middleware::from_fn_with_state(
+        rate_limits,
+        rate_limit::enforce,
+    ));
     guarded(routes, limits)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(edge.cors),
+            cors::apply,
+        ))
+        .layer(middleware::from_fn_with_state(
+            edge.trusted_proxies,
+            client_addr::identify,
+        ))
 }
 
 /// Wraps `routes` with the guards every deskgate HTTP service uses: a 404

@@ -31,6 +31,7 @@ use super::Problem;
 use super::api::{Api, bad_json, signed_in};
 use crate::gate::{Gate, PROFILES, profile_name, profile_named};
 use crate::session_store::{PgSessionStore, state_name};
+use crate::tickets::Purpose;
 
 /// Largest message a browser may send on the events socket: it is a control
 /// channel, and the gate reads nothing from it but pings.
@@ -66,10 +67,11 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/sessions/{id}", get(show).delete(stop))
         .route("/api/v1/sessions/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/sessions/{id}/events", get(events))
+        .route("/api/v1/sessions/{id}/tickets", post(ticket))
         .with_state(api)
 }
 
-fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
+pub(crate) fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
     api.sessions.get().ok_or_else(|| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -82,7 +84,7 @@ fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
     })
 }
 
-fn unknown_session() -> Problem {
+pub(crate) fn unknown_session() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
 }
 
@@ -95,7 +97,7 @@ fn ledger_unavailable() -> Problem {
     .detail("the database did not answer; try again")
 }
 
-fn parse_id(id: &str) -> Result<SessionId, Problem> {
+pub(crate) fn parse_id(id: &str) -> Result<SessionId, Problem> {
     Uuid::parse_str(id)
         .map(SessionId)
         .map_err(|_| unknown_session())
@@ -131,7 +133,7 @@ fn reason_json(reason: Option<&EndReason>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn record_json(record: &SessionRecord) -> Value {
+pub(crate) fn record_json(record: &SessionRecord) -> Value {
     json!({
         "id": record.id.to_string(),
         "profile": profile_name(record.gpus),
@@ -158,6 +160,8 @@ fn shown_json(shown: &Shown) -> Value {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "sessions",
+    responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
 async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
     let desk = desk(&api)?;
     let snapshot = desk.gate.snapshot().await.ok_or_else(|| {
@@ -185,6 +189,8 @@ async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
     Ok(Json(Value::Array(list)))
 }
 
+#[utoipa::path(get, path = "/api/v1/account", tag = "money", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, description = "address, credit_seconds, active_session", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
 async fn account(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
     let wallet = signed_in(&api, &headers).await?;
     let desk = desk(&api)?;
@@ -207,7 +213,7 @@ async fn account(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClaimRequest {
     profile: String,
@@ -242,6 +248,9 @@ fn claim_problem(err: &StartError) -> Problem {
     Problem::new(status, kind, title).detail(err.to_string())
 }
 
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    request_body = ClaimRequest,
+    responses((status = 202, description = "claimed: running soon, or queued with position and ETA", body = Object), (status = 402, description = "not enough credit", body = Object, content_type = "application/problem+json"), (status = 409, description = "this wallet already has a session", body = Object, content_type = "application/problem+json"), (status = 422, description = "unknown or unavailable profile", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many claims", body = Object, content_type = "application/problem+json")))]
 async fn claim(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -285,6 +294,9 @@ async fn claim(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "state, GPUs, billed and remaining", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn show(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -296,6 +308,9 @@ async fn show(
     Ok(Json(shown_json(&shown)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "the session, ended", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn stop(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -311,6 +326,9 @@ async fn stop(
     Ok(Json(shown_json(&shown)))
 }
 
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/heartbeat", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "presence noted; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn heartbeat(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -333,6 +351,76 @@ async fn heartbeat(
     Ok(Json(body))
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TicketRequest {
+    /// `vnc` or `webrtc`.
+    #[schema(value_type = String)]
+    purpose: Purpose,
+}
+
+/// A single-use ticket for one of the session's media sockets: only for
+/// its owner, only while it runs.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/tickets", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    request_body = TicketRequest,
+    responses((status = 201, description = "a single-use ticket, valid 30 s", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
+async fn ticket(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let wallet = signed_in(&api, &headers).await?;
+    let desk = desk(&api)?;
+    let id = parse_id(&id)?;
+    let Json(request) = body.map_err(bad_json)?;
+    let Shown::Live(view) = owned(desk, &wallet, id).await? else {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "session-ended",
+            "The session has ended",
+        ));
+    };
+    if view.record.state != SessionState::Running {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "session-not-running",
+            "The desktop is not running yet",
+        )
+        .detail(format!(
+            "the session is {}; ask again once it runs",
+            state_name(view.record.state)
+        )));
+    }
+    let issued = api
+        .tickets
+        .issue(id, wallet, request.purpose)
+        .map_err(|err| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tickets-exhausted",
+                "No ticket can be issued right now",
+            )
+            .detail(err.to_string())
+        })?;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({
+            "ticket": issued.ticket.expose(),
+            "purpose": request.purpose,
+            "expires_at": issued.expires_at,
+        })),
+    )
+        .into_response();
+    // A credential: no cache may keep it.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
 /// The browser's `Origin` matches the public URL exactly.
 fn origin_allowed(headers: &HeaderMap, public_origin: &str) -> bool {
     headers
@@ -341,6 +429,9 @@ fn origin_allowed(headers: &HeaderMap, public_origin: &str) -> bool {
         .is_some_and(|origin| origin.eq_ignore_ascii_case(public_origin))
 }
 
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn events(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
