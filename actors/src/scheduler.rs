@@ -250,6 +250,11 @@ impl Actor for Scheduler {
                 let _ = reply.send(state.leases.get(&session).cloned());
             }
             SchedulerMsg::Status { session, reply } => {
+                // A claim asked about before the coalesced publish ran (the
+                // API answers a claim with its position at once).
+                if state.queue.is_waiting(session) && !state.last_published.contains_key(&session) {
+                    publish(state);
+                }
                 let status = state
                     .queue
                     .is_waiting(session)

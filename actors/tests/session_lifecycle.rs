@@ -269,6 +269,25 @@ async fn a_session_that_keeps_crashing_is_ended_and_releases_its_gpus() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_queued_claim_knows_its_position_before_the_first_publish() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    let first = wallet(1);
+    tree.fund(&first, 600);
+    let running = tree.claim(&first, 1).await;
+    tree.wait_for(running.id, SessionState::Running).await;
+    let second = wallet(2);
+    tree.fund(&second, 600);
+    let waiting = tree.claim(&second, 1).await;
+    // No time passes: the debounced publish has not run.
+    let view = deskgate_actors::supervisor::view(&tree.supervisor, waiting.id)
+        .await
+        .unwrap();
+    let status = view.queue.expect("a queue status at once");
+    assert_eq!(status.position, 1);
+    assert!(status.eta_seconds.is_some());
+}
+
+#[tokio::test(start_paused = true)]
 async fn contention_queues_fairly_and_a_release_grants_the_head() {
     let tree = Tree::start(one_host(2), settings()).await;
     let mut handles = Vec::new();
