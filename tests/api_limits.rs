@@ -254,6 +254,15 @@ async fn oversize_bodies_rate_limits_and_cors_without_a_trusted_proxy() {
         "retry-after"
     );
 
+    // No API docs unless DESKGATE_DOCS_ENABLED says so.
+    let docs = gate
+        .http
+        .get(format!("{}/api/v1/openapi.json", gate.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::NOT_FOUND);
+
     gate.stop().await;
 }
 

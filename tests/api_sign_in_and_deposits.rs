@@ -12,60 +12,13 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
-use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use deskgate::ledger::PgLedger;
 use deskgate::secret::Secret;
 use deskgate_actors::ports::{Ledger, WalletId};
-use serde_json::{Value, json};
-use support::{Deskgate, OwnAnvil, ScratchDatabase, as_env, free_port, serve_env_with};
-
-/// 0.001 ETH: one GPU-hour at the default price.
-const ONE_GPU_HOUR_WEI: u64 = 1_000_000_000_000_000;
-
-struct Gate {
-    _process: Deskgate,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Gate {
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
-async fn sign_in(gate: &Gate, signer: &PrivateKeySigner) -> String {
-    let (status, challenge) = gate
-        .post(
-            "/api/v1/auth/nonce",
-            None,
-            json!({ "address": signer.address() }),
-        )
-        .await;
-    assert_eq!(status, 200, "{challenge}");
-    let message = challenge["message"].as_str().unwrap();
-    let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
-    let (status, issued) = gate
-        .post(
-            "/api/v1/auth/verify",
-            None,
-            json!({ "message": message, "signature": alloy::hex::encode_prefixed(signature.as_bytes()) }),
-        )
-        .await;
-    assert_eq!(status, 200, "{issued}");
-    assert_eq!(
-        issued["address"].as_str().unwrap(),
-        WalletId::new(&signer.address().to_string()).as_str()
-    );
-    issued["token"].as_str().unwrap().to_string()
-}
+use serde_json::json;
+use support::api::{Gate, ONE_GPU_HOUR_WEI};
+use support::{OwnAnvil, ScratchDatabase, free_port, serve_env_with};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
@@ -80,18 +33,7 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
         ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),
         ("DESKGATE_DEPOSIT_START_BLOCK", "0".into()),
     ]);
-    let mut process = Deskgate::spawn(&["serve"], &as_env(&env));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    process.wait_ready(&http, &format!("{base}/readyz")).await;
-    let gate = Gate {
-        _process: process,
-        base,
-        http,
-    };
+    let gate = Gate::start(port, env).await;
 
     // Bad input is refused with a problem, not a crash.
     let (status, problem) = gate
@@ -122,7 +64,7 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
     assert_eq!(status, 401, "deposits need a signed-in wallet");
 
     let signer = PrivateKeySigner::random();
-    let token = sign_in(&gate, &signer).await;
+    let token = gate.sign_in(&signer).await;
     let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(signer.clone()))
         .connect_http(anvil.url.parse().unwrap());
@@ -198,7 +140,7 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
         .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
         .await;
     assert_eq!(status, 401);
-    let output = gate._process.output();
+    let output = gate.output();
     assert!(!output.contains(&token), "the token leaked into the logs");
     drop(gate);
     db.drop_it().await;

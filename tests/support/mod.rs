@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -474,6 +476,15 @@ pub fn docker_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Whether Docker knows a container by this name or id.
+pub fn container_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", name])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// The test image with `sleep` as its command (a stand-in desktop that runs
 /// until stopped), made once per test process with `docker commit`; no
 /// registry needed.
@@ -528,6 +539,11 @@ impl Cleanup {
         let session = deskgate_actors::ports::SessionId::new();
         self.0.push(session);
         session
+    }
+
+    /// Cleans up a session id made elsewhere (one a gate under test chose).
+    pub fn track(&mut self, session: deskgate_actors::ports::SessionId) {
+        self.0.push(session);
     }
 }
 

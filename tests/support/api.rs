@@ -1,0 +1,466 @@
+//! Driving a real `deskgate serve` over HTTP and WebSocket, as a browser
+//! would: [`Gate`] starts the process (and can kill and restart it on the
+//! same database), signs in with real keys, claims and watches sessions;
+//! [`deposit_eth`] pays on anvil; [`Events`] reads a session's events socket.
+
+use std::time::{Duration, Instant};
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::ext::AnvilApi;
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::{
+    Cleanup, Deskgate, OwnAnvil, ScratchDatabase, as_env, free_port, serve_env_with, sleeper_image,
+};
+
+/// 0.001 ETH: one GPU-hour at the default price, 3600 credit-seconds.
+pub const ONE_GPU_HOUR_WEI: u64 = 1_000_000_000_000_000;
+
+/// The settings of a `serve` that runs sessions and takes ETH deposits: the
+/// test's own database and anvil node, deposits to `revenue` credited after
+/// one confirmation and scanned from block 0, the sleeper image as the
+/// desktop, small containers that stop at once, rate limits wide enough for
+/// a test that signs in and claims for several wallets.
+pub fn session_env(
+    port: u16,
+    database_url: &str,
+    rpc_url: &str,
+    revenue: Address,
+) -> Vec<(&'static str, String)> {
+    let mut env = serve_env_with(port, database_url, rpc_url);
+    env.extend([
+        ("DESKGATE_REVENUE_ADDRESS", revenue.to_string()),
+        ("DESKGATE_CONFIRMATIONS", "1".into()),
+        ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),
+        ("DESKGATE_DEPOSIT_START_BLOCK", "0".into()),
+        ("DESKGATE_SESSION_IMAGE", sleeper_image().into()),
+        ("DESKGATE_SESSION_MEMORY_MIB", "64".into()),
+        ("DESKGATE_SESSION_STOP_GRACE_SECONDS", "0".into()),
+        // One test client plays many browsers from one address.
+        ("DESKGATE_SIGN_IN_RATE_PER_MINUTE", "600".into()),
+        ("DESKGATE_SIGN_IN_RATE_BURST", "100".into()),
+        ("DESKGATE_CLAIM_RATE_PER_MINUTE", "600".into()),
+        ("DESKGATE_CLAIM_RATE_BURST", "100".into()),
+    ]);
+    env
+}
+
+/// Sets `key` to `value` in `env`, replacing any earlier value.
+pub fn set_env(env: &mut Vec<(&'static str, String)>, key: &'static str, value: impl Into<String>) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value.into()));
+}
+
+/// Exclusive use of the Docker engine's session containers. A starting
+/// `deskgate serve` removes every `deskgate.session` container its own
+/// database does not know (crash recovery), so two gates under test on one
+/// engine would remove each other's desktops: gates are run one at a time,
+/// across test binaries too (a file lock in the temporary directory).
+struct DockerSessionsLock(#[allow(dead_code)] std::fs::File);
+
+impl DockerSessionsLock {
+    async fn acquire() -> Self {
+        tokio::task::spawn_blocking(|| {
+            let path = std::env::temp_dir().join("deskgate-tests-session-containers.lock");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            file.lock()
+                .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+            Self(file)
+        })
+        .await
+        .expect("lock task")
+    }
+}
+
+/// A `deskgate serve` under test and an HTTP client for it.
+pub struct Gate {
+    process: Option<Deskgate>,
+    /// Output of processes killed earlier in the test.
+    earlier_output: String,
+    env: Vec<(&'static str, String)>,
+    /// `http://127.0.0.1:<port>`; also the Origin its sockets accept.
+    pub base: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// The client requests go through.
+    pub http: reqwest::Client,
+    _docker: DockerSessionsLock,
+}
+
+impl Gate {
+    /// Starts `deskgate serve` with `env` (which binds `127.0.0.1:port`) and
+    /// waits until it is ready and its sessions are open.
+    pub async fn start(port: u16, env: Vec<(&'static str, String)>) -> Self {
+        let docker = DockerSessionsLock::acquire().await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut gate = Self {
+            process: None,
+            earlier_output: String::new(),
+            env,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            http,
+            _docker: docker,
+        };
+        gate.restart().await;
+        gate
+    }
+
+    /// Starts the process again with the same settings (after
+    /// [`Gate::kill_hard`]) and waits until it is ready and its sessions are
+    /// open, i.e. recovery has run.
+    pub async fn restart(&mut self) {
+        assert!(self.process.is_none(), "the gate is still running");
+        let mut process = Deskgate::spawn(&["serve"], &as_env(&self.env));
+        process
+            .wait_ready(&self.http, &format!("{}/readyz", self.base))
+            .await;
+        self.process = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
+                .await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sessions did not open within 30 s: {status} {body}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the process: no shutdown, no cleanup of any kind.
+    pub fn kill_hard(&mut self) {
+        let process = self.process.take().expect("the gate is running");
+        self.earlier_output.push_str(&process.output());
+        self.earlier_output
+            .push_str("\n--- killed with SIGKILL ---\n");
+        process.kill_hard();
+    }
+
+    /// Everything the gate printed, across restarts.
+    pub fn output(&self) -> String {
+        let current = self.process.as_ref().map(Deskgate::output);
+        format!("{}{}", self.earlier_output, current.unwrap_or_default())
+    }
+
+    /// Sends a request; returns the status and the JSON body (`null` if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` as `token`.
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    /// `POST path` with a JSON body, as `token` if given.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// `DELETE path` as `token`.
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Polls `path` until `done` holds for its body, or fails after `within`.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        token: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get(path, token).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} not as expected within {within:?}: {status} {body}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Signs in as `signer` (nonce, EIP-4361 message signed with its key,
+    /// verify); returns the session token.
+    pub async fn sign_in(&self, signer: &PrivateKeySigner) -> String {
+        let (status, challenge) = self
+            .post(
+                "/api/v1/auth/nonce",
+                None,
+                json!({ "address": signer.address() }),
+            )
+            .await;
+        assert_eq!(status, 200, "{challenge}");
+        let message = challenge["message"].as_str().unwrap();
+        let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
+        let (status, issued) = self
+            .post(
+                "/api/v1/auth/verify",
+                None,
+                json!({ "message": message, "signature": alloy::hex::encode_prefixed(signature.as_bytes()) }),
+            )
+            .await;
+        assert_eq!(status, 200, "{issued}");
+        assert_eq!(
+            issued["address"].as_str().map(str::to_ascii_lowercase),
+            Some(signer.address().to_string().to_ascii_lowercase()),
+            "{issued}"
+        );
+        issued["token"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the wallet behind `token` holds `credit_seconds`.
+    pub async fn wait_for_credit(&self, token: &str, credit_seconds: i64) -> Value {
+        self.wait_for("/api/v1/account", token, Duration::from_secs(20), |a| {
+            a["credit_seconds"] == credit_seconds
+        })
+        .await
+    }
+
+    /// Claims `profile` as `token`: the status and the body.
+    pub async fn claim(&self, token: &str, profile: &str) -> (u16, Value) {
+        self.post(
+            "/api/v1/sessions",
+            Some(token),
+            json!({ "profile": profile }),
+        )
+        .await
+    }
+
+    /// A handshake request for a session's events socket, from `origin`.
+    pub fn socket_request(
+        &self,
+        session: &str,
+        token: &str,
+        origin: &str,
+    ) -> tungstenite::handshake::client::Request {
+        let mut request = format!(
+            "ws://127.0.0.1:{}/api/v1/sessions/{session}/events",
+            self.port
+        )
+        .into_client_request()
+        .unwrap();
+        let headers = request.headers_mut();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        headers.insert("origin", origin.parse().unwrap());
+        request
+    }
+
+    /// Opens a session's events socket from the gate's own origin.
+    pub async fn events(&self, session: &str, token: &str) -> Events {
+        let (socket, _) =
+            tokio_tungstenite::connect_async(self.socket_request(session, token, &self.base))
+                .await
+                .unwrap_or_else(|e| panic!("events socket of {session}: {e}"));
+        Events {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// A session's events socket, read as JSON messages.
+pub struct Events {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Every message received so far, for failure messages.
+    pub seen: Vec<Value>,
+}
+
+impl Events {
+    /// The next JSON message before `deadline`; `None` at the deadline or
+    /// once the socket is closed.
+    pub async fn next_before(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            match tokio::time::timeout_at(deadline.into(), self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let event: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("event is not JSON ({e}): {text}"));
+                    self.seen.push(event.clone());
+                    return Some(event);
+                }
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return None,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// The first message for which `wanted` holds, within `within`; fails
+    /// naming `what` and every message seen otherwise.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        while let Some(event) = self.next_before(deadline).await {
+            if wanted(&event) {
+                return event;
+            }
+        }
+        panic!(
+            "no {what} within {within:?}; events seen: {}",
+            Value::Array(self.seen.clone())
+        );
+    }
+
+    /// Closes the socket (the session loses this proof of presence).
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// A gate with everything of its own: an anvil node, a scratch database, a
+/// revenue address, and a guard that removes its sessions' containers and
+/// networks however the test ends.
+pub struct Stage {
+    /// The gate.
+    pub gate: Gate,
+    /// Its chain.
+    pub anvil: OwnAnvil,
+    /// Its database.
+    pub db: ScratchDatabase,
+    /// Where deposits go.
+    pub revenue: Address,
+    /// Containers and networks of the sessions claimed through [`Stage::claim`].
+    pub cleanup: std::sync::Mutex<Cleanup>,
+}
+
+impl Stage {
+    /// Starts a gate on [`session_env`] with `settings` on top (fake:2 GPUs
+    /// unless they say otherwise).
+    pub async fn start(tag: &str, settings: &[(&'static str, &str)]) -> Self {
+        let anvil = OwnAnvil::start();
+        let db = ScratchDatabase::migrated(tag).await;
+        let revenue = Address::repeat_byte(0x7a);
+        let port = free_port();
+        let mut env = session_env(port, &db.url, &anvil.url, revenue);
+        for (key, value) in settings {
+            set_env(&mut env, key, *value);
+        }
+        let gate = Gate::start(port, env).await;
+        Self {
+            gate,
+            anvil,
+            db,
+            revenue,
+            cleanup: std::sync::Mutex::new(Cleanup::new()),
+        }
+    }
+
+    /// A new wallet, signed in, that deposited `wei` and was credited
+    /// `credit_seconds` for it; returns its token.
+    pub async fn funded_wallet(&self, wei: u64, credit_seconds: i64) -> String {
+        let signer = PrivateKeySigner::random();
+        let token = self.gate.sign_in(&signer).await;
+        deposit_eth(&self.anvil.url, &signer, self.revenue, wei).await;
+        self.gate.wait_for_credit(&token, credit_seconds).await;
+        token
+    }
+
+    /// Claims `profile` as `token`, expecting 202; the session's containers
+    /// are cleaned up at the end. Returns the claim's body.
+    pub async fn claim(&self, token: &str, profile: &str) -> Value {
+        let (status, claimed) = self.gate.claim(token, profile).await;
+        assert_eq!(status, 202, "claim {profile}: {claimed}");
+        let id = claimed["id"].as_str().expect("a session id");
+        self.cleanup
+            .lock()
+            .unwrap()
+            .track(deskgate_actors::ports::SessionId(id.parse().unwrap()));
+        claimed
+    }
+
+    /// Stops the gate and drops the database.
+    pub async fn finish(self) {
+        let Self {
+            gate, db, cleanup, ..
+        } = self;
+        drop(gate);
+        drop(cleanup);
+        db.drop_it().await;
+    }
+}
+
+/// `/api/v1/sessions/<id>` of a claim's body.
+pub fn session_path(claimed: &Value) -> String {
+    format!("/api/v1/sessions/{}", claimed["id"].as_str().unwrap())
+}
+
+/// Gives `signer` 1 ETH on the anvil node at `rpc_url`, sends `wei` from it
+/// to `revenue` and mines one more block; returns the transaction hash.
+pub async fn deposit_eth(
+    rpc_url: &str,
+    signer: &PrivateKeySigner,
+    revenue: Address,
+    wei: u64,
+) -> B256 {
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer.clone()))
+        .connect_http(rpc_url.parse().unwrap());
+    provider
+        .anvil_set_balance(signer.address(), U256::from(10u64).pow(U256::from(18)))
+        .await
+        .unwrap();
+    let receipt = provider
+        .send_transaction(
+            TransactionRequest::default()
+                .with_to(revenue)
+                .with_value(U256::from(wei)),
+        )
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status(), "deposit reverted");
+    provider.anvil_mine(Some(1), None).await.unwrap();
+    receipt.transaction_hash
+}
