@@ -543,8 +543,13 @@ impl SessionActorState {
     fn send_due_warnings(&mut self, exhaustion: Instant, now: Instant) {
         let Some(clock) = &mut self.clock else { return };
         let marks = &self.args.settings.low_credit_warnings;
+        let before = clock.warned;
         while clock.warned < marks.len() && now + marks[clock.warned] >= exhaustion {
             clock.warned += 1;
+        }
+        // Several marks passed at once (a session that starts short of
+        // credit) make one warning, not one per mark.
+        if clock.warned > before {
             let seconds_left = exhaustion.saturating_duration_since(now).as_secs();
             let _ = self
                 .args

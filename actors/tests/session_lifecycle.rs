@@ -88,6 +88,33 @@ async fn low_credit_warnings_come_at_five_and_one_minute() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_session_starting_short_of_credit_is_warned_once() {
+    let tree = Tree::start(one_host(1), settings()).await;
+    // Queue it behind another session, so that its events are recorded
+    // from before it runs.
+    let holder = wallet(5);
+    tree.fund(&holder, 600);
+    let held = tree.claim(&holder, 1).await;
+    tree.wait_for(held.id, SessionState::Running).await;
+    let w = wallet(4);
+    tree.fund(&w, 30);
+    let session = tree.claim(&w, 1).await;
+    let events = record_events(&session);
+    tree.stop(held.id, EndReason::UserStopped).await;
+    tree.wait_ended(session.id).await;
+    let warnings: Vec<u64> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SessionEvent::LowCredit { seconds_left } => Some(*seconds_left),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings, [30]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn presence_timeout_stops_a_session_nobody_watches() {
     let settings = SessionSettings {
         presence_timeout: Duration::from_secs(30),
