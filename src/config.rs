@@ -190,6 +190,12 @@ pub const KEYS: &[Key] = &[
         "address `deskgate launcher` listens on"
     ),
     key!(
+        "LAUNCHER_HOST",
+        Plain,
+        None,
+        "this launcher's host number (its position in the gate's DESKGATE_LAUNCHER_URLS, from 0): it then manages only containers labelled with it and refuses launches for another host; needed when launchers share a Docker daemon"
+    ),
+    key!(
         "SESSION_IMAGE",
         Plain,
         Some("deskgate/desktop:local"),
@@ -583,6 +589,9 @@ pub struct Config {
     pub launcher_token: Option<Secret>,
     /// Address `deskgate launcher` listens on.
     pub launcher_bind: SocketAddr,
+    /// The host number a launcher manages; `None` = every session container
+    /// on its Docker daemon.
+    pub launcher_host: Option<u16>,
     /// Desktop image.
     pub session_image: String,
     /// Session container memory limit in bytes.
@@ -942,6 +951,10 @@ impl Config {
         })
         .unwrap_or_default();
         let launcher_bind = parse_key(raw, "LAUNCHER_BIND", p, parse_socket_addr);
+        let launcher_host = parse_key(raw, "LAUNCHER_HOST", p, |t| {
+            t.parse::<u16>()
+                .map_err(|_| format!("`{t}` is not a host number from 0 to 65535"))
+        });
         let session_image = parse_key(raw, "SESSION_IMAGE", p, |t| {
             if t.is_empty() || t.contains(char::is_whitespace) {
                 Err("must be an image reference such as deskgate/desktop@sha256:…".to_string())
@@ -1060,6 +1073,7 @@ impl Config {
             launcher_urls,
             launcher_token: secret("LAUNCHER_TOKEN"),
             launcher_bind: launcher_bind?,
+            launcher_host,
             session_image: session_image?,
             session_memory_bytes: session_memory_bytes?,
             session_nano_cpus: session_nano_cpus?,
@@ -1131,6 +1145,17 @@ impl Config {
                     "must be an https:// URL when TLS is on (browsers reach the gate over HTTPS)",
                 ));
             }
+        }
+
+        // The gate's own Docker is host 0; a gate with launchers runs no containers.
+        if role == Role::Serve
+            && self.launcher_urls.is_empty()
+            && self.launcher_host.is_some_and(|host| host != 0)
+        {
+            problems.push(Problem::new(
+                "LAUNCHER_HOST",
+                "is a `deskgate launcher` setting; a gate on local Docker is host 0: unset it",
+            ));
         }
 
         let runs_containers = role == Role::Launcher || self.launcher_urls.is_empty();
@@ -1426,6 +1451,27 @@ mod tests {
     fn half_a_tls_pair_is_a_problem() {
         let loaded = load(None, env(&[("DESKGATE_TLS_CERT", "/c.pem")]), Role::Serve);
         assert_eq!(variables(&loaded.problems), ["DESKGATE_TLS_KEY"]);
+    }
+
+    #[test]
+    fn a_launcher_host_number_is_read_and_a_local_gate_is_host_0() {
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_LAUNCHER_HOST", "2"),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Launcher,
+        );
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        assert_eq!(loaded.config.unwrap().launcher_host, Some(2));
+
+        let bad = load(None, env(&[("DESKGATE_LAUNCHER_HOST", "-1")]), Role::Serve);
+        assert_eq!(variables(&bad.problems), ["DESKGATE_LAUNCHER_HOST"]);
+        let local = load(None, env(&[("DESKGATE_LAUNCHER_HOST", "1")]), Role::Serve);
+        assert_eq!(variables(&local.problems), ["DESKGATE_LAUNCHER_HOST"]);
+        let zero = load(None, env(&[("DESKGATE_LAUNCHER_HOST", "0")]), Role::Serve);
+        assert!(zero.problems.is_empty(), "{:?}", zero.problems);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! hardened container per session (DESIGN.md §8):
 //!
 //! - name `deskgate-session-<id>`, labels `deskgate.session=<id>`,
-//!   `deskgate.gpus=<comma list of device indices>`, `deskgate.host=<n>`;
+//!   `deskgate.gpus=<comma list of device indices>`, `deskgate.host=<n>`
+//!   (the host number the gate launched it for; the session network carries
+//!   the session and host labels too);
 //! - non-root user, `cap_drop: ALL`, `no-new-privileges`, read-only root with
 //!   size-limited `noexec,nosuid` tmpfs for `/tmp` and `/home`, pids, memory
 //!   and CPU limits, never privileged, no binds or mounts (so never the Docker
@@ -37,6 +39,17 @@
 //! endpoint attached to it), not through a host route. That is deliberate: the
 //! desktop gets its traffic only through the gate's relay.
 //!
+//! # Several launchers on one Docker daemon
+//!
+//! With [`LauncherSettings::host`] unset the launcher treats every
+//! `deskgate.session` container on the daemon as its own: listing, start-up
+//! recovery, reconciliation and exit watching see them all. With it set to
+//! `n` (`DESKGATE_LAUNCHER_HOST`) it sees only containers (and networks)
+//! labelled `deskgate.host=n`, refuses launches for another host number,
+//! and a stop leaves another host's container alone, so that launchers
+//! for several host numbers can share one daemon without adopting, removing
+//! or reporting each other's containers.
+//!
 //! Exits are watched on Docker's event stream (`die`/`oom`/`kill` of labelled
 //! containers), reconnecting when it breaks; exits caused by [`Launcher::stop`]
 //! are not reported. Errors carry Docker's message but never the environment
@@ -55,8 +68,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    InspectNetworkOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use deskgate_actors::ports::{
     ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
@@ -113,6 +126,11 @@ pub struct LauncherSettings {
     /// Whether the host has the NVIDIA container runtime: only then are GPUs
     /// passed as device requests (labels and `DESKGATE_GPUS` are set anyway).
     pub gpu_runtime: bool,
+    /// The host number this launcher manages (`DESKGATE_LAUNCHER_HOST`):
+    /// when set it sees only containers labelled `deskgate.host=<n>` and
+    /// launches only for that host; `None` manages every session container
+    /// on the daemon. See the module docs.
+    pub host: Option<u16>,
 }
 
 impl LauncherSettings {
@@ -132,6 +150,7 @@ impl LauncherSettings {
             extra_env: Vec::new(),
             stop_grace: Duration::from_secs(10),
             gpu_runtime: true,
+            host: None,
         }
     }
 
@@ -160,6 +179,7 @@ impl LauncherSettings {
             stop_grace: config.session_stop_grace,
             // Virtual GPUs have no device to pass through.
             gpu_runtime: !matches!(config.gpus, crate::gpu::GpuSelection::Fake(_)),
+            host: config.launcher_host,
             ..Self::new("")
         }
     }
@@ -267,10 +287,23 @@ fn session_of(labels: Option<&HashMap<String, String>>) -> Option<SessionId> {
 }
 
 fn host_of(labels: Option<&HashMap<String, String>>) -> u16 {
+    labelled_host(labels).unwrap_or(0)
+}
+
+/// The host number in `labels`, if they carry one.
+fn labelled_host(labels: Option<&HashMap<String, String>>) -> Option<u16> {
+    labels?.get(LABEL_HOST)?.parse().ok()
+}
+
+/// The `label` filter values that select the session containers (and
+/// networks, and their events) a launcher scoped to `host` manages: every
+/// session one without a scope. Docker requires all of them to match.
+fn label_filter(host: Option<u16>) -> Vec<String> {
+    let mut labels = vec![LABEL_SESSION.to_string()];
+    if let Some(host) = host {
+        labels.push(format!("{LABEL_HOST}={host}"));
+    }
     labels
-        .and_then(|l| l.get(LABEL_HOST))
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(0)
 }
 
 /// How long a stop keeps suppressing its container's `die` event. Entries
@@ -411,7 +444,7 @@ impl DockerLauncher {
         }
     }
 
-    async fn create_network(&self, session: SessionId) -> Result<(), LaunchError> {
+    async fn create_network(&self, session: SessionId, host: u16) -> Result<(), LaunchError> {
         let request = NetworkCreateRequest {
             name: network_name(session),
             driver: Some("bridge".into()),
@@ -428,10 +461,10 @@ impl DockerLauncher {
                     "true".to_string(),
                 ),
             ])),
-            labels: Some(HashMap::from([(
-                LABEL_SESSION.to_string(),
-                session.to_string(),
-            )])),
+            labels: Some(HashMap::from([
+                (LABEL_SESSION.to_string(), session.to_string()),
+                (LABEL_HOST.to_string(), host.to_string()),
+            ])),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -449,7 +482,7 @@ impl DockerLauncher {
     pub async fn create(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let session = spec.session;
         let name = container_name(session);
-        self.create_network(session).await?;
+        self.create_network(session, spec.host).await?;
         let secret = random_secret();
         let config = self.container_config(spec, &secret);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -497,9 +530,33 @@ impl DockerLauncher {
         Ok(())
     }
 
+    /// Whether this launcher is scoped to a host number and the session's
+    /// container (or, without one, its network) is labelled with another:
+    /// then it belongs to another launcher sharing the daemon.
+    async fn owned_elsewhere(&self, session: SessionId) -> bool {
+        let Some(host) = self.settings.host else {
+            return false;
+        };
+        let labels = match self
+            .docker
+            .inspect_container(&container_name(session), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(container) => container.config.and_then(|c| c.labels),
+            Err(_) => self
+                .docker
+                .inspect_network(&network_name(session), None::<InspectNetworkOptions>)
+                .await
+                .ok()
+                .and_then(|n| n.labels),
+        };
+        labelled_host(labels.as_ref()).is_some_and(|owner| owner != host)
+    }
+
     /// The containers labelled as deskgate sessions; stopped ones too if `all`.
     async fn session_containers(&self, all: bool) -> Result<Vec<ContainerSummary>, LaunchError> {
-        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let labels = label_filter(self.settings.host);
+        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
         let options = ListContainersOptionsBuilder::default()
             .all(all)
             .filters(&filters)
@@ -603,7 +660,8 @@ impl DockerLauncher {
             });
         }
         // Networks left behind without a container (a crash between steps).
-        let filters = HashMap::from([("label", vec![LABEL_SESSION])]);
+        let labels = label_filter(self.settings.host);
+        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
         let options = ListNetworksOptionsBuilder::default()
             .filters(&filters)
             .build();
@@ -630,6 +688,15 @@ impl DockerLauncher {
 impl Launcher for DockerLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let session = spec.session;
+        if let Some(host) = self.settings.host
+            && spec.host != host
+        {
+            return Err(LaunchError(format!(
+                "this launcher is host {host} (DESKGATE_LAUNCHER_HOST) but was asked to launch \
+                 for host {}: list the launchers in DESKGATE_LAUNCHER_URLS in host order",
+                spec.host
+            )));
+        }
         let name = container_name(session);
         // A retried launch of a session that already runs is the same launch.
         if let Ok(existing) = self
@@ -657,6 +724,10 @@ impl Launcher for DockerLauncher {
 
     async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
         let name = container_name(session);
+        if self.owned_elsewhere(session).await {
+            tracing::debug!(%session, "the session's container belongs to another host; left alone");
+            return Ok(());
+        }
         self.shared.mark_stopping(session);
         let grace = self
             .settings
@@ -696,7 +767,8 @@ impl Launcher for DockerLauncher {
     fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
         let docker = self.docker.clone();
         let shared = self.shared.clone();
-        tokio::spawn(watch_events(docker, shared, sink));
+        let labels = label_filter(self.settings.host);
+        tokio::spawn(watch_events(docker, shared, labels, sink));
     }
 }
 
@@ -715,6 +787,7 @@ struct WatchState {
 async fn watch_events(
     docker: Docker,
     shared: Arc<Shared>,
+    labels: Vec<String>,
     sink: mpsc::UnboundedSender<ContainerExit>,
 ) {
     // Resume from the watcher's start, so that a break before the first
@@ -730,7 +803,7 @@ async fn watch_events(
     loop {
         let filters = HashMap::from([
             ("type", vec!["container"]),
-            ("label", vec![LABEL_SESSION]),
+            ("label", labels.iter().map(String::as_str).collect()),
             ("event", vec!["die", "oom", "kill"]),
         ]);
         let mut builder = EventsOptionsBuilder::default().filters(&filters);
@@ -852,6 +925,38 @@ mod tests {
         s.image_digest = Some(format!("sha256:{}", "a".repeat(64)));
         assert!(s.validate().is_ok());
         assert_eq!(s.image_ref(), format!("img@sha256:{}", "a".repeat(64)));
+    }
+
+    #[test]
+    fn a_host_scope_filters_on_the_host_label_too() {
+        assert_eq!(label_filter(None), vec![LABEL_SESSION.to_string()]);
+        assert_eq!(
+            label_filter(Some(3)),
+            vec![LABEL_SESSION.to_string(), "deskgate.host=3".to_string()]
+        );
+        let labels = HashMap::from([(LABEL_HOST.to_string(), "7".to_string())]);
+        assert_eq!(labelled_host(Some(&labels)), Some(7));
+        assert_eq!(labelled_host(None), None);
+        assert_eq!(host_of(Some(&HashMap::new())), 0);
+    }
+
+    #[tokio::test]
+    async fn a_scoped_launcher_refuses_launches_for_another_host() {
+        let mut settings = LauncherSettings::new("img");
+        settings.host = Some(1);
+        // Refused before Docker is asked (this client reaches no daemon).
+        let err = make_launcher(settings)
+            .launch(&LaunchSpec {
+                session: SessionId::new(),
+                host: 0,
+                gpu_indices: vec![0],
+            })
+            .await
+            .expect_err("host 0 refused by host 1");
+        assert!(
+            err.0.contains("host 1") && err.0.contains("host 0"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

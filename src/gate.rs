@@ -23,6 +23,7 @@ use deskgate_actors::supervisor::{
     SupervisorMsg,
 };
 use ractor::ActorRef;
+use ractor::rpc::CallResult;
 
 use crate::db::DbPool;
 use crate::ledger::{BatchingLedger, PgLedger};
@@ -87,6 +88,8 @@ pub struct Gate {
 
 impl Gate {
     /// Starts the tree over `gpus` (recovering what a previous run left).
+    /// Fails, having ended nothing, when recovery cannot read the session
+    /// store or the launcher's containers (a GPU host down): retry later.
     pub async fn start(
         pool: DbPool,
         launcher: Arc<dyn Launcher>,
@@ -110,8 +113,23 @@ impl Gate {
         let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| GateError(e.to_string()))?;
+        // Recovery runs first thing in the supervisor, however long it takes
+        // (it lists every host's containers and may stop orphans); if it
+        // failed (the store or a launcher could not be read) the supervisor
+        // has stopped and this question is dropped unanswered: an error to
+        // retry, not a gate.
+        let answer = supervisor
+            .call(|reply| SupervisorMsg::Recovery { reply }, None)
+            .await;
+        let Ok(CallResult::Success(report)) = answer else {
+            supervisor.stop(None);
+            return Err(GateError(
+                "recovery did not complete: the session store or a launcher could not be read \
+                 (see the error logged before this)"
+                    .into(),
+            ));
+        };
         let gate = Self { supervisor, ledger };
-        let report = gate.recovery().await;
         tracing::info!(
             adopted = report.adopted.len(),
             requeued = report.requeued.len(),

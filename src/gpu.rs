@@ -7,7 +7,7 @@ use std::str::FromStr;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
 use nvml_wrapper::error::NvmlError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest `fake:N` accepted; enough for benchmarks, small enough to
 /// catch typos.
@@ -68,7 +68,7 @@ impl fmt::Display for GpuSelection {
 }
 
 /// Whether a GPU can take work.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
 pub enum GpuHealth {
     /// NVML answers and reports no uncorrected memory errors.
@@ -77,8 +77,9 @@ pub enum GpuHealth {
     Unhealthy(String),
 }
 
-/// One GPU as the inventory reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One GPU as the inventory reports it (and a launcher's `GET /v1/gpus`
+/// answers, which the gate reads back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// NVML index (the Docker device id).
     pub index: u32,

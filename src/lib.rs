@@ -14,6 +14,7 @@ pub mod docker_launcher;
 pub mod gate;
 pub mod gpu;
 pub mod http;
+pub mod launcher_pool;
 pub mod launcher_service;
 pub mod ledger;
 pub mod pricing;

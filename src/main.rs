@@ -27,7 +27,7 @@ use deskgate::session_store::PgSessionStore;
 use deskgate::sign_in::SignIn;
 use deskgate::tickets::TicketBook;
 use deskgate::tiers::{TierOracle, TieredPricer};
-use deskgate::{db, gpu, launcher_service, telemetry};
+use deskgate::{db, gpu, launcher_pool, launcher_service, telemetry};
 use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
 use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
@@ -264,7 +264,10 @@ fn metrics_listener(
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    log_inventory(&config).await?;
+    // With remote launchers the GPUs are theirs; the gate host may have none.
+    if config.launcher_urls.is_empty() {
+        log_inventory(&config).await?;
+    }
     let mut dependencies = Vec::new();
     let mut api = None;
     if let Some(url) = &config.database_url {
@@ -396,15 +399,38 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
     })
 }
 
-/// The actor tree on local Docker, or `None` with remote launchers (not
-/// wired into the gate yet: the launcher service and [`deskgate::remote_launcher`]
-/// exist, scheduling across hosts does not).
+/// The actor tree on local Docker, or across the GPU hosts of
+/// `DESKGATE_LAUNCHER_URLS` (host = position in the list) when it is set.
 async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Option<SessionDesk>> {
+    let settings = SessionSettings {
+        billing_interval: config.billing_interval,
+        presence_timeout: config.presence_timeout,
+        ..SessionSettings::default()
+    };
+    let desk = |gate| SessionDesk {
+        gate,
+        store: PgSessionStore::new(pool.clone()),
+        public_origin: config.public_url.origin().ascii_serialization(),
+        presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
+    };
     if !config.launcher_urls.is_empty() {
-        tracing::warn!(
-            "sessions are off: scheduling across DESKGATE_LAUNCHER_URLS is not built yet; unset it to run sessions on local Docker"
+        // The launchers own their GPUs: no local NVML health feed here; a
+        // GPU its launcher reported unhealthy starts unhealthy.
+        let token = config
+            .launcher_token
+            .clone()
+            .context("DESKGATE_LAUNCHER_TOKEN is not set")?;
+        let found = launcher_pool::discover(&config.launcher_urls, &token).await?;
+        tracing::info!(
+            hosts = found.pool.len(),
+            gpus = found.gpus.len(),
+            "scheduling across remote launchers"
         );
-        return Ok(None);
+        let gate = Gate::start(pool.clone(), Arc::new(found.pool), found.gpus, settings).await?;
+        for (gpu, reason) in found.unhealthy {
+            gate.set_health(gpu, Some(reason));
+        }
+        return Ok(Some(desk(gate)));
     }
     let selection = config.gpus.clone();
     let indices: Vec<u32> = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
@@ -417,11 +443,6 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         .map(|&index| GpuAddr { host: 0, index })
         .collect();
     let launcher = Arc::new(docker_launcher(config).await?);
-    let settings = SessionSettings {
-        billing_interval: config.billing_interval,
-        presence_timeout: config.presence_timeout,
-        ..SessionSettings::default()
-    };
     let gate = Gate::start(pool.clone(), launcher, gpus, settings).await?;
     let health_gate = gate.clone();
     gpu::spawn_health_feed(
@@ -430,12 +451,7 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         GPU_HEALTH_INTERVAL,
         move |index, unhealthy| health_gate.set_health(GpuAddr { host: 0, index }, unhealthy),
     );
-    Ok(Some(SessionDesk {
-        gate,
-        store: PgSessionStore::new(pool),
-        public_origin: config.public_url.origin().ascii_serialization(),
-        presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
-    }))
+    Ok(Some(desk(gate)))
 }
 
 /// Migrates (unless disabled), then starts the session tree, retrying with

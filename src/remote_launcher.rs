@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
+use crate::gpu::GpuInfo;
 use crate::launcher_service::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
 use crate::secret::Secret;
 
@@ -114,6 +115,16 @@ impl RemoteLauncher {
             text("title"),
             text("detail")
         )))
+    }
+
+    /// The launcher host's GPU inventory (`GET /v1/gpus`), read fresh.
+    pub async fn gpus(&self) -> Result<Vec<GpuInfo>, LaunchError> {
+        let request = self.client.get(self.url("v1/gpus")?);
+        let response = self.send("list GPUs", request).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))
     }
 
     fn events_request(

@@ -263,6 +263,19 @@ pub struct SupervisorState {
     sessions: HashMap<SessionId, SessionEntry>,
     by_actor: HashMap<ActorId, SessionId>,
     recovery: RecoveryReport,
+    /// The task that forwards container exits; it ends with the state, so a
+    /// tree that stops (a failed recovery included) lets go of the
+    /// launcher's exit watchers.
+    _exit_forwarder: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for SupervisorState {
@@ -306,7 +319,7 @@ impl Actor for Supervisor {
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ContainerExit>();
         args.launcher.watch_exits(exit_tx);
         let me = myself.clone();
-        tokio::spawn(async move {
+        let forwarder = tokio::spawn(async move {
             while let Some(exit) = exit_rx.recv().await {
                 if me.cast(SupervisorMsg::ContainerExited(exit)).is_err() {
                     break;
@@ -323,6 +336,7 @@ impl Actor for Supervisor {
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             recovery: RecoveryReport::default(),
+            _exit_forwarder: AbortOnDrop(forwarder.abort_handle()),
         })
     }
 
@@ -331,7 +345,12 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.recovery = state.recover(&myself).await?;
+        // A store or launcher that cannot be read (a GPU host down) fails
+        // recovery before anything is changed: the tree stops rather than
+        // end sessions it could not check, and its starter retries.
+        state.recovery = state.recover(&myself).await.inspect_err(|err| {
+            tracing::error!(error = %err, "recovery failed; the actor tree stops");
+        })?;
         tracing::info!(
             adopted = state.recovery.adopted.len(),
             requeued = state.recovery.requeued.len(),
