@@ -129,6 +129,18 @@ fn number(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Each row as a record with the credit-seconds it bought, if credited.
+fn with_credit(
+    rows: Vec<DepositRow>,
+) -> Result<Vec<(DepositRecord, Option<CreditSeconds>)>, BookError> {
+    rows.into_iter()
+        .map(|row| {
+            let credit = row.credit_seconds;
+            row.into_record().map(|r| (r, credit))
+        })
+        .collect()
+}
+
 impl DepositRow {
     fn into_record(self) -> Result<DepositRecord, BookError> {
         let amount =
@@ -306,12 +318,7 @@ impl PgDepositBook {
         .load(&mut conn)
         .await
         .map_err(db_error)?;
-        rows.into_iter()
-            .map(|row| {
-                let credit = row.credit_seconds;
-                row.into_record().map(|r| (r, credit))
-            })
-            .collect()
+        with_credit(rows)
     }
 
     /// Every recorded deposit of transaction `tx_hash`, by log index.
@@ -328,12 +335,7 @@ impl PgDepositBook {
         .load(&mut conn)
         .await
         .map_err(db_error)?;
-        rows.into_iter()
-            .map(|row| {
-                let credit = row.credit_seconds;
-                row.into_record().map(|r| (r, credit))
-            })
-            .collect()
+        with_credit(rows)
     }
 
     /// Records deposits found by a direct check as pending (see [`upsert_deposits`]).
