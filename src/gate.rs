@@ -121,7 +121,8 @@ impl Gate {
         let answer = supervisor
             .call(|reply| SupervisorMsg::Recovery { reply }, None)
             .await;
-        let Ok(CallResult::Success(report)) = answer else {
+        // The supervisor has logged what recovery did.
+        let Ok(CallResult::Success(_)) = answer else {
             supervisor.stop(None);
             return Err(GateError(
                 "recovery did not complete: the session store or a launcher could not be read \
@@ -129,15 +130,7 @@ impl Gate {
                     .into(),
             ));
         };
-        let gate = Self { supervisor, ledger };
-        tracing::info!(
-            adopted = report.adopted.len(),
-            requeued = report.requeued.len(),
-            ended = report.ended.len(),
-            orphans_removed = report.orphans_removed.len(),
-            "sessions recovered"
-        );
-        Ok(gate)
+        Ok(Self { supervisor, ledger })
     }
 
     /// What recovery did at start.

@@ -117,7 +117,7 @@ impl SessionStore for PgSessionStore {
             .await
             .map_err(|e| failed("load_active", e))?;
         let rows = sessions::table
-            .filter(sessions::state.ne(state_name(SessionState::Ended)))
+            .filter(sessions::state.ne(SessionState::Ended.as_str()))
             .order((sessions::created_at.asc(), sessions::id.asc()))
             .select(SessionRow::as_select())
             .load(&mut conn)
@@ -187,7 +187,7 @@ impl SessionRow {
             address: record.wallet.as_str().to_owned(),
             gpus: i32::try_from(record.gpus)
                 .map_err(|_| refuse(format!("{} GPUs is out of range", record.gpus)))?,
-            state: state_name(record.state).to_owned(),
+            state: record.state.as_str().to_owned(),
             host,
             gpu_indices,
             container_id: record.container_id.clone(),
@@ -243,25 +243,6 @@ impl SessionRow {
     }
 }
 
-/// The `state` column's spelling of a state (the same as the API's).
-/// The name a state has in the `sessions` table and the API.
-pub fn state_name(state: SessionState) -> &'static str {
-    match state {
-        SessionState::Queued => "queued",
-        SessionState::Launching => "launching",
-        SessionState::Running => "running",
-        SessionState::Stopping => "stopping",
-        SessionState::Ended => "ended",
-    }
-}
-
 fn parse_state(name: &str) -> Option<SessionState> {
-    Some(match name {
-        "queued" => SessionState::Queued,
-        "launching" => SessionState::Launching,
-        "running" => SessionState::Running,
-        "stopping" => SessionState::Stopping,
-        "ended" => SessionState::Ended,
-        _ => return None,
-    })
+    SessionState::ALL.into_iter().find(|s| s.as_str() == name)
 }

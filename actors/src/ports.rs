@@ -133,6 +133,28 @@ pub enum SessionState {
     Ended,
 }
 
+impl SessionState {
+    /// Every state, in life order.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Launching,
+        Self::Running,
+        Self::Stopping,
+        Self::Ended,
+    ];
+
+    /// Its name in the API, the `sessions` table and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Launching => "launching",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Ended => "ended",
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]

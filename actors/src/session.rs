@@ -231,7 +231,7 @@ const SESSIONS_GAUGE: &str = "deskgate_sessions_current";
 
 impl StateGauge {
     fn set(&mut self, state: Option<SessionState>) {
-        let label = state.map(state_label);
+        let label = state.map(SessionState::as_str);
         if label == self.0 {
             return;
         }
@@ -248,16 +248,6 @@ impl StateGauge {
 impl Drop for StateGauge {
     fn drop(&mut self) {
         self.set(None);
-    }
-}
-
-fn state_label(state: SessionState) -> &'static str {
-    match state {
-        SessionState::Queued => "queued",
-        SessionState::Launching => "launching",
-        SessionState::Running => "running",
-        SessionState::Stopping => "stopping",
-        SessionState::Ended => "ended",
     }
 }
 

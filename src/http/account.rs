@@ -12,11 +12,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
+use deskgate_actors::ports::WalletId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Problem;
 use super::api::{Api, signed_in};
+use super::sessions::ledger_unavailable;
 use crate::chain::address20;
 use crate::config::{Config, Confirmations};
 use crate::deposit_store::amount_u256;
@@ -80,15 +82,6 @@ fn bad_query(rejection: QueryRejection) -> Problem {
         "The query string is not what this endpoint takes",
     )
     .detail(rejection.body_text())
-}
-
-fn unavailable() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ledger-unavailable",
-        "Your account cannot be read right now",
-    )
-    .detail("the database did not answer; try again")
 }
 
 fn confirmations_json(confirmations: Confirmations) -> Value {
@@ -194,21 +187,8 @@ async fn quote(
             format!("minutes must be 1 to {MAX_QUOTE_MINUTES}"),
         ));
     }
-    let Some(desk) = &api.deposits else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deposits-disabled",
-            "Deposits are not configured",
-        )
-        .detail("the gate needs DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS"));
-    };
-    let address: Address = wallet.as_str().parse().map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "bad-wallet",
-            "The signed-in wallet is not an address",
-        )
-    })?;
+    let desk = api.deposit_desk()?;
+    let address = wallet_address(&wallet)?;
     let gpu_seconds = query.minutes * 60 * u64::from(profile.gpus);
     let discount = desk
         .pricer
@@ -242,6 +222,24 @@ pub(super) struct PageQuery {
     before: Option<i64>,
 }
 
+impl PageQuery {
+    /// Lines asked for: 50 unless said, at most [`MAX_PAGE`].
+    fn limit(&self) -> i64 {
+        self.limit.unwrap_or(50).clamp(1, MAX_PAGE)
+    }
+}
+
+/// The signed-in wallet as an address (sign-in only admits addresses).
+fn wallet_address(wallet: &WalletId) -> Result<Address, Problem> {
+    wallet.as_str().parse().map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad-wallet",
+            "The signed-in wallet is not an address",
+        )
+    })
+}
+
 #[utoipa::path(get, path = "/api/v1/account/ledger", tag = "money", security(("bearer" = []), ("cookie" = [])),
     params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("before" = Option<i64>, Query, description = "only transactions older than this id")),
     responses((status = 200, description = "the wallet's ledger lines, newest first, and next_before", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
@@ -252,14 +250,14 @@ async fn statement(
 ) -> Result<Json<Value>, Problem> {
     let wallet = signed_in(&api, &headers).await?;
     let Query(page) = query.map_err(bad_query)?;
-    let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let limit = page.limit();
     let lines = api
         .ledger
         .statement(&wallet, limit, page.before)
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "cannot read a statement");
-            unavailable()
+            ledger_unavailable()
         })?;
     // A full page may have more behind it: the client asks again with
     // `before` set to the last transaction id it saw.
@@ -285,15 +283,15 @@ pub(super) async fn deposits(
     let Some(desk) = &api.deposits else {
         return Ok(Json(json!({ "deposits": [] })));
     };
-    let from: Address = wallet.as_str().parse().map_err(|_| unavailable())?;
-    let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let from = wallet_address(&wallet)?;
+    let limit = page.limit();
     let rows = desk
         .book
         .deposits_from(address20(from), limit)
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "cannot list deposits");
-            unavailable()
+            ledger_unavailable()
         })?;
     let list: Vec<Value> = rows
         .iter()

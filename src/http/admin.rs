@@ -12,7 +12,7 @@ use std::sync::Arc;
 use alloy::primitives::Address;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deskgate_actors::gpu::{GpuStatus, Lease};
@@ -21,8 +21,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Problem;
+use super::api::bearer_token;
 use super::api::{Api, bad_json};
-use super::sessions::{SessionDesk, desk, parse_id, record_json, unknown_session};
+use super::sessions::{
+    SessionDesk, desk, parse_id, record_json, scheduler_silent, unknown_session,
+};
 use crate::audit;
 use crate::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
 
@@ -51,10 +54,7 @@ fn authorised(api: &Api, headers: &HeaderMap) -> Result<(), Problem> {
         )
         .detail("set DESKGATE_ADMIN_TOKEN to turn it on"));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = bearer_token(headers);
     match presented {
         Some(token) if expected.matches(token.as_bytes()) => Ok(()),
         _ => {
@@ -98,14 +98,6 @@ async fn audited(
         })
 }
 
-fn scheduler_silent() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "scheduler-silent",
-        "The scheduler did not answer",
-    )
-}
-
 #[utoipa::path(get, path = "/api/v1/admin/sessions", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Object, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Object, content_type = "application/problem+json")))]
 async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
@@ -124,7 +116,7 @@ async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Jso
         let mut row = record_json(record);
         row["address"] = json!(record.wallet.as_str());
         if let Some(view) = desk.gate.view(record.id).await {
-            row["state"] = json!(crate::session_store::state_name(view.record.state));
+            row["state"] = json!(view.record.state.as_str());
             row["seconds_left"] = json!(view.seconds_left);
             row["queue_position"] = json!(view.queue.map(|q| q.position));
         }

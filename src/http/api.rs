@@ -81,6 +81,20 @@ pub struct DepositDesk {
     pub pricer: Arc<TieredPricer>,
 }
 
+impl Api {
+    /// Deposit checks, or the 503 that says how to turn them on.
+    pub(crate) fn deposit_desk(&self) -> Result<&DepositDesk, Problem> {
+        self.deposits.as_ref().ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deposits-disabled",
+                "Deposits are not configured",
+            )
+            .detail("the gate needs DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS")
+        })
+    }
+}
+
 /// The API's routes.
 pub fn routes(api: Arc<Api>) -> Router {
     let mut routes = Router::new();
@@ -136,13 +150,17 @@ fn sign_in_problem(err: &SignInError) -> Problem {
         .with("reason", json!(err.code()))
 }
 
-/// The token from `Authorization: Bearer` or the cookie.
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
+/// The token of `Authorization: Bearer <token>`, if sent.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    bearer.or_else(|| {
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The token from `Authorization: Bearer` or the cookie.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    bearer_token(headers).or_else(|| {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -266,14 +284,7 @@ async fn deposit(
 ) -> Result<Response, Problem> {
     signed_in(&api, &headers).await?;
     let Json(request) = body.map_err(bad_json)?;
-    let Some(desk) = &api.deposits else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deposits-disabled",
-            "Deposits are not configured",
-        )
-        .detail("the gate needs DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS"));
-    };
+    let desk = api.deposit_desk()?;
     match check_transaction(&desk.chain, &desk.book, desk.required, request.tx_hash).await {
         Ok(check) => Ok(Json(check).into_response()),
         Err(err) => {

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::Problem;
 use super::api::{Api, bad_json, signed_in};
 use crate::gate::{Gate, PROFILES, profile_name, profile_named};
-use crate::session_store::{PgSessionStore, state_name};
+use crate::session_store::PgSessionStore;
 use crate::tickets::Purpose;
 
 /// Largest message a browser may send on the events socket: it is a control
@@ -88,13 +88,33 @@ pub(crate) fn unknown_session() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
 }
 
-fn ledger_unavailable() -> Problem {
+pub(crate) fn ledger_unavailable() -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "ledger-unavailable",
         "Credit cannot be read right now",
     )
     .detail("the database did not answer; try again")
+}
+
+pub(crate) fn scheduler_silent() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "scheduler-silent",
+        "The scheduler did not answer",
+    )
+}
+
+/// What every owner-only session route checks first, in this order: signed
+/// in (401), sessions up (503), a well-formed id (404).
+async fn owner_call<'a>(
+    api: &'a Api,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(WalletId, &'a SessionDesk, SessionId), Problem> {
+    let wallet = signed_in(api, headers).await?;
+    let desk = desk(api)?;
+    Ok((wallet, desk, parse_id(id)?))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<SessionId, Problem> {
@@ -138,7 +158,7 @@ pub(crate) fn record_json(record: &SessionRecord) -> Value {
         "id": record.id.to_string(),
         "profile": profile_name(record.gpus),
         "gpus": record.gpus,
-        "state": state_name(record.state),
+        "state": record.state.as_str(),
         "gpu_ids": record.gpu_addrs.iter().map(|g| g.index).collect::<Vec<_>>(),
         "host": record.gpu_addrs.first().map(|g| g.host),
         "billed_credit_seconds": record.billed_credit,
@@ -164,13 +184,7 @@ fn shown_json(shown: &Shown) -> Value {
     responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
 async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
     let desk = desk(&api)?;
-    let snapshot = desk.gate.snapshot().await.ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "scheduler-silent",
-            "The scheduler did not answer",
-        )
-    })?;
+    let snapshot = desk.gate.snapshot().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = PROFILES
         .iter()
         .map(|p| {
@@ -286,7 +300,7 @@ async fn claim(
         Json(json!({
             "id": handle.id.to_string(),
             "profile": profile.name,
-            "state": state_name(state),
+            "state": state.as_str(),
             "queue_position": queue.map(|q| q.position),
             "eta_seconds": queue.and_then(|q| q.eta_seconds),
         })),
@@ -302,9 +316,8 @@ async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
-    let shown = owned(desk, &wallet, parse_id(&id)?).await?;
+    let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
+    let shown = owned(desk, &wallet, id).await?;
     Ok(Json(shown_json(&shown)))
 }
 
@@ -316,9 +329,7 @@ async fn stop(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
-    let id = parse_id(&id)?;
+    let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
     if let Shown::Live(_) = owned(desk, &wallet, id).await? {
         desk.gate.stop(id, EndReason::UserStopped).await;
     }
@@ -334,9 +345,7 @@ async fn heartbeat(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
-    let id = parse_id(&id)?;
+    let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
     let shown = owned(desk, &wallet, id).await?;
     if let Shown::Live(_) = shown {
         desk.gate.presence(id);
@@ -371,9 +380,7 @@ async fn ticket(
     Path(id): Path<String>,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
-    let id = parse_id(&id)?;
+    let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
     let Json(request) = body.map_err(bad_json)?;
     let Shown::Live(view) = owned(desk, &wallet, id).await? else {
         return Err(Problem::new(
@@ -390,7 +397,7 @@ async fn ticket(
         )
         .detail(format!(
             "the session is {}; ask again once it runs",
-            state_name(view.record.state)
+            view.record.state.as_str()
         )));
     }
     let issued = api
@@ -470,7 +477,7 @@ fn event_json(event: &SessionEvent) -> Value {
     match event {
         SessionEvent::State { state, reason } => json!({
             "type": "state",
-            "state": state_name(*state),
+            "state": state.as_str(),
             "reason": reason_json(reason.as_ref()),
         }),
         SessionEvent::Queue(status) => json!({
