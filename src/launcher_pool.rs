@@ -313,21 +313,10 @@ mod tests {
     const TOKEN: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
 
     /// A host whose launcher cannot be reached.
-    #[derive(Debug)]
-    struct Unreachable;
-
-    #[async_trait]
-    impl Launcher for Unreachable {
-        async fn launch(&self, _: &LaunchSpec) -> Result<String, LaunchError> {
-            Err(LaunchError("connection refused".into()))
-        }
-        async fn stop(&self, _: SessionId) -> Result<(), LaunchError> {
-            Err(LaunchError("connection refused".into()))
-        }
-        async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
-            Err(LaunchError("connection refused".into()))
-        }
-        fn watch_exits(&self, _: mpsc::UnboundedSender<ContainerExit>) {}
+    fn unreachable() -> Arc<FakeLauncher> {
+        let down = Arc::new(FakeLauncher::new());
+        down.set_unreachable(true);
+        down
     }
 
     fn pool_of(launchers: &[Arc<dyn Launcher>]) -> LauncherPool {
@@ -399,7 +388,7 @@ mod tests {
         assert!(a.stopped(unknown) && b.stopped(unknown));
 
         // An unknown session with a host down: the stop is not confirmed.
-        let pool = pool_of(&[a.clone(), Arc::new(Unreachable)]);
+        let pool = pool_of(&[a.clone(), unreachable()]);
         let err = pool.stop(SessionId::new()).await.unwrap_err();
         assert!(err.0.contains("host 1"), "{err}");
     }
@@ -429,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn running_fails_whole_when_one_host_cannot_be_listed() {
         let a = Arc::new(FakeLauncher::new());
-        let pool = pool_of(&[a.clone(), Arc::new(Unreachable)]);
+        let pool = pool_of(&[a.clone(), unreachable()]);
         let session = SessionId::new();
         pool.launch(&spec(session, 0)).await.unwrap();
         let err = pool.running().await.unwrap_err();

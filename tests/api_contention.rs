@@ -128,17 +128,11 @@ async fn two_gpus_five_wallets_two_run_three_queue_and_release_and_cancel_move_t
         "{e_queued}"
     );
     assert!(c_queued["gpu_ids"].as_array().unwrap().is_empty());
-    let (_, profiles) = gate.get("/api/v1/profiles", a).await;
-    let small = profiles
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "small")
-        .unwrap();
+    let small = gate.profile("small").await;
     assert_eq!(
         (small["free"].clone(), small["queued"].clone()),
         (false.into(), 3.into()),
-        "{profiles}"
+        "{small}"
     );
 
     // Each waiter's socket opens on its state and place in the queue.

@@ -272,14 +272,8 @@ async fn kill_9_and_restart_adopts_sessions_without_double_charge_orphans_or_dou
         .await;
     assert_eq!(c_queued["state"], "queued", "{c_queued}");
     assert!(gpu_ids(&c_queued).is_empty(), "{c_queued}");
-    let (_, profiles) = gate.get("/api/v1/profiles", c).await;
-    let small = profiles
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "small")
-        .unwrap();
-    assert_eq!(small["free"], false, "{profiles}");
+    let small = gate.profile("small").await;
+    assert_eq!(small["free"], false, "{small}");
 
     // Billing goes on after the restart.
     let a_path = session_path(&a_claim);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    Deskgate, STRONG_SECRET, ScratchDatabase, as_env, free_port, serve_env, serve_env_with,
-    service_env,
+    Deskgate, STRONG_SECRET, ScratchDatabase, as_env, free_port, scrape_metrics, serve_env,
+    serve_env_with, service_env,
 };
 
 /// Any well-formed wallet address: a nonce is issued for whoever asks.
@@ -192,15 +192,7 @@ async fn oversize_bodies_rate_limits_and_cors_without_a_trusted_proxy() {
     assert!(refused.headers().contains_key("retry-after"));
 
     // Refusals are counted per endpoint class, never per address.
-    let metrics = gate
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&metrics_addr).await;
     for class in ["sign_in", "claim"] {
         let line = format!("deskgate_http_rate_limited_total{{endpoint=\"{class}\"}}");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");

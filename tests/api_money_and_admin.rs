@@ -12,7 +12,7 @@ use alloy::primitives::U256;
 use alloy::signers::local::PrivateKeySigner;
 use serde_json::{Value, json};
 use support::api::{Stage, deposit_eth, session_path};
-use support::{STRONG_SECRET, free_port};
+use support::{STRONG_SECRET, free_port, scrape_metrics};
 
 /// The default price of one GPU-hour, in wei.
 const WEI_PER_GPU_HOUR: u64 = 1_000_000_000_000_000;
@@ -47,6 +47,23 @@ async fn admin(
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET path` with the admin token.
+async fn admin_get(stage: &Stage, path: &str) -> (u16, Value) {
+    admin(stage, reqwest::Method::GET, path, STRONG_SECRET, None).await
+}
+
+/// `POST path` with `body` and the admin token.
+async fn admin_post(stage: &Stage, path: &str, body: Value) -> (u16, Value) {
+    admin(
+        stage,
+        reqwest::Method::POST,
+        path,
+        STRONG_SECRET,
+        Some(body),
+    )
+    .await
 }
 
 fn gpu_states(gpus: &Value) -> Vec<(u64, String)> {
@@ -184,26 +201,18 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
         "address": address, "amount": 300, "reason": "goodwill", "idempotency_key": "t-1",
     });
     for replayed in [false, true] {
-        let (status, adjusted) = admin(
-            &stage,
-            reqwest::Method::POST,
-            "/api/v1/admin/credit",
-            STRONG_SECRET,
-            Some(adjustment.clone()),
-        )
-        .await;
+        let (status, adjusted) =
+            admin_post(&stage, "/api/v1/admin/credit", adjustment.clone()).await;
         assert_eq!(status, 200, "{adjusted}");
         assert_eq!(adjusted["credit_seconds"], 1500);
         assert_eq!(adjusted["replayed"], replayed);
     }
-    let (status, refused) = admin(
+    let (status, refused) = admin_post(
         &stage,
-        reqwest::Method::POST,
         "/api/v1/admin/credit",
-        STRONG_SECRET,
-        Some(json!({
+        json!({
             "address": address, "amount": -5000, "reason": "too much", "idempotency_key": "t-2",
-        })),
+        }),
     )
     .await;
     assert_eq!(status, 409, "{refused}");
@@ -221,14 +230,7 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
         s["state"] == "running"
     })
     .await;
-    let (status, gpus) = admin(
-        &stage,
-        reqwest::Method::GET,
-        "/api/v1/admin/gpus",
-        STRONG_SECRET,
-        None,
-    )
-    .await;
+    let (status, gpus) = admin_get(&stage, "/api/v1/admin/gpus").await;
     assert_eq!(status, 200, "{gpus}");
     let leased: Vec<&Value> = gpus["gpus"]
         .as_array()
@@ -279,23 +281,9 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
 
     // Drain the free GPU: a second wallet's claim waits; undrain grants it.
     let drain_path = format!("/api/v1/admin/gpus/0/{free_index}/drain");
-    let (status, drained) = admin(
-        &stage,
-        reqwest::Method::POST,
-        &drain_path,
-        STRONG_SECRET,
-        Some(json!({"drain": true})),
-    )
-    .await;
+    let (status, drained) = admin_post(&stage, &drain_path, json!({"drain": true})).await;
     assert_eq!(status, 200, "{drained}");
-    let (_, gpus) = admin(
-        &stage,
-        reqwest::Method::GET,
-        "/api/v1/admin/gpus",
-        STRONG_SECRET,
-        None,
-    )
-    .await;
+    let (_, gpus) = admin_get(&stage, "/api/v1/admin/gpus").await;
     assert!(
         gpu_states(&gpus).contains(&(free_index, "draining".to_owned())),
         "{gpus}"
@@ -304,14 +292,7 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
     let waiting = stage.claim(&second, "small").await;
     assert_eq!(waiting["state"], "queued", "{waiting}");
     assert_eq!(waiting["queue_position"], 1, "{waiting}");
-    let (status, _) = admin(
-        &stage,
-        reqwest::Method::POST,
-        &drain_path,
-        STRONG_SECRET,
-        Some(json!({"drain": false})),
-    )
-    .await;
+    let (status, _) = admin_post(&stage, &drain_path, json!({"drain": false})).await;
     assert_eq!(status, 200);
     let second_path = session_path(&waiting);
     gate.wait_for(&second_path, &second, Duration::from_secs(30), |s| {
@@ -320,14 +301,7 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
     .await;
 
     // The operator lists both sessions and ends the second.
-    let (status, sessions) = admin(
-        &stage,
-        reqwest::Method::GET,
-        "/api/v1/admin/sessions",
-        STRONG_SECRET,
-        None,
-    )
-    .await;
+    let (status, sessions) = admin_get(&stage, "/api/v1/admin/sessions").await;
     assert_eq!(status, 200, "{sessions}");
     assert_eq!(sessions["sessions"].as_array().unwrap().len(), 2);
     let second_id = waiting["id"].as_str().unwrap();
@@ -348,14 +322,7 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
     assert_eq!(ended["end_reason"]["kind"], "admin_killed", "{ended}");
 
     // Every change is in the audit log.
-    let (status, audit) = admin(
-        &stage,
-        reqwest::Method::GET,
-        "/api/v1/admin/audit",
-        STRONG_SECRET,
-        None,
-    )
-    .await;
+    let (status, audit) = admin_get(&stage, "/api/v1/admin/audit").await;
     assert_eq!(status, 200, "{audit}");
     let actions: Vec<&str> = audit["entries"]
         .as_array()
@@ -381,15 +348,7 @@ async fn quote_pay_list_adjust_drain_and_kill_are_all_answered_and_audited() {
     assert!(doc["paths"]["/api/v1/admin/credit"]["post"].is_object());
 
     // Metrics: sessions by state and refused admin calls.
-    let metrics = gate
-        .http
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&metrics_addr).await;
     assert!(
         metrics.contains("deskgate_sessions_current{state=\"running\"} 1"),
         "{metrics}"

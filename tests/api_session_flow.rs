@@ -138,14 +138,8 @@ async fn sign_in_deposit_claim_run_bill_and_stop_end_to_end() {
         !networks.contains(&network_name(session)),
         "network removed"
     );
-    let (_, profiles) = gate.get("/api/v1/profiles", &token).await;
-    let small = profiles
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "small")
-        .unwrap();
-    assert_eq!(small["free"], true, "{profiles}");
+    let small = gate.profile("small").await;
+    assert_eq!(small["free"], true, "{small}");
 
     let output = gate.output();
     assert!(!output.contains(&token), "a token leaked into the logs");

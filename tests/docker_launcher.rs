@@ -17,11 +17,11 @@ use deskgate::docker_launcher::{
     DockerLauncher, LABEL_GPUS, LABEL_HOST, LABEL_SESSION, LauncherSettings, container_name,
     network_name,
 };
-use deskgate_actors::ports::{ContainerExit, LaunchSpec, Launcher, SessionId};
+use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::{Cleanup, host_addresses, service_env};
+use support::{Cleanup, host_addresses, next_exit, service_env};
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
@@ -393,25 +393,6 @@ async fn session_cannot_reach_the_database_or_host_services() {
         }
     }
     launcher.stop(session).await.expect("stop");
-}
-
-/// Waits for the exit of `session` on `rx`; returns it with the time it
-/// arrived.
-async fn next_exit(
-    rx: &mut mpsc::UnboundedReceiver<ContainerExit>,
-    session: SessionId,
-    within: Duration,
-) -> ContainerExit {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let exit = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit for {session} within {within:?}"))
-            .expect("watcher alive");
-        if exit.session == session {
-            return exit;
-        }
-    }
 }
 
 /// How long after Docker recorded the container's end the exit arrived.

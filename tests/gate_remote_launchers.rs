@@ -13,7 +13,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use deskgate::docker_launcher::{DockerLauncher, LauncherSettings, container_name, network_name};
 use deskgate::gate::Gate;
 use deskgate::launcher_pool::LauncherPool;
@@ -21,15 +20,15 @@ use deskgate::remote_launcher::RemoteLauncher;
 use deskgate::secret::Secret;
 use deskgate::session_store::PgSessionStore;
 use deskgate_actors::ports::{
-    ContainerExit, GpuAddr, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
-    SessionRecord, SessionState, SessionStore, WalletId,
+    GpuAddr, LaunchSpec, Launcher, RunningContainer, SessionId, SessionRecord, SessionState,
+    SessionStore, WalletId,
 };
 use deskgate_actors::session::SessionSettings;
 use deskgate_actors::testing::FakeLauncher;
-use serde_json::Value;
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
 use support::{
     Cleanup, Deskgate, ScratchDatabase, container_exists, docker_cli, free_port, sleeper_image,
+    spawn_launcher,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -54,15 +53,7 @@ impl LauncherProcess {
             ("DESKGATE_SESSION_MEMORY_MIB", "64".into()),
             ("DESKGATE_SESSION_STOP_GRACE_SECONDS", "0".into()),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut process = Deskgate::spawn(&["launcher"], &env);
-        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        process
-            .wait_ready(
-                &reqwest::Client::new(),
-                url.join("healthz").unwrap().as_str(),
-            )
-            .await;
+        let (process, url) = spawn_launcher(port, &env).await;
         Self { process, url }
     }
 
@@ -83,16 +74,6 @@ fn label(session: SessionId, name: &str) -> String {
         &format!("{{{{index .Config.Labels \"{name}\"}}}}"),
         &container_name(session),
     ])
-}
-
-fn small_is_free(profiles: &Value) -> bool {
-    profiles
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "small")
-        .unwrap()["free"]
-        == true
 }
 
 async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -182,11 +163,8 @@ async fn a_gate_runs_one_session_on_each_of_two_launchers_and_follows_them() {
             1 - host
         );
     }
-    let (status, profiles) = gate
-        .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
-        .await;
-    assert_eq!(status, 200);
-    assert!(!small_is_free(&profiles), "{profiles}");
+    let small = gate.profile("small").await;
+    assert_eq!(small["free"], false, "{small}");
 
     // The user stops the first session: its launcher removes its container.
     let (stopped, stopped_host) = sessions[0];
@@ -234,12 +212,7 @@ async fn a_gate_runs_one_session_on_each_of_two_launchers_and_follows_them() {
     wait_until(
         "both GPUs free again",
         Duration::from_secs(10),
-        async || {
-            let (_, profiles) = gate
-                .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
-                .await;
-            small_is_free(&profiles)
-        },
+        async || gate.profile("small").await["free"] == true,
     )
     .await;
 
@@ -362,23 +335,6 @@ async fn launchers_of_two_hosts_on_one_daemon_keep_to_their_own_containers() {
     assert!(!container_exists(&container_name(half_on_b)));
 }
 
-/// A GPU host whose launcher does not answer.
-struct Unreachable;
-
-#[async_trait]
-impl Launcher for Unreachable {
-    async fn launch(&self, _: &LaunchSpec) -> Result<String, LaunchError> {
-        Err(LaunchError("connection refused".into()))
-    }
-    async fn stop(&self, _: SessionId) -> Result<(), LaunchError> {
-        Err(LaunchError("connection refused".into()))
-    }
-    async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
-        Err(LaunchError("connection refused".into()))
-    }
-    fn watch_exits(&self, _: mpsc::UnboundedSender<ContainerExit>) {}
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_with_a_host_down_fails_the_start_and_ends_nothing() {
     let db = ScratchDatabase::migrated("remote_recovery").await;
@@ -403,22 +359,29 @@ async fn recovery_with_a_host_down_fails_the_start_and_ends_nothing() {
 
     // Host 1 does not answer: the start fails and the session is kept.
     let host0 = Arc::new(FakeLauncher::new());
-    let down = LauncherPool::new(vec![host0.clone(), Arc::new(Unreachable)]).unwrap();
-    let err = Gate::start(pool.clone(), Arc::new(down), gpus.clone(), settings.clone())
-        .await
-        .expect_err("a gate that cannot list host 1 does not start");
-    eprintln!("start with host 1 down: {err}");
-    let kept = store.load(session).await.unwrap().unwrap();
-    assert_eq!(kept.state, SessionState::Running, "{kept:?}");
-    assert_eq!(kept.end_reason, None);
-
-    // Host 1 is back with the container: the retry adopts the session.
     let host1 = Arc::new(FakeLauncher::new());
     host1.insert_running(RunningContainer {
         session,
         container_id: FakeLauncher::container_id(session),
         host: 1,
     });
+    host1.set_unreachable(true);
+    let launchers = LauncherPool::new(vec![host0.clone(), host1.clone()]).unwrap();
+    let err = Gate::start(
+        pool.clone(),
+        Arc::new(launchers),
+        gpus.clone(),
+        settings.clone(),
+    )
+    .await
+    .expect_err("a gate that cannot list host 1 does not start");
+    eprintln!("start with host 1 down: {err}");
+    let kept = store.load(session).await.unwrap().unwrap();
+    assert_eq!(kept.state, SessionState::Running, "{kept:?}");
+    assert_eq!(kept.end_reason, None);
+
+    // Host 1 is back with the container: the retry adopts the session.
+    host1.set_unreachable(false);
     let up = LauncherPool::new(vec![host0.clone(), host1.clone()]).unwrap();
     let gate = Gate::start(pool.clone(), Arc::new(up), gpus, settings)
         .await

@@ -13,14 +13,15 @@ use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
 use deskgate::docker_launcher::{DockerLauncher, LauncherSettings, container_name, network_name};
 use deskgate::remote_launcher::RemoteLauncher;
 use deskgate::secret::Secret;
-use deskgate_actors::ports::{ContainerExit, LaunchSpec, Launcher, SessionId};
+use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::mpsc;
 use url::Url;
 
 use support::{
-    Cleanup, Deskgate, docker_cli, free_port, host_addresses, service_env, sleeper_image,
+    Cleanup, Deskgate, docker_cli, free_port, host_addresses, next_exit, service_env,
+    sleeper_image, spawn_launcher,
 };
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
@@ -50,15 +51,7 @@ impl LauncherProcess {
             ("DESKGATE_SESSION_PIDS_LIMIT", "64".into()),
             ("DESKGATE_SESSION_STOP_GRACE_SECONDS", "1".into()),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut process = Deskgate::spawn(&["launcher"], &env);
-        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        process
-            .wait_ready(
-                &reqwest::Client::new(),
-                url.join("healthz").unwrap().as_str(),
-            )
-            .await;
+        let (process, url) = spawn_launcher(port, &env).await;
         Self { process, url, port }
     }
 
@@ -102,24 +95,6 @@ async fn network_exists(docker: &Docker, session: SessionId) -> bool {
         .inspect_network(&network_name(session), None::<InspectNetworkOptions>)
         .await
         .is_ok()
-}
-
-/// The next exit of `session` from `rx` within `within`.
-async fn exit_of(
-    rx: &mut mpsc::UnboundedReceiver<ContainerExit>,
-    session: SessionId,
-    within: Duration,
-) -> ContainerExit {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let exit = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit for {session} within {within:?}"))
-            .expect("watcher alive");
-        if exit.session == session {
-            return exit;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +200,7 @@ async fn remote_launcher_launches_reports_exits_and_stops_over_http() {
     // Killed from outside: the exit arrives over the events socket.
     let killed_at = Instant::now();
     docker_cli(&["kill", &container_name(session)]);
-    let exit = exit_of(&mut exits, session, Duration::from_secs(5)).await;
+    let exit = next_exit(&mut exits, session, Duration::from_secs(5)).await;
     eprintln!("kill reported after {:?}: {exit:?}", killed_at.elapsed());
     assert_eq!(exit.code, 137);
     assert!(killed_at.elapsed() < Duration::from_secs(2));
@@ -245,7 +220,7 @@ async fn remote_launcher_launches_reports_exits_and_stops_over_http() {
     assert!(
         tokio::time::timeout(
             Duration::from_millis(1500),
-            exit_of(&mut exits, stopped, Duration::from_secs(2))
+            next_exit(&mut exits, stopped, Duration::from_secs(2))
         )
         .await
         .is_err(),
@@ -387,7 +362,7 @@ async fn a_launcher_killed_with_sigkill_adopts_running_containers_and_removes_or
     assert_eq!(adopted.state.and_then(|s| s.running), Some(true));
 
     // The exit that happened while the launcher was down is reported.
-    let exit = exit_of(&mut exits, dies_meanwhile, Duration::from_secs(5)).await;
+    let exit = next_exit(&mut exits, dies_meanwhile, Duration::from_secs(5)).await;
     assert_eq!(exit.code, 137);
     eprintln!(
         "missed exit reported {:?} after the kill: {exit:?}",

@@ -247,6 +247,7 @@ struct LauncherInner {
     sinks: Vec<mpsc::UnboundedSender<ContainerExit>>,
     launch_delay: Option<Duration>,
     launch_failure: Option<String>,
+    unreachable: bool,
 }
 
 /// A [`Launcher`] that starts nothing: containers are entries in a list.
@@ -276,6 +277,20 @@ impl FakeLauncher {
     /// the launch delay); `None` makes them succeed again.
     pub fn fail_launches(&self, message: Option<String>) {
         lock(&self.inner).launch_failure = message;
+    }
+
+    /// With `true`, every later launch, stop and listing fails as a launcher
+    /// on a host that does not answer would; `false` brings it back, with
+    /// the containers it had.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        lock(&self.inner).unreachable = unreachable;
+    }
+
+    fn reachable(&self) -> Result<(), LaunchError> {
+        if lock(&self.inner).unreachable {
+            return Err(LaunchError("connection refused".into()));
+        }
+        Ok(())
     }
 
     /// Makes the session's container exit by itself: it stops running and
@@ -325,6 +340,7 @@ impl FakeLauncher {
 #[async_trait]
 impl Launcher for FakeLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
+        self.reachable()?;
         let delay = {
             let mut inner = lock(&self.inner);
             inner.launched.insert(spec.session, spec.clone());
@@ -348,6 +364,7 @@ impl Launcher for FakeLauncher {
     }
 
     async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
+        self.reachable()?;
         let mut inner = lock(&self.inner);
         inner.running.retain(|c| c.session != session);
         inner.stopped.push(session);
@@ -355,6 +372,7 @@ impl Launcher for FakeLauncher {
     }
 
     async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
+        self.reachable()?;
         Ok(lock(&self.inner).running.clone())
     }
 

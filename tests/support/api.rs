@@ -262,6 +262,19 @@ impl Gate {
         .await
     }
 
+    /// `name`'s entry in `GET /api/v1/profiles` (name, gpus, free, queued).
+    pub async fn profile(&self, name: &str) -> Value {
+        let (status, profiles) = self
+            .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
+            .await;
+        assert_eq!(status, 200, "{profiles}");
+        profiles
+            .as_array()
+            .and_then(|list| list.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no profile {name}: {profiles}"))
+    }
+
     /// Claims `profile` as `token`: the status and the body.
     pub async fn claim(&self, token: &str, profile: &str) -> (u16, Value) {
         self.post(

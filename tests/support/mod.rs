@@ -74,6 +74,49 @@ pub struct Deskgate {
     output: Arc<Mutex<String>>,
 }
 
+/// Starts `deskgate launcher` with `env` (which makes it listen on `port`)
+/// and waits until it answers on loopback; returns it and its base URL.
+pub async fn spawn_launcher(port: u16, env: &[(&str, String)]) -> (Deskgate, url::Url) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut process = Deskgate::spawn(&["launcher"], &env);
+    let url = url::Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+    process
+        .wait_ready(
+            &reqwest::Client::new(),
+            url.join("healthz").unwrap().as_str(),
+        )
+        .await;
+    (process, url)
+}
+
+/// The next exit of `session` from `rx` within `within` (other sessions'
+/// exits are passed over).
+pub async fn next_exit(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<deskgate_actors::ports::ContainerExit>,
+    session: deskgate_actors::ports::SessionId,
+    within: Duration,
+) -> deskgate_actors::ports::ContainerExit {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let exit = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no exit for {session} within {within:?}"))
+            .expect("watcher alive");
+        if exit.session == session {
+            return exit;
+        }
+    }
+}
+
+/// The Prometheus text of the metrics listener at `addr` (`host:port`).
+pub async fn scrape_metrics(addr: &str) -> String {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("metrics at {addr}: {e}"));
+    assert_eq!(response.status(), 200, "metrics at {addr}");
+    response.text().await.unwrap()
+}
+
 /// Builds the command line for `deskgate ARGS` with exactly `env` as its
 /// `DESKGATE_*` settings: none leak in from the developer's shell.
 pub fn deskgate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
