@@ -2,8 +2,8 @@
 # All real services deskgate's tests and local runs need, idempotently.
 #
 #   services.sh [up]   install what is missing, start PostgreSQL (127.0.0.1:55432),
-#                      Docker (+ test image) and anvil (127.0.0.1:58545), and write
-#                      .deskgate/services.env
+#                      Docker (+ test and desktop images) and anvil (127.0.0.1:58545),
+#                      install playwright-core, and write .deskgate/services.env
 #   services.sh down   stop anvil, PostgreSQL and dockerd (dockerd only if we started it)
 #   services.sh env    print the path of services.env
 #
@@ -34,7 +34,7 @@ install_prerequisites() {
         pkg_installed "$p" || pkgs+=("$p")
     done
     local s
-    for s in postgres docker anvil; do
+    for s in postgres docker anvil desktop; do
         while IFS= read -r p; do
             [[ -n $p ]] && pkgs+=("$p")
         done < <("$SCRIPTS/$s.sh" packages)
@@ -52,6 +52,9 @@ write_env_file() {
         SOLCJS=*) solcjs=${line#SOLCJS=} ;;
         esac
     done < <("$SCRIPTS/anvil.sh" paths)
+    # desktop.sh paths: DESKTOP_IMAGE=..., NOVNC_DIR=..., ... -> export DESKGATE_DESKTOP_IMAGE=...
+    local desktop_env
+    desktop_env=$("$SCRIPTS/desktop.sh" paths | sed -n 's/^\([A-Z_]*\)=\(.*\)$/export DESKGATE_\1=\2/p')
     local tmp
     tmp=$(mktemp "$STATE_DIR/.services.env.XXXXXX")
     cat >"$tmp" <<EOF
@@ -64,6 +67,7 @@ export DESKGATE_RPC_URL=http://127.0.0.1:58545
 export DESKGATE_CHAIN_ID=31337
 export DESKGATE_ANVIL_BIN=$anvil_bin
 export DESKGATE_SOLCJS=$solcjs
+$desktop_env
 EOF
     chmod 644 "$tmp"
     mv -f -- "$tmp" "$ENV_FILE"
@@ -79,11 +83,14 @@ cmd_up() {
     install_prerequisites
     "$SCRIPTS/postgres.sh" up 8>&-
     "$SCRIPTS/docker.sh" up 8>&-
+    # Desktop image (needs Docker) and playwright-core for the media tests.
+    "$SCRIPTS/desktop.sh" up 8>&-
     "$SCRIPTS/anvil.sh" up 8>&-
     write_env_file
 
     log "postgres  postgres://deskgate:***@127.0.0.1:55432/deskgate (data: $STATE_DIR/pg)"
     log "docker    unix:///var/run/docker.sock (test image deskgate/test-base:local)"
+    log "desktop   image ${DESKGATE_DESKTOP_IMAGE:-deskgate/desktop:local}, chromium + playwright-core ($REPO/.tools/browser)"
     log "anvil     http://127.0.0.1:58545 (chain id 31337)"
     log "env       $ENV_FILE"
     local ms=$(((${EPOCHREALTIME/./} - start) / 1000))

@@ -370,6 +370,11 @@ impl DockerLauncher {
         &self.settings
     }
 
+    /// The Docker client this launcher uses.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     /// The session's VNC secret, for the media path; `None` when this
     /// launcher neither launched nor adopted the session.
     pub fn vnc_secret(&self, session: SessionId) -> Option<Secret> {

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod config;
 pub mod db;
 pub mod deposit_store;
+pub mod desktop;
 pub mod docker;
 pub mod docker_launcher;
 pub mod gate;

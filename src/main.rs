@@ -13,6 +13,7 @@ use deskgate::chain::AlloyChain;
 use deskgate::config::Confirmations;
 use deskgate::config::{self, Config, Loaded, Role};
 use deskgate::deposit_store::{CreditListener, PgDepositBook};
+use deskgate::desktop::{DesktopDialer, DockerExecDialer};
 use deskgate::docker_launcher::{DockerLauncher, LauncherSettings};
 use deskgate::gate::Gate;
 use deskgate::http::account::Offer;
@@ -407,11 +408,12 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         presence_timeout: config.presence_timeout,
         ..SessionSettings::default()
     };
-    let desk = |gate| SessionDesk {
+    let desk = |gate, desktops| SessionDesk {
         gate,
         store: PgSessionStore::new(pool.clone()),
         public_origin: config.public_url.origin().ascii_serialization(),
         presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
+        desktops,
     };
     if !config.launcher_urls.is_empty() {
         // The launchers own their GPUs: no local NVML health feed here; a
@@ -430,7 +432,7 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         for (gpu, reason) in found.unhealthy {
             gate.set_health(gpu, Some(reason));
         }
-        return Ok(Some(desk(gate)));
+        return Ok(Some(desk(gate, None)));
     }
     let selection = config.gpus.clone();
     let indices: Vec<u32> = tokio::task::spawn_blocking(move || gpu::inventory(&selection))
@@ -443,6 +445,7 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         .map(|&index| GpuAddr { host: 0, index })
         .collect();
     let launcher = Arc::new(docker_launcher(config).await?);
+    let desktops: Arc<dyn DesktopDialer> = Arc::new(DockerExecDialer::new(launcher.clone()));
     let gate = Gate::start(pool.clone(), launcher, gpus, settings).await?;
     let health_gate = gate.clone();
     gpu::spawn_health_feed(
@@ -451,7 +454,7 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> anyhow::Result<Optio
         GPU_HEALTH_INTERVAL,
         move |index, unhealthy| health_gate.set_health(GpuAddr { host: 0, index }, unhealthy),
     );
-    Ok(Some(desk(gate)))
+    Ok(Some(desk(gate, Some(desktops))))
 }
 
 /// Migrates (unless disabled), then starts the session tree, retrying with

@@ -111,6 +111,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         )
         .with_state(api.clone())
         .merge(super::sessions::routes(api.clone()))
+        .merge(super::media::routes(api.clone()))
         .merge(super::account::routes(api.clone()))
         .merge(super::admin::routes(api))
 }

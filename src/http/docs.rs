@@ -39,6 +39,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         super::sessions::heartbeat,
         super::sessions::ticket,
         super::sessions::events,
+        super::media::vnc,
         super::admin::sessions,
         super::admin::stop_session,
         super::admin::gpus,

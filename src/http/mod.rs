@@ -7,6 +7,7 @@ pub mod api;
 pub mod client_addr;
 pub mod cors;
 pub mod docs;
+pub mod media;
 pub mod problem;
 pub mod rate_limit;
 pub mod sessions;

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::Problem;
 use super::api::{Api, bad_json, signed_in};
+use crate::desktop::DesktopDialer;
 use crate::gate::{Gate, PROFILES, profile_name, profile_named};
 use crate::session_store::PgSessionStore;
 use crate::tickets::Purpose;
@@ -48,6 +49,9 @@ pub struct SessionDesk {
     pub public_origin: String,
     /// How often an open events socket reports presence.
     pub presence_every: Duration,
+    /// Reaches session desktops for the media sockets; `None` where the
+    /// sessions run on remote launchers.
+    pub desktops: Option<Arc<dyn DesktopDialer>>,
 }
 
 impl std::fmt::Debug for SessionDesk {
@@ -436,6 +440,20 @@ fn origin_allowed(headers: &HeaderMap, public_origin: &str) -> bool {
         .is_some_and(|origin| origin.eq_ignore_ascii_case(public_origin))
 }
 
+/// 403 unless the browser's `Origin` is the public URL's: checked first on
+/// every socket, so a foreign page learns nothing about the session.
+pub(crate) fn origin_refused(headers: &HeaderMap, public_origin: &str) -> Result<(), Problem> {
+    if origin_allowed(headers, public_origin) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "origin-refused",
+        "This socket only accepts the gate's own pages",
+    )
+    .detail(format!("the Origin must be {public_origin}")))
+}
+
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
     params(("id" = String, Path, description = "session id")),
     responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
@@ -446,16 +464,7 @@ async fn events(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Problem> {
     let desk = desk(&api)?.clone();
-    // Before anything else: a foreign page must not even learn whether the
-    // session exists.
-    if !origin_allowed(&headers, &desk.public_origin) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "origin-refused",
-            "This socket only accepts the gate's own pages",
-        )
-        .detail(format!("the Origin must be {}", desk.public_origin)));
-    }
+    origin_refused(&headers, &desk.public_origin)?;
     let wallet = signed_in(&api, &headers).await?;
     let id = parse_id(&id)?;
     let Shown::Live(view) = owned(&desk, &wallet, id).await? else {
