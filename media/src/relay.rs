@@ -219,10 +219,14 @@ mod tests {
     use futures::StreamExt;
     use futures::channel::mpsc;
 
-    /// A browser made of two channels, as the gate makes one of a WebSocket.
+    /// What the relay reads from the browser.
+    type BrowserIn = mpsc::Receiver<io::Result<Bytes>>;
+
+    /// A browser made of two channels, as the gate makes one of a WebSocket:
+    /// (test → relay, relay's input, relay's output, relay → test).
     fn browser() -> (
         mpsc::Sender<io::Result<Bytes>>,
-        mpsc::Receiver<io::Result<Bytes>>,
+        BrowserIn,
         mpsc::Sender<Bytes>,
         mpsc::Receiver<Bytes>,
     ) {

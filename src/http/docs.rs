@@ -108,7 +108,7 @@ mod tests {
                 "{method} {path} is missing from the document"
             );
         }
-        assert_eq!(paths.len(), 20, "paths: {:?}", paths.keys());
+        assert_eq!(paths.len(), 21, "paths: {:?}", paths.keys());
         let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
         assert!(schemes.contains_key("bearer") && schemes.contains_key("admin"));
         assert!(

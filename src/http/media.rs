@@ -77,6 +77,7 @@ async fn vnc(
         .redeem(&ticket, id, Purpose::Vnc)
         .map_err(|err| {
             metrics::counter!("deskgate_media_refused_total", "reason" => "ticket").increment(1);
+            tracing::info!(session = %id, reason = %err, "media ticket refused");
             Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "ticket-refused",
@@ -118,6 +119,7 @@ async fn vnc(
             "The session's desktop did not answer",
         )
     };
+    metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
     let connection = dialer.dial(id).await.map_err(|err| match err {
         DesktopError::Unknown => unknown_session(),
         other => unreachable(other.to_string()),

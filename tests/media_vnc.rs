@@ -1,0 +1,386 @@
+//! The VNC media socket end to end: a real gate (PostgreSQL, Docker, anvil)
+//! launches the real desktop image (TigerVNC's Xvnc with a per-session VNC
+//! password); noVNC in Debian's headless Chromium and a raw RFB client go
+//! through `GET /api/v1/sessions/{id}/vnc?ticket=`.
+//!
+//! Needs `make services` (PostgreSQL, Docker with deskgate/desktop:local,
+//! anvil, chromium, novnc and playwright-core).
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
+use support::{free_port, scrape_metrics, service_env};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The orange the tests paint on the X display.
+const PAINTED: [u8; 3] = [0xff, 0x80, 0x00];
+
+/// A gate whose sessions run the desktop image, with metrics on `metrics_addr`.
+async fn desktop_stage(tag: &str, metrics_addr: &str) -> Stage {
+    let image = service_env("DESKGATE_DESKTOP_IMAGE");
+    Stage::start(
+        tag,
+        &[
+            ("DESKGATE_SESSION_IMAGE", &image),
+            ("DESKGATE_SESSION_MEMORY_MIB", "512"),
+            ("DESKGATE_METRICS_ADDR", metrics_addr),
+        ],
+    )
+    .await
+}
+
+/// Claims `small` and waits until the session runs; returns its id.
+async fn running_desktop(stage: &Stage, token: &str) -> String {
+    let claimed = stage.claim(token, "small").await;
+    stage
+        .gate
+        .wait_for(
+            &session_path(&claimed),
+            token,
+            Duration::from_secs(30),
+            |s| s["state"] == "running",
+        )
+        .await;
+    claimed["id"].as_str().unwrap().to_string()
+}
+
+/// Runs `args` in the session's desktop container as its X client, retrying
+/// while the X server is still starting; returns stdout.
+fn on_display(session: &str, args: &[&str]) -> String {
+    let container = format!("deskgate-session-{session}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("docker")
+            .args(["exec", &container, "env", "DISPLAY=:0"])
+            .args(args)
+            .output()
+            .expect("docker CLI");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} on the desktop of {session}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A fresh single-use ticket of `purpose` for the session.
+async fn ticket(stage: &Stage, token: &str, session: &str, purpose: &str) -> String {
+    let (status, body) = stage
+        .gate
+        .post(
+            &format!("/api/v1/sessions/{session}/tickets"),
+            Some(token),
+            json!({ "purpose": purpose }),
+        )
+        .await;
+    assert_eq!(status, 201, "ticket: {body}");
+    body["ticket"].as_str().unwrap().to_string()
+}
+
+/// Opens the VNC socket with `ticket` from the gate's own origin; the HTTP
+/// status on refusal.
+async fn open_vnc(stage: &Stage, session: &str, ticket: &str) -> Result<Socket, u16> {
+    let mut request = format!(
+        "ws://127.0.0.1:{}/api/v1/sessions/{session}/vnc?ticket={ticket}",
+        stage.gate.port
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", stage.gate.base.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("VNC socket of {session}: {other}"),
+    }
+}
+
+/// Reads exactly `n` bytes of the RFB stream.
+async fn read_rfb(socket: &mut Socket, held: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    while held.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => held.extend_from_slice(&bytes),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("RFB stream ended early: {other:?}"),
+        }
+    }
+    held.drain(..n).collect()
+}
+
+async fn send_rfb(socket: &mut Socket, bytes: &[u8]) {
+    socket
+        .send(Message::Binary(bytes.to_vec().into()))
+        .await
+        .expect("send on the VNC socket");
+}
+
+/// The RFB 3.8 client handshake against the relay: it must offer None only.
+/// Returns the desktop's size from ServerInit.
+async fn rfb_handshake(socket: &mut Socket, held: &mut Vec<u8>) -> (u16, u16) {
+    assert_eq!(read_rfb(socket, held, 12).await, b"RFB 003.008\n");
+    send_rfb(socket, b"RFB 003.008\n").await;
+    assert_eq!(
+        read_rfb(socket, held, 2).await,
+        [1, 1],
+        "the relay offers exactly security type None"
+    );
+    send_rfb(socket, &[1]).await;
+    assert_eq!(read_rfb(socket, held, 4).await, [0, 0, 0, 0]);
+    send_rfb(socket, &[1]).await; // ClientInit, shared
+    let init = read_rfb(socket, held, 24).await;
+    let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+    read_rfb(socket, held, name_len).await;
+    (
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    )
+}
+
+/// The value of one Prometheus series (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn novnc_in_chromium_shows_the_painted_desktop_without_the_vnc_password() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let stage = desktop_stage("media_novnc", &metrics_addr).await;
+    let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
+    let session = running_desktop(&stage, &token).await;
+    on_display(&session, &["xsetroot", "-solid", "#ff8000"]);
+    let ticket = ticket(&stage, &token, &session, "vnc").await;
+
+    let playwright = service_env("DESKGATE_PLAYWRIGHT_DIR");
+    let shot = std::env::temp_dir().join(format!("deskgate-novnc-{session}.png"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/novnc_view.js");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&stage.gate.base, &session, &ticket])
+        .arg(service_env("DESKGATE_NOVNC_DIR"))
+        .arg(&shot)
+        .env("NODE_PATH", format!("{playwright}/node_modules"))
+        .env("DESKGATE_CHROMIUM", service_env("DESKGATE_CHROMIUM"))
+        .output()
+        .await
+        .expect("run node (make services installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "noVNC in chromium failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {stdout}"));
+    assert_eq!(
+        report["connected"],
+        true,
+        "{report}\nbrowser:\n{}\ngate log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stage.gate.output()
+    );
+    assert_eq!(
+        report["credentialsRequired"], false,
+        "noVNC was asked for a password: {report}"
+    );
+    assert_eq!(report["size"], json!([1280, 720]), "{report}");
+    for pixel in report["pixels"].as_array().expect("pixels") {
+        assert_eq!(pixel, &json!(PAINTED), "a pixel of the canvas: {report}");
+    }
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "no screenshot at {}",
+        shot.display()
+    );
+
+    // Both directions went through the relay's counters (a solid colour
+    // compresses to a few hundred bytes, so only presence is asserted; the
+    // pixels above are the proof of content).
+    let metrics = scrape_metrics(&metrics_addr).await;
+    for direction in ["up", "down"] {
+        let series = format!(r#"deskgate_media_bytes_total{{path="vnc",direction="{direction}"}}"#);
+        assert!(metric(&metrics, &series) > 0.0, "{series}:\n{metrics}");
+    }
+    // The secret is in nothing the gate logged.
+    let secret_line = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &format!("deskgate-session-{session}"),
+        ])
+        .output()
+        .expect("docker inspect");
+    let env = String::from_utf8_lossy(&secret_line.stdout);
+    let secret = env
+        .lines()
+        .find_map(|l| l.strip_prefix("DESKGATE_VNC_PASSWORD="))
+        .expect("the session has a VNC secret");
+    let logs = stage.gate.output();
+    assert!(
+        !logs.contains(secret),
+        "the VNC secret is in the gate's log"
+    );
+    assert!(!logs.contains(&ticket), "the ticket is in the gate's log");
+    stage.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_reused_or_expired_ticket_never_reaches_the_desktop() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let stage = desktop_stage("media_tickets", &metrics_addr).await;
+    let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
+    let session = running_desktop(&stage, &token).await;
+
+    // Wrong: never issued.
+    assert_eq!(
+        open_vnc(&stage, &session, &"ab".repeat(32)).await.err(),
+        Some(401)
+    );
+    // Missing.
+    assert_eq!(open_vnc(&stage, &session, "").await.err(), Some(401));
+    // A webrtc ticket is not a vnc ticket (and is used up by trying).
+    let webrtc = ticket(&stage, &token, &session, "webrtc").await;
+    assert_eq!(open_vnc(&stage, &session, &webrtc).await.err(), Some(401));
+    // Expired: tickets live 30 s.
+    let stale = ticket(&stage, &token, &session, "vnc").await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(open_vnc(&stage, &session, &stale).await.err(), Some(401));
+    let metrics = scrape_metrics(&metrics_addr).await;
+    assert_eq!(
+        metric(&metrics, "deskgate_media_desktop_dials_total"),
+        0.0,
+        "a refused ticket reached the desktop:\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
+        4.0,
+        "{metrics}"
+    );
+
+    // Good once, then reused.
+    let good = ticket(&stage, &token, &session, "vnc").await;
+    let mut socket = open_vnc(&stage, &session, &good)
+        .await
+        .expect("a fresh ticket opens the socket");
+    let mut held = Vec::new();
+    rfb_handshake(&mut socket, &mut held).await;
+    assert_eq!(open_vnc(&stage, &session, &good).await.err(), Some(401));
+    let metrics = scrape_metrics(&metrics_addr).await;
+    assert_eq!(
+        metric(&metrics, "deskgate_media_desktop_dials_total"),
+        1.0,
+        "{metrics}"
+    );
+    stage.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_is_counted_moves_the_x_pointer_and_the_socket_closes_with_the_session() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let stage = desktop_stage("media_input", &metrics_addr).await;
+    let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
+    let session = running_desktop(&stage, &token).await;
+    on_display(&session, &["xdotool", "mousemove", "1", "1"]);
+    let input = |m: &str, kind: &str| {
+        metric(
+            m,
+            &format!(r#"deskgate_media_input_events_total{{path="vnc",kind="{kind}"}}"#),
+        )
+    };
+
+    let ticket = ticket(&stage, &token, &session, "vnc").await;
+    let mut socket = open_vnc(&stage, &session, &ticket).await.expect("socket");
+    let mut held = Vec::new();
+    assert_eq!(rfb_handshake(&mut socket, &mut held).await, (1280, 720));
+    // A full update request is not input.
+    send_rfb(&mut socket, &[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    let update = read_rfb(&mut socket, &mut held, 4).await;
+    assert_eq!(update[0], 0, "a FramebufferUpdate comes back");
+    let metrics = scrape_metrics(&metrics_addr).await;
+    assert_eq!(
+        (input(&metrics, "pointer"), input(&metrics, "key")),
+        (0.0, 0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, r#"deskgate_media_viewers{path="vnc"}"#),
+        1.0
+    );
+
+    // Pointer to (321, 123), then a key press and release of Shift.
+    send_rfb(&mut socket, &[5, 0, 0x01, 0x41, 0, 0x7b]).await;
+    send_rfb(&mut socket, &[4, 1, 0, 0, 0, 0, 0xff, 0xe1]).await;
+    send_rfb(&mut socket, &[4, 0, 0, 0, 0, 0, 0xff, 0xe1]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let location = on_display(&session, &["xdotool", "getmouselocation"]);
+        if location.starts_with("x:321 y:123") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the X pointer did not move: {location}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = scrape_metrics(&metrics_addr).await;
+    assert_eq!(
+        (input(&metrics, "pointer"), input(&metrics, "key")),
+        (1.0, 2.0),
+        "{metrics}"
+    );
+
+    // Ending the session closes the socket.
+    let (status, body) = stage
+        .gate
+        .delete(&session_path(&json!({ "id": session })), &token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let closed_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(closed_by.into(), socket.next()).await {
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the VNC socket stayed open after the session ended"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = scrape_metrics(&metrics_addr).await;
+        if metric(&metrics, r#"deskgate_media_viewers{path="vnc"}"#) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a viewer is still counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stage.finish().await;
+}
