@@ -26,7 +26,8 @@ use bytes::Bytes;
 use deskgate_actors::ports::{SessionId, SessionState};
 use deskgate_actors::session::SessionEvent;
 use deskgate_media::{
-    MediaActor, MediaArgs, MediaMsg, MediaPath, RelayLimits, StreamCounters, relay_vnc,
+    MediaActor, MediaArgs, MediaMsg, MediaPath, RelayEnd, RelayLimits, RfbError, StreamCounters,
+    relay_vnc,
 };
 use futures::{SinkExt, StreamExt, future};
 use ractor::Actor;
@@ -137,17 +138,19 @@ async fn vnc(
         .on_upgrade(move |socket| run_vnc(socket, desktop, desk, id, events)))
 }
 
-/// Runs one VNC stream in a [`MediaActor`] until it ends or the session does.
-async fn run_vnc<D>(
+/// Relays an upgraded browser WebSocket to an authenticated desktop until
+/// either side closes (what `GET …/vnc` runs; public for the benchmark).
+pub async fn relay_websocket<D>(
     socket: WebSocket,
     desktop: D,
-    desk: SessionDesk,
-    id: SessionId,
-    mut events: broadcast::Receiver<SessionEvent>,
-) where
-    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    counters: &StreamCounters,
+    limits: &RelayLimits,
+) -> Result<RelayEnd, RfbError>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (sink, stream) = socket.split();
+    // A Close frame ends the browser's byte stream; pings are axum's business.
     let browser_in = stream
         .take_while(|m| future::ready(!matches!(m, Ok(Message::Close(_)))))
         .filter_map(|m| {
@@ -164,20 +167,32 @@ async fn run_vnc<D>(
     let browser_out = sink
         .sink_map_err(io::Error::other)
         .with(|bytes: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(bytes))));
+    relay_vnc(
+        desktop,
+        std::pin::pin!(browser_in),
+        std::pin::pin!(browser_out),
+        counters,
+        limits,
+    )
+    .await
+}
+
+/// Runs one VNC stream in a [`MediaActor`] until it ends or the session does.
+async fn run_vnc<D>(
+    socket: WebSocket,
+    desktop: D,
+    desk: SessionDesk,
+    id: SessionId,
+    mut events: broadcast::Receiver<SessionEvent>,
+) where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let counters = Arc::new(StreamCounters::default());
     let relay_counters = counters.clone();
     let stream = Box::pin(async move {
-        let browser_in = std::pin::pin!(browser_in);
-        let browser_out = std::pin::pin!(browser_out);
-        relay_vnc(
-            desktop,
-            browser_in,
-            browser_out,
-            &relay_counters,
-            &RelayLimits::default(),
-        )
-        .await
-        .map_err(|err| err.to_string())
+        relay_websocket(socket, desktop, &relay_counters, &RelayLimits::default())
+            .await
+            .map_err(|err| err.to_string())
     });
     let args = MediaArgs {
         path: MediaPath::Vnc,
