@@ -6,7 +6,7 @@
 # Settings come from .deskgate/services.env, but anything already set in the caller's
 # environment wins. Local defaults (also overridable):
 #   DESKGATE_GPUS           auto if `nvidia-smi -L` works, else fake:2
-#   DESKGATE_SESSION_IMAGE  deskgate/test-base:local
+#   DESKGATE_SESSION_IMAGE  deskgate/desktop:local (TigerVNC desktop, scripts/desktop.sh)
 #   DESKGATE_METRICS_ADDR   127.0.0.1:9108
 #   DESKGATE_BIND           127.0.0.1:8080
 #   CARGO_RUN_FLAGS         --release
@@ -37,7 +37,7 @@ if [[ -z ${DESKGATE_GPUS:-} ]]; then
     fi
 fi
 export DESKGATE_GPUS
-export DESKGATE_SESSION_IMAGE=${DESKGATE_SESSION_IMAGE:-deskgate/test-base:local}
+export DESKGATE_SESSION_IMAGE=${DESKGATE_SESSION_IMAGE:-${DESKGATE_DESKTOP_IMAGE:-deskgate/desktop:local}}
 export DESKGATE_METRICS_ADDR=${DESKGATE_METRICS_ADDR:-127.0.0.1:9108}
 export DESKGATE_BIND=${DESKGATE_BIND:-127.0.0.1:8080}
 
