@@ -218,6 +218,19 @@ async fn novnc_in_chromium_shows_the_painted_desktop_without_the_vnc_password() 
         shot.display()
     );
 
+    // The browser has gone: the bridge process in the desktop goes with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let processes = on_display(&session, &["ps", "-o", "args"]);
+        if !processes.lines().any(|l| l.starts_with("nc ")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VNC bridge outlived its browser:\n{processes}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Both directions went through the relay's counters (a solid colour
     // compresses to a few hundred bytes, so only presence is asserted; the
     // pixels above are the proof of content).
