@@ -27,10 +27,11 @@ SPEC_LABEL=org.deskgate.desktop.spec
 BUSYBOX=/bin/busybox
 
 # Debian packages: the image's sources (TigerVNC, X tools, busybox) and the host side
-# of the media tests (noVNC + websockify to bridge a browser, chromium to drive it).
+# of the media tests (noVNC + websockify to bridge a browser, chromium to drive it,
+# x11-utils for the xmessage window the RFB client test moves around).
 PACKAGES=(
     tigervnc-standalone-server tigervnc-tools x11-xserver-utils xdotool
-    novnc websockify chromium busybox-static
+    novnc websockify chromium busybox-static x11-utils
 )
 NOVNC_DIR=/usr/share/novnc
 CHROMIUM=/usr/bin/chromium

@@ -7,15 +7,23 @@
 //!   with bounded buffers and input counts.
 //! - [`media_actor`]: the actor that runs one browser stream and closes it
 //!   when the session ends.
+//! - [`framebuffer`]: a copy of the desktop's pixels with damage tracking,
+//!   what the WebRTC path encodes to video.
+//! - [`rfb_client`]: the RFB client that keeps that framebuffer up to date
+//!   (Raw, CopyRect, ZRLE, DesktopSize) and sends input to the desktop.
 //!
 //! The crate knows nothing of wallets, billing or sessions beyond an id for
 //! logs: the gate hands it an authorised browser stream and a connection to
 //! the desktop.
 
+pub mod framebuffer;
 pub mod media_actor;
 pub mod relay;
 pub mod rfb;
+pub mod rfb_client;
 
+pub use framebuffer::{Framebuffer, Rect};
 pub use media_actor::{MediaActor, MediaArgs, MediaMsg, StreamOutcome};
 pub use relay::{CounterSnapshot, MediaPath, RelayEnd, RelayLimits, StreamCounters, relay_vnc};
 pub use rfb::{RfbError, authenticate};
+pub use rfb_client::{FrameUpdate, RfbClient, RfbClientError};
