@@ -31,3 +31,4 @@ pub mod siwe;
 pub mod telemetry;
 pub mod tickets;
 pub mod tiers;
+pub mod turn;
