@@ -52,14 +52,6 @@ APPLETS=(
     sh echo sleep cat ls id nc env ps kill head tail grep test '[' printf pwd mkdir
     rm cp mv touch chmod stat wc sed uname timeout netstat od tr cut readlink
 )
-PASSWD='root:x:0:0:root:/root:/bin/sh
-desk:x:1000:1000:desk:/home/desk:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-'
-GROUP='root:x:0:
-desk:x:1000:
-nogroup:x:65534:
-'
 
 # The image's entry point (installed as /usr/local/bin/deskgate-desktop).
 ENTRYPOINT=$REPO/scripts/desktop/deskgate-desktop
@@ -141,7 +133,7 @@ image_spec_hash() {
         sha256sum "${DATA_FILES[@]}" 2>/dev/null || true
         sha256sum "$BUSYBOX" | cut -d' ' -f1
         printf '%s\n' "${APPLETS[@]}"
-        printf '%s' "$PASSWD" "$GROUP"
+        printf '%s' "$IMAGE_PASSWD" "$IMAGE_GROUP"
         sha256sum <"$ENTRYPOINT"
         echo "layout-v1"
     } | sha256sum | cut -c1-16
@@ -198,28 +190,13 @@ build_image() { # SPEC_HASH
 
     cp -- "$ENTRYPOINT" "$root/usr/local/bin/deskgate-desktop"
     chmod 755 "$root/usr/local/bin/deskgate-desktop"
-    printf '%s' "$PASSWD" >"$root/etc/passwd"
-    printf '%s' "$GROUP" >"$root/etc/group"
-    chmod 644 "$root/etc/passwd" "$root/etc/group"
-    chmod 1777 "$root/tmp"
-    chmod 700 "$root/root"
-    local tar_owner=(--numeric-owner)
-    if is_root; then
-        chown -R 0:0 "$root"
-        chown 1000:1000 "$root/home/desk"
-    else
-        tar_owner+=(--owner=0 --group=0)
-        chmod 1777 "$root/home/desk"
-    fi
     log "importing $IMAGE (spec $spec)"
-    tar -C "$root" "${tar_owner[@]}" -cf - . |
-        docker import \
-            --change 'CMD ["/usr/local/bin/deskgate-desktop"]' \
-            --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin DISPLAY=:0' \
-            --change 'WORKDIR /tmp' \
-            --change "LABEL $SPEC_LABEL=$spec" \
-            --message "deskgate desktop (TigerVNC Xvnc, busybox-static)" \
-            - "$IMAGE" >/dev/null
+    import_rootfs "$root" "$IMAGE" \
+        --change 'CMD ["/usr/local/bin/deskgate-desktop"]' \
+        --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin DISPLAY=:0' \
+        --change 'WORKDIR /tmp' \
+        --change "LABEL $SPEC_LABEL=$spec" \
+        --message "deskgate desktop (TigerVNC Xvnc, busybox-static)"
     rm -rf -- "$root"
     trap - EXIT
 }

@@ -28,14 +28,6 @@ APPLETS=(
     test '[' printf pwd mkdir rm cp mv touch chmod stat wc sed seq uname hostname
     whoami date timeout
 )
-PASSWD='root:x:0:0:root:/root:/bin/sh
-desk:x:1000:1000:desk:/home/desk:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-'
-GROUP='root:x:0:
-desk:x:1000:
-nogroup:x:65534:
-'
 
 usage() {
     sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -105,7 +97,7 @@ image_spec_hash() {
     {
         sha256sum "$BUSYBOX" | cut -d' ' -f1
         printf '%s\n' "${APPLETS[@]}"
-        printf '%s' "$PASSWD" "$GROUP"
+        printf '%s' "$IMAGE_PASSWD" "$IMAGE_GROUP"
         echo "layout-v1"
     } | sha256sum | cut -c1-16
 }
@@ -123,26 +115,11 @@ build_image() { # SPEC_HASH
         ln -s busybox "$root/bin/$applet"
     done
     ln -s ../../bin/busybox "$root/usr/bin/env"
-    printf '%s' "$PASSWD" >"$root/etc/passwd"
-    printf '%s' "$GROUP" >"$root/etc/group"
-    chmod 644 "$root/etc/passwd" "$root/etc/group"
-    chmod 1777 "$root/tmp"
-    chmod 700 "$root/root"
-    local tar_owner=(--numeric-owner)
-    if is_root; then
-        chown -R 0:0 "$root"
-        chown 1000:1000 "$root/home/desk"
-    else
-        tar_owner+=(--owner=0 --group=0)
-        chmod 1777 "$root/home/desk"
-    fi
     log "importing $IMAGE (spec $spec)"
-    tar -C "$root" "${tar_owner[@]}" -cf - . |
-        docker import \
-            --change 'CMD ["/bin/sh"]' \
-            --change "LABEL $SPEC_LABEL=$spec" \
-            --message "deskgate test base (busybox-static)" \
-            - "$IMAGE" >/dev/null
+    import_rootfs "$root" "$IMAGE" \
+        --change 'CMD ["/bin/sh"]' \
+        --change "LABEL $SPEC_LABEL=$spec" \
+        --message "deskgate test base (busybox-static)"
     rm -rf -- "$root"
     trap - EXIT
 }

@@ -204,3 +204,36 @@ without_inherited_fds() {
 }
 
 short_hash() { printf '%s' "$1" | sha256sum | cut -c1-12; }
+
+# Users of the images the scripts import (test-base, desktop): root, desk (1000:1000),
+# nobody. Part of each image's recipe hash.
+IMAGE_PASSWD='root:x:0:0:root:/root:/bin/sh
+desk:x:1000:1000:desk:/home/desk:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+'
+IMAGE_GROUP='root:x:0:
+desk:x:1000:
+nogroup:x:65534:
+'
+
+# import_rootfs ROOT IMAGE [docker import options...]: writes the users into ROOT, sets
+# the usual permissions (sticky /tmp, private /root, /home/desk for uid 1000), and
+# imports it as IMAGE with every file owned by root, whether or not we run as root.
+import_rootfs() {
+    local root=$1 image=$2
+    shift 2
+    printf '%s' "$IMAGE_PASSWD" >"$root/etc/passwd"
+    printf '%s' "$IMAGE_GROUP" >"$root/etc/group"
+    chmod 644 "$root/etc/passwd" "$root/etc/group"
+    chmod 1777 "$root/tmp"
+    chmod 700 "$root/root"
+    local tar_owner=(--numeric-owner)
+    if is_root; then
+        chown -R 0:0 "$root"
+        chown 1000:1000 "$root/home/desk"
+    else
+        tar_owner+=(--owner=0 --group=0)
+        chmod 1777 "$root/home/desk"
+    fi
+    tar -C "$root" "${tar_owner[@]}" -cf - . | docker import "$@" - "$image" >/dev/null
+}
