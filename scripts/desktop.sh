@@ -258,21 +258,12 @@ ensure_image() {
         fi
     done
     [[ -x $BUSYBOX ]] || die "$BUSYBOX missing even after installing busybox-static"
-    local spec current old_id
+    local spec
     spec=$(image_spec_hash)
-    current=$(docker image inspect --format "{{index .Config.Labels \"$SPEC_LABEL\"}}" "$IMAGE" 2>/dev/null || true)
-    if [[ $current == "$spec" ]]; then
+    if [[ $(image_label "$IMAGE" "$SPEC_LABEL") == "$spec" ]]; then
         return 0
     fi
-    old_id=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-    if [[ -n $old_id ]]; then
-        log "$IMAGE exists but is out of date (spec '${current:-none}', want $spec); rebuilding"
-    fi
-    build_image "$spec"
-    # Drop the replaced image if nothing uses it any more.
-    if [[ -n $old_id ]] && [[ $(docker image inspect --format '{{.Id}}' "$IMAGE") != "$old_id" ]]; then
-        docker image rm "$old_id" >/dev/null 2>&1 || true
-    fi
+    replace_image "$IMAGE" "$SPEC_LABEL" "$spec" build_image "$spec"
     check_image
     log "built $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }'))"
 }

@@ -237,3 +237,24 @@ import_rootfs() {
     fi
     tar -C "$root" "${tar_owner[@]}" -cf - . | docker import "$@" - "$image" >/dev/null
 }
+
+# image_label IMAGE LABEL: the label's value on IMAGE (empty if no such image or label).
+image_label() {
+    docker image inspect --format "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true
+}
+
+# replace_image IMAGE LABEL SPEC BUILD_COMMAND...: runs BUILD_COMMAND (which builds IMAGE
+# labelled LABEL=SPEC) and removes the image it replaced, if nothing uses it any more.
+replace_image() {
+    local image=$1 label=$2 spec=$3 old_id current
+    shift 3
+    old_id=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+    if [[ -n $old_id ]]; then
+        current=$(image_label "$image" "$label")
+        log "$image exists but is out of date (spec '${current:-none}', want $spec); rebuilding"
+    fi
+    "$@"
+    if [[ -n $old_id ]] && [[ $(docker image inspect --format '{{.Id}}' "$image") != "$old_id" ]]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+}
