@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use crate::relay::{CounterSnapshot, MediaPath, RelayEnd, StreamCounters};
+use crate::relay::{MediaPath, RelayEnd, StreamCounters};
 
 /// What a stream task returns: which side ended it, or why it failed.
 pub type StreamOutcome = Result<RelayEnd, String>;
@@ -22,8 +22,6 @@ pub enum MediaMsg {
     Finished(StreamOutcome),
     /// Close the stream now; the reason is logged.
     Close(String),
-    /// The stream's byte, frame and input counts so far.
-    Counters(RpcReplyPort<CounterSnapshot>),
 }
 
 /// Everything one stream needs.
@@ -118,9 +116,6 @@ impl Actor for MediaActor {
             MediaMsg::Close(reason) => {
                 info!(session = %state.session, path = state.path.as_str(), %reason, "media stream closed by the gate");
                 myself.stop(Some(reason));
-            }
-            MediaMsg::Counters(reply) => {
-                let _ = reply.send(state.counters.snapshot());
             }
         }
         Ok(())

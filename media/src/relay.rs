@@ -43,10 +43,8 @@ impl Default for RelayLimits {
 /// Which media path a stream is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaPath {
-    /// RFB over WebSocket (noVNC).
+    /// RFB over WebSocket (noVNC); WebRTC joins when its route is built.
     Vnc,
-    /// WebRTC video with an input data channel.
-    WebRtc,
 }
 
 impl MediaPath {
@@ -54,7 +52,6 @@ impl MediaPath {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Vnc => "vnc",
-            Self::WebRtc => "webrtc",
         }
     }
 }
@@ -66,7 +63,6 @@ pub struct StreamCounters {
     bytes_down: AtomicU64,
     keys: AtomicU64,
     pointer: AtomicU64,
-    frames: AtomicU64,
 }
 
 /// A copy of [`StreamCounters`] at one instant.
@@ -80,8 +76,6 @@ pub struct CounterSnapshot {
     pub keys: u64,
     /// Pointer events from the browser.
     pub pointer: u64,
-    /// Video frames sent (WebRTC only).
-    pub frames: u64,
 }
 
 impl StreamCounters {
@@ -92,7 +86,6 @@ impl StreamCounters {
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             keys: self.keys.load(Ordering::Relaxed),
             pointer: self.pointer.load(Ordering::Relaxed),
-            frames: self.frames.load(Ordering::Relaxed),
         }
     }
 
@@ -122,12 +115,6 @@ impl StreamCounters {
             metrics::counter!("deskgate_media_input_events_total", "path" => path.as_str(), "kind" => "pointer")
                 .increment(input.pointer);
         }
-    }
-
-    /// Counts one video frame sent.
-    pub fn add_frame(&self, path: MediaPath) {
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("deskgate_media_frames_total", "path" => path.as_str()).increment(1);
     }
 }
 
