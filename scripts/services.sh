@@ -18,7 +18,9 @@ SCRIPTS=$REPO/scripts
 ENV_FILE=$STATE_DIR/services.env
 
 # Debian packages the Rust build needs: pkg-config for -sys crates that probe for system libraries.
-BUILD_PACKAGES="pkg-config"
+# ffmpeg-sys-next (VP8 encoder) needs pkg-config, the libav* headers and
+# libclang for its bindgen step.
+BUILD_PACKAGES="pkg-config libavcodec-dev libavformat-dev libavutil-dev libclang-dev"
 
 usage() {
     sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2

@@ -11,19 +11,34 @@
 //!   what the WebRTC path encodes to video.
 //! - [`rfb_client`]: the RFB client that keeps that framebuffer up to date
 //!   (Raw, CopyRect, ZRLE, DesktopSize) and sends input to the desktop.
+//! - [`desktop_video`]: the WebRTC stream of a desktop: framebuffer damage
+//!   encoded by a [`VideoEncoder`] ([`vp8`] on libvpx) and sent to a
+//!   [`VideoPeer`] ([`webrtc_peer`] on the `webrtc` crate), with input
+//!   ([`input`]) from the browser's data channel going back to the desktop.
 //!
 //! The crate knows nothing of wallets, billing or sessions beyond an id for
 //! logs: the gate hands it an authorised browser stream and a connection to
 //! the desktop.
 
+pub mod desktop_video;
 pub mod framebuffer;
+pub mod input;
 pub mod media_actor;
 pub mod relay;
 pub mod rfb;
 pub mod rfb_client;
+pub mod video;
+pub mod vp8;
+pub mod webrtc_peer;
 
+pub use desktop_video::{StreamError, stream_desktop};
 pub use framebuffer::{Framebuffer, Rect};
+pub use input::InputEvent;
 pub use media_actor::{MediaActor, MediaArgs, MediaMsg, StreamOutcome};
 pub use relay::{CounterSnapshot, MediaPath, RelayEnd, RelayLimits, StreamCounters, relay_vnc};
 pub use rfb::{RfbError, authenticate};
 pub use rfb_client::{FrameUpdate, RfbClient, RfbClientError};
+pub use video::{EncodeError, EncodedFrame, VideoEncoder, VideoSettings};
+pub use webrtc_peer::{
+    IceServer, PeerError, PeerEvent, PeerSettings, VideoPeer, WebRtcPeer, answer_offer,
+};

@@ -43,8 +43,10 @@ impl Default for RelayLimits {
 /// Which media path a stream is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaPath {
-    /// RFB over WebSocket (noVNC); WebRTC joins when its route is built.
+    /// RFB over WebSocket (noVNC).
     Vnc,
+    /// Encoded video over a WebRTC peer connection.
+    WebRtc,
 }
 
 impl MediaPath {
@@ -52,6 +54,7 @@ impl MediaPath {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Vnc => "vnc",
+            Self::WebRtc => "webrtc",
         }
     }
 }
@@ -63,6 +66,7 @@ pub struct StreamCounters {
     bytes_down: AtomicU64,
     keys: AtomicU64,
     pointer: AtomicU64,
+    frames: AtomicU64,
 }
 
 /// A copy of [`StreamCounters`] at one instant.
@@ -76,6 +80,8 @@ pub struct CounterSnapshot {
     pub keys: u64,
     /// Pointer events from the browser.
     pub pointer: u64,
+    /// Video frames sent (WebRTC only).
+    pub frames: u64,
 }
 
 impl StreamCounters {
@@ -86,6 +92,7 @@ impl StreamCounters {
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             keys: self.keys.load(Ordering::Relaxed),
             pointer: self.pointer.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
         }
     }
 
@@ -101,6 +108,13 @@ impl StreamCounters {
         self.bytes_down.fetch_add(bytes as u64, Ordering::Relaxed);
         metrics::counter!("deskgate_media_bytes_total", "path" => path.as_str(), "direction" => "down")
             .increment(bytes as u64);
+    }
+
+    /// Counts one video frame of `bytes` sent towards the browser.
+    pub fn add_frame(&self, path: MediaPath, bytes: usize) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("deskgate_media_frames_total", "path" => path.as_str()).increment(1);
+        self.add_down(path, bytes);
     }
 
     /// Counts input events from the browser.

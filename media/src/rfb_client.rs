@@ -55,6 +55,21 @@ const ZRLE_MAX_PALETTE: usize = 127;
 /// Bytes of one ZRLE CPIXEL for the pixel format asked for.
 const CPIXEL_BYTES: usize = 3;
 
+/// The RFB PointerEvent message: the pointer at (`x`, `y`) with `buttons`
+/// held (bit 0 left, bit 1 middle, bit 2 right, bits 3/4 the wheel).
+pub fn pointer_event(x: u16, y: u16, buttons: u8) -> [u8; 6] {
+    let [x_hi, x_lo] = x.to_be_bytes();
+    let [y_hi, y_lo] = y.to_be_bytes();
+    [5, buttons, x_hi, x_lo, y_hi, y_lo]
+}
+
+/// The RFB KeyEvent message: `keysym` (an X11 keysym) pressed or released.
+pub fn key_event(keysym: u32, down: bool) -> [u8; 8] {
+    let mut message = [4, u8::from(down), 0, 0, 0, 0, 0, 0];
+    message[4..8].copy_from_slice(&keysym.to_be_bytes());
+    message
+}
+
 /// What went wrong talking to the desktop.
 #[derive(Debug, thiserror::Error)]
 pub enum RfbClientError {
@@ -238,16 +253,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
         y: u16,
         buttons: u8,
     ) -> Result<(), RfbClientError> {
-        let [x_hi, x_lo] = x.to_be_bytes();
-        let [y_hi, y_lo] = y.to_be_bytes();
-        self.send(&[5, buttons, x_hi, x_lo, y_hi, y_lo]).await
+        self.send(&pointer_event(x, y, buttons)).await
     }
 
     /// Presses (`down`) or releases the key `keysym` (an X11 keysym).
     pub async fn send_key(&mut self, keysym: u32, down: bool) -> Result<(), RfbClientError> {
-        let mut message = [4, u8::from(down), 0, 0, 0, 0, 0, 0];
-        message[4..8].copy_from_slice(&keysym.to_be_bytes());
-        self.send(&message).await
+        self.send(&key_event(keysym, down)).await
     }
 
     /// Reads server messages until a FramebufferUpdate has been applied and

@@ -1,0 +1,585 @@
+//! The WebRTC stream of one desktop: an RFB client keeps a copy of the
+//! desktop, changed pixels are encoded to video at most `max_fps` times a
+//! second, and input from the browser's data channel goes back as RFB
+//! events.
+//!
+//! Three things run in one task, so dropping the future (the
+//! [`crate::MediaActor`] closing) ends them all:
+//!
+//! - the **decoder** reads the desktop's updates, one incremental request per
+//!   frame interval, and copies the damaged rectangles into a shared frame;
+//! - the **desktop writer** sends whole RFB messages (update requests and
+//!   input) to the desktop through one queue, so they never interleave;
+//! - the **loop** reacts to the peer (connected, input, keyframe requests,
+//!   closed) and encodes the shared frame when it changed. An idle desktop
+//!   answers no update request, so nothing is encoded and no frame is sent;
+//!   a keyframe request is answered unless the last frame sent was a
+//!   keyframe and nothing changed since.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::PollSender;
+
+use crate::framebuffer::Rect;
+use crate::input::InputEvent;
+use crate::relay::{MediaPath, RelayEnd, StreamCounters};
+use crate::rfb_client::{RfbClient, RfbClientError};
+use crate::video::{EncodeError, VideoEncoder, VideoSettings};
+use crate::webrtc_peer::{PeerError, PeerEvent, VideoPeer};
+
+/// RFB messages queued towards the desktop.
+const DESKTOP_QUEUE: usize = 64;
+
+/// Why a WebRTC stream stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The desktop's RFB stream failed.
+    #[error("desktop: {0}")]
+    Desktop(#[from] RfbClientError),
+    /// The encoder failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The peer connection failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+/// The desktop as last decoded, shared between the decoder and the loop.
+#[derive(Debug, Default)]
+struct SharedFrame {
+    pixels: Vec<u32>,
+    width: u16,
+    height: u16,
+    /// Changed since the loop last took a copy.
+    dirty: bool,
+}
+
+impl SharedFrame {
+    /// Copies `rects` of `source` (`width`×`height`); a new size copies all.
+    fn update(&mut self, source: &[u32], width: u16, height: u16, rects: &[Rect]) {
+        if (width, height) != (self.width, self.height) {
+            self.pixels.clear();
+            self.pixels.extend_from_slice(source);
+            self.width = width;
+            self.height = height;
+        } else {
+            let stride = usize::from(width);
+            for rect in rects {
+                let (x, w) = (usize::from(rect.x), usize::from(rect.width));
+                for row in usize::from(rect.y)..rect.bottom() as usize {
+                    let at = row * stride + x;
+                    self.pixels[at..at + w].copy_from_slice(&source[at..at + w]);
+                }
+            }
+        }
+        self.dirty = true;
+    }
+}
+
+/// Streams the desktop behind `desktop` (an authenticated RFB stream, see
+/// [`crate::rfb::authenticate`]) to `peer` until either ends.
+pub async fn stream_desktop<D, P>(
+    desktop: D,
+    mut peer: P,
+    encoder: Box<dyn VideoEncoder>,
+    settings: VideoSettings,
+    counters: &StreamCounters,
+) -> Result<RelayEnd, StreamError>
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    P: VideoPeer,
+{
+    let path = MediaPath::WebRtc;
+    let interval = Duration::from_secs(1) / settings.max_fps.max(1);
+    let (read_half, write_half) = tokio::io::split(desktop);
+    let (to_desktop, queued) = mpsc::channel::<Bytes>(DESKTOP_QUEUE);
+    let writing = write_desktop(write_half, queued);
+    tokio::pin!(writing);
+    // The handshake's own messages go through the writer, so it runs too.
+    let connecting = RfbClient::connect(tokio::io::join(
+        read_half,
+        MessageWriter(PollSender::new(to_desktop.clone())),
+    ));
+    let client = tokio::select! {
+        client = connecting => client?,
+        result = &mut writing => return desktop_ended(result.map_err(RfbClientError::from)),
+    };
+    let shared = Arc::new(Mutex::new(SharedFrame::default()));
+    let changed = Arc::new(Notify::new());
+    let decoding = decode_desktop(client, shared.clone(), changed.clone(), interval);
+    tokio::pin!(decoding);
+
+    // Encoding runs on the blocking pool; the job (encoder and the pixels
+    // it encodes) is shared with it rather than moved back and forth.
+    let job = Arc::new(Mutex::new(EncodeJob {
+        encoder,
+        pixels: Vec::new(),
+    }));
+    let mut connected = false;
+    let mut pending = false;
+    let mut keyframe = true;
+    let mut next_slot = Instant::now();
+    let mut last_sent: Option<Instant> = None;
+    let mut last_was_keyframe = false;
+    loop {
+        tokio::select! {
+            event = peer.next_event() => match event {
+                None | Some(PeerEvent::Closed) => return Ok(RelayEnd::BrowserClosed),
+                Some(PeerEvent::Connected) => {
+                    connected = true;
+                    pending = true;
+                    keyframe = true;
+                }
+                Some(PeerEvent::KeyframeRequested) => {
+                    // Chromium asks for a keyframe whenever no frame has come
+                    // for 3 s, which on an idle desktop is always. If the last
+                    // frame was a keyframe and nothing changed since, the
+                    // browser has it (lost packets are re-sent on NACK), so
+                    // the request is not answered and the desktop stays quiet.
+                    if last_was_keyframe && !pending && !lock(&shared).dirty {
+                        tracing::trace!("keyframe request while idle after a keyframe: not answered");
+                    } else {
+                        pending = true;
+                        keyframe = true;
+                    }
+                }
+                Some(PeerEvent::Input(message)) => match InputEvent::parse(&message) {
+                    Ok(input) => {
+                        let rfb = Bytes::from(input.to_rfb());
+                        counters.add_up(path, rfb.len());
+                        counters.add_input(path, input.count());
+                        if to_desktop.send(rfb).await.is_err() {
+                            return Ok(RelayEnd::DesktopClosed);
+                        }
+                    }
+                    Err(err) => {
+                        metrics::counter!("deskgate_media_refused_total", "reason" => "input").increment(1);
+                        tracing::debug!(error = %err, "input message dropped");
+                    }
+                },
+            },
+            result = &mut decoding => return desktop_ended(result),
+            result = &mut writing => return desktop_ended(result.map_err(RfbClientError::from)),
+            () = changed.notified() => pending = true,
+            () = tokio::time::sleep_until(next_slot), if pending && connected => {
+                pending = false;
+                let Some((width, height)) = take_frame(&shared, &job, keyframe) else {
+                    continue;
+                };
+                let started = Instant::now();
+                next_slot = started + interval;
+                let force = keyframe;
+                let encoding = job.clone();
+                let encoded = tokio::task::spawn_blocking(move || {
+                    let mut job = lock(&encoding);
+                    let EncodeJob { encoder, pixels } = &mut *job;
+                    encoder.encode(pixels, width, height, force)
+                })
+                .await
+                .map_err(|err| EncodeError::Encode(format!("the encoder thread failed: {err}")))?;
+                metrics::histogram!("deskgate_media_encode_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Some(frame) = encoded? {
+                    let now = Instant::now();
+                    let shown = last_sent.map_or(interval, |t| now - t);
+                    last_sent = Some(now);
+                    let bytes = frame.data.len();
+                    peer.send_frame(frame.data, shown).await?;
+                    counters.add_frame(path, bytes);
+                    last_was_keyframe = frame.keyframe;
+                    keyframe = false;
+                }
+            }
+        }
+    }
+}
+
+/// The encoder and the pixels of the frame it encodes next.
+struct EncodeJob {
+    encoder: Box<dyn VideoEncoder>,
+    pixels: Vec<u32>,
+}
+
+/// Locks `mutex`; a panic elsewhere while it was held left plain data, which
+/// is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Copies the shared frame into the job if it changed or a keyframe is
+/// due; returns its size, or `None` when there is nothing to encode.
+fn take_frame(
+    shared: &Mutex<SharedFrame>,
+    job: &Mutex<EncodeJob>,
+    keyframe: bool,
+) -> Option<(u16, u16)> {
+    let mut frame = lock(shared);
+    if frame.pixels.is_empty() || !(frame.dirty || keyframe) {
+        return None;
+    }
+    frame.dirty = false;
+    let mut job = lock(job);
+    job.pixels.clear();
+    job.pixels.extend_from_slice(&frame.pixels);
+    Some((frame.width, frame.height))
+}
+
+/// The desktop's end of the stream: a closed connection is an ordinary end.
+fn desktop_ended(result: Result<(), RfbClientError>) -> Result<RelayEnd, StreamError> {
+    match result {
+        Ok(()) => Ok(RelayEnd::DesktopClosed),
+        Err(RfbClientError::Io(err))
+            if matches!(
+                err.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(RelayEnd::DesktopClosed)
+        }
+        Err(err) => Err(StreamError::Desktop(err)),
+    }
+}
+
+/// Asks for the whole desktop, then for what changed at most once per
+/// `interval`, and copies each update into `shared`.
+async fn decode_desktop<S>(
+    mut client: RfbClient<S>,
+    shared: Arc<Mutex<SharedFrame>>,
+    changed: Arc<Notify>,
+    interval: Duration,
+) -> Result<(), RfbClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    client.request_update(false).await?;
+    loop {
+        let requested = Instant::now();
+        let update = client.next_update().await?;
+        let damage = client.take_damage();
+        if update.resized || !damage.is_empty() {
+            let fb = client.framebuffer();
+            lock(&shared).update(fb.pixels(), fb.width(), fb.height(), &damage);
+            changed.notify_one();
+        }
+        tokio::time::sleep_until(requested + interval).await;
+        client.request_update(true).await?;
+    }
+}
+
+/// Sends queued RFB messages to the desktop until the queue closes.
+async fn write_desktop<W>(mut desktop: W, mut queued: mpsc::Receiver<Bytes>) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while let Some(message) = queued.recv().await {
+        desktop.write_all(&message).await?;
+        desktop.flush().await?;
+    }
+    Ok(())
+}
+
+/// The RFB client's write side: each write becomes one queued message (the
+/// client writes each of its messages in one call), so its messages and the
+/// input's never interleave.
+struct MessageWriter(PollSender<Bytes>);
+
+impl AsyncWrite for MessageWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "the desktop writer stopped");
+        ready!(self.0.poll_reserve(cx)).map_err(|_| closed())?;
+        self.0
+            .send_item(Bytes::copy_from_slice(buf))
+            .map_err(|_| closed())?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::video::EncodedFrame;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    const WIDTH: u16 = 4;
+    const HEIGHT: u16 = 2;
+
+    /// Encodes a frame as its first pixel's bytes; counts its calls and
+    /// records which were keyframes.
+    struct FakeEncoder {
+        calls: Arc<AtomicUsize>,
+        keyframes: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl VideoEncoder for FakeEncoder {
+        fn mime_type(&self) -> &'static str {
+            "video/VP8"
+        }
+
+        fn encode(
+            &mut self,
+            pixels: &[u32],
+            width: u16,
+            height: u16,
+            keyframe: bool,
+        ) -> Result<Option<EncodedFrame>, EncodeError> {
+            assert_eq!(pixels.len(), usize::from(width) * usize::from(height));
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.keyframes.lock().unwrap().push(keyframe);
+            Ok(Some(EncodedFrame {
+                data: Bytes::copy_from_slice(&pixels[0].to_be_bytes()),
+                keyframe,
+            }))
+        }
+    }
+
+    /// A peer driven by the test: it pushes events and reads sent frames.
+    struct FakePeer {
+        events: mpsc::Receiver<PeerEvent>,
+        sent: mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl VideoPeer for FakePeer {
+        async fn send_frame(&mut self, frame: Bytes, _duration: Duration) -> Result<(), PeerError> {
+            let _ = self.sent.send(frame);
+            Ok(())
+        }
+
+        async fn next_event(&mut self) -> Option<PeerEvent> {
+            self.events.recv().await
+        }
+    }
+
+    /// The VNC server's end, after authentication.
+    struct FakeDesktop(DuplexStream);
+
+    impl FakeDesktop {
+        /// ClientInit in, ServerInit out, the client's set-up messages in.
+        async fn accept(&mut self) {
+            assert_eq!(self.0.read_u8().await.unwrap(), 1, "ClientInit, shared");
+            let mut init = Vec::new();
+            init.extend_from_slice(&WIDTH.to_be_bytes());
+            init.extend_from_slice(&HEIGHT.to_be_bytes());
+            init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+            init.extend_from_slice(&4u32.to_be_bytes());
+            init.extend_from_slice(b"test");
+            self.0.write_all(&init).await.unwrap();
+            let mut setup = [0u8; 20 + 4 + 16];
+            self.0.read_exact(&mut setup).await.unwrap();
+            assert_eq!(
+                (setup[0], setup[20]),
+                (0, 2),
+                "SetPixelFormat, SetEncodings"
+            );
+        }
+
+        /// Reads one client message: an update request (10 bytes), a
+        /// pointer event (6) or a key event (8).
+        async fn message(&mut self) -> Vec<u8> {
+            let kind = self.0.read_u8().await.unwrap();
+            let len = match kind {
+                3 => 10,
+                5 => 6,
+                4 => 8,
+                other => panic!("unexpected client message {other}"),
+            };
+            let mut message = vec![kind; len];
+            self.0.read_exact(&mut message[1..]).await.unwrap();
+            message
+        }
+
+        /// Answers with the whole desktop in one Raw rectangle of `colour`.
+        async fn paint(&mut self, colour: u32) {
+            let mut update = vec![0, 0, 0, 1];
+            for v in [0, 0, WIDTH, HEIGHT] {
+                update.extend_from_slice(&v.to_be_bytes());
+            }
+            update.extend_from_slice(&0i32.to_be_bytes());
+            for _ in 0..usize::from(WIDTH) * usize::from(HEIGHT) {
+                update.extend_from_slice(&colour.to_le_bytes());
+            }
+            self.0.write_all(&update).await.unwrap();
+        }
+    }
+
+    struct Harness {
+        desktop: FakeDesktop,
+        events: mpsc::Sender<PeerEvent>,
+        sent: mpsc::UnboundedReceiver<Bytes>,
+        encodes: Arc<AtomicUsize>,
+        keyframes: Arc<Mutex<Vec<bool>>>,
+        counters: Arc<StreamCounters>,
+        stream: tokio::task::JoinHandle<Result<RelayEnd, StreamError>>,
+    }
+
+    /// Starts a stream at `max_fps` and completes the RFB set-up.
+    async fn start(max_fps: u32) -> Harness {
+        let (gate_end, desktop_end) = tokio::io::duplex(64 * 1024);
+        let (events, peer_events) = mpsc::channel(16);
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        let encodes = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(StreamCounters::default());
+        let settings = VideoSettings {
+            max_fps,
+            ..VideoSettings::default()
+        };
+        let peer = FakePeer {
+            events: peer_events,
+            sent: sent_tx,
+        };
+        let keyframes = Arc::new(Mutex::new(Vec::new()));
+        let encoder = Box::new(FakeEncoder {
+            calls: encodes.clone(),
+            keyframes: keyframes.clone(),
+        });
+        let stream_counters = counters.clone();
+        let stream = tokio::spawn(async move {
+            stream_desktop(gate_end, peer, encoder, settings, &stream_counters).await
+        });
+        let mut desktop = FakeDesktop(desktop_end);
+        desktop.accept().await;
+        Harness {
+            desktop,
+            events,
+            sent,
+            encodes,
+            keyframes,
+            counters,
+            stream,
+        }
+    }
+
+    async fn next_frame(sent: &mut mpsc::UnboundedReceiver<Bytes>) -> Bytes {
+        tokio::time::timeout(Duration::from_secs(5), sent.recv())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the stream is running")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_desktop_sends_no_frames_after_the_first() {
+        let mut h = start(30).await;
+        let first = h.desktop.message().await;
+        assert_eq!(&first[..2], [3, 0], "a full update request first");
+        h.desktop.paint(0x00ff_8000).await;
+        h.events.send(PeerEvent::Connected).await.unwrap();
+        assert_eq!(next_frame(&mut h.sent).await[..], [0, 0xff, 0x80, 0]);
+
+        // The next request is incremental; an idle desktop never answers it.
+        let next = h.desktop.message().await;
+        assert_eq!(&next[..2], [3, 1]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(h.sent.try_recv().is_err(), "a frame was sent while idle");
+        assert_eq!(h.encodes.load(Ordering::SeqCst), 1);
+        assert_eq!(h.counters.snapshot().frames, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_sent_at_most_max_fps_times_a_second() {
+        let mut h = start(10).await;
+        h.events.send(PeerEvent::Connected).await.unwrap();
+        let started = Instant::now();
+        // The desktop changes on every request for two seconds.
+        let mut colour = 0;
+        while started.elapsed() < Duration::from_secs(2) {
+            assert_eq!(h.desktop.message().await[0], 3);
+            colour += 1;
+            h.desktop.paint(colour).await;
+        }
+        let mut frames = 0;
+        while h.sent.try_recv().is_ok() {
+            frames += 1;
+        }
+        assert!(
+            (15..=21).contains(&frames),
+            "{frames} frames in 2 s at 10 fps"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keyframe_request_is_answered_unless_the_last_frame_was_one() {
+        let mut h = start(30).await;
+        h.desktop.message().await;
+        h.desktop.paint(0x0000_40ff).await;
+        h.events.send(PeerEvent::Connected).await.unwrap();
+        next_frame(&mut h.sent).await; // the first frame is a keyframe
+        h.desktop.message().await;
+
+        // Nothing changed since that keyframe: the request is not answered.
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(h.sent.try_recv().is_err(), "an idle keyframe was resent");
+
+        // A change goes out as a delta frame; a request after it is answered
+        // with the unchanged picture as a keyframe, once.
+        h.desktop.paint(0x00ff_8000).await;
+        assert_eq!(next_frame(&mut h.sent).await[..], [0, 0xff, 0x80, 0]);
+        h.desktop.message().await;
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        assert_eq!(next_frame(&mut h.sent).await[..], [0, 0xff, 0x80, 0]);
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            h.sent.try_recv().is_err(),
+            "a second idle keyframe was sent"
+        );
+        assert_eq!(h.encodes.load(Ordering::SeqCst), 3);
+        assert_eq!(*h.keyframes.lock().unwrap(), [true, false, true]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn input_from_the_data_channel_reaches_the_desktop_as_rfb_events() {
+        let mut h = start(30).await;
+        h.desktop.message().await; // the first update request
+        let input = |json: &str| PeerEvent::Input(Bytes::copy_from_slice(json.as_bytes()));
+        h.events
+            .send(input(r#"{"type":"pointer","x":321,"y":123,"buttons":1}"#))
+            .await
+            .unwrap();
+        assert_eq!(h.desktop.message().await, [5, 1, 0x01, 0x41, 0, 0x7b]);
+        // Malformed input is dropped; the stream goes on.
+        h.events.send(input("{nonsense")).await.unwrap();
+        h.events
+            .send(input(r#"{"type":"key","keysym":65505,"down":false}"#))
+            .await
+            .unwrap();
+        assert_eq!(h.desktop.message().await, [4, 0, 0, 0, 0, 0, 0xff, 0xe1]);
+        let counts = h.counters.snapshot();
+        assert_eq!((counts.pointer, counts.keys), (1, 1));
+        assert_eq!(counts.bytes_up, 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_ends_with_the_peer_or_the_desktop() {
+        let h = start(30).await;
+        h.events.send(PeerEvent::Closed).await.unwrap();
+        assert_eq!(h.stream.await.unwrap().unwrap(), RelayEnd::BrowserClosed);
+
+        let h = start(30).await;
+        drop(h.desktop);
+        assert_eq!(h.stream.await.unwrap().unwrap(), RelayEnd::DesktopClosed);
+    }
+}

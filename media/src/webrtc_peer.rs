@@ -1,0 +1,517 @@
+//! The WebRTC adapter: the only module that touches the `webrtc` and `rtc`
+//! crates (0.21, the sans-I/O rewrite; see `docs/webrtc-choice.md`). The
+//! rest of the crate sees [`VideoPeer`]: send a frame, wait for an event.
+//!
+//! One [`WebRtcPeer`] answers one browser offer with a send-only video track
+//! (the codec of the [`crate::VideoEncoder`]) and takes the browser's `input`
+//! data channel. Signalling is not trickled: the answer is returned once ICE
+//! gathering completes, or after [`PeerSettings::gather_timeout`] with what
+//! was gathered (an unreachable TURN server never completes it).
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// The data channel whose messages are input (see [`crate::input`]).
+pub const INPUT_CHANNEL: &str = "input";
+/// The RTP payload type offered for the video codec (the dynamic range
+/// starts at 96; the browser's offer decides the one actually used).
+const VIDEO_PAYLOAD_TYPE: u8 = 96;
+/// Input messages buffered between the data channel and the stream.
+const INPUT_QUEUE: usize = 256;
+/// Where the keyframe-request interceptor sits: after every default
+/// interceptor, so they have all seen the RTCP before it picks from it.
+const KEYFRAME_REQUEST_SLOT: usize = 14_000;
+
+/// One ICE server handed to the peer connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (empty for STUN).
+    pub username: String,
+    /// TURN credential (empty for STUN).
+    pub credential: String,
+}
+
+/// How peers are set up.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    /// ICE servers of the gate's side (TURN with its own credentials).
+    pub ice_servers: Vec<IceServer>,
+    /// The address the media UDP sockets bind (ephemeral ports);
+    /// `0.0.0.0` means every interface.
+    pub udp_ip: IpAddr,
+    /// Longest wait for ICE gathering before answering with what there is.
+    pub gather_timeout: Duration,
+}
+
+/// Why an offer could not be answered or a frame not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The offer is not an SDP offer the stack accepts.
+    #[error("the offer is not a valid SDP offer: {0}")]
+    BadOffer(String),
+    /// The offer has no video the desktop can be sent as.
+    #[error("the offer does not receive {0} video")]
+    NoVideo(&'static str),
+    /// The WebRTC stack failed.
+    #[error("webrtc: {0}")]
+    Stack(String),
+}
+
+fn stack(err: impl std::fmt::Display) -> PeerError {
+    PeerError::Stack(err.to_string())
+}
+
+/// What happens on a peer connection, as the stream sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: frames may flow.
+    Connected,
+    /// One message on the `input` data channel.
+    Input(Bytes),
+    /// The browser lost a picture (PLI or FIR): send a keyframe.
+    KeyframeRequested,
+    /// The connection failed or was closed.
+    Closed,
+}
+
+/// Port: the browser end of a video stream.
+pub trait VideoPeer: Send {
+    /// Sends one encoded frame that shows for `duration` (the time since
+    /// the previous one).
+    fn send_frame(
+        &mut self,
+        frame: Bytes,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), PeerError>> + Send;
+
+    /// The next event; `None` once nothing more can happen.
+    fn next_event(&mut self) -> impl Future<Output = Option<PeerEvent>> + Send;
+}
+
+/// A peer connection answering one browser; closed when dropped.
+pub struct WebRtcPeer {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    /// The payload type the browser's offer gave the codec, once known.
+    payload_type: Option<u8>,
+    events: mpsc::Receiver<PeerEvent>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    reported: RTCPeerConnectionState,
+}
+
+impl std::fmt::Debug for WebRtcPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcPeer")
+            .field("ssrc", &self.ssrc)
+            .field("payload_type", &self.payload_type)
+            .field("state", &self.reported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WebRtcPeer {
+    fn drop(&mut self) {
+        // The stack's driver task outlives a dropped connection unless it is
+        // closed; closing is async, so it is handed to the runtime.
+        let pc = self.pc.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = pc.close().await {
+                    tracing::debug!(error = %err, "closing a peer connection");
+                }
+            });
+        }
+    }
+}
+
+/// Checks that `offer_sdp` parses as an SDP offer, before anything is set
+/// up for it.
+pub fn check_offer(offer_sdp: &str) -> Result<(), PeerError> {
+    RTCSessionDescription::offer(offer_sdp.to_owned())
+        .map(drop)
+        .map_err(|err| PeerError::BadOffer(err.to_string()))
+}
+
+/// Answers `offer_sdp` with a video track of `mime_type` (e.g. `video/VP8`)
+/// and returns the answer SDP with the peer.
+pub async fn answer_offer(
+    offer_sdp: String,
+    mime_type: &'static str,
+    settings: &PeerSettings,
+) -> Result<(String, WebRtcPeer), PeerError> {
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|err| PeerError::BadOffer(err.to_string()))?;
+    let codec = video_codec(mime_type);
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: codec.clone(),
+                payload_type: VIDEO_PAYLOAD_TYPE,
+            },
+            RtpCodecKind::Video,
+        )
+        .map_err(stack)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)
+        .map_err(stack)?
+        .with(
+            Slot::from(KEYFRAME_REQUEST_SLOT),
+            KeyframeRequests::default(),
+        );
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(
+            settings
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: s.credential.clone(),
+                })
+                .collect(),
+        )
+        .build();
+    // mDNS would open a multicast socket per peer and hide nothing the
+    // gate needs hidden; many hosts have no multicast route at all.
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let (events_tx, events) = mpsc::channel(INPUT_QUEUE);
+    let (gathered_tx, mut gathered) = watch::channel(false);
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let handler = Arc::new(Handler {
+        gathered: gathered_tx,
+        state: state_tx,
+        events: events_tx.clone(),
+    });
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media)
+            .with_setting_engine(setting_engine)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec![std::net::SocketAddr::new(settings.udp_ip, 0)])
+            .build()
+            .await
+            .map_err(stack)?,
+    );
+
+    let ssrc = rand_ssrc();
+    let track = Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "desktop".to_owned(),
+                "desktop-video".to_owned(),
+                "desktop-video".to_owned(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            ),
+        )
+        .map_err(stack)?,
+    );
+    let peer_result = async {
+        let sender = pc
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(stack)?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|err| PeerError::BadOffer(err.to_string()))?;
+        let answer = pc.create_answer(None).await.map_err(stack)?;
+        pc.set_local_description(answer).await.map_err(stack)?;
+        let negotiated = sender
+            .get_parameters()
+            .await
+            .map_err(stack)?
+            .rtp_parameters
+            .codecs
+            .iter()
+            .any(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime_type));
+        if !negotiated {
+            return Err(PeerError::NoVideo(mime_type));
+        }
+        Ok(sender)
+    }
+    .await;
+    let sender = match peer_result {
+        Ok(sender) => sender,
+        Err(err) => {
+            let _ = pc.close().await;
+            return Err(err);
+        }
+    };
+    spawn_keyframe_requests(Arc::clone(&track), events_tx);
+
+    let gathering = tokio::time::timeout(settings.gather_timeout, async {
+        while !*gathered.borrow_and_update() {
+            if gathered.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if gathering.is_err() {
+        tracing::warn!(
+            timeout = ?settings.gather_timeout,
+            "ICE gathering did not complete; answering with the candidates gathered so far"
+        );
+    }
+    let peer = WebRtcPeer {
+        pc,
+        track,
+        sender,
+        ssrc,
+        payload_type: None,
+        events,
+        state,
+        reported: RTCPeerConnectionState::New,
+    };
+    let answer = peer
+        .pc
+        .local_description()
+        .await
+        .ok_or_else(|| PeerError::Stack("no local description after answering".into()))?;
+    Ok((answer.sdp, peer))
+}
+
+impl VideoPeer for WebRtcPeer {
+    async fn send_frame(&mut self, frame: Bytes, duration: Duration) -> Result<(), PeerError> {
+        let payload_type = match self.payload_type {
+            Some(pt) => pt,
+            None => {
+                let parameters = self.sender.get_parameters().await.map_err(stack)?;
+                let pt = parameters
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map_or(VIDEO_PAYLOAD_TYPE, |c| c.payload_type);
+                self.payload_type = Some(pt);
+                pt
+            }
+        };
+        let sample = Sample {
+            data: frame,
+            duration,
+            ..Sample::new(Instant::now())
+        };
+        self.track
+            .sample_writer(self.ssrc, payload_type)
+            .write_sample(&sample)
+            .await
+            .map_err(stack)
+    }
+
+    async fn next_event(&mut self) -> Option<PeerEvent> {
+        loop {
+            tokio::select! {
+                event = self.events.recv() => return event,
+                changed = self.state.changed() => {
+                    if changed.is_err() {
+                        return Some(PeerEvent::Closed);
+                    }
+                    let state = *self.state.borrow_and_update();
+                    if state == self.reported {
+                        continue;
+                    }
+                    self.reported = state;
+                    match state {
+                        RTCPeerConnectionState::Connected => return Some(PeerEvent::Connected),
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            return Some(PeerEvent::Closed);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The video codec as the stack describes it, with the feedback the
+/// browser may send: retransmission requests and keyframe requests.
+fn video_codec(mime_type: &str) -> RTCRtpCodec {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodec {
+        mime_type: mime_type.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![
+            feedback("nack", ""),
+            feedback("nack", "pli"),
+            feedback("ccm", "fir"),
+        ],
+    }
+}
+
+/// A random SSRC, so two viewers' streams are told apart.
+fn rand_ssrc() -> u32 {
+    // RandomState is randomly keyed per process and per instance: enough
+    // for an identifier that only has to differ between streams.
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u32
+}
+
+/// Forwards keyframe requests that arrive on the track to the stream.
+fn spawn_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mpsc::Sender<PeerEvent>) {
+    tokio::spawn(async move {
+        // `poll` ends when the track is unbound (the connection closed).
+        while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
+            if packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+                && events.try_send(PeerEvent::KeyframeRequested).is_err()
+                && events.is_closed()
+            {
+                return;
+            }
+        }
+    });
+}
+
+fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// The stack's callbacks, turned into channel messages.
+struct Handler {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    events: mpsc::Sender<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "peer connection state");
+        let _ = self.state.send(state);
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let events = self.events.clone();
+        // Reading runs in its own task: this callback runs on the stack's
+        // driver, which must not wait on the stream.
+        tokio::spawn(async move {
+            let label = channel.label().await.unwrap_or_default();
+            if label != INPUT_CHANNEL {
+                tracing::debug!(%label, "ignoring a data channel that is not `input`");
+                return;
+            }
+            while let Some(event) = channel.poll().await {
+                let message = match event {
+                    DataChannelEvent::OnMessage(message) => message,
+                    DataChannelEvent::OnClose => return,
+                    _ => continue,
+                };
+                // Waiting here is back-pressure on the browser's input.
+                if events
+                    .send(PeerEvent::Input(message.data.freeze()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Interceptor that marks inbound PLI and FIR packets for delivery to the
+/// application: inbound RTCP otherwise ends inside the interceptor chain,
+/// and the encoder would never hear that a viewer needs a keyframe.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &message.message.packet {
+            let requests: Vec<_> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                // The interceptors before this one have acted on it.
+                return Ok(());
+            }
+            message.message.packet = Packet::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
