@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -266,6 +266,24 @@ pub const KEYS: &[Key] = &[
         Secret,
         None,
         "TURN REST shared secret (coturn use-auth-secret)"
+    ),
+    key!(
+        "WEBRTC_UDP_IP",
+        Plain,
+        None,
+        "IP the WebRTC media UDP sockets bind (ephemeral ports); unset = the BIND address's IP, 0.0.0.0 = every interface"
+    ),
+    key!(
+        "WEBRTC_MAX_FPS",
+        Plain,
+        Some("30"),
+        "most video frames per second sent to a WebRTC viewer (1 to 60)"
+    ),
+    key!(
+        "WEBRTC_BITRATE_KBPS",
+        Plain,
+        Some("2500"),
+        "WebRTC video bitrate in kbit/s (100 to 50000)"
     ),
     key!(
         "TRUSTED_PROXIES",
@@ -616,6 +634,12 @@ pub struct Config {
     pub turn_urls: Vec<String>,
     /// TURN REST shared secret.
     pub turn_secret: Option<Secret>,
+    /// IP the WebRTC media UDP sockets bind.
+    pub webrtc_udp_ip: IpAddr,
+    /// Most video frames per second to a WebRTC viewer.
+    pub webrtc_max_fps: u32,
+    /// WebRTC video bitrate, bits per second.
+    pub webrtc_bitrate_bps: u32,
     /// Proxies whose X-Forwarded-For is trusted.
     pub trusted_proxies: Vec<IpNet>,
     /// Serve the OpenAPI document.
@@ -997,6 +1021,19 @@ impl Config {
                 _ => Err(format!("`{t}` is not a number of seconds from 0 to 300")),
             }
         });
+        let webrtc_udp_ip = parse_key(raw, "WEBRTC_UDP_IP", p, |t| {
+            t.parse::<IpAddr>()
+                .map_err(|_| format!("`{t}` is not an IP address such as 192.0.2.10 or 0.0.0.0"))
+        });
+        let webrtc_max_fps = parse_key(raw, "WEBRTC_MAX_FPS", p, |t| match t.parse::<u32>() {
+            Ok(n @ 1..=60) => Ok(n),
+            _ => Err(format!("`{t}` is not a frame rate from 1 to 60")),
+        });
+        let webrtc_bitrate_kbps =
+            parse_key(raw, "WEBRTC_BITRATE_KBPS", p, |t| match t.parse::<u32>() {
+                Ok(n @ 100..=50_000) => Ok(n),
+                _ => Err(format!("`{t}` is not a bitrate from 100 to 50000 kbit/s")),
+            });
         let gpus = parse_key(raw, "GPUS", p, |t| t.parse::<GpuSelection>());
         let billing_interval = parse_key(raw, "BILLING_INTERVAL_SECONDS", p, parse_seconds);
         let presence_timeout = parse_key(raw, "PRESENCE_TIMEOUT_SECONDS", p, parse_seconds);
@@ -1086,6 +1123,10 @@ impl Config {
             metrics_addr,
             turn_urls,
             turn_secret: secret("TURN_SECRET"),
+            webrtc_udp_ip: webrtc_udp_ip
+                .unwrap_or_else(|| bind.map_or(IpAddr::from([127, 0, 0, 1]), |b| b.ip())),
+            webrtc_max_fps: webrtc_max_fps?,
+            webrtc_bitrate_bps: webrtc_bitrate_kbps? * 1000,
             trusted_proxies,
             docs_enabled: docs_enabled?,
             log_format: log_format?,
@@ -1282,7 +1323,7 @@ mod tests {
         let loaded = load(None, env(&[]), Role::Serve);
         assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
         let config = loaded.config.expect("config");
-        assert_eq!(config.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.bind, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(config.gpus, GpuSelection::Auto);
         assert!(config.admin_token.is_none());
@@ -1320,6 +1361,52 @@ mod tests {
             [
                 "DESKGATE_SIGN_IN_RATE_BURST",
                 "DESKGATE_CLAIM_RATE_PER_MINUTE"
+            ]
+        );
+    }
+
+    #[test]
+    fn webrtc_settings_default_from_bind_and_are_checked() {
+        let config = load(None, env(&[]), Role::Serve).config.expect("config");
+        assert_eq!(config.webrtc_udp_ip, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            (config.webrtc_max_fps, config.webrtc_bitrate_bps),
+            (30, 2_500_000)
+        );
+        let config = load(
+            None,
+            env(&[
+                ("DESKGATE_BIND", "192.0.2.7:8080"),
+                ("DESKGATE_ALLOW_PUBLIC_BIND", "true"),
+                ("DESKGATE_WEBRTC_BITRATE_KBPS", "800"),
+            ]),
+            Role::Serve,
+        )
+        .config
+        .expect("config");
+        assert_eq!(config.webrtc_udp_ip, IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(config.webrtc_bitrate_bps, 800_000);
+
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_WEBRTC_UDP_IP", "localhost"),
+                ("DESKGATE_WEBRTC_MAX_FPS", "0"),
+                ("DESKGATE_WEBRTC_BITRATE_KBPS", "99"),
+            ]),
+            Role::Serve,
+        );
+        let named: Vec<_> = loaded
+            .problems
+            .iter()
+            .map(|p| p.variable.as_str())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "DESKGATE_WEBRTC_UDP_IP",
+                "DESKGATE_WEBRTC_MAX_FPS",
+                "DESKGATE_WEBRTC_BITRATE_KBPS"
             ]
         );
     }

@@ -8,12 +8,15 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
+use support::desktop::{
+    desktop_stage, metric, on_display, running_desktop, ticket, vnc_secret, wait_for_metric,
+    wait_for_pointer,
+};
 use support::{free_port, scrape_metrics, service_env};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -23,72 +26,6 @@ type Socket =
 
 /// The orange the tests paint on the X display.
 const PAINTED: [u8; 3] = [0xff, 0x80, 0x00];
-
-/// A gate whose sessions run the desktop image, with metrics on `metrics_addr`.
-async fn desktop_stage(tag: &str, metrics_addr: &str) -> Stage {
-    let image = service_env("DESKGATE_DESKTOP_IMAGE");
-    Stage::start(
-        tag,
-        &[
-            ("DESKGATE_SESSION_IMAGE", &image),
-            ("DESKGATE_SESSION_MEMORY_MIB", "512"),
-            ("DESKGATE_METRICS_ADDR", metrics_addr),
-        ],
-    )
-    .await
-}
-
-/// Claims `small` and waits until the session runs; returns its id.
-async fn running_desktop(stage: &Stage, token: &str) -> String {
-    let claimed = stage.claim(token, "small").await;
-    stage
-        .gate
-        .wait_for(
-            &session_path(&claimed),
-            token,
-            Duration::from_secs(30),
-            |s| s["state"] == "running",
-        )
-        .await;
-    claimed["id"].as_str().unwrap().to_string()
-}
-
-/// Runs `args` in the session's desktop container as its X client, retrying
-/// while the X server is still starting; returns stdout.
-fn on_display(session: &str, args: &[&str]) -> String {
-    let container = format!("deskgate-session-{session}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = Command::new("docker")
-            .args(["exec", &container, "env", "DISPLAY=:0"])
-            .args(args)
-            .output()
-            .expect("docker CLI");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{args:?} on the desktop of {session}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A fresh single-use ticket of `purpose` for the session.
-async fn ticket(stage: &Stage, token: &str, session: &str, purpose: &str) -> String {
-    let (status, body) = stage
-        .gate
-        .post(
-            &format!("/api/v1/sessions/{session}/tickets"),
-            Some(token),
-            json!({ "purpose": purpose }),
-        )
-        .await;
-    assert_eq!(status, 201, "ticket: {body}");
-    body["ticket"].as_str().unwrap().to_string()
-}
 
 /// Opens the VNC socket with `ticket` from the gate's own origin; the HTTP
 /// status on refusal.
@@ -152,23 +89,10 @@ async fn rfb_handshake(socket: &mut Socket, held: &mut Vec<u8>) -> (u16, u16) {
     )
 }
 
-/// The value of one Prometheus series (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn novnc_in_chromium_shows_the_painted_desktop_without_the_vnc_password() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stage = desktop_stage("media_novnc", &metrics_addr).await;
+    let stage = desktop_stage("media_novnc", &metrics_addr, &[]).await;
     let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
     let session = running_desktop(&stage, &token).await;
     on_display(&session, &["xsetroot", "-solid", "#ff8000"]);
@@ -240,23 +164,10 @@ async fn novnc_in_chromium_shows_the_painted_desktop_without_the_vnc_password() 
         assert!(metric(&metrics, &series) > 0.0, "{series}:\n{metrics}");
     }
     // The secret is in nothing the gate logged.
-    let secret_line = Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .Config.Env}}{{println .}}{{end}}",
-            &format!("deskgate-session-{session}"),
-        ])
-        .output()
-        .expect("docker inspect");
-    let env = String::from_utf8_lossy(&secret_line.stdout);
-    let secret = env
-        .lines()
-        .find_map(|l| l.strip_prefix("DESKGATE_VNC_PASSWORD="))
-        .expect("the session has a VNC secret");
+    let secret = vnc_secret(&session);
     let logs = stage.gate.output();
     assert!(
-        !logs.contains(secret),
+        !logs.contains(&secret),
         "the VNC secret is in the gate's log"
     );
     assert!(!logs.contains(&ticket), "the ticket is in the gate's log");
@@ -266,7 +177,7 @@ async fn novnc_in_chromium_shows_the_painted_desktop_without_the_vnc_password() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_reused_or_expired_ticket_never_reaches_the_desktop() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stage = desktop_stage("media_tickets", &metrics_addr).await;
+    let stage = desktop_stage("media_tickets", &metrics_addr, &[]).await;
     let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
     let session = running_desktop(&stage, &token).await;
 
@@ -316,7 +227,7 @@ async fn a_wrong_reused_or_expired_ticket_never_reaches_the_desktop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn input_is_counted_moves_the_x_pointer_and_the_socket_closes_with_the_session() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stage = desktop_stage("media_input", &metrics_addr).await;
+    let stage = desktop_stage("media_input", &metrics_addr, &[]).await;
     let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
     let session = running_desktop(&stage, &token).await;
     on_display(&session, &["xdotool", "mousemove", "1", "1"]);
@@ -350,18 +261,7 @@ async fn input_is_counted_moves_the_x_pointer_and_the_socket_closes_with_the_ses
     send_rfb(&mut socket, &[5, 0, 0x01, 0x41, 0, 0x7b]).await;
     send_rfb(&mut socket, &[4, 1, 0, 0, 0, 0, 0xff, 0xe1]).await;
     send_rfb(&mut socket, &[4, 0, 0, 0, 0, 0, 0xff, 0xe1]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let location = on_display(&session, &["xdotool", "getmouselocation"]);
-        if location.starts_with("x:321 y:123") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the X pointer did not move: {location}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_pointer(&session, 321, 123, Duration::from_secs(10), "").await;
     let metrics = scrape_metrics(&metrics_addr).await;
     assert_eq!(
         (input(&metrics, "pointer"), input(&metrics, "key")),
@@ -383,17 +283,12 @@ async fn input_is_counted_moves_the_x_pointer_and_the_socket_closes_with_the_ses
             Err(_) => panic!("the VNC socket stayed open after the session ended"),
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let metrics = scrape_metrics(&metrics_addr).await;
-        if metric(&metrics, r#"deskgate_media_viewers{path="vnc"}"#) == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a viewer is still counted:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_metric(
+        &metrics_addr,
+        r#"deskgate_media_viewers{path="vnc"}"#,
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
     stage.finish().await;
 }

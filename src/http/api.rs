@@ -56,6 +56,8 @@ pub struct Api {
     pub tickets: TicketBook,
     /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
     pub docs_enabled: bool,
+    /// ICE servers and video settings of the WebRTC route.
+    pub webrtc: super::media::WebRtcDesk,
 }
 
 impl std::fmt::Debug for Api {

@@ -40,6 +40,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         super::sessions::ticket,
         super::sessions::events,
         super::media::vnc,
+        super::media::webrtc,
         super::admin::sessions,
         super::admin::stop_session,
         super::admin::gpus,
@@ -108,7 +109,7 @@ mod tests {
                 "{method} {path} is missing from the document"
             );
         }
-        assert_eq!(paths.len(), 21, "paths: {:?}", paths.keys());
+        assert_eq!(paths.len(), 22, "paths: {:?}", paths.keys());
         let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
         assert!(schemes.contains_key("bearer") && schemes.contains_key("admin"));
         assert!(

@@ -1,56 +1,125 @@
-//! The media sockets (DESIGN §6). `GET /api/v1/sessions/{id}/vnc?ticket=`
+//! The media routes (DESIGN §6). `GET /api/v1/sessions/{id}/vnc?ticket=`
 //! upgrades to a binary WebSocket that speaks RFB to noVNC (or any
-//! websockify client).
+//! websockify client); `POST /api/v1/sessions/{id}/webrtc?ticket=` answers
+//! a browser's SDP offer with a VP8 video track of the desktop and takes
+//! its `input` data channel.
 //!
 //! Order matters: the Origin is checked, then the single-use ticket is
 //! redeemed (a wrong, reused or expired ticket is refused before anything
 //! reaches the desktop), then the session must be running; only then does
 //! the gate open a connection to the desktop and authenticate with the
-//! session's VNC secret, before it upgrades, so that a desktop that cannot be
-//! reached is a plain HTTP error. The browser is offered security type None:
-//! the secret never leaves the gate. The stream runs in a [`MediaActor`] that
-//! is closed when the session ends. Input (keys, pointer) on the socket counts
-//! as presence; an idle open tab does not.
+//! session's VNC secret, before it upgrades (or answers), so that a desktop
+//! that cannot be reached is a plain HTTP error. The browser is offered
+//! security type None (VNC) or only video (WebRTC): the secret never leaves
+//! the gate. Each stream runs in a [`MediaActor`] that is closed when the
+//! session ends. Input (keys, pointer) counts as presence; an idle open tab
+//! does not.
 
 use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use bytes::Bytes;
 use deskgate_actors::ports::{SessionId, SessionState};
 use deskgate_actors::session::SessionEvent;
+use deskgate_media::vp8::Vp8Encoder;
 use deskgate_media::{
-    MediaActor, MediaArgs, MediaMsg, MediaPath, RelayEnd, RelayLimits, RfbError, StreamCounters,
-    relay_vnc,
+    MediaActor, MediaArgs, MediaMsg, MediaPath, PeerError, PeerSettings, RelayEnd, RelayLimits,
+    RfbError, StreamCounters, StreamOutcome, VideoEncoder, VideoSettings, relay_vnc,
 };
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt, future};
 use ractor::Actor;
 use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::Problem;
-use super::api::Api;
+use super::api::{Api, bad_json};
 use super::sessions::{SessionDesk, desk, origin_refused, parse_id, unknown_session};
-use crate::desktop::DesktopError;
+use crate::config::Config;
+use crate::desktop::{DesktopConnection, DesktopError, DesktopIo};
+use crate::secret::Secret;
 use crate::tickets::Purpose;
+use crate::turn::{IceServer, TURN_CREDENTIAL_TTL, ice_servers};
 
 /// Longest WebSocket message a browser may send on the VNC socket: the
 /// relay's limit for one client message (clipboard text) plus framing.
 const VNC_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 64;
 /// Time the desktop has to answer the relay's RFB handshake.
 const DESKTOP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the gate's ICE candidates before answering an offer.
+const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The media routes.
 pub fn routes(api: Arc<Api>) -> Router {
     Router::new()
         .route("/api/v1/sessions/{id}/vnc", get(vnc))
+        .route("/api/v1/sessions/{id}/webrtc", post(webrtc))
         .with_state(api)
+}
+
+/// How the gate serves WebRTC viewers (from `DESKGATE_TURN_*` and
+/// `DESKGATE_WEBRTC_*`).
+#[derive(Clone, Debug)]
+pub struct WebRtcDesk {
+    turn_urls: Vec<String>,
+    turn_secret: Option<Secret>,
+    udp_ip: IpAddr,
+    video: VideoSettings,
+}
+
+impl WebRtcDesk {
+    /// The WebRTC settings of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            turn_urls: config.turn_urls.clone(),
+            turn_secret: config.turn_secret.clone(),
+            udp_ip: config.webrtc_udp_ip,
+            video: VideoSettings {
+                bitrate_bps: config.webrtc_bitrate_bps,
+                max_fps: config.webrtc_max_fps,
+                ..VideoSettings::default()
+            },
+        }
+    }
+
+    /// ICE servers for one viewer of session `id`, with TURN credentials
+    /// that expire on their own.
+    pub fn ice_servers(&self, id: SessionId) -> Vec<IceServer> {
+        ice_servers(
+            &self.turn_urls,
+            self.turn_secret.as_ref(),
+            &id.to_string(),
+            SystemTime::now(),
+            TURN_CREDENTIAL_TTL,
+        )
+    }
+
+    fn peer_settings(&self, id: SessionId) -> PeerSettings {
+        PeerSettings {
+            ice_servers: self
+                .ice_servers(id)
+                .into_iter()
+                .map(|s| deskgate_media::IceServer {
+                    urls: s.urls,
+                    username: s.username.unwrap_or_default(),
+                    credential: s.credential.unwrap_or_default(),
+                })
+                .collect(),
+            udp_ip: self.udp_ip,
+            gather_timeout: ICE_GATHER_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -73,22 +142,46 @@ async fn vnc(
     let desk = desk(&api)?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
-    let ticket = query.ticket.unwrap_or_default();
-    api.tickets
-        .redeem(&ticket, id, Purpose::Vnc)
-        .map_err(|err| {
-            metrics::counter!("deskgate_media_refused_total", "reason" => "ticket").increment(1);
-            tracing::info!(session = %id, reason = %err, "media ticket refused");
-            Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "ticket-refused",
-                "The media ticket is not valid",
-            )
-            .detail(format!(
-                "{err}; ask for a new one with POST /api/v1/sessions/{id}/tickets"
-            ))
-        })?;
-    // Subscribe before looking at the state, so that an end in between is seen.
+    let events = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
+    let desktop = dial_desktop(&desk, id).await?;
+    Ok(upgrade
+        .protocols(["binary"])
+        .max_message_size(VNC_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let counters = Arc::new(StreamCounters::default());
+            let relay_counters = counters.clone();
+            let stream = Box::pin(async move {
+                relay_websocket(socket, desktop, &relay_counters, &RelayLimits::default())
+                    .await
+                    .map_err(|err| err.to_string())
+            });
+            run_stream(MediaPath::Vnc, stream, counters, desk, id, events)
+        }))
+}
+
+/// Checks the ticket of `purpose` and that the session runs; returns the
+/// session's events, subscribed before its state was looked at so that an
+/// end in between is seen.
+async fn authorise(
+    api: &Api,
+    desk: &SessionDesk,
+    id: SessionId,
+    ticket: Option<String>,
+    purpose: Purpose,
+) -> Result<broadcast::Receiver<SessionEvent>, Problem> {
+    let ticket = ticket.unwrap_or_default();
+    api.tickets.redeem(&ticket, id, purpose).map_err(|err| {
+        metrics::counter!("deskgate_media_refused_total", "reason" => "ticket").increment(1);
+        tracing::info!(session = %id, reason = %err, "media ticket refused");
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "ticket-refused",
+            "The media ticket is not valid",
+        )
+        .detail(format!(
+            "{err}; ask for a new one with POST /api/v1/sessions/{id}/tickets"
+        ))
+    })?;
     let handle = desk.gate.lookup(id).await.ok_or_else(unknown_session)?;
     let events = handle.events.subscribe();
     let running = desk
@@ -103,39 +196,138 @@ async fn vnc(
             "The desktop is not running",
         ));
     }
+    Ok(events)
+}
+
+/// Connects to the session's desktop and performs the VNC authentication
+/// with its secret.
+async fn dial_desktop(
+    desk: &SessionDesk,
+    id: SessionId,
+) -> Result<Pin<Box<dyn DesktopIo>>, Problem> {
     let dialer = desk.desktops.clone().ok_or_else(|| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "media-unavailable",
             "This gate cannot reach the session's desktop",
         )
-        .detail("the media relay serves sessions on the gate's own Docker host only")
+        .detail("the media routes serve sessions on the gate's own Docker host only")
     })?;
-    let unreachable = |detail: String| {
-        metrics::counter!("deskgate_media_refused_total", "reason" => "desktop").increment(1);
-        tracing::warn!(session = %id, error = %detail, "the desktop could not be reached");
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "desktop-unreachable",
-            "The session's desktop did not answer",
-        )
-    };
     metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
-    let connection = dialer.dial(id).await.map_err(|err| match err {
+    let connection: DesktopConnection = dialer.dial(id).await.map_err(|err| match err {
         DesktopError::Unknown => unknown_session(),
-        other => unreachable(other.to_string()),
+        other => desktop_unreachable(id, other.to_string()),
     })?;
-    let desktop = tokio::time::timeout(
+    tokio::time::timeout(
         DESKTOP_HANDSHAKE_TIMEOUT,
         deskgate_media::authenticate(connection.stream, connection.secret.expose().as_bytes()),
     )
     .await
-    .map_err(|_| unreachable("the desktop's RFB handshake timed out".into()))?
-    .map_err(|err| unreachable(err.to_string()))?;
-    Ok(upgrade
-        .protocols(["binary"])
-        .max_message_size(VNC_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| run_vnc(socket, desktop, desk, id, events)))
+    .map_err(|_| desktop_unreachable(id, "the desktop's RFB handshake timed out".into()))?
+    .map_err(|err| desktop_unreachable(id, err.to_string()))
+}
+
+fn desktop_unreachable(id: SessionId, detail: String) -> Problem {
+    metrics::counter!("deskgate_media_refused_total", "reason" => "desktop").increment(1);
+    tracing::warn!(session = %id, error = %detail, "the desktop could not be reached");
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "desktop-unreachable",
+        "The session's desktop did not answer",
+    )
+}
+
+/// The browser's SDP offer.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct WebRtcOffer {
+    /// The offer SDP: a `recvonly` video transceiver and, for input, a data
+    /// channel labelled `input`.
+    sdp: String,
+}
+
+/// The session's desktop as WebRTC video. The ticket comes from
+/// `POST /api/v1/sessions/{id}/tickets` with purpose `webrtc`. The answer is
+/// not trickled: it carries the gate's candidates.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/webrtc", tag = "media",
+    params(("id" = String, Path, description = "session id"), ("ticket" = String, Query, description = "single-use ticket of purpose webrtc")),
+    request_body = WebRtcOffer,
+    responses((status = 200, description = "`{type: \"answer\", sdp, ice_servers}`: a VP8 video track; input JSON on the `input` data channel", body = Object), (status = 400, description = "malformed JSON or not an SDP offer with video", body = Object, content_type = "application/problem+json"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
+async fn webrtc(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<TicketQuery>,
+    body: Result<Json<WebRtcOffer>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let desk = desk(&api)?.clone();
+    origin_refused(&headers, &desk.public_origin)?;
+    let id = parse_id(&id)?;
+    let Json(offer) = body.map_err(bad_json)?;
+    let events = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
+    deskgate_media::webrtc_peer::check_offer(&offer.sdp).map_err(bad_offer)?;
+    let encoder = Vp8Encoder::new(api.webrtc.video).map_err(|err| {
+        tracing::error!(error = %err, "the video encoder cannot start");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "video-unavailable",
+            "This gate cannot encode video",
+        )
+    })?;
+    let desktop = dial_desktop(&desk, id).await?;
+    let (answer, peer) = deskgate_media::answer_offer(
+        offer.sdp,
+        encoder.mime_type(),
+        &api.webrtc.peer_settings(id),
+    )
+    .await
+    .map_err(bad_offer)?;
+    let counters = Arc::new(StreamCounters::default());
+    let stream_counters = counters.clone();
+    let video = api.webrtc.video;
+    let stream: BoxFuture<'static, StreamOutcome> = Box::pin(async move {
+        deskgate_media::stream_desktop(desktop, peer, Box::new(encoder), video, &stream_counters)
+            .await
+            .map_err(|err| err.to_string())
+    });
+    tokio::spawn(run_stream(
+        MediaPath::WebRtc,
+        stream,
+        counters,
+        desk,
+        id,
+        events,
+    ));
+    let mut response = Json(json!({
+        "type": "answer",
+        "sdp": answer,
+        "ice_servers": api.webrtc.ice_servers(id),
+    }))
+    .into_response();
+    // TURN credentials: no cache may keep them.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+fn bad_offer(err: PeerError) -> Problem {
+    match err {
+        PeerError::BadOffer(_) | PeerError::NoVideo(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-offer",
+            "The SDP offer cannot be answered",
+        )
+        .detail(err.to_string()),
+        PeerError::Stack(detail) => {
+            tracing::error!(error = %detail, "the WebRTC stack failed to answer an offer");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "webrtc-failed",
+                "The offer could not be answered",
+            )
+        }
+    }
 }
 
 /// Relays an upgraded browser WebSocket to an authenticated desktop until
@@ -177,25 +369,18 @@ where
     .await
 }
 
-/// Runs one VNC stream in a [`MediaActor`] until it ends or the session does.
-async fn run_vnc<D>(
-    socket: WebSocket,
-    desktop: D,
+/// Runs one stream in a [`MediaActor`] until it ends or the session does;
+/// input on it counts as the session's presence.
+async fn run_stream(
+    path: MediaPath,
+    stream: BoxFuture<'static, StreamOutcome>,
+    counters: Arc<StreamCounters>,
     desk: SessionDesk,
     id: SessionId,
     mut events: broadcast::Receiver<SessionEvent>,
-) where
-    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let counters = Arc::new(StreamCounters::default());
-    let relay_counters = counters.clone();
-    let stream = Box::pin(async move {
-        relay_websocket(socket, desktop, &relay_counters, &RelayLimits::default())
-            .await
-            .map_err(|err| err.to_string())
-    });
+) {
     let args = MediaArgs {
-        path: MediaPath::Vnc,
+        path,
         session: id.to_string(),
         counters: counters.clone(),
         stream,

@@ -377,7 +377,7 @@ struct TicketRequest {
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/tickets", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
     params(("id" = String, Path, description = "session id")),
     request_body = TicketRequest,
-    responses((status = 201, description = "a single-use ticket, valid 30 s", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
+    responses((status = 201, description = "a single-use ticket, valid 30 s; for purpose webrtc also the ice_servers to make the offer with", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn ticket(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -415,15 +415,16 @@ async fn ticket(
             )
             .detail(err.to_string())
         })?;
-    let mut response = (
-        StatusCode::CREATED,
-        Json(json!({
-            "ticket": issued.ticket.expose(),
-            "purpose": request.purpose,
-            "expires_at": issued.expires_at,
-        })),
-    )
-        .into_response();
+    let mut body = json!({
+        "ticket": issued.ticket.expose(),
+        "purpose": request.purpose,
+        "expires_at": issued.expires_at,
+    });
+    // The browser needs its ICE servers before it can make the offer.
+    if request.purpose == Purpose::Webrtc {
+        body["ice_servers"] = json!(api.webrtc.ice_servers(id));
+    }
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
     // A credential: no cache may keep it.
     response.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -10,6 +10,8 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod api;
+pub mod desktop;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -1,0 +1,153 @@
+//! A gate whose sessions run the real desktop image (TigerVNC's Xvnc), and
+//! what the media tests do with it: run X clients on the session's display,
+//! take media tickets, read the session's VNC secret and the gate's metrics.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::api::{Stage, session_path};
+use super::{scrape_metrics, service_env};
+
+/// A gate whose sessions run the desktop image, with metrics on
+/// `metrics_addr` and `settings` on top.
+pub async fn desktop_stage(
+    tag: &str,
+    metrics_addr: &str,
+    settings: &[(&'static str, &str)],
+) -> Stage {
+    let image = service_env("DESKGATE_DESKTOP_IMAGE");
+    let mut all: Vec<(&'static str, &str)> = vec![
+        ("DESKGATE_SESSION_IMAGE", &image),
+        ("DESKGATE_SESSION_MEMORY_MIB", "512"),
+        ("DESKGATE_METRICS_ADDR", metrics_addr),
+    ];
+    all.extend_from_slice(settings);
+    Stage::start(tag, &all).await
+}
+
+/// Claims `small` and waits until the session runs; returns its id.
+pub async fn running_desktop(stage: &Stage, token: &str) -> String {
+    let claimed = stage.claim(token, "small").await;
+    stage
+        .gate
+        .wait_for(
+            &session_path(&claimed),
+            token,
+            Duration::from_secs(30),
+            |s| s["state"] == "running",
+        )
+        .await;
+    claimed["id"].as_str().unwrap().to_string()
+}
+
+/// Runs `args` in the session's desktop container as its X client, retrying
+/// while the X server is still starting; returns stdout.
+pub fn on_display(session: &str, args: &[&str]) -> String {
+    let container = format!("deskgate-session-{session}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("docker")
+            .args(["exec", &container, "env", "DISPLAY=:0"])
+            .args(args)
+            .output()
+            .expect("docker CLI");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} on the desktop of {session}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Polls `xdotool getmouselocation` on the session's display until the X
+/// pointer is at (`x`, `y`), failing after `within`.
+pub async fn wait_for_pointer(session: &str, x: u32, y: u32, within: Duration, context: &str) {
+    let want = format!("x:{x} y:{y} ");
+    let deadline = Instant::now() + within;
+    loop {
+        let location = on_display(session, &["xdotool", "getmouselocation"]);
+        if location.starts_with(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the X pointer did not move to ({x}, {y}): {location}\n{context}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fresh single-use ticket of `purpose` for the session: the whole 201 body.
+pub async fn ticket_body(stage: &Stage, token: &str, session: &str, purpose: &str) -> Value {
+    let (status, body) = stage
+        .gate
+        .post(
+            &format!("/api/v1/sessions/{session}/tickets"),
+            Some(token),
+            json!({ "purpose": purpose }),
+        )
+        .await;
+    assert_eq!(status, 201, "ticket: {body}");
+    body
+}
+
+/// A fresh single-use ticket of `purpose` for the session.
+pub async fn ticket(stage: &Stage, token: &str, session: &str, purpose: &str) -> String {
+    ticket_body(stage, token, session, purpose).await["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The session's VNC secret, from its container's environment.
+pub fn vnc_secret(session: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &format!("deskgate-session-{session}"),
+        ])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("DESKGATE_VNC_PASSWORD="))
+        .expect("the session has a VNC secret")
+        .to_string()
+}
+
+/// The value of one Prometheus series (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Scrapes `metrics_addr` until `series` reads `value`, failing after `within`.
+pub async fn wait_for_metric(metrics_addr: &str, series: &str, value: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = scrape_metrics(metrics_addr).await;
+        if metric(&metrics, series) == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not read {value} within {within:?}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
