@@ -29,9 +29,10 @@ BUSYBOX=/bin/busybox
 # Debian packages: the image's sources (TigerVNC, X tools, busybox) and the host side
 # of the media tests (noVNC + websockify to bridge a browser, chromium to drive it,
 # x11-utils for the xmessage window the RFB client test moves around).
+# iproute2: the WebRTC test puts Chromium in a network namespace (ip netns).
 PACKAGES=(
     tigervnc-standalone-server tigervnc-tools x11-xserver-utils xdotool
-    novnc websockify chromium busybox-static x11-utils
+    novnc websockify chromium busybox-static x11-utils iproute2
 )
 NOVNC_DIR=/usr/share/novnc
 CHROMIUM=/usr/bin/chromium
