@@ -187,16 +187,21 @@ where
                 .map_err(|err| EncodeError::Encode(format!("the encoder thread failed: {err}")))?;
                 metrics::histogram!("deskgate_media_encode_seconds")
                     .record(started.elapsed().as_secs_f64());
-                if let Some(frame) = encoded? {
-                    let now = Instant::now();
-                    let shown = last_sent.map_or(interval, |t| now - t);
-                    last_sent = Some(now);
-                    let bytes = frame.data.len();
-                    peer.send_frame(frame.data, shown).await?;
-                    counters.add_frame(path, bytes);
-                    last_was_keyframe = frame.keyframe;
-                    keyframe = false;
-                }
+                let Some(frame) = encoded? else {
+                    // Rate control dropped the frame to hold the bitrate:
+                    // the picture is still owed to the viewer.
+                    lock(&shared).dirty = true;
+                    pending = true;
+                    continue;
+                };
+                let now = Instant::now();
+                let shown = last_sent.map_or(interval, |t| now - t);
+                last_sent = Some(now);
+                let bytes = frame.data.len();
+                peer.send_frame(frame.data, shown).await?;
+                counters.add_frame(path, bytes);
+                last_was_keyframe = frame.keyframe;
+                keyframe = false;
             }
         }
     }
@@ -332,6 +337,8 @@ mod tests {
     struct FakeEncoder {
         calls: Arc<AtomicUsize>,
         keyframes: Arc<Mutex<Vec<bool>>>,
+        /// Frames still to drop, as rate control would.
+        drops: Arc<AtomicUsize>,
     }
 
     impl VideoEncoder for FakeEncoder {
@@ -348,6 +355,13 @@ mod tests {
         ) -> Result<Option<EncodedFrame>, EncodeError> {
             assert_eq!(pixels.len(), usize::from(width) * usize::from(height));
             self.calls.fetch_add(1, Ordering::SeqCst);
+            let dropped = self
+                .drops
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if dropped {
+                return Ok(None);
+            }
             self.keyframes.lock().unwrap().push(keyframe);
             Ok(Some(EncodedFrame {
                 data: Bytes::copy_from_slice(&pixels[0].to_be_bytes()),
@@ -431,6 +445,7 @@ mod tests {
         sent: mpsc::UnboundedReceiver<Bytes>,
         encodes: Arc<AtomicUsize>,
         keyframes: Arc<Mutex<Vec<bool>>>,
+        drops: Arc<AtomicUsize>,
         counters: Arc<StreamCounters>,
         stream: tokio::task::JoinHandle<Result<RelayEnd, StreamError>>,
     }
@@ -451,9 +466,11 @@ mod tests {
             sent: sent_tx,
         };
         let keyframes = Arc::new(Mutex::new(Vec::new()));
+        let drops = Arc::new(AtomicUsize::new(0));
         let encoder = Box::new(FakeEncoder {
             calls: encodes.clone(),
             keyframes: keyframes.clone(),
+            drops: drops.clone(),
         });
         let stream_counters = counters.clone();
         let stream = tokio::spawn(async move {
@@ -467,6 +484,7 @@ mod tests {
             sent,
             encodes,
             keyframes,
+            drops,
             counters,
             stream,
         }
@@ -548,6 +566,20 @@ mod tests {
         );
         assert_eq!(h.encodes.load(Ordering::SeqCst), 3);
         assert_eq!(*h.keyframes.lock().unwrap(), [true, false, true]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_dropped_by_rate_control_is_encoded_again() {
+        let mut h = start(30).await;
+        h.drops.store(2, Ordering::SeqCst);
+        h.desktop.message().await;
+        h.desktop.paint(0x00ff_8000).await;
+        h.events.send(PeerEvent::Connected).await.unwrap();
+        // Two drops, then the same picture goes out, still as a keyframe.
+        assert_eq!(next_frame(&mut h.sent).await[..], [0, 0xff, 0x80, 0]);
+        assert_eq!(h.encodes.load(Ordering::SeqCst), 3);
+        assert_eq!(*h.keyframes.lock().unwrap(), [true]);
+        assert_eq!(h.counters.snapshot().frames, 1);
     }
 
     #[tokio::test(start_paused = true)]
