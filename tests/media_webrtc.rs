@@ -177,6 +177,26 @@ fn capture(
 
 /// What `webrtc_view.js` logs once the page streams and has sent its input;
 /// it then waits for a line on stdin.
+/// The TURN REST shared secret of the refusal test's gate.
+const TURN_SECRET: &str = "turn-secret-for-the-webrtc-refusal-test";
+
+/// coturn's `use-auth-secret` password for `username`, computed by openssl
+/// (an oracle independent of the gate's code).
+fn turn_rest_password(username: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf %s \"$1\" | openssl dgst -sha1 -hmac \"$2\" -binary | base64",
+            "sh",
+            username,
+            TURN_SECRET,
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 const STREAMING: &str = "waiting for the end of the session";
 
 /// `tests/browser/webrtc_view.js` running Chromium in a namespace.
@@ -563,19 +583,53 @@ async fn a_webrtc_offer_is_refused_before_the_desktop_is_dialled() {
     let stage = desktop_stage(
         "media_webrtc_refusals",
         &metrics_addr,
-        &[("DESKGATE_WEBRTC_UDP_IP", "127.0.0.1")],
+        &[
+            ("DESKGATE_WEBRTC_UDP_IP", "127.0.0.1"),
+            (
+                "DESKGATE_TURN_URLS",
+                "stun:127.0.0.1:3478,turn:127.0.0.1:3478?transport=udp",
+            ),
+            ("DESKGATE_TURN_SECRET", TURN_SECRET),
+        ],
     )
     .await;
     let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
     let session = running_desktop(&stage, &token).await;
     let origin = stage.gate.base.as_str();
     let offer = json!({ "sdp": OFFER }).to_string();
+
+    // A webrtc ticket comes with the ICE servers: STUN as it is, TURN with a
+    // credential for this session that expires in an hour, never the secret.
     let issued = ticket_body(&stage, &token, &session, "webrtc").await;
+    let servers = issued["ice_servers"].as_array().expect("ice_servers");
+    assert_eq!(servers.len(), 2, "{issued}");
     assert_eq!(
-        issued["ice_servers"],
-        json!([]),
-        "no TURN is configured: {issued}"
+        servers[0],
+        json!({ "urls": ["stun:127.0.0.1:3478"] }),
+        "{issued}"
     );
+    assert_eq!(
+        servers[1]["urls"],
+        json!(["turn:127.0.0.1:3478?transport=udp"])
+    );
+    let username = servers[1]["username"].as_str().expect("TURN username");
+    let (expiry, label) = username.split_once(':').expect("<expiry>:<label>");
+    assert_eq!(label, session, "{issued}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("expiry in unix seconds");
+    assert!(
+        (now + 3590..=now + 3610).contains(&expiry),
+        "expiry {expiry}, now {now}"
+    );
+    assert_eq!(
+        servers[1]["credential"].as_str(),
+        Some(turn_rest_password(username).as_str()),
+        "the TURN credential is not coturn's HMAC of the username"
+    );
+    assert!(!issued.to_string().contains(TURN_SECRET));
 
     // Each request below is wrong in one way only.
     let never_issued = "ab".repeat(32);
@@ -717,6 +771,10 @@ async fn a_webrtc_offer_is_refused_before_the_desktop_is_dialled() {
         metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
         4.0,
         "{metrics}"
+    );
+    assert!(
+        !stage.gate.output().contains(TURN_SECRET),
+        "the TURN secret is in the gate's log"
     );
     stage.finish().await;
 }
