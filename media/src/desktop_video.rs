@@ -37,6 +37,10 @@ use crate::webrtc_peer::{PeerError, PeerEvent, VideoPeer};
 
 /// RFB messages queued towards the desktop.
 const DESKTOP_QUEUE: usize = 64;
+/// Time the browser has to connect after its offer was answered; a browser
+/// that never does would otherwise hold a desktop connection until the
+/// session ends.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a WebRTC stream stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,9 @@ pub enum StreamError {
     /// The peer connection failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// The browser did not connect in time.
+    #[error("the browser did not connect within {0:?}")]
+    NotConnected(Duration),
 }
 
 /// The desktop as last decoded, shared between the decoder and the loop.
@@ -129,6 +136,7 @@ where
     let mut next_slot = Instant::now();
     let mut last_sent: Option<Instant> = None;
     let mut last_was_keyframe = false;
+    let connect_by = Instant::now() + CONNECT_TIMEOUT;
     loop {
         tokio::select! {
             event = peer.next_event() => match event {
@@ -169,6 +177,9 @@ where
             result = &mut decoding => return desktop_ended(result),
             result = &mut writing => return desktop_ended(result.map_err(RfbClientError::from)),
             () = changed.notified() => pending = true,
+            () = tokio::time::sleep_until(connect_by), if !connected => {
+                return Err(StreamError::NotConnected(CONNECT_TIMEOUT));
+            }
             () = tokio::time::sleep_until(next_slot), if pending && connected => {
                 pending = false;
                 let Some((width, height)) = take_frame(&shared, &job, keyframe) else {
@@ -602,6 +613,19 @@ mod tests {
         let counts = h.counters.snapshot();
         assert_eq!((counts.pointer, counts.keys), (1, 1));
         assert_eq!(counts.bytes_up, 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_browser_that_never_connects_is_given_up() {
+        let h = start(30).await;
+        let ended = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), h.stream)
+            .await
+            .expect("the stream ended")
+            .unwrap();
+        assert!(
+            matches!(ended, Err(StreamError::NotConnected(_))),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
