@@ -397,7 +397,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> anyhow::Result<Api> {
         admin_token: config.admin_token.clone(),
         tickets: TicketBook::new(),
         docs_enabled: config.docs_enabled,
-        webrtc: deskgate::http::media::WebRtcDesk::from_config(config),
+        media: deskgate::http::media::MediaDesk::from_config(config),
     })
 }
 

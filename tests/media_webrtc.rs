@@ -751,6 +751,18 @@ async fn a_webrtc_offer_is_refused_before_the_desktop_is_dialled() {
         400,
     )
     .await;
+    // An offer that cannot receive VP8 (here: H.264 only).
+    let h264_only = json!({ "sdp": OFFER.replace("VP8/90000", "H264/90000") }).to_string();
+    assert_refused(
+        &stage,
+        &session,
+        "an offer without VP8",
+        Some(&webrtc().await),
+        Some(origin),
+        h264_only,
+        400,
+    )
+    .await;
     assert_refused(
         &stage,
         &session,

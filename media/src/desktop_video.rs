@@ -37,10 +37,16 @@ use crate::webrtc_peer::{PeerError, PeerEvent, VideoPeer};
 
 /// RFB messages queued towards the desktop.
 const DESKTOP_QUEUE: usize = 64;
-/// Time the browser has to connect after its offer was answered; a browser
-/// that never does would otherwise hold a desktop connection until the
-/// session ends.
+/// Time the browser has to connect after its offer was answered (and the
+/// desktop to finish its RFB set-up); a stream that never starts would
+/// otherwise hold a desktop connection until the session ends.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait before a keyframe request on an idle desktop is answered
+/// again; doubles with each answer until the picture changes.
+const IDLE_KEYFRAME_WAIT: Duration = Duration::from_secs(10);
+/// Largest desktop encoded (4K UHD): each viewer holds three copies of it,
+/// and VP8 cannot code beyond 16383 pixels a side anyway.
+pub const MAX_VIDEO_PIXELS: usize = 3840 * 2160;
 
 /// Why a WebRTC stream stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +60,12 @@ pub enum StreamError {
     /// The peer connection failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
-    /// The browser did not connect in time.
-    #[error("the browser did not connect within {0:?}")]
+    /// The browser (or the desktop's RFB set-up) did not connect in time.
+    #[error("the stream did not start within {0:?}")]
     NotConnected(Duration),
+    /// The desktop is larger than [`MAX_VIDEO_PIXELS`].
+    #[error("the desktop is {0}x{1}, larger than the video path encodes (3840x2160)")]
+    TooLarge(u16, u16),
 }
 
 /// The desktop as last decoded, shared between the decoder and the loop.
@@ -108,6 +117,7 @@ where
     let interval = Duration::from_secs(1) / settings.max_fps.max(1);
     let (read_half, write_half) = tokio::io::split(desktop);
     let (to_desktop, queued) = mpsc::channel::<Bytes>(DESKTOP_QUEUE);
+    let connect_by = Instant::now() + CONNECT_TIMEOUT;
     let writing = write_desktop(write_half, queued);
     tokio::pin!(writing);
     // The handshake's own messages go through the writer, so it runs too.
@@ -117,7 +127,10 @@ where
     ));
     let client = tokio::select! {
         client = connecting => client?,
-        result = &mut writing => return desktop_ended(result.map_err(RfbClientError::from)),
+        result = &mut writing => return desktop_ended(result.map_err(|e| StreamError::Desktop(e.into()))),
+        () = tokio::time::sleep_until(connect_by) => {
+            return Err(StreamError::NotConnected(CONNECT_TIMEOUT));
+        }
     };
     let shared = Arc::new(Mutex::new(SharedFrame::default()));
     let changed = Arc::new(Notify::new());
@@ -134,9 +147,9 @@ where
     let mut pending = false;
     let mut keyframe = true;
     let mut next_slot = Instant::now();
-    let mut last_sent: Option<Instant> = None;
-    let mut last_was_keyframe = false;
-    let connect_by = Instant::now() + CONNECT_TIMEOUT;
+    // The last frame sent, if it was a keyframe: when it was sent.
+    let mut last_keyframe: Option<Instant> = None;
+    let mut idle_keyframe_wait = IDLE_KEYFRAME_WAIT;
     loop {
         tokio::select! {
             event = peer.next_event() => match event {
@@ -150,13 +163,26 @@ where
                     // Chromium asks for a keyframe whenever no frame has come
                     // for 3 s, which on an idle desktop is always. If the last
                     // frame was a keyframe and nothing changed since, the
-                    // browser has it (lost packets are re-sent on NACK), so
-                    // the request is not answered and the desktop stays quiet.
-                    if last_was_keyframe && !pending && !lock(&shared).dirty {
-                        tracing::trace!("keyframe request while idle after a keyframe: not answered");
-                    } else {
-                        pending = true;
-                        keyframe = true;
+                    // browser most likely has it, so the request waits,
+                    // twice as long each time: an idle desktop stays quiet,
+                    // and a viewer that lost the keyframe's last packet (which
+                    // no NACK can notice) still gets it again, a little later.
+                    let idle_since_keyframe = last_keyframe
+                        .filter(|_| !pending && !lock(&shared).dirty)
+                        .map(|sent| sent.elapsed());
+                    match idle_since_keyframe {
+                        Some(waited) if waited < idle_keyframe_wait => {
+                            tracing::trace!(?waited, "keyframe request while idle after a keyframe: not answered yet");
+                        }
+                        Some(_) => {
+                            idle_keyframe_wait = idle_keyframe_wait.saturating_mul(2);
+                            pending = true;
+                            keyframe = true;
+                        }
+                        None => {
+                            pending = true;
+                            keyframe = true;
+                        }
                     }
                 }
                 Some(PeerEvent::Input(message)) => match InputEvent::parse(&message) {
@@ -164,8 +190,15 @@ where
                         let rfb = Bytes::from(input.to_rfb());
                         counters.add_up(path, rfb.len());
                         counters.add_input(path, input.count());
-                        if to_desktop.send(rfb).await.is_err() {
-                            return Ok(RelayEnd::DesktopClosed);
+                        // A full queue waits for the desktop; the writer and
+                        // the decoder keep running meanwhile, or a desktop that
+                        // stalled once would never be drained again.
+                        tokio::select! {
+                            sent = to_desktop.send(rfb) => if sent.is_err() {
+                                return Ok(RelayEnd::DesktopClosed);
+                            },
+                            result = &mut decoding => return desktop_ended(result),
+                            result = &mut writing => return desktop_ended(result.map_err(|e| StreamError::Desktop(e.into()))),
                         }
                     }
                     Err(err) => {
@@ -175,7 +208,7 @@ where
                 },
             },
             result = &mut decoding => return desktop_ended(result),
-            result = &mut writing => return desktop_ended(result.map_err(RfbClientError::from)),
+            result = &mut writing => return desktop_ended(result.map_err(|e| StreamError::Desktop(e.into()))),
             () = changed.notified() => pending = true,
             () = tokio::time::sleep_until(connect_by), if !connected => {
                 return Err(StreamError::NotConnected(CONNECT_TIMEOUT));
@@ -205,13 +238,15 @@ where
                     pending = true;
                     continue;
                 };
-                let now = Instant::now();
-                let shown = last_sent.map_or(interval, |t| now - t);
-                last_sent = Some(now);
                 let bytes = frame.data.len();
-                peer.send_frame(frame.data, shown).await?;
+                peer.send_frame(frame.data, started.into_std()).await?;
                 counters.add_frame(path, bytes);
-                last_was_keyframe = frame.keyframe;
+                if frame.keyframe {
+                    last_keyframe = Some(started);
+                } else {
+                    last_keyframe = None;
+                    idle_keyframe_wait = IDLE_KEYFRAME_WAIT;
+                }
                 keyframe = false;
             }
         }
@@ -249,10 +284,10 @@ fn take_frame(
 }
 
 /// The desktop's end of the stream: a closed connection is an ordinary end.
-fn desktop_ended(result: Result<(), RfbClientError>) -> Result<RelayEnd, StreamError> {
+fn desktop_ended(result: Result<(), StreamError>) -> Result<RelayEnd, StreamError> {
     match result {
         Ok(()) => Ok(RelayEnd::DesktopClosed),
-        Err(RfbClientError::Io(err))
+        Err(StreamError::Desktop(RfbClientError::Io(err)))
             if matches!(
                 err.kind(),
                 io::ErrorKind::UnexpectedEof
@@ -262,7 +297,7 @@ fn desktop_ended(result: Result<(), RfbClientError>) -> Result<RelayEnd, StreamE
         {
             Ok(RelayEnd::DesktopClosed)
         }
-        Err(err) => Err(StreamError::Desktop(err)),
+        Err(err) => Err(err),
     }
 }
 
@@ -273,7 +308,7 @@ async fn decode_desktop<S>(
     shared: Arc<Mutex<SharedFrame>>,
     changed: Arc<Notify>,
     interval: Duration,
-) -> Result<(), RfbClientError>
+) -> Result<(), StreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -284,6 +319,9 @@ where
         let damage = client.take_damage();
         if update.resized || !damage.is_empty() {
             let fb = client.framebuffer();
+            if usize::from(fb.width()) * usize::from(fb.height()) > MAX_VIDEO_PIXELS {
+                return Err(StreamError::TooLarge(fb.width(), fb.height()));
+            }
             lock(&shared).update(fb.pixels(), fb.width(), fb.height(), &damage);
             changed.notify_one();
         }
@@ -388,7 +426,11 @@ mod tests {
     }
 
     impl VideoPeer for FakePeer {
-        async fn send_frame(&mut self, frame: Bytes, _duration: Duration) -> Result<(), PeerError> {
+        async fn send_frame(
+            &mut self,
+            frame: Bytes,
+            _captured: std::time::Instant,
+        ) -> Result<(), PeerError> {
             let _ = self.sent.send(frame);
             Ok(())
         }
@@ -575,8 +617,23 @@ mod tests {
             h.sent.try_recv().is_err(),
             "a second idle keyframe was sent"
         );
-        assert_eq!(h.encodes.load(Ordering::SeqCst), 3);
-        assert_eq!(*h.keyframes.lock().unwrap(), [true, false, true]);
+
+        // Still idle: requests are answered again after 10 s, then 20 s, so
+        // a viewer that lost the keyframe's tail recovers.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        next_frame(&mut h.sent).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(h.sent.try_recv().is_err(), "the wait did not double");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        h.events.send(PeerEvent::KeyframeRequested).await.unwrap();
+        next_frame(&mut h.sent).await;
+        assert_eq!(
+            *h.keyframes.lock().unwrap(),
+            [true, false, true, true, true]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -613,6 +670,73 @@ mod tests {
         let counts = h.counters.snapshot();
         assert_eq!((counts.pointer, counts.keys), (1, 1));
         assert_eq!(counts.bytes_up, 14);
+    }
+
+    #[tokio::test]
+    async fn input_waits_out_a_stalled_desktop_without_freezing_the_stream() {
+        let mut h = start(30).await;
+        h.desktop.message().await; // the first update request
+        // The desktop reads nothing while far more input arrives than the
+        // queue and the pipe hold; then it reads again.
+        let pointer = |x: u16| {
+            PeerEvent::Input(Bytes::from(format!(
+                r#"{{"type":"pointer","x":{x},"y":1}}"#
+            )))
+        };
+        let events = h.events.clone();
+        let sender = tokio::spawn(async move {
+            for x in 0..20_000 {
+                events.send(pointer(x)).await.unwrap();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let desktop = &mut h.desktop;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            for x in 0..20_000u16 {
+                let [hi, lo] = x.to_be_bytes();
+                assert_eq!(desktop.message().await, [5, 0, hi, lo, 0, 1]);
+            }
+        })
+        .await
+        .expect("the input reached the desktop once it read again");
+        sender.await.unwrap();
+        h.events.send(PeerEvent::Closed).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), h.stream)
+            .await
+            .expect("the stream saw the peer close");
+        assert_eq!(ended.unwrap().unwrap(), RelayEnd::BrowserClosed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_desktop_larger_than_4k_ends_the_stream() {
+        let (gate_end, desktop_end) = tokio::io::duplex(64 * 1024);
+        let (_events, peer_events) = mpsc::channel(16);
+        let (sent, _frames) = mpsc::unbounded_channel();
+        let peer = FakePeer {
+            events: peer_events,
+            sent,
+        };
+        let encoder = Box::new(FakeEncoder {
+            calls: Arc::default(),
+            keyframes: Arc::default(),
+            drops: Arc::default(),
+        });
+        let stream = tokio::spawn(async move {
+            let counters = StreamCounters::default();
+            stream_desktop(gate_end, peer, encoder, VideoSettings::default(), &counters).await
+        });
+        let mut desktop = FakeDesktop(desktop_end);
+        desktop.accept().await;
+        desktop.message().await;
+        // A DesktopSize pseudo-rectangle to 4096x2304.
+        let mut update = vec![0, 0, 0, 1, 0, 0, 0, 0, 0x10, 0, 0x09, 0];
+        update.extend_from_slice(&(-223i32).to_be_bytes());
+        desktop.0.write_all(&update).await.unwrap();
+        let ended = stream.await.unwrap();
+        assert!(
+            matches!(ended, Err(StreamError::TooLarge(4096, 2304))),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,14 +11,16 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
-use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::packetizer::{Packetizer, new_packetizer};
+use rtc::rtp::sequence::new_random_sequencer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
@@ -26,7 +28,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
@@ -35,6 +37,8 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::input::MAX_INPUT_MESSAGE_BYTES;
+
 /// The data channel whose messages are input (see [`crate::input`]).
 pub const INPUT_CHANNEL: &str = "input";
 /// The RTP payload type offered for the video codec (the dynamic range
@@ -42,6 +46,10 @@ pub const INPUT_CHANNEL: &str = "input";
 const VIDEO_PAYLOAD_TYPE: u8 = 96;
 /// Input messages buffered between the data channel and the stream.
 const INPUT_QUEUE: usize = 256;
+/// Largest RTP packet sent; leaves room for SRTP and tunnel overheads.
+const RTP_MTU: usize = 1200;
+/// The RTP clock of video codecs.
+const VIDEO_CLOCK_RATE: u32 = 90_000;
 /// Where the keyframe-request interceptor sits: after every default
 /// interceptor, so they have all seen the RTCP before it picks from it.
 const KEYFRAME_REQUEST_SLOT: usize = 14_000;
@@ -83,6 +91,38 @@ pub enum PeerError {
     Stack(String),
 }
 
+/// Is `offer_sdp` a parseable SDP offer with video in `mime_type` (say
+/// `video/VP8`)? Checked before anything is set up for it.
+pub fn check_offer(offer_sdp: &str, mime_type: &str) -> Result<(), PeerError> {
+    RTCSessionDescription::offer(offer_sdp.to_owned())
+        .map_err(|err| PeerError::BadOffer(err.to_string()))?;
+    // `a=rtpmap:<pt> VP8/90000`: the codec name is what follows `video/`.
+    let codec = mime_type.trim_start_matches("video/").to_ascii_lowercase();
+    let offers_codec = offer_sdp.lines().any(|line| {
+        line.strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .is_some_and(|encoding| {
+                encoding
+                    .to_ascii_lowercase()
+                    .starts_with(&format!("{codec}/"))
+            })
+    });
+    if offers_codec {
+        Ok(())
+    } else {
+        Err(PeerError::NoVideo(mime_type_name(mime_type)))
+    }
+}
+
+/// A static name for the error message.
+fn mime_type_name(mime_type: &str) -> &'static str {
+    if mime_type.eq_ignore_ascii_case("video/VP8") {
+        "VP8"
+    } else {
+        "the encoder's"
+    }
+}
+
 fn stack(err: impl std::fmt::Display) -> PeerError {
     PeerError::Stack(err.to_string())
 }
@@ -102,12 +142,11 @@ pub enum PeerEvent {
 
 /// Port: the browser end of a video stream.
 pub trait VideoPeer: Send {
-    /// Sends one encoded frame that shows for `duration` (the time since
-    /// the previous one).
+    /// Sends one encoded frame of the picture as it was at `captured`.
     fn send_frame(
         &mut self,
         frame: Bytes,
-        duration: Duration,
+        captured: Instant,
     ) -> impl Future<Output = Result<(), PeerError>> + Send;
 
     /// The next event; `None` once nothing more can happen.
@@ -116,10 +155,15 @@ pub trait VideoPeer: Send {
 
 /// A peer connection answering one browser; closed when dropped.
 pub struct WebRtcPeer {
-    pc: Arc<dyn PeerConnection>,
-    track: Arc<TrackLocalStaticSample>,
+    pc: ClosingPeer,
+    track: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
+    /// Cuts frames into RTP packets; timestamps are set per frame (see
+    /// [`VideoPeer::send_frame`]).
+    packetizer: Box<dyn Packetizer + Send>,
+    /// When the last frame sent was captured.
+    last_captured: Option<Instant>,
     /// The payload type the browser's offer gave the codec, once known.
     payload_type: Option<u8>,
     events: mpsc::Receiver<PeerEvent>,
@@ -137,11 +181,15 @@ impl std::fmt::Debug for WebRtcPeer {
     }
 }
 
-impl Drop for WebRtcPeer {
+/// A peer connection that is closed when dropped, from the moment it is
+/// built: the stack's driver task (and its UDP socket) outlives a connection
+/// dropped without `close()`, e.g. by a request that timed out mid-answer.
+struct ClosingPeer(Arc<dyn PeerConnection>);
+
+impl Drop for ClosingPeer {
     fn drop(&mut self) {
-        // The stack's driver task outlives a dropped connection unless it is
-        // closed; closing is async, so it is handed to the runtime.
-        let pc = self.pc.clone();
+        // Closing is async, so it is handed to the runtime.
+        let pc = self.0.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(err) = pc.close().await {
@@ -150,14 +198,6 @@ impl Drop for WebRtcPeer {
             });
         }
     }
-}
-
-/// Checks that `offer_sdp` parses as an SDP offer, before anything is set
-/// up for it.
-pub fn check_offer(offer_sdp: &str) -> Result<(), PeerError> {
-    RTCSessionDescription::offer(offer_sdp.to_owned())
-        .map(drop)
-        .map_err(|err| PeerError::BadOffer(err.to_string()))
 }
 
 /// Answers `offer_sdp` with a video track of `mime_type` (e.g. `video/VP8`)
@@ -211,8 +251,9 @@ pub async fn answer_offer(
         gathered: gathered_tx,
         state: state_tx,
         events: events_tx.clone(),
+        input_taken: Arc::new(AtomicBool::new(false)),
     });
-    let pc: Arc<dyn PeerConnection> = Arc::new(
+    let pc = ClosingPeer(Arc::new(
         PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media)
@@ -223,39 +264,44 @@ pub async fn answer_offer(
             .build()
             .await
             .map_err(stack)?,
-    );
+    ));
 
     let ssrc = rand_ssrc();
-    let track = Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "desktop".to_owned(),
-                "desktop-video".to_owned(),
-                "desktop-video".to_owned(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            ),
-        )
-        .map_err(stack)?,
-    );
-    let peer_result = async {
-        let sender = pc
-            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-            .await
-            .map_err(stack)?;
-        pc.set_remote_description(offer)
+    let payloader = codec.payloader().map_err(stack)?;
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "desktop".to_owned(),
+        "desktop-video".to_owned(),
+        "desktop-video".to_owned(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )));
+    // The payload type is set per packet once negotiation has fixed it.
+    let packetizer = Box::new(new_packetizer(
+        Instant::now(),
+        RTP_MTU,
+        0,
+        ssrc,
+        payloader,
+        Box::new(new_random_sequencer()),
+        VIDEO_CLOCK_RATE,
+    ));
+    let negotiated = async {
+        let sender =
+            pc.0.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await
+                .map_err(stack)?;
+        pc.0.set_remote_description(offer)
             .await
             .map_err(|err| PeerError::BadOffer(err.to_string()))?;
-        let answer = pc.create_answer(None).await.map_err(stack)?;
-        pc.set_local_description(answer).await.map_err(stack)?;
+        let answer = pc.0.create_answer(None).await.map_err(stack)?;
+        pc.0.set_local_description(answer).await.map_err(stack)?;
         let negotiated = sender
             .get_parameters()
             .await
@@ -265,18 +311,12 @@ pub async fn answer_offer(
             .iter()
             .any(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime_type));
         if !negotiated {
-            return Err(PeerError::NoVideo(mime_type));
+            return Err(PeerError::NoVideo(mime_type_name(mime_type)));
         }
         Ok(sender)
-    }
-    .await;
-    let sender = match peer_result {
-        Ok(sender) => sender,
-        Err(err) => {
-            let _ = pc.close().await;
-            return Err(err);
-        }
     };
+    // On an error `pc` is dropped, which closes it.
+    let sender = negotiated.await?;
     spawn_keyframe_requests(Arc::clone(&track), events_tx);
 
     let gathering = tokio::time::timeout(settings.gather_timeout, async {
@@ -298,6 +338,8 @@ pub async fn answer_offer(
         track,
         sender,
         ssrc,
+        packetizer,
+        last_captured: None,
         payload_type: None,
         events,
         state,
@@ -305,6 +347,7 @@ pub async fn answer_offer(
     };
     let answer = peer
         .pc
+        .0
         .local_description()
         .await
         .ok_or_else(|| PeerError::Stack("no local description after answering".into()))?;
@@ -312,7 +355,7 @@ pub async fn answer_offer(
 }
 
 impl VideoPeer for WebRtcPeer {
-    async fn send_frame(&mut self, frame: Bytes, duration: Duration) -> Result<(), PeerError> {
+    async fn send_frame(&mut self, frame: Bytes, captured: Instant) -> Result<(), PeerError> {
         let payload_type = match self.payload_type {
             Some(pt) => pt,
             None => {
@@ -326,16 +369,27 @@ impl VideoPeer for WebRtcPeer {
                 pt
             }
         };
-        let sample = Sample {
-            data: frame,
-            duration,
-            ..Sample::new(Instant::now())
-        };
-        self.track
-            .sample_writer(self.ssrc, payload_type)
-            .write_sample(&sample)
-            .await
-            .map_err(stack)
+        // The RTP timestamp is the capture time on the 90 kHz clock. The
+        // stack's sample writer advances it *after* a frame by the frame's
+        // duration, which is unknown when it is sent (an idle desktop sends
+        // nothing for minutes); moving the clock on before each frame by the
+        // real gap keeps the browser's jitter estimate honest.
+        if let Some(last) = self.last_captured {
+            let gap = captured.saturating_duration_since(last);
+            let ticks = gap.as_secs_f64() * f64::from(VIDEO_CLOCK_RATE);
+            self.packetizer
+                .skip_samples(ticks.min(f64::from(u32::MAX)) as u32);
+        }
+        self.last_captured = Some(captured);
+        let packets = self
+            .packetizer
+            .packetize(captured, &frame, 0)
+            .map_err(stack)?;
+        for mut packet in packets {
+            packet.header.payload_type = payload_type;
+            self.track.write_rtp(packet).await.map_err(stack)?;
+        }
+        Ok(())
     }
 
     async fn next_event(&mut self) -> Option<PeerEvent> {
@@ -393,7 +447,7 @@ fn rand_ssrc() -> u32 {
 }
 
 /// Forwards keyframe requests that arrive on the track to the stream.
-fn spawn_keyframe_requests(track: Arc<TrackLocalStaticSample>, events: mpsc::Sender<PeerEvent>) {
+fn spawn_keyframe_requests(track: Arc<TrackLocalStaticRTP>, events: mpsc::Sender<PeerEvent>) {
     tokio::spawn(async move {
         // `poll` ends when the track is unbound (the connection closed).
         while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
@@ -417,6 +471,8 @@ struct Handler {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
     events: mpsc::Sender<PeerEvent>,
+    /// An `input` channel is being read; a second one is ignored.
+    input_taken: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -434,12 +490,13 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
         let events = self.events.clone();
+        let input_taken = self.input_taken.clone();
         // Reading runs in its own task: this callback runs on the stack's
         // driver, which must not wait on the stream.
         tokio::spawn(async move {
             let label = channel.label().await.unwrap_or_default();
-            if label != INPUT_CHANNEL {
-                tracing::debug!(%label, "ignoring a data channel that is not `input`");
+            if label != INPUT_CHANNEL || input_taken.swap(true, Ordering::AcqRel) {
+                tracing::debug!(%label, "ignoring a data channel that is not the first `input`");
                 return;
             }
             while let Some(event) = channel.poll().await {
@@ -448,6 +505,13 @@ impl PeerConnectionEventHandler for Handler {
                     DataChannelEvent::OnClose => return,
                     _ => continue,
                 };
+                // Refused here, so the queue holds only messages of a
+                // plausible size.
+                if message.data.len() > MAX_INPUT_MESSAGE_BYTES {
+                    metrics::counter!("deskgate_media_refused_total", "reason" => "input")
+                        .increment(1);
+                    continue;
+                }
                 // Waiting here is back-pressure on the browser's input.
                 if events
                     .send(PeerEvent::Input(message.data.freeze()))

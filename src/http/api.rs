@@ -56,8 +56,9 @@ pub struct Api {
     pub tickets: TicketBook,
     /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
     pub docs_enabled: bool,
-    /// ICE servers and video settings of the WebRTC route.
-    pub webrtc: super::media::WebRtcDesk,
+    /// Media viewer counts, and the ICE servers and video settings of the
+    /// WebRTC route.
+    pub media: super::media::MediaDesk,
 }
 
 impl std::fmt::Debug for Api {

@@ -15,10 +15,11 @@
 //! session ends. Input (keys, pointer) counts as presence; an idle open tab
 //! does not.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::JsonRejection;
@@ -68,17 +69,41 @@ pub fn routes(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// How the gate serves WebRTC viewers (from `DESKGATE_TURN_*` and
-/// `DESKGATE_WEBRTC_*`).
-#[derive(Clone, Debug)]
-pub struct WebRtcDesk {
+/// Most media streams (VNC and WebRTC together) open on one session: each
+/// WebRTC viewer costs an encoder and copies of the desktop.
+pub const MAX_VIEWERS_PER_SESSION: usize = 4;
+
+/// What the media routes share: viewer counts, and how WebRTC viewers are
+/// served (from `DESKGATE_TURN_*` and `DESKGATE_WEBRTC_*`).
+#[derive(Debug)]
+pub struct MediaDesk {
     turn_urls: Vec<String>,
     turn_secret: Option<Secret>,
     udp_ip: IpAddr,
     video: VideoSettings,
+    viewers: Arc<Mutex<HashMap<SessionId, usize>>>,
 }
 
-impl WebRtcDesk {
+/// One open media stream of a session; counted until dropped.
+#[derive(Debug)]
+struct ViewerSlot {
+    viewers: Arc<Mutex<HashMap<SessionId, usize>>>,
+    session: SessionId,
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = viewers.get_mut(&self.session) {
+            *open -= 1;
+            if *open == 0 {
+                viewers.remove(&self.session);
+            }
+        }
+    }
+}
+
+impl MediaDesk {
     /// The WebRTC settings of `config`.
     pub fn from_config(config: &Config) -> Self {
         Self {
@@ -90,7 +115,31 @@ impl WebRtcDesk {
                 max_fps: config.webrtc_max_fps,
                 ..VideoSettings::default()
             },
+            viewers: Arc::default(),
         }
+    }
+
+    /// Counts a new stream of session `id`, unless it has
+    /// [`MAX_VIEWERS_PER_SESSION`] open already.
+    fn admit(&self, id: SessionId) -> Result<ViewerSlot, Problem> {
+        let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = viewers.entry(id).or_default();
+        if *open >= MAX_VIEWERS_PER_SESSION {
+            metrics::counter!("deskgate_media_refused_total", "reason" => "viewers").increment(1);
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-viewers",
+                "The session has as many viewers as it may",
+            )
+            .detail(format!(
+                "a session may have {MAX_VIEWERS_PER_SESSION} media streams open; close one first"
+            )));
+        }
+        *open += 1;
+        Ok(ViewerSlot {
+            viewers: self.viewers.clone(),
+            session: id,
+        })
     }
 
     /// ICE servers for one viewer of session `id`, with TURN credentials
@@ -143,6 +192,7 @@ async fn vnc(
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
+    let slot = api.media.admit(id)?;
     let desktop = dial_desktop(&desk, id).await?;
     Ok(upgrade
         .protocols(["binary"])
@@ -155,7 +205,7 @@ async fn vnc(
                     .await
                     .map_err(|err| err.to_string())
             });
-            run_stream(MediaPath::Vnc, stream, counters, desk, id, events)
+            run_stream(MediaPath::Vnc, stream, counters, desk, id, events, slot)
         }))
 }
 
@@ -264,8 +314,8 @@ async fn webrtc(
     let id = parse_id(&id)?;
     let Json(offer) = body.map_err(bad_json)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
-    deskgate_media::webrtc_peer::check_offer(&offer.sdp).map_err(bad_offer)?;
-    let encoder = Vp8Encoder::new(api.webrtc.video).map_err(|err| {
+    let slot = api.media.admit(id)?;
+    let encoder = Vp8Encoder::new(api.media.video).map_err(|err| {
         tracing::error!(error = %err, "the video encoder cannot start");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -273,17 +323,16 @@ async fn webrtc(
             "This gate cannot encode video",
         )
     })?;
+    // Before the desktop is dialled: garbage, or no VP8 to receive.
+    deskgate_media::webrtc_peer::check_offer(&offer.sdp, encoder.mime_type()).map_err(bad_offer)?;
     let desktop = dial_desktop(&desk, id).await?;
-    let (answer, peer) = deskgate_media::answer_offer(
-        offer.sdp,
-        encoder.mime_type(),
-        &api.webrtc.peer_settings(id),
-    )
-    .await
-    .map_err(bad_offer)?;
+    let (answer, peer) =
+        deskgate_media::answer_offer(offer.sdp, encoder.mime_type(), &api.media.peer_settings(id))
+            .await
+            .map_err(bad_offer)?;
     let counters = Arc::new(StreamCounters::default());
     let stream_counters = counters.clone();
-    let video = api.webrtc.video;
+    let video = api.media.video;
     let stream: BoxFuture<'static, StreamOutcome> = Box::pin(async move {
         deskgate_media::stream_desktop(desktop, peer, Box::new(encoder), video, &stream_counters)
             .await
@@ -296,11 +345,12 @@ async fn webrtc(
         desk,
         id,
         events,
+        slot,
     ));
     let mut response = Json(json!({
         "type": "answer",
         "sdp": answer,
-        "ice_servers": api.webrtc.ice_servers(id),
+        "ice_servers": api.media.ice_servers(id),
     }))
     .into_response();
     // TURN credentials: no cache may keep them.
@@ -370,7 +420,8 @@ where
 }
 
 /// Runs one stream in a [`MediaActor`] until it ends or the session does;
-/// input on it counts as the session's presence.
+/// input on it counts as the session's presence. The viewer `_slot` is freed
+/// when it returns.
 async fn run_stream(
     path: MediaPath,
     stream: BoxFuture<'static, StreamOutcome>,
@@ -378,6 +429,7 @@ async fn run_stream(
     desk: SessionDesk,
     id: SessionId,
     mut events: broadcast::Receiver<SessionEvent>,
+    _slot: ViewerSlot,
 ) {
     let args = MediaArgs {
         path,
@@ -419,5 +471,44 @@ async fn run_stream(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media_desk() -> MediaDesk {
+        MediaDesk {
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            udp_ip: IpAddr::from([127, 0, 0, 1]),
+            video: VideoSettings::default(),
+            viewers: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_session_gets_at_most_four_viewers_and_a_closed_one_frees_its_place() {
+        let desk = media_desk();
+        let (one, other) = (SessionId::new(), SessionId::new());
+        let mut open: Vec<_> = (0..MAX_VIEWERS_PER_SESSION)
+            .map(|_| desk.admit(one).expect("within the limit"))
+            .collect();
+        let refused = desk.admit(one).expect_err("one too many");
+        assert_eq!(
+            refused.into_response().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Another session is counted apart.
+        let _theirs = desk.admit(other).expect("another session");
+        open.pop();
+        let _again = desk.admit(one).expect("a closed stream frees its place");
+        drop(open);
+        drop(_again);
+        assert!(
+            !desk.viewers.lock().unwrap().contains_key(&one),
+            "a session without viewers is forgotten"
+        );
     }
 }

@@ -422,7 +422,7 @@ async fn ticket(
     });
     // The browser needs its ICE servers before it can make the offer.
     if request.purpose == Purpose::Webrtc {
-        body["ice_servers"] = json!(api.webrtc.ice_servers(id));
+        body["ice_servers"] = json!(api.media.ice_servers(id));
     }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     // A credential: no cache may keep it.

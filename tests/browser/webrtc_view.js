@@ -16,7 +16,7 @@
 // for ICE gathering to complete (non-trickle); POSTs {"sdp"} to
 // /api/v1/sessions/ID/webrtc?ticket=T and sets the answer; waits for a decoded frame;
 // samples the video's pixels at POINTS_JSON ([[x, y], ...]); measures an idle window
-// (DESKGATE_IDLE_MS, default 3000) with getStats() inbound-rtp framesReceived and
+// (DESKGATE_IDLE_MS, default 5000) with getStats() inbound-rtp framesReceived and
 // framesDecoded; sends {"type":"pointer","x":321,"y":123,"buttons":0} on the data
 // channel. Then it logs "waiting for the end of the session" on stderr and waits for a
 // line on stdin (or its end) - the caller's word that it ended the session - and for
