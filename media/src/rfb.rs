@@ -249,10 +249,24 @@ impl ClientMessages {
     pub fn take_complete(&mut self) -> Result<(bytes::Bytes, InputCount), RfbError> {
         let mut input = InputCount::default();
         let mut end = 0;
-        while let Some(len) = message_len(&self.pending[end..], self.max_message)? {
+        loop {
+            // Runs of PointerEvents are most of what a browser sends (noVNC
+            // batches them): six bytes each, no length field, so a run is
+            // counted by its type bytes alone.
+            let pointers = self.pending[end..]
+                .chunks_exact(POINTER_EVENT_LEN)
+                .take_while(|message| message[0] == 5)
+                .count();
+            if pointers > 0 {
+                input.pointer += pointers as u64;
+                end += pointers * POINTER_EVENT_LEN;
+                continue;
+            }
+            let Some(len) = message_len(&self.pending[end..], self.max_message)? else {
+                break;
+            };
             match self.pending[end] {
                 4 | 255 => input.keys += 1,
-                5 => input.pointer += 1,
                 _ => {}
             }
             end += len;
@@ -269,6 +283,9 @@ impl ClientMessages {
         Ok((self.pending.split_to(end).freeze(), input))
     }
 }
+
+/// Bytes of an RFB PointerEvent.
+const POINTER_EVENT_LEN: usize = 6;
 
 /// The length of the client message at the start of `buf`, or `None` if
 /// more bytes are needed to know it or to hold it all.
@@ -380,6 +397,42 @@ mod tests {
         assert_eq!(out, stream);
         assert_eq!(
             total,
+            InputCount {
+                keys: 1,
+                pointer: 1
+            }
+        );
+    }
+
+    #[test]
+    fn runs_of_pointer_events_are_counted_and_never_split() {
+        let mut framer = ClientMessages::new(1024);
+        let pointer = [5u8, 1, 0, 10, 0, 20];
+        let key = [4u8, 0, 0, 0, 0, 0, 0, 0x61];
+        let mut stream = Vec::new();
+        for _ in 0..3 {
+            stream.extend_from_slice(&pointer);
+        }
+        stream.extend_from_slice(&key);
+        stream.extend_from_slice(&pointer);
+        // Three pointer events and five bytes of the fourth message.
+        framer.push(&stream[..23]);
+        let (whole, input) = framer.take_complete().unwrap();
+        assert_eq!(
+            (whole.len(), input),
+            (
+                18,
+                InputCount {
+                    keys: 0,
+                    pointer: 3
+                }
+            )
+        );
+        framer.push(&stream[23..]);
+        let (whole, input) = framer.take_complete().unwrap();
+        assert_eq!(whole[..], stream[18..]);
+        assert_eq!(
+            input,
             InputCount {
                 keys: 1,
                 pointer: 1
