@@ -579,3 +579,54 @@ impl Interceptor for KeyframeRequests {
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal browser-like offer receiving video in `codec`.
+    fn offer(codec: &str) -> String {
+        [
+            "v=0",
+            "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "c=IN IP4 0.0.0.0",
+            "a=mid:0",
+            "a=recvonly",
+            "a=rtcp-mux",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+            "a=setup:actpass",
+            &format!("a=rtpmap:96 {codec}/90000"),
+            "",
+        ]
+        .join("\r\n")
+    }
+
+    #[test]
+    fn an_offer_receiving_vp8_is_accepted() {
+        check_offer(&offer("VP8"), "video/VP8").expect("a VP8 offer");
+    }
+
+    #[test]
+    fn an_offer_without_vp8_is_refused_as_no_video() {
+        let refused = check_offer(&offer("H264"), "video/VP8");
+        assert!(
+            matches!(refused, Err(PeerError::NoVideo("VP8"))),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_sdp_is_a_bad_offer() {
+        let refused = check_offer("v=0 nonsense", "video/VP8");
+        assert!(
+            matches!(refused, Err(PeerError::BadOffer(_))),
+            "{refused:?}"
+        );
+    }
+}
