@@ -14,8 +14,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
 use support::desktop::{
-    desktop_stage, metric, on_display, running_desktop, ticket, vnc_secret, wait_for_metric,
-    wait_for_pointer,
+    assert_no_dial_and_tickets_refused, desktop_stage, metric, on_display, running_desktop, ticket,
+    vnc_secret, wait_for_metric, wait_for_pointer,
 };
 use support::{free_port, scrape_metrics, service_env};
 use tokio_tungstenite::tungstenite::Message;
@@ -195,17 +195,7 @@ async fn a_wrong_reused_or_expired_ticket_never_reaches_the_desktop() {
     let stale = ticket(&stage, &token, &session, "vnc").await;
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(open_vnc(&stage, &session, &stale).await.err(), Some(401));
-    let metrics = scrape_metrics(&metrics_addr).await;
-    assert_eq!(
-        metric(&metrics, "deskgate_media_desktop_dials_total"),
-        0.0,
-        "a refused ticket reached the desktop:\n{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
-        4.0,
-        "{metrics}"
-    );
+    assert_no_dial_and_tickets_refused(&metrics_addr, 4.0).await;
 
     // Good once, then reused.
     let good = ticket(&stage, &token, &session, "vnc").await;

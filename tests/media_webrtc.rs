@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
 use support::desktop::{
-    desktop_stage, metric, on_display, running_desktop, ticket, ticket_body, vnc_secret,
-    wait_for_metric,
+    assert_no_dial_and_tickets_refused, desktop_stage, metric, on_display, running_desktop, ticket,
+    ticket_body, vnc_secret, wait_for_metric,
 };
 use support::netns::NetNs;
 use support::{free_port, scrape_metrics, service_env};
@@ -725,17 +725,7 @@ async fn a_webrtc_offer_is_refused_before_the_desktop_is_dialled() {
         413,
     )
     .await;
-    let metrics = scrape_metrics(&metrics_addr).await;
-    assert_eq!(
-        metric(&metrics, "deskgate_media_desktop_dials_total"),
-        0.0,
-        "a refused offer reached the desktop:\n{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
-        3.0,
-        "{metrics}"
-    );
+    assert_no_dial_and_tickets_refused(&metrics_addr, 3.0).await;
 
     // A good ticket with an offer that is not SDP: 400, and the ticket is
     // spent.
@@ -773,17 +763,7 @@ async fn a_webrtc_offer_is_refused_before_the_desktop_is_dialled() {
         401,
     )
     .await;
-    let metrics = scrape_metrics(&metrics_addr).await;
-    assert_eq!(
-        metric(&metrics, "deskgate_media_desktop_dials_total"),
-        0.0,
-        "a refused offer reached the desktop:\n{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
-        4.0,
-        "{metrics}"
-    );
+    assert_no_dial_and_tickets_refused(&metrics_addr, 4.0).await;
     assert!(
         !stage.gate.output().contains(TURN_SECRET),
         "the TURN secret is in the gate's log"

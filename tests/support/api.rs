@@ -69,16 +69,7 @@ struct DockerSessionsLock(#[allow(dead_code)] std::fs::File);
 impl DockerSessionsLock {
     async fn acquire() -> Self {
         tokio::task::spawn_blocking(|| {
-            let path = std::env::temp_dir().join("deskgate-tests-session-containers.lock");
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-            file.lock()
-                .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
-            Self(file)
+            Self(super::lock_file("deskgate-tests-session-containers.lock"))
         })
         .await
         .expect("lock task")

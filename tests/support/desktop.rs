@@ -151,3 +151,19 @@ pub async fn wait_for_metric(metrics_addr: &str, series: &str, value: f64, withi
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Asserts from the gate's metrics that nothing reached a desktop and that
+/// `refused` tickets were refused.
+pub async fn assert_no_dial_and_tickets_refused(metrics_addr: &str, refused: f64) {
+    let metrics = scrape_metrics(metrics_addr).await;
+    assert_eq!(
+        metric(&metrics, "deskgate_media_desktop_dials_total"),
+        0.0,
+        "a refused request reached the desktop:\n{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, r#"deskgate_media_refused_total{reason="ticket"}"#),
+        refused,
+        "{metrics}"
+    );
+}

@@ -616,3 +616,19 @@ pub fn serve_env_with(port: u16, database_url: &str, rpc_url: &str) -> Vec<(&'st
     ]);
     env
 }
+
+/// Opens `name` in the temporary directory and takes an exclusive lock on
+/// it, waiting for whoever holds it (another test process, too); the lock
+/// lasts as long as the returned file.
+pub fn lock_file(name: &str) -> std::fs::File {
+    let path = std::env::temp_dir().join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}

@@ -96,16 +96,7 @@ struct AllocationLock(#[allow(dead_code)] std::fs::File);
 
 impl AllocationLock {
     fn acquire() -> Self {
-        let path = std::env::temp_dir().join("deskgate-tests-netns.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        file.lock()
-            .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
-        Self(file)
+        Self(super::lock_file("deskgate-tests-netns.lock"))
     }
 }
 
