@@ -21,7 +21,7 @@ use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::{Cleanup, host_addresses, next_exit, service_env};
+use support::{Cleanup, host_addresses, network_gateway, next_exit, service_env};
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
@@ -316,16 +316,8 @@ async fn session_cannot_reach_the_database_or_host_services() {
     let db_host = db.host_str().expect("db host").to_string();
     let db_port = db.port().unwrap_or(5432);
 
-    let bridge_gateway = docker
-        .inspect_network("bridge", None::<InspectNetworkOptions>)
-        .await
-        .ok()
-        .and_then(|n| n.ipam?.config?.into_iter().find_map(|c| c.gateway));
-    let own_gateway = docker
-        .inspect_network(&network_name(session), None::<InspectNetworkOptions>)
-        .await
-        .ok()
-        .and_then(|n| n.ipam?.config?.into_iter().find_map(|c| c.gateway));
+    let bridge_gateway = network_gateway("bridge");
+    let own_gateway = network_gateway(&network_name(session));
     let mut addresses: Vec<String> = vec![db_host.clone()];
     addresses.extend(bridge_gateway.clone());
     addresses.extend(own_gateway.clone());
@@ -335,7 +327,12 @@ async fn session_cannot_reach_the_database_or_host_services() {
     eprintln!(
         "probing {addresses:?} on ports {db_port} (PostgreSQL) and {api_port} (host listener)"
     );
-    let bridge_gateway = bridge_gateway.expect("docker0 gateway");
+    let bridge_gateway = bridge_gateway.expect("the default bridge has an IPv4 subnet");
+    let own_gateway = own_gateway.expect("the session network has an IPv4 subnet");
+    assert!(
+        addresses.contains(&bridge_gateway) && addresses.contains(&own_gateway),
+        "both gateways are probed: {addresses:?}"
+    );
 
     // Control: the same probe from a container on the default bridge does
     // reach the host listener, so a refusal below means isolation, not a
@@ -560,3 +557,4 @@ async fn stop_removes_container_and_network_and_is_idempotent() {
         assert_ne!(exit.session, session, "stop reported as an exit: {exit:?}");
     }
 }
+

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use support::{
-    Cleanup, Deskgate, docker_cli, free_port, host_addresses, next_exit, service_env,
+    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit, service_env,
     sleeper_image, spawn_launcher,
 };
 
@@ -164,13 +164,7 @@ async fn remote_launcher_launches_reports_exits_and_stops_over_http() {
     script.push_str("echo done");
     // Control: from the default bridge the same probe does reach it, so the
     // refusals below mean isolation, not a broken probe.
-    let gateway = docker_cli(&[
-        "network",
-        "inspect",
-        "bridge",
-        "--format",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ]);
+    let gateway = network_gateway("bridge").expect("the default bridge has an IPv4 subnet");
     let control = docker_cli(&[
         "run",
         "--rm",

@@ -521,6 +521,41 @@ pub fn docker_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The host's IPv4 address on a Docker network: the gateway `docker network
+/// inspect` reports, or else the first host of the network's IPv4 subnet, which
+/// is the address Docker gives the bridge. A freshly started Docker Engine 20.10
+/// reports only the subnet of the default bridge, so the gateway field alone
+/// cannot be relied on. `None` when the network has no IPv4 subnet.
+pub fn network_gateway(network: &str) -> Option<String> {
+    let config = docker_cli(&[
+        "network",
+        "inspect",
+        network,
+        "--format",
+        "{{json .IPAM.Config}}",
+    ]);
+    let config: Vec<serde_json::Value> =
+        serde_json::from_str(&config).unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
+    let field = |entry: &serde_json::Value, key: &str| {
+        entry
+            .get(key)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let reported = config
+        .iter()
+        .filter_map(|entry| field(entry, "Gateway"))
+        .find(|gateway| gateway.parse::<std::net::Ipv4Addr>().is_ok());
+    reported.or_else(|| {
+        config
+            .iter()
+            .filter_map(|entry| field(entry, "Subnet")?.parse::<ipnet::Ipv4Net>().ok())
+            .find_map(|subnet| subnet.hosts().next())
+            .map(|ip| ip.to_string())
+    })
+}
+
 /// Whether Docker knows a container by this name or id.
 pub fn container_exists(name: &str) -> bool {
     Command::new("docker")
