@@ -9,8 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use deskgate::ledger::{BatchingLedger, PgLedger, Posting, SystemAccount};
-use deskgate::secret::Secret;
+use deskgate::money::ledger::{BatchingLedger, PgLedger, Posting, SystemAccount};
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::{DebitKey, Ledger, SessionId, WalletId};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -46,7 +46,7 @@ async fn fund(ledger: &PgLedger, prefix: u32) -> Sessions {
         .enumerate()
         .map(|(i, w)| Posting {
             key: format!("bench-deposit:{prefix}:{i}"),
-            operation: deskgate::ledger::Operation::Credit {
+            operation: deskgate::money::ledger::Operation::Credit {
                 wallet: w.clone(),
                 amount: 1_000_000,
                 from: SystemAccount::Revenue,

@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskgate::docker_launcher::{DockerLauncher, LauncherSettings};
+use deskgate::launcher::docker::{DockerLauncher, LauncherSettings};
 use deskgate_actors::ask::ask;
 use deskgate_actors::ports::EndReason;
 use deskgate_actors::ports::{GpuAddr, LaunchSpec, Launcher, SessionId, SessionState, WalletId};
@@ -198,7 +198,9 @@ fn docker_run(image: &str, round: usize) -> Duration {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let image = test_image();
-    let docker = deskgate::docker::connect().await.expect("docker client");
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
     docker
         .ping()
         .await

@@ -11,7 +11,7 @@
 //!   connects to Xvnc, authenticates with [`deskgate_media::authenticate`]
 //!   and runs [`deskgate::http::media::relay_websocket`], exactly what the
 //!   gate runs after upgrading, served by the gate's own
-//!   [`deskgate::server::run`]. It runs in a child process (this binary,
+//!   [`deskgate::platform::server::run`]. It runs in a child process (this binary,
 //!   re-executed with `DESKGATE_VNC_BENCH_SERVE` set) on a multi-threaded
 //!   tokio runtime, so that its memory and CPU are its own, as websockify's
 //!   are. The gate reaches real desktops through `docker exec`; here the
@@ -622,12 +622,12 @@ fn serve_deskgate_relay(spec: &str) {
     let addr = SocketAddr::from(([127, 0, 0, 1], listen));
     runtime.block_on(async move {
         // The gate's own server code (plain HTTP), so the benchmark serves as the gate does.
-        let service = deskgate::server::Service {
+        let service = deskgate::platform::server::Service {
             app,
             addr,
             variable: SERVE_ENV,
         };
-        deskgate::server::run(service, None, None, Duration::from_secs(1))
+        deskgate::platform::server::run(service, None, None, Duration::from_secs(1))
             .await
             .expect("the relay server runs");
     });
@@ -1529,7 +1529,7 @@ fn print_report(f: &[Figures; 2], p: &Plan, desk: &Desk) {
         "  deskgate: relay_websocket in a child process (tokio, multi-threaded), served by the gate's"
     );
     println!(
-        "  own deskgate::server::run (TCP_NODELAY on accepted sockets, as websockify sets it)."
+        "  own deskgate::platform::server::run (TCP_NODELAY on accepted sockets, as websockify sets it)."
     );
     println!("  websockify: Python, one forked process per connection.");
     println!(

@@ -17,9 +17,9 @@ use alloy::primitives::{Address, U256};
 use ipnet::IpNet;
 use url::Url;
 
-use crate::gpu::GpuSelection;
 use crate::http::rate_limit::Quota;
-use crate::secret::{Secret, Weakness};
+use crate::launcher::gpu::GpuSelection;
+use crate::platform::secret::{Secret, Weakness};
 
 /// Prefix of every environment variable deskgate reads.
 pub const ENV_PREFIX: &str = "DESKGATE_";
@@ -562,6 +562,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Which launcher backend the gate runs sessions on: decided once, here,
+/// from `DESKGATE_LAUNCHER_URLS`, and matched on only by `app`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LauncherKind {
+    /// Containers on the local Docker Engine (no launcher URLs).
+    LocalDocker,
+    /// `deskgate launcher` services; a host's number is its position here.
+    Remote(Vec<Url>),
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -678,6 +688,17 @@ impl Loaded {
         match self.config {
             Some(config) if self.problems.is_empty() => Ok((config, self.warnings)),
             _ => Err(self.problems),
+        }
+    }
+}
+
+impl Config {
+    /// The launcher backend this configuration asks for.
+    pub fn launcher_kind(&self) -> LauncherKind {
+        if self.launcher_urls.is_empty() {
+            LauncherKind::LocalDocker
+        } else {
+            LauncherKind::Remote(self.launcher_urls.clone())
         }
     }
 }
@@ -1281,7 +1302,7 @@ impl Config {
             && let Some(db) = &self.database_url
             && let Ok(url) = Url::parse(db.expose())
             && let Some(password) = url.password()
-            && crate::secret::is_placeholder(password)
+            && crate::platform::secret::is_placeholder(password)
         {
             problems.push(Problem::new(
                 "DATABASE_URL",

@@ -1,34 +1,32 @@
 //! deskgate: rent GPU desktops to browser users who pay with an Ethereum wallet.
 //!
 //! This crate is the gate and its adapters; the actor tree lives in
-//! `deskgate-actors` and the media path in `deskgate-media`. See DESIGN.md for
-//! how the parts fit.
+//! `deskgate-actors` and the media path in `deskgate-media`. The folders are
+//! the architecture (see `docs/architecture.md` for the map and the
+//! dependency direction):
+//!
+//! - [`app`]: composition: builds the gate and the launcher service from a
+//!   [`config::Config`]; `main.rs` only parses the command line.
+//! - [`config`]: settings per subsystem, their parsing and the security posture.
+//! - [`http`]: the gate's HTTP API: routes, extractors, problems, edge guards.
+//! - [`sign_in`]: SIWE sign-in, its PostgreSQL store, single-use tickets.
+//! - [`money`]: ledger, pricing, tiers, deposits and the chain adapter.
+//! - [`sessions`]: the gate's actor tree, the GPU profiles, the session store.
+//! - [`launcher`]: where desktops run: the ports, the GPU inventory, and one
+//!   folder per backend (`docker/`, `remote/`).
+//! - [`platform`]: secrets, logs and metrics, the HTTP server, readiness, audit, TURN.
+//! - [`db`]: the PostgreSQL pool, TLS, retries, migrations and the schema.
+//!
+//! Lower layers never import higher ones: `platform` and `db` import nothing
+//! of the others; `config` imports only `platform` and `launcher::gpu`; `http`
+//! and `app` sit on top.
 
-pub mod audit;
-pub mod chain;
+pub mod app;
 pub mod config;
 pub mod db;
-pub mod deposit_store;
-pub mod desktop;
-pub mod docker;
-pub mod docker_launcher;
-pub mod gate;
-pub mod gpu;
 pub mod http;
-pub mod launcher_pool;
-pub mod launcher_service;
-pub mod ledger;
-pub mod pricing;
-pub mod readiness;
-pub mod remote_launcher;
-pub mod schema;
-pub mod secret;
-pub mod server;
-pub mod session_store;
+pub mod launcher;
+pub mod money;
+pub mod platform;
+pub mod sessions;
 pub mod sign_in;
-pub mod sign_in_store;
-pub mod siwe;
-pub mod telemetry;
-pub mod tickets;
-pub mod tiers;
-pub mod turn;

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deskgate::db::DbPool;
-use deskgate::ledger::{Account, BatchingLedger, PgLedger, SystemAccount};
-use deskgate::secret::Secret;
-use deskgate::session_store::PgSessionStore;
+use deskgate::money::ledger::{Account, BatchingLedger, PgLedger, SystemAccount};
+use deskgate::platform::secret::Secret;
+use deskgate::sessions::store::PgSessionStore;
 use deskgate_actors::ask::ask;
 use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Ledger, RunningContainer, SessionId, SessionState,

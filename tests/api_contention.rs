@@ -14,10 +14,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use deskgate::docker_launcher::container_name;
+use deskgate::launcher::docker::container_name;
 use deskgate_actors::ports::SessionId;
 use serde_json::Value;
-use support::api::{Events, Gate, ONE_GPU_HOUR_WEI, Stage, session_path};
+use support::api::{Events, GateProcess, ONE_GPU_HOUR_WEI, Stage, session_path};
 use support::container_exists;
 
 /// Credit of one GPU-hour: what [`ONE_GPU_HOUR_WEI`] buys at the default price.
@@ -38,7 +38,7 @@ fn eta(body: &Value) -> u64 {
 }
 
 /// Opens the events socket of a claimed session.
-async fn open(gate: &Gate, claimed: &Value, token: &str) -> Events {
+async fn open(gate: &GateProcess, claimed: &Value, token: &str) -> Events {
     gate.events(claimed["id"].as_str().unwrap(), token).await
 }
 

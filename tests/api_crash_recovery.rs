@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use deskgate::docker_launcher::{LABEL_SESSION, container_name};
+use deskgate::launcher::docker::{LABEL_SESSION, container_name};
 use deskgate_actors::ports::SessionId;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};

@@ -31,7 +31,7 @@ fn client() -> reqwest::Client {
 }
 
 /// A gate on a scratch database of its own; `extra` settings on top.
-struct Gate {
+struct GateProcess {
     process: Deskgate,
     db: Option<ScratchDatabase>,
     base: String,
@@ -39,7 +39,7 @@ struct Gate {
     http: reqwest::Client,
 }
 
-impl Gate {
+impl GateProcess {
     async fn start(tag: &str, extra: &[(&'static str, &str)]) -> Self {
         let db = ScratchDatabase::migrated(tag).await;
         let port = free_port();
@@ -125,7 +125,7 @@ async fn assert_rate_limited(response: reqwest::Response) {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversize_bodies_rate_limits_and_cors_without_a_trusted_proxy() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let gate = Gate::start(
+    let gate = GateProcess::start(
         "api_limits_direct",
         &[
             ("DESKGATE_MAX_BODY_BYTES", "4096"),
@@ -261,7 +261,7 @@ async fn oversize_bodies_rate_limits_and_cors_without_a_trusted_proxy() {
 // Migrating the scratch database blocks: it needs the multi-threaded runtime.
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
-    let gate = Gate::start(
+    let gate = GateProcess::start(
         "api_limits_proxied",
         &[("DESKGATE_TRUSTED_PROXIES", "127.0.0.1/32")],
     )

@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
-use deskgate::docker_launcher::{container_name, network_name};
+use deskgate::launcher::docker::{container_name, network_name};
 use deskgate_actors::ports::SessionId;
 use serde_json::json;
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};

@@ -13,11 +13,11 @@ use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
-use deskgate::ledger::PgLedger;
-use deskgate::secret::Secret;
+use deskgate::money::ledger::PgLedger;
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::{Ledger, WalletId};
 use serde_json::json;
-use support::api::{Gate, ONE_GPU_HOUR_WEI};
+use support::api::{GateProcess, ONE_GPU_HOUR_WEI};
 use support::{OwnAnvil, ScratchDatabase, free_port, serve_env_with};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,7 +33,7 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
         ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),
         ("DESKGATE_DEPOSIT_START_BLOCK", "0".into()),
     ]);
-    let gate = Gate::start(port, env).await;
+    let gate = GateProcess::start(port, env).await;
 
     // Bad input is refused with a problem, not a crash.
     let (status, problem) = gate

@@ -11,11 +11,11 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::TransactionRequest;
-use deskgate::chain::AlloyChain;
-use deskgate::deposit_store::{CheckStatus, PgDepositBook, TxCheck, check_transaction};
-use deskgate::ledger::PgLedger;
-use deskgate::pricing::Pricing;
-use deskgate::secret::Secret;
+use deskgate::money::chain::AlloyChain;
+use deskgate::money::deposits::{CheckStatus, PgDepositBook, TxCheck, check_transaction};
+use deskgate::money::ledger::PgLedger;
+use deskgate::money::pricing::Pricing;
+use deskgate::platform::secret::Secret;
 use deskgate_actors::chain_watcher::{
     ChainWatcherArgs, ChainWatcherMsg, Required, WatcherStatus, spawn_chain_watcher,
 };

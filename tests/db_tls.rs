@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use deskgate::db::{self, tls};
-use deskgate::secret::Secret;
+use deskgate::platform::secret::Secret;
 use diesel::sql_types::Bool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rcgen::{

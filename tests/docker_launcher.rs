@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
-use deskgate::docker_launcher::{
+use deskgate::launcher::docker::{
     DockerLauncher, LABEL_GPUS, LABEL_HOST, LABEL_SESSION, LauncherSettings, container_name,
     network_name,
 };
@@ -35,7 +35,9 @@ async fn docker() -> Docker {
             || std::env::var("DOCKER_HOST").is_err(),
         "DOCKER_HOST differs from the service environment"
     );
-    let docker = deskgate::docker::connect().await.expect("docker client");
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
     docker
         .ping()
         .await
@@ -557,4 +559,3 @@ async fn stop_removes_container_and_network_and_is_idempotent() {
         assert_ne!(exit.session, session, "stop reported as an exit: {exit:?}");
     }
 }
-

@@ -7,14 +7,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskgate::gate::Gate;
-use deskgate::secret::Secret;
+use deskgate::platform::secret::Secret;
+use deskgate::sessions::tree::SessionTree;
 use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
 use deskgate_actors::testing::FakeLauncher;
 use support::ScratchDatabase;
 
-async fn wait_free(gate: &Gate, free: u32) {
+async fn wait_free(gate: &SessionTree, free: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let snapshot = gate.snapshot().await.expect("the scheduler answers");
@@ -34,7 +34,7 @@ async fn an_unhealthy_gpu_leaves_the_pool_until_it_recovers() {
     let db = ScratchDatabase::migrated("gate_health").await;
     let pool = deskgate::db::pool(&Secret::new(db.url.clone())).unwrap();
     let gpus = vec![GpuAddr { host: 0, index: 0 }, GpuAddr { host: 0, index: 1 }];
-    let gate = Gate::start(
+    let gate = SessionTree::start(
         pool,
         Arc::new(FakeLauncher::new()),
         gpus,

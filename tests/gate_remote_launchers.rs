@@ -13,12 +13,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskgate::docker_launcher::{DockerLauncher, LauncherSettings, container_name, network_name};
-use deskgate::gate::Gate;
-use deskgate::launcher_pool::LauncherPool;
-use deskgate::remote_launcher::RemoteLauncher;
-use deskgate::secret::Secret;
-use deskgate::session_store::PgSessionStore;
+use deskgate::launcher::docker::{DockerLauncher, LauncherSettings, container_name, network_name};
+use deskgate::launcher::remote::client::RemoteLauncher;
+use deskgate::launcher::remote::pool::LauncherPool;
+use deskgate::platform::secret::Secret;
+use deskgate::sessions::store::PgSessionStore;
+use deskgate::sessions::tree::SessionTree;
 use deskgate_actors::ports::{
     GpuAddr, LaunchSpec, Launcher, RunningContainer, SessionId, SessionRecord, SessionState,
     SessionStore, WalletId,
@@ -237,7 +237,9 @@ async fn scoped(host: u16) -> DockerLauncher {
     settings.memory_bytes = 64 << 20;
     settings.stop_grace = Duration::from_secs(0);
     settings.host = Some(host);
-    let docker = deskgate::docker::connect().await.expect("docker client");
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
     DockerLauncher::new(docker, settings).unwrap()
 }
 
@@ -367,7 +369,7 @@ async fn recovery_with_a_host_down_fails_the_start_and_ends_nothing() {
     });
     host1.set_unreachable(true);
     let launchers = LauncherPool::new(vec![host0.clone(), host1.clone()]).unwrap();
-    let err = Gate::start(
+    let err = SessionTree::start(
         pool.clone(),
         Arc::new(launchers),
         gpus.clone(),
@@ -383,7 +385,7 @@ async fn recovery_with_a_host_down_fails_the_start_and_ends_nothing() {
     // Host 1 is back with the container: the retry adopts the session.
     host1.set_unreachable(false);
     let up = LauncherPool::new(vec![host0.clone(), host1.clone()]).unwrap();
-    let gate = Gate::start(pool.clone(), Arc::new(up), gpus, settings)
+    let gate = SessionTree::start(pool.clone(), Arc::new(up), gpus, settings)
         .await
         .expect("the retry starts");
     assert_eq!(gate.recovery().await.adopted, vec![session]);

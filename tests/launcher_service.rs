@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{InspectContainerOptions, InspectNetworkOptions};
-use deskgate::docker_launcher::{DockerLauncher, LauncherSettings, container_name, network_name};
-use deskgate::remote_launcher::RemoteLauncher;
-use deskgate::secret::Secret;
+use deskgate::launcher::docker::{DockerLauncher, LauncherSettings, container_name, network_name};
+use deskgate::launcher::remote::client::RemoteLauncher;
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use support::{
-    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit, service_env,
-    sleeper_image, spawn_launcher,
+    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit,
+    service_env, sleeper_image, spawn_launcher,
 };
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
@@ -65,7 +65,9 @@ impl LauncherProcess {
 }
 
 async fn docker() -> Docker {
-    let docker = deskgate::docker::connect().await.expect("docker client");
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
     docker
         .ping()
         .await

@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deskgate::db::DbPool;
-use deskgate::ledger::{Account, BatchingLedger, Operation, PgLedger, Posting, SystemAccount};
-use deskgate::secret::Secret;
+use deskgate::money::ledger::{
+    Account, BatchingLedger, Operation, PgLedger, Posting, SystemAccount,
+};
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::{CreditSeconds, DebitKey, Ledger, LedgerError, SessionId, WalletId};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};

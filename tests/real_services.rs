@@ -35,7 +35,9 @@ async fn postgresql_answers_a_query() {
 #[tokio::test]
 async fn docker_runs_a_container_from_the_local_test_image() {
     let image = service_env("DESKGATE_TEST_IMAGE");
-    let docker = deskgate::docker::connect().await.expect("docker client");
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
     let name = format!("deskgate-smoke-{}", std::process::id());
     let body = ContainerCreateBody {
         image: Some(image),

@@ -6,9 +6,9 @@ mod support;
 
 use chrono::{DateTime, Utc};
 use deskgate::db::DbPool;
-use deskgate::schema::sessions;
-use deskgate::secret::Secret;
-use deskgate::session_store::PgSessionStore;
+use deskgate::db::schema::sessions;
+use deskgate::platform::secret::Secret;
+use deskgate::sessions::store::PgSessionStore;
 use deskgate_actors::ports::{
     EndReason, GpuAddr, SessionId, SessionRecord, SessionState, SessionStore, WalletId,
 };

@@ -8,10 +8,10 @@ mod support;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use deskgate::audit;
 use deskgate::db::DbPool;
-use deskgate::secret::Secret;
-use deskgate::sign_in_store::{
+use deskgate::platform::audit;
+use deskgate::platform::secret::Secret;
+use deskgate::sign_in::store::{
     ChallengeError, consume_challenge, delete_expired_challenges, hash_token, issue_challenge,
     revoke_all_tokens, revoke_token, store_token, token_owner,
 };

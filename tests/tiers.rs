@@ -14,8 +14,8 @@ use alloy::providers::ext::AnvilApi;
 use alloy::providers::{DynProvider, PendingTransactionBuilder, Provider, RootProvider};
 use alloy::rpc::types::TransactionReceipt;
 use deskgate::config::{Confirmations, Tier};
-use deskgate::pricing::{Asset, DepositPricer, Pricing};
-use deskgate::tiers::{TierOracle, TieredPricer};
+use deskgate::money::pricing::{Asset, DepositPricer, Pricing};
+use deskgate::money::tiers::{TierOracle, TieredPricer};
 use support::{OwnAnvil, deploy_test_token, dev_wallet_provider};
 
 alloy::sol! {

@@ -9,8 +9,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use deskgate::ledger::{Operation, PgLedger, Posting, SystemAccount};
-use deskgate::secret::Secret;
+use deskgate::money::ledger::{Operation, PgLedger, Posting, SystemAccount};
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::WalletId;
 
 #[derive(Parser, Debug)]

@@ -9,9 +9,10 @@ use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::{FutureExt, TryFutureExt};
 
-use crate::secret::Secret;
+use crate::platform::secret::Secret;
 
 pub mod retry;
+pub mod schema;
 pub mod tls;
 
 /// The schema, from `migrations/`, built into the binary.

@@ -19,11 +19,11 @@ use serde_json::{Value, json};
 use super::Problem;
 use super::api::{Api, signed_in};
 use super::sessions::ledger_unavailable;
-use crate::chain::address20;
 use crate::config::{Config, Confirmations};
-use crate::deposit_store::amount_u256;
-use crate::gate::{PROFILES, profile_named};
-use crate::pricing::{Asset, Pricing};
+use crate::money::chain::address20;
+use crate::money::deposits::amount_u256;
+use crate::money::pricing::{Asset, Pricing};
+use crate::sessions::profiles::{PROFILES, profile_named};
 
 /// Most lines one page of a statement or deposit list holds.
 const MAX_PAGE: i64 = 200;

@@ -26,8 +26,8 @@ use super::api::{Api, bad_json};
 use super::sessions::{
     SessionDesk, desk, parse_id, record_json, scheduler_silent, unknown_session,
 };
-use crate::audit;
-use crate::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
+use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
+use crate::platform::audit;
 
 /// Who the audit log names for actions taken with the admin token.
 const ADMIN_ACTOR: &str = "admin";

@@ -20,14 +20,14 @@ use serde_json::json;
 use super::Problem;
 use super::account::Offer;
 use super::sessions::SessionDesk;
-use crate::chain::AlloyChain;
 use crate::db::DbPool;
-use crate::deposit_store::{PgDepositBook, check_transaction};
-use crate::ledger::PgLedger;
-use crate::secret::Secret;
+use crate::money::chain::AlloyChain;
+use crate::money::deposits::{PgDepositBook, check_transaction};
+use crate::money::ledger::PgLedger;
+use crate::money::tiers::TieredPricer;
+use crate::platform::secret::Secret;
+use crate::sign_in::tickets::TicketBook;
 use crate::sign_in::{SignIn, SignInError};
-use crate::tickets::TicketBook;
-use crate::tiers::TieredPricer;
 
 /// The cookie that carries a sign-in token for browsers.
 pub const TOKEN_COOKIE: &str = "deskgate_token";

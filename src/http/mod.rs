@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::readiness::{self, Dependency};
+use crate::platform::readiness::{self, Dependency};
 use cors::CorsPolicy;
 pub use problem::Problem;
 use rate_limit::{Quota, RateLimits};

@@ -29,10 +29,11 @@ use uuid::Uuid;
 
 use super::Problem;
 use super::api::{Api, bad_json, signed_in};
-use crate::desktop::DesktopDialer;
-use crate::gate::{Gate, PROFILES, profile_name, profile_named};
-use crate::session_store::PgSessionStore;
-use crate::tickets::Purpose;
+use crate::launcher::desktop::DesktopDialer;
+use crate::sessions::profiles::{PROFILES, profile_name, profile_named};
+use crate::sessions::store::PgSessionStore;
+use crate::sessions::tree::SessionTree;
+use crate::sign_in::tickets::Purpose;
 
 /// Largest message a browser may send on the events socket: it is a control
 /// channel, and the gate reads nothing from it but pings.
@@ -42,7 +43,7 @@ const EVENTS_MAX_MESSAGE_BYTES: usize = 1024;
 #[derive(Clone)]
 pub struct SessionDesk {
     /// The actor tree.
-    pub gate: Gate,
+    pub gate: SessionTree,
     /// Ended sessions are read from here.
     pub store: PgSessionStore,
     /// `scheme://host[:port]` of `DESKGATE_PUBLIC_URL`: the only Origin accepted.

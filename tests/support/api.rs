@@ -1,5 +1,5 @@
 //! Driving a real `deskgate serve` over HTTP and WebSocket, as a browser
-//! would: [`Gate`] starts the process (and can kill and restart it on the
+//! would: [`GateProcess`] starts the process (and can kill and restart it on the
 //! same database), signs in with real keys, claims and watches sessions;
 //! [`deposit_eth`] pays on anvil; [`Events`] reads a session's events socket.
 
@@ -77,7 +77,7 @@ impl DockerSessionsLock {
 }
 
 /// A `deskgate serve` under test and an HTTP client for it.
-pub struct Gate {
+pub struct GateProcess {
     process: Option<Deskgate>,
     /// Output of processes killed earlier in the test.
     earlier_output: String,
@@ -91,7 +91,7 @@ pub struct Gate {
     _docker: DockerSessionsLock,
 }
 
-impl Gate {
+impl GateProcess {
     /// Starts `deskgate serve` with `env` (which binds `127.0.0.1:port`) and
     /// waits until it is ready and its sessions are open.
     pub async fn start(port: u16, env: Vec<(&'static str, String)>) -> Self {
@@ -114,7 +114,7 @@ impl Gate {
     }
 
     /// Starts the process again with the same settings (after
-    /// [`Gate::kill_hard`]) and waits until it is ready and its sessions are
+    /// [`GateProcess::kill_hard`]) and waits until it is ready and its sessions are
     /// open, i.e. recovery has run.
     pub async fn restart(&mut self) {
         assert!(self.process.is_none(), "the gate is still running");
@@ -366,7 +366,7 @@ impl Events {
 /// networks however the test ends.
 pub struct Stage {
     /// The gate.
-    pub gate: Gate,
+    pub gate: GateProcess,
     /// Its chain.
     pub anvil: OwnAnvil,
     /// Its database.
@@ -389,7 +389,7 @@ impl Stage {
         for (key, value) in settings {
             set_env(&mut env, key, *value);
         }
-        let gate = Gate::start(port, env).await;
+        let gate = GateProcess::start(port, env).await;
         Self {
             gate,
             anvil,

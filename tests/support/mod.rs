@@ -341,7 +341,7 @@ impl ScratchDatabase {
     /// Creates it and applies the embedded migrations.
     pub async fn migrated(tag: &str) -> Self {
         let db = Self::create(tag).await;
-        let url = deskgate::secret::Secret::new(db.url.clone());
+        let url = deskgate::platform::secret::Secret::new(db.url.clone());
         deskgate::db::migrate(&url).await.expect("migrations apply");
         db
     }
@@ -534,8 +534,8 @@ pub fn network_gateway(network: &str) -> Option<String> {
         "--format",
         "{{json .IPAM.Config}}",
     ]);
-    let config: Vec<serde_json::Value> =
-        serde_json::from_str(&config).unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
+    let config: Vec<serde_json::Value> = serde_json::from_str(&config)
+        .unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
     let field = |entry: &serde_json::Value, key: &str| {
         entry
             .get(key)
@@ -629,7 +629,7 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        use deskgate::docker_launcher::{container_name, network_name};
+        use deskgate::launcher::docker::{container_name, network_name};
         for session in &self.0 {
             for args in [
                 vec!["rm", "-f", "-v", &container_name(*session)],

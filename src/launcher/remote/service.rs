@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -33,14 +32,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use deskgate_actors::ports::{ContainerExit, LaunchSpec, Launcher, SessionId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use crate::gpu::{self, GpuSelection};
 use crate::http::{self, Limits, Problem};
-use crate::secret::Secret;
+use crate::launcher::gpu::{self, GpuSelection};
+use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
+use crate::platform::clock;
+use crate::platform::secret::Secret;
 
 /// Spec fields that would ask for more than the launcher grants; refused
 /// by name with 403.
@@ -73,66 +74,6 @@ const EXIT_LOG_CAPACITY: usize = 1024;
 /// reconnects with `since` and is replayed).
 const EXIT_BROADCAST_CAPACITY: usize = 256;
 
-/// What a gate asks the launcher to run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LaunchRequest {
-    /// The session.
-    pub session: Uuid,
-    /// The host number the gate knows this launcher by (recorded in labels).
-    pub host: u16,
-    /// Device indices on this host.
-    pub gpu_indices: Vec<u32>,
-}
-
-/// The answer to a launch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchResponse {
-    /// The running container's id.
-    pub container_id: String,
-}
-
-/// One running session container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerView {
-    /// Its session.
-    pub session: Uuid,
-    /// Container id.
-    pub container_id: String,
-    /// Host number from its labels.
-    pub host: u16,
-}
-
-/// A container that ended by itself, as sent on `/v1/events`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitEvent {
-    /// Its session.
-    pub session: Uuid,
-    /// Exit code (-1 when unknown).
-    pub code: i64,
-    /// Killed for memory.
-    pub oom: bool,
-    /// When the launcher saw it, in Unix milliseconds.
-    pub at_ms: u64,
-}
-
-impl ExitEvent {
-    /// The port's view of it.
-    pub fn to_exit(&self) -> ContainerExit {
-        ContainerExit {
-            session: SessionId(self.session),
-            code: self.code,
-            oom: self.oom,
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Recent exits and a broadcast of new ones.
 #[derive(Debug)]
 pub struct ExitLog {
@@ -156,7 +97,7 @@ impl ExitLog {
             session: exit.session.0,
             code: exit.code,
             oom: exit.oom,
-            at_ms: now_ms(),
+            at_ms: clock::unix_millis(),
         };
         // Send under the lock so that `subscribe` sees each event exactly
         // once: either in its snapshot or on its receiver.
@@ -250,15 +191,6 @@ async fn require_token(
     }
 }
 
-fn internal(detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "Internal error",
-    )
-    .detail(detail)
-}
-
 fn docker_failed(err: impl std::fmt::Display) -> Problem {
     Problem::new(
         StatusCode::BAD_GATEWAY,
@@ -270,17 +202,15 @@ fn docker_failed(err: impl std::fmt::Display) -> Problem {
 
 /// The host's GPUs, read fresh so utilisation and health are current.
 async fn list_gpus(State(state): State<Arc<LauncherState>>) -> Response {
-    let selection = state.gpus.clone();
-    match tokio::task::spawn_blocking(move || gpu::inventory(&selection)).await {
-        Ok(Ok(gpus)) => Json(gpus).into_response(),
-        Ok(Err(err)) => Problem::new(
+    match gpu::read_inventory(&state.gpus).await {
+        Ok(gpus) => Json(gpus).into_response(),
+        Err(err) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "gpu-inventory-failed",
             "Cannot read the GPU inventory",
         )
         .detail(err.to_string())
         .into_response(),
-        Err(join) => internal(join.to_string()).into_response(),
     }
 }
 
@@ -426,7 +356,7 @@ async fn events(
 }
 
 async fn send_exits(mut socket: WebSocket, exits: Arc<ExitLog>, since: Option<u64>) {
-    let (replay, mut live) = exits.subscribe(since.unwrap_or_else(now_ms));
+    let (replay, mut live) = exits.subscribe(since.unwrap_or_else(clock::unix_millis));
     for event in replay {
         if send_event(&mut socket, &event).await.is_err() {
             return;
@@ -706,7 +636,7 @@ mod tests {
         let (replay, mut live) = log.subscribe(0);
         assert_eq!(replay.len(), 1);
         assert_eq!(replay[0].to_exit(), first);
-        let (none, _) = log.subscribe(now_ms() + 60_000);
+        let (none, _) = log.subscribe(clock::unix_millis() + 60_000);
         assert!(none.is_empty());
         let second = ContainerExit {
             session: SessionId::new(),

@@ -1,6 +1,6 @@
 //! The gate's actor tree on its real adapters: the supervisor of
 //! `deskgate-actors` with the batched PostgreSQL ledger, the PostgreSQL
-//! session store and a launcher, plus the GPU profiles users claim by name.
+//! session store and a launcher.
 //!
 //! Starting the tree is also the gate's crash recovery: the supervisor reads
 //! the unended sessions from PostgreSQL and the running containers from the
@@ -26,67 +26,26 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 
 use crate::db::DbPool;
-use crate::ledger::{BatchingLedger, PgLedger};
-use crate::session_store::PgSessionStore;
+use crate::money::ledger::{BatchingLedger, PgLedger};
+use crate::sessions::profiles::PROFILES;
+use crate::sessions::store::PgSessionStore;
 
 /// Debits committed together at most (group commit of the billing path).
 const MAX_DEBIT_BATCH: usize = 512;
 
-/// A GPU profile users claim by name (DESIGN §1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Profile {
-    /// Its name.
-    pub name: &'static str,
-    /// GPUs it holds, all on one host.
-    pub gpus: u32,
-}
-
-/// The profiles offered.
-pub const PROFILES: [Profile; 4] = [
-    Profile {
-        name: "small",
-        gpus: 1,
-    },
-    Profile {
-        name: "medium",
-        gpus: 2,
-    },
-    Profile {
-        name: "large",
-        gpus: 4,
-    },
-    Profile {
-        name: "max",
-        gpus: 8,
-    },
-];
-
-/// The profile called `name`.
-pub fn profile_named(name: &str) -> Option<Profile> {
-    PROFILES.iter().copied().find(|p| p.name == name)
-}
-
-/// The name of the profile with `gpus` GPUs.
-pub fn profile_name(gpus: u32) -> &'static str {
-    PROFILES
-        .iter()
-        .find(|p| p.gpus == gpus)
-        .map_or("custom", |p| p.name)
-}
-
 /// Why the tree could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the session supervisor: {0}")]
-pub struct GateError(String);
+pub struct TreeError(String);
 
 /// The running tree and what the API asks of it.
 #[derive(Clone, Debug)]
-pub struct Gate {
+pub struct SessionTree {
     supervisor: ActorRef<SupervisorMsg>,
     ledger: Arc<BatchingLedger>,
 }
 
-impl Gate {
+impl SessionTree {
     /// Starts the tree over `gpus` (recovering what a previous run left).
     /// Fails, having ended nothing, when recovery cannot read the session
     /// store or the launcher's containers (a GPU host down): retry later.
@@ -95,7 +54,7 @@ impl Gate {
         launcher: Arc<dyn Launcher>,
         gpus: Vec<GpuAddr>,
         settings: SessionSettings,
-    ) -> Result<Self, GateError> {
+    ) -> Result<Self, TreeError> {
         let ledger = Arc::new(BatchingLedger::spawn(
             PgLedger::new(pool.clone()),
             MAX_DEBIT_BATCH,
@@ -112,7 +71,7 @@ impl Gate {
         };
         let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, args)
             .await
-            .map_err(|e| GateError(e.to_string()))?;
+            .map_err(|e| TreeError(e.to_string()))?;
         // Recovery runs first thing in the supervisor, however long it takes
         // (it lists every host's containers and may stop orphans); if it
         // failed (the store or a launcher could not be read) the supervisor
@@ -124,7 +83,7 @@ impl Gate {
         // The supervisor has logged what recovery did.
         let Ok(CallResult::Success(_)) = answer else {
             supervisor.stop(None);
-            return Err(GateError(
+            return Err(TreeError(
                 "recovery did not complete: the session store or a launcher could not be read \
                  (see the error logged before this)"
                     .into(),

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use crate::db::schema::audit_log;
 use crate::db::{DbError, DbPool};
-use crate::schema::audit_log;
 
 /// One audit row.
 #[derive(Clone, Debug, PartialEq, Queryable, Selectable)]

@@ -18,7 +18,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Uuid};
 use diesel_async::RunQueryDsl;
 
 use crate::db::DbPool;
-use crate::schema::sessions;
+use crate::db::schema::sessions;
 
 /// The [`SessionStore`] the gate runs on.
 #[derive(Clone)]

@@ -30,9 +30,9 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 use url::Url;
 
-use crate::gpu::GpuHealth;
-use crate::remote_launcher::RemoteLauncher;
-use crate::secret::Secret;
+use crate::launcher::gpu::GpuHealth;
+use crate::launcher::remote::client::RemoteLauncher;
+use crate::platform::secret::Secret;
 
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -306,9 +306,9 @@ mod tests {
     use deskgate_actors::testing::FakeLauncher;
 
     use super::*;
-    use crate::gpu::GpuSelection;
     use crate::http::Limits;
-    use crate::launcher_service::{ExitLog, LauncherState, router};
+    use crate::launcher::gpu::GpuSelection;
+    use crate::launcher::remote::service::{ExitLog, LauncherState, router};
 
     const TOKEN: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
 

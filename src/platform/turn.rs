@@ -7,14 +7,15 @@
 //! what a browser is handed stops working on its own; no static credential is
 //! ever handed out.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha1::Sha1;
 
-use crate::secret::Secret;
+use crate::platform::clock;
+use crate::platform::secret::Secret;
 
 /// How long handed-out TURN credentials stay valid.
 pub const TURN_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
@@ -53,9 +54,7 @@ pub fn ice_servers(
         });
     }
     if let (false, Some(secret)) = (turn.is_empty(), secret) {
-        let expiry = (now + ttl)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let expiry = clock::since_epoch(now + ttl).as_secs();
         let username = format!("{expiry}:{label}");
         let credential = turn_password(secret.expose().as_bytes(), &username);
         servers.push(IceServer {
@@ -76,6 +75,8 @@ fn turn_password(secret: &[u8], username: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

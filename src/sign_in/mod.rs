@@ -25,6 +25,14 @@
 //! Neither tokens nor signatures appear in logs or errors. Every refusal
 //! counts in `deskgate_sign_in_failures_total{reason=<code>}`, every
 //! success in `deskgate_sign_in_successes_total`.
+//!
+//! Its parts: [`siwe`] parses and checks EIP-4361 messages, [`store`] keeps
+//! nonces and token hashes in PostgreSQL, [`tickets`] hands out the
+//! single-use tickets that WebSocket and media routes take in their URL.
+
+pub mod siwe;
+pub mod store;
+pub mod tickets;
 
 use std::fmt;
 use std::time::Duration;
@@ -42,9 +50,9 @@ use url::Url;
 
 use crate::config::Config;
 use crate::db::{DbError, DbPool};
-use crate::secret::Secret;
-use crate::sign_in_store::{self, ChallengeError};
-use crate::siwe::{SiweError, SiweMessage, Version};
+use crate::platform::secret::Secret;
+use crate::sign_in::siwe::{SiweError, SiweMessage, Version};
+use store::ChallengeError;
 
 /// How long a challenge may be answered.
 pub const CHALLENGE_LIFE: TimeDelta = TimeDelta::minutes(5);
@@ -386,7 +394,7 @@ impl SignIn {
         let expires_at = later(now, self.challenge_life);
         let nonce = random_nonce();
         let wallet = WalletId::new(&address.to_string());
-        sign_in_store::issue_challenge(&self.pool, &nonce, &wallet, now, expires_at).await?;
+        store::issue_challenge(&self.pool, &nonce, &wallet, now, expires_at).await?;
         let message = self.message(address, nonce.clone(), now).to_string();
         Ok(IssuedChallenge {
             nonce,
@@ -442,18 +450,18 @@ impl SignIn {
         self.check_times(&message, now)?;
 
         let wallet = WalletId::new(&message.address.to_string());
-        sign_in_store::check_challenge(&self.pool, &message.nonce, &wallet, now).await?;
+        store::check_challenge(&self.pool, &message.nonce, &wallet, now).await?;
         self.check_signature(text, message.address, &signature, &raw_signature)
             .await?;
-        sign_in_store::consume_challenge(&self.pool, &message.nonce, &wallet, now).await?;
+        store::consume_challenge(&self.pool, &message.nonce, &wallet, now).await?;
 
         let mut raw = [0u8; TOKEN_BYTES];
         rand::rng().fill(&mut raw);
         let token = alloy::hex::encode(raw);
         let expires_at = later(now, self.token_ttl);
-        sign_in_store::store_token(
+        store::store_token(
             &self.pool,
-            sign_in_store::hash_token(token.as_bytes()),
+            store::hash_token(token.as_bytes()),
             &wallet,
             expires_at,
         )
@@ -579,7 +587,7 @@ impl SignIn {
         if !is_token_shaped(token) {
             return Err(SignInError::InvalidToken);
         }
-        sign_in_store::token_owner(&self.pool, sign_in_store::hash_token(token.as_bytes()), now)
+        store::token_owner(&self.pool, store::hash_token(token.as_bytes()), now)
             .await?
             .ok_or(SignInError::InvalidToken)
     }
@@ -589,9 +597,7 @@ impl SignIn {
         if !is_token_shaped(token) {
             return Ok(false);
         }
-        let revoked =
-            sign_in_store::revoke_token(&self.pool, sign_in_store::hash_token(token.as_bytes()))
-                .await?;
+        let revoked = store::revoke_token(&self.pool, store::hash_token(token.as_bytes())).await?;
         if revoked {
             tracing::info!("token revoked (sign-out)");
         }
@@ -601,7 +607,7 @@ impl SignIn {
     /// Revokes every token of `address` (sign out everywhere); returns how
     /// many were live.
     pub async fn revoke_all(&self, address: &WalletId) -> Result<usize, SignInError> {
-        Ok(sign_in_store::revoke_all_tokens(&self.pool, address).await?)
+        Ok(store::revoke_all_tokens(&self.pool, address).await?)
     }
 }
 

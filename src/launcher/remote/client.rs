@@ -1,5 +1,5 @@
 //! [`RemoteLauncher`]: the [`Launcher`] port over the HTTP API of a
-//! `deskgate launcher` on another GPU host (see [`crate::launcher_service`]).
+//! `deskgate launcher` on another GPU host (see [`crate::launcher::remote::service`]).
 //!
 //! The bearer token goes in the `Authorization` header of every request and
 //! of the events WebSocket handshake, never in a URL. Exits arrive on the
@@ -23,9 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
-use crate::gpu::GpuInfo;
-use crate::launcher_service::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
-use crate::secret::Secret;
+use crate::launcher::gpu::GpuInfo;
+use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
+use crate::platform::backoff::Backoff;
+use crate::platform::clock;
+use crate::platform::secret::Secret;
 
 /// How long connecting to a launcher may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -218,13 +220,15 @@ impl Delivered {
     }
 }
 
+/// First wait before reconnecting a broken exit stream, and the longest.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_CEILING: Duration = Duration::from_secs(5);
+
 async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<ContainerExit>) {
-    let started_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let started_ms = clock::unix_millis();
     let mut since_ms = started_ms.saturating_sub(REPLAY_OVERLAP_MS);
     let mut delivered = Delivered::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CEILING);
     let config = WebSocketConfig::default().max_message_size(Some(64 << 10));
     loop {
         let request = match remote.events_request(since_ms) {
@@ -241,7 +245,7 @@ async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<Conta
         };
         match outcome {
             Ok((mut socket, _)) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 loop {
                     let next = tokio::select! {
                         () = sink.closed() => return,
@@ -277,14 +281,13 @@ async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<Conta
                 tracing::error!(launcher = %remote.base, "launcher refused DESKGATE_LAUNCHER_TOKEN on its events socket; retrying");
             }
             Err(err) => {
-                tracing::warn!(launcher = %remote.base, error = %err, retry_in = ?backoff, "cannot reach the launcher's events socket");
+                tracing::warn!(launcher = %remote.base, error = %err, retry_in = ?backoff.peek(), "cannot reach the launcher's events socket");
             }
         }
         tokio::select! {
             () = sink.closed() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -19,7 +19,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::secret::Secret;
+use crate::platform::secret::Secret;
 
 /// How long a ticket may wait before it is redeemed.
 pub const TICKET_LIFE: Duration = Duration::from_secs(30);

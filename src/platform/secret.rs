@@ -25,7 +25,7 @@ const PLACEHOLDER_PREFIXES: &[&str] = &["change-me", "change_me", "changeme", "r
 
 /// The example environment file shipped for docker compose; every value in it
 /// is a placeholder by definition.
-const EXAMPLE_ENV_FILE: &str = include_str!("../compose/.env.example");
+const EXAMPLE_ENV_FILE: &str = include_str!("../../compose/.env.example");
 
 /// Shortest acceptable secret in the TLS (production) posture, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;

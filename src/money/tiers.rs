@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use deskgate_actors::ports::CreditSeconds;
 
 use crate::config::Confirmations;
-use crate::pricing::{Asset, DepositPricer, Pricing};
+use crate::money::pricing::{Asset, DepositPricer, Pricing};
 
 /// How far back the second balance is read: a token must have been held this
 /// long to count.

@@ -5,7 +5,7 @@
 //! the ledger speaks SQL directly.
 
 diesel::table! {
-    /// Desktop sessions (migration 3); see `crate::session_store`.
+    /// Desktop sessions (migration 3); see `crate::sessions::store`.
     sessions (id) {
         /// The session id.
         id -> Uuid,

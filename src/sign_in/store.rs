@@ -18,8 +18,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 
+use crate::db::schema::{auth_tokens, challenges};
 use crate::db::{DbError, DbPool};
-use crate::schema::{auth_tokens, challenges};
 
 /// A sign-in challenge as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]

@@ -1,14 +1,11 @@
-//! How the gate reaches a session's desktop: a byte stream to its VNC server
-//! and the session's VNC secret, for the media relay ([`deskgate_media`]).
-//!
-//! Session containers sit on networks the host cannot route into (see
-//! [`crate::docker_launcher`]), so [`DockerExecDialer`] does not connect over
-//! the network: it runs the desktop image's bridge command,
-//! [`DESKTOP_VNC_BRIDGE`], inside the container through Docker's exec API and
-//! relays the VNC server's loopback port over the exec's stdin and stdout.
+//! The Docker backend's [`DesktopDialer`]: session containers sit on networks
+//! the host cannot route into (see [`crate::launcher::docker`]), so
+//! [`DockerExecDialer`] does not connect over the network: it runs the desktop
+//! image's bridge command, [`DESKTOP_VNC_BRIDGE`], inside the container through
+//! Docker's exec API and relays the VNC server's loopback port over the exec's
+//! stdin and stdout.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,52 +14,15 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use deskgate_actors::ports::SessionId;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::StreamReader;
 
-use crate::docker_launcher::{DockerLauncher, container_name};
-use crate::secret::Secret;
+use super::{DockerLauncher, container_name};
+use crate::launcher::desktop::{DesktopConnection, DesktopDialer, DesktopError};
 
 /// The command, run inside a session container, whose stdin and stdout are
 /// the desktop's VNC server (the desktop image's contract: its VNC server
 /// listens on 127.0.0.1:5900 and the image has a `nc`).
 pub const DESKTOP_VNC_BRIDGE: [&str; 3] = ["nc", "127.0.0.1", "5900"];
-
-/// A byte stream to a desktop's VNC server.
-pub trait DesktopIo: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> DesktopIo for T {}
-
-/// A connection to a desktop, with the secret its VNC server expects.
-pub struct DesktopConnection {
-    /// The VNC server's bytes.
-    pub stream: Pin<Box<dyn DesktopIo>>,
-    /// The session's VNC secret.
-    pub secret: Secret,
-}
-
-impl std::fmt::Debug for DesktopConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DesktopConnection").finish_non_exhaustive()
-    }
-}
-
-/// Why a desktop could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum DesktopError {
-    /// This gate does not hold the session's desktop (or its secret).
-    #[error("no desktop is known for this session")]
-    Unknown,
-    /// The container or its VNC server did not answer.
-    #[error("the desktop could not be reached: {0}")]
-    Unreachable(String),
-}
-
-/// Opens connections to session desktops (a port; see the module docs).
-#[async_trait]
-pub trait DesktopDialer: Send + Sync + 'static {
-    /// A fresh byte stream to the session's VNC server.
-    async fn dial(&self, session: SessionId) -> Result<DesktopConnection, DesktopError>;
-}
 
 /// Reaches desktops of the local [`DockerLauncher`] through `docker exec`.
 #[derive(Clone, Debug)]

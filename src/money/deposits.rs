@@ -27,10 +27,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::chain::{AlloyChain, address20, amount256, hash32};
 use crate::db::DbPool;
-use crate::ledger::{Operation, PgLedger, Posting, SystemAccount};
-use crate::pricing::{Asset, DepositPricer};
+use crate::money::chain::{AlloyChain, address20, amount256, hash32};
+use crate::money::ledger::{Operation, PgLedger, Posting, SystemAccount};
+use crate::money::pricing::{Asset, DepositPricer};
 
 /// Processed block hashes kept below the cursor, for reorg detection.
 const KEPT_BLOCKS: i64 = 4096;
@@ -617,7 +617,7 @@ impl DepositBook for PgDepositBook {
             "credit_key": deposit.credit_key(self.chain_id),
         });
         let subject = format!("wallet:{}", deposit.from);
-        if let Err(error) = crate::audit::record(
+        if let Err(error) = crate::platform::audit::record(
             &self.pool,
             "system",
             "deposit.reorged",

@@ -63,23 +63,32 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, DeviceRequest, EventMessage, HostConfig,
-    NetworkCreateRequest,
+    ContainerCreateBody, ContainerSummary, DeviceRequest, HostConfig, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    InspectNetworkOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use deskgate_actors::ports::{
     ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
 };
-use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::secret::Secret;
+use crate::platform::secret::Secret;
+
+mod client;
+mod desktop;
+mod events;
+mod settings;
+
+pub use client::connect;
+pub use desktop::{DESKTOP_VNC_BRIDGE, DockerExecDialer};
+use events::watch_events;
+pub use settings::LauncherSettings;
+use settings::VNC_SECRET_BYTES;
 
 /// Label holding the session id.
 pub const LABEL_SESSION: &str = "deskgate.session";
@@ -87,160 +96,6 @@ pub const LABEL_SESSION: &str = "deskgate.session";
 pub const LABEL_GPUS: &str = "deskgate.gpus";
 /// Label holding the host number.
 pub const LABEL_HOST: &str = "deskgate.host";
-
-/// Environment names the launcher sets itself; extras may not use them.
-const RESERVED_ENV: [&str; 3] = [
-    "DESKGATE_SESSION_ID",
-    "DESKGATE_VNC_PASSWORD",
-    "DESKGATE_GPUS",
-];
-
-/// Bytes of randomness in a VNC secret (sent as 64 lower-case hex digits).
-const VNC_SECRET_BYTES: usize = 32;
-
-/// How a session container is built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LauncherSettings {
-    /// Image reference (`repo:tag`).
-    pub image: String,
-    /// `sha256:<64 hex>`: when set the container runs `image@digest`.
-    pub image_digest: Option<String>,
-    /// Command; `None` runs the image's default.
-    pub command: Option<Vec<String>>,
-    /// `uid:gid` the desktop runs as; never root.
-    pub user: String,
-    /// Memory limit in bytes.
-    pub memory_bytes: i64,
-    /// CPU limit in billionths of a CPU.
-    pub nano_cpus: i64,
-    /// Most processes at once.
-    pub pids_limit: i64,
-    /// Size of the `/tmp` tmpfs in bytes.
-    pub tmp_size_bytes: u64,
-    /// Size of the `/home` tmpfs in bytes.
-    pub home_size_bytes: u64,
-    /// Extra environment the operator allows into every session container.
-    pub extra_env: Vec<(String, String)>,
-    /// How long a stop waits after SIGTERM before SIGKILL.
-    pub stop_grace: Duration,
-    /// Whether the host has the NVIDIA container runtime: only then are GPUs
-    /// passed as device requests (labels and `DESKGATE_GPUS` are set anyway).
-    pub gpu_runtime: bool,
-    /// The host number this launcher manages (`DESKGATE_LAUNCHER_HOST`):
-    /// when set it sees only containers labelled `deskgate.host=<n>` and
-    /// launches only for that host; `None` manages every session container
-    /// on the daemon. See the module docs.
-    pub host: Option<u16>,
-}
-
-impl LauncherSettings {
-    /// Defaults for `image`: user 1000:1000, 4 GiB, 2 CPUs, 512 processes,
-    /// 256 MiB `/tmp`, 512 MiB `/home`, 10 s grace, GPUs passed through.
-    pub fn new(image: impl Into<String>) -> Self {
-        Self {
-            image: image.into(),
-            image_digest: None,
-            command: None,
-            user: "1000:1000".into(),
-            memory_bytes: 4 << 30,
-            nano_cpus: 2_000_000_000,
-            pids_limit: 512,
-            tmp_size_bytes: 256 << 20,
-            home_size_bytes: 512 << 20,
-            extra_env: Vec::new(),
-            stop_grace: Duration::from_secs(10),
-            gpu_runtime: true,
-            host: None,
-        }
-    }
-
-    /// The settings `config` describes. Allowlisted environment variables
-    /// take their values from `lookup` (the process environment); names it
-    /// does not know are left out.
-    pub fn from_config(
-        config: &crate::config::Config,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Self {
-        let (image, image_digest) = match config.session_image.split_once('@') {
-            Some((repo, digest)) => (repo.to_string(), Some(digest.to_string())),
-            None => (config.session_image.clone(), None),
-        };
-        Self {
-            image,
-            image_digest,
-            memory_bytes: config.session_memory_bytes,
-            nano_cpus: config.session_nano_cpus,
-            pids_limit: config.session_pids_limit,
-            extra_env: config
-                .session_env_allowlist
-                .iter()
-                .filter_map(|name| Some((name.clone(), lookup(name)?)))
-                .collect(),
-            stop_grace: config.session_stop_grace,
-            // Virtual GPUs have no device to pass through.
-            gpu_runtime: !matches!(config.gpus, crate::gpu::GpuSelection::Fake(_)),
-            host: config.launcher_host,
-            ..Self::new("")
-        }
-    }
-
-    /// Refuses settings that would weaken the container.
-    pub fn validate(&self) -> Result<(), LaunchError> {
-        let bad = |what: String| Err(LaunchError(format!("invalid launcher settings: {what}")));
-        if self.image.trim().is_empty() {
-            return bad("the session image is empty".into());
-        }
-        if let Some(digest) = &self.image_digest {
-            let hex = digest.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return bad("the image digest must be sha256:<64 hex digits>".into());
-            }
-        }
-        let uid = self.user.split(':').next().unwrap_or("").trim();
-        if uid.is_empty() || uid == "root" || uid.parse::<u64>() == Ok(0) {
-            return bad(format!(
-                "user {:?} is root or empty; use uid:gid",
-                self.user
-            ));
-        }
-        if self.memory_bytes <= 0 || self.nano_cpus <= 0 || self.pids_limit <= 0 {
-            return bad("memory, CPU and pids limits must be positive".into());
-        }
-        if self.tmp_size_bytes == 0 || self.home_size_bytes == 0 {
-            return bad("tmpfs sizes must be positive".into());
-        }
-        for (name, value) in &self.extra_env {
-            let valid = !name.is_empty()
-                && !name.as_bytes()[0].is_ascii_digit()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return bad(format!(
-                    "extra environment name {name:?} is not a valid name"
-                ));
-            }
-            if RESERVED_ENV.contains(&name.as_str()) {
-                return bad(format!(
-                    "extra environment name {name} is set by the launcher"
-                ));
-            }
-            if value.contains('\0') {
-                return bad(format!("extra environment {name} contains a NUL byte"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The reference the container is created from.
-    pub fn image_ref(&self) -> String {
-        match &self.image_digest {
-            Some(digest) => {
-                let repo = self.image.split('@').next().unwrap_or(&self.image);
-                format!("{repo}@{digest}")
-            }
-            None => self.image.clone(),
-        }
-    }
-}
 
 /// The container name of a session.
 pub fn container_name(session: SessionId) -> String {
@@ -354,7 +209,7 @@ pub struct DockerLauncher {
 }
 
 impl DockerLauncher {
-    /// A launcher on `docker` (see [`crate::docker::connect`]); refuses weak settings.
+    /// A launcher on `docker` (see [`crate::launcher::docker::connect`]); refuses weak settings.
     pub fn new(docker: Docker, settings: LauncherSettings) -> Result<Self, LaunchError> {
         settings.validate()?;
         Ok(Self {
@@ -775,130 +630,6 @@ impl Launcher for DockerLauncher {
         let labels = label_filter(self.settings.host);
         tokio::spawn(watch_events(docker, shared, labels, sink));
     }
-}
-
-/// What one watcher remembers between events.
-#[derive(Default)]
-struct WatchState {
-    /// Containers that had an `oom` event and have not died yet.
-    oom: HashSet<String>,
-    /// `die` events already reported, by (container, time in ns), so a
-    /// replay after a reconnect is not reported twice.
-    reported: HashSet<(String, i64)>,
-    /// Seconds since the epoch of the last event seen: where a reconnect resumes.
-    last_time: Option<i64>,
-}
-
-async fn watch_events(
-    docker: Docker,
-    shared: Arc<Shared>,
-    labels: Vec<String>,
-    sink: mpsc::UnboundedSender<ContainerExit>,
-) {
-    // Resume from the watcher's start, so that a break before the first
-    // event loses nothing either.
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut state = WatchState {
-        last_time: i64::try_from(started).ok(),
-        ..WatchState::default()
-    };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let filters = HashMap::from([
-            ("type", vec!["container"]),
-            ("label", labels.iter().map(String::as_str).collect()),
-            ("event", vec!["die", "oom", "kill"]),
-        ]);
-        let mut builder = EventsOptionsBuilder::default().filters(&filters);
-        let since = state.last_time.map(|t| t.to_string());
-        if let Some(since) = &since {
-            builder = builder.since(since);
-        }
-        let mut stream = Box::pin(docker.events(Some(builder.build())));
-        loop {
-            let next = tokio::select! {
-                () = sink.closed() => return,
-                next = stream.next() => next,
-            };
-            match next {
-                Some(Ok(event)) => {
-                    backoff = Duration::from_millis(100);
-                    if !handle_event(&docker, &shared, &sink, &mut state, event).await {
-                        return;
-                    }
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "Docker event stream broke; reconnecting");
-                    break;
-                }
-                None => {
-                    tracing::warn!("Docker event stream ended; reconnecting");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            () = sink.closed() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Handles one event; false when nobody listens any more.
-async fn handle_event(
-    docker: &Docker,
-    shared: &Shared,
-    sink: &mpsc::UnboundedSender<ContainerExit>,
-    state: &mut WatchState,
-    event: EventMessage,
-) -> bool {
-    if let Some(time) = event.time {
-        state.last_time = Some(state.last_time.map_or(time, |t| t.max(time)));
-    }
-    let Some(actor) = event.actor else {
-        return true;
-    };
-    let id = actor.id.unwrap_or_default();
-    let attributes = actor.attributes.unwrap_or_default();
-    let Some(session) = session_of(Some(&attributes)) else {
-        return true;
-    };
-    match event.action.as_deref() {
-        Some("oom") => {
-            state.oom.insert(id);
-        }
-        Some("die") => {
-            let key = (id.clone(), event.time_nano.unwrap_or_default());
-            if !state.reported.insert(key) {
-                return true;
-            }
-            if state.reported.len() > 4096 {
-                state.reported.clear();
-            }
-            let mut oom = state.oom.remove(&id);
-            if shared.was_stopped(session) {
-                return true;
-            }
-            if !oom
-                && let Ok(inspect) = docker
-                    .inspect_container(&id, None::<InspectContainerOptions>)
-                    .await
-            {
-                oom = inspect.state.and_then(|s| s.oom_killed).unwrap_or(false);
-            }
-            let code = attributes
-                .get("exitCode")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(-1);
-            tracing::info!(%session, code, oom, "session container exited");
-            return sink.send(ContainerExit { session, code, oom }).is_ok();
-        }
-        _ => {}
-    }
-    true
 }
 
 #[cfg(test)]

@@ -120,6 +120,17 @@ pub enum InventoryError {
         /// How many GPUs NVML reports.
         count: u32,
     },
+    /// The blocking task reading NVML panicked or was cancelled.
+    #[error("the GPU inventory read did not finish: {0}")]
+    Interrupted(String),
+}
+
+/// [`inventory`] on a blocking thread, for async callers: NVML calls block.
+pub async fn read_inventory(selection: &GpuSelection) -> Result<Vec<GpuInfo>, InventoryError> {
+    let selection = selection.clone();
+    tokio::task::spawn_blocking(move || inventory(&selection))
+        .await
+        .map_err(|join| InventoryError::Interrupted(join.to_string()))?
 }
 
 /// Reads the inventory for `selection`.

@@ -1,0 +1,368 @@
+//! `deskgate serve`: the gate, built from its configuration.
+//!
+//! Order matters and is what makes the gate start in any order with its
+//! dependencies (a compose stack starts everything at once):
+//!
+//! 1. the HTTP API is up at once: `/healthz` answers, `/readyz` reports each
+//!    dependency, sign-in and deposits work as soon as PostgreSQL does;
+//! 2. in the background, migrations (unless disabled), then the session tree
+//!    on the launcher backend, retried with backoff until PostgreSQL and the
+//!    backend answer. Session routes answer 503 until then.
+//!
+//! The launcher backend is chosen once, by [`LauncherKind`]; nothing else
+//! here or elsewhere asks which backend runs.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
+use deskgate_actors::ports::GpuAddr;
+use deskgate_actors::session::SessionSettings;
+
+use super::{AppError, Step, limits, log_inventory, metrics_listener};
+use crate::config::{Config, Confirmations, LauncherKind};
+use crate::db;
+use crate::http::account::Offer;
+use crate::http::api::{Api, DepositDesk};
+use crate::http::media::MediaDesk;
+use crate::http::sessions::SessionDesk;
+use crate::http::{EdgePolicy, GateState, gate_router};
+use crate::launcher::desktop::DesktopDialer;
+use crate::launcher::docker::{DockerExecDialer, DockerLauncher, LauncherSettings};
+use crate::launcher::gpu;
+use crate::launcher::remote::pool;
+use crate::money::chain::AlloyChain;
+use crate::money::deposits::{CreditListener, PgDepositBook};
+use crate::money::ledger::PgLedger;
+use crate::money::pricing::{DepositPricer, Pricing};
+use crate::money::tiers::{TierOracle, TieredPricer};
+use crate::platform::backoff::Backoff;
+use crate::platform::readiness::Dependency;
+use crate::platform::secret::Secret;
+use crate::platform::server::{self, Service};
+use crate::sessions::store::PgSessionStore;
+use crate::sessions::tree::SessionTree;
+use crate::sign_in::SignIn;
+use crate::sign_in::tickets::TicketBook;
+
+/// How often NVML is asked whether the GPUs are healthy.
+const GPU_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a remote launcher's health check may take.
+const LAUNCHER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First and longest wait between attempts to migrate or to start the
+/// session tree while a dependency is not there yet.
+const START_RETRY_FIRST: Duration = Duration::from_secs(1);
+const START_RETRY_CEILING: Duration = Duration::from_secs(30);
+
+/// Runs the gate until a shutdown signal.
+pub async fn serve(config: Config) -> Result<(), AppError> {
+    let backend = config.launcher_kind();
+    // With remote launchers the GPUs are theirs; the gate host may have none.
+    if backend == LauncherKind::LocalDocker {
+        log_inventory(&config).await?;
+    }
+    let mut dependencies = Vec::new();
+    let mut api = None;
+    if let Some(url) = &config.database_url {
+        let pool = db::pool(url)?;
+        dependencies.push(Dependency::Postgres(pool.clone()));
+        let built = Arc::new(build_api(&config, pool.clone()).await?);
+        tokio::spawn(bring_up_sessions(config.clone(), pool, built.clone()));
+        api = Some(built);
+    }
+    if let Some(url) = &config.rpc_url {
+        dependencies.push(
+            Dependency::chain(url.expose(), config.chain_id)
+                .step("DESKGATE_RPC_URL is not a valid URL")?,
+        );
+    }
+    dependencies.extend(backend_dependencies(&backend).await?);
+    let state = GateState {
+        dependencies: Arc::new(dependencies),
+        api,
+    };
+    tracing::info!(public_url = %config.public_url, tls = config.is_tls(), "starting the gate");
+    let app = gate_router(state, limits(&config), EdgePolicy::from_config(&config));
+    server::run(
+        Service {
+            app,
+            addr: config.bind,
+            variable: "DESKGATE_BIND",
+        },
+        config.tls.as_ref(),
+        metrics_listener(&config)?,
+        config.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}
+
+/// What `/readyz` checks of the backend: the Docker Engine, or every launcher.
+async fn backend_dependencies(backend: &LauncherKind) -> Result<Vec<Dependency>, AppError> {
+    match backend {
+        LauncherKind::LocalDocker => {
+            let docker = crate::launcher::docker::connect()
+                .await
+                .step("cannot set up the Docker client (check DOCKER_HOST)")?;
+            Ok(vec![Dependency::Docker(docker)])
+        }
+        LauncherKind::Remote(urls) => {
+            let client = reqwest::Client::builder()
+                .timeout(LAUNCHER_PROBE_TIMEOUT)
+                .build()
+                .step("cannot build the HTTP client")?;
+            Ok(urls
+                .iter()
+                .map(|url| Dependency::Launcher {
+                    url: url.clone(),
+                    client: client.clone(),
+                })
+                .collect())
+        }
+    }
+}
+
+/// The user API: sign-in always (it needs only the database), deposits when
+/// an RPC node and a revenue address are configured; then the chain watcher
+/// runs in the background and credits deposits nobody asked about.
+async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
+    let sign_in = SignIn::from_config(pool.clone(), config).step("cannot set up sign-in")?;
+    let sessions: Arc<OnceLock<SessionDesk>> = Arc::default();
+    // A credited deposit extends the runway of the wallet's running session.
+    let credited_sessions = sessions.clone();
+    let on_credit: CreditListener = Arc::new(move |wallet| {
+        if let Some(desk) = credited_sessions.get() {
+            desk.gate.credit_changed(wallet.clone());
+        }
+    });
+    let deposits = match (&config.rpc_url, config.revenue_address) {
+        (Some(rpc), Some(revenue)) => {
+            Some(build_deposits(config, pool.clone(), rpc, revenue, on_credit).await?)
+        }
+        _ => {
+            tracing::warn!(
+                "deposits are off: set DESKGATE_RPC_URL and DESKGATE_REVENUE_ADDRESS to accept them"
+            );
+            None
+        }
+    };
+    Ok(Api {
+        sign_in,
+        deposits,
+        https: config.is_tls(),
+        sessions,
+        offer: Offer::from_config(config),
+        ledger: PgLedger::new(pool.clone()),
+        pool,
+        admin_token: config.admin_token.clone(),
+        tickets: TicketBook::new(),
+        docs_enabled: config.docs_enabled,
+        media: MediaDesk::from_config(config),
+    })
+}
+
+/// Deposits: tiered pricing, the deposit book on the ledger, and the chain
+/// watcher that credits them, all sharing one chain adapter.
+async fn build_deposits(
+    config: &Config,
+    pool: db::DbPool,
+    rpc: &Secret,
+    revenue: alloy::primitives::Address,
+    on_credit: CreditListener,
+) -> Result<DepositDesk, AppError> {
+    let url = url::Url::parse(rpc.expose()).step("DESKGATE_RPC_URL is not a valid URL")?;
+    let pricing = Pricing::from_config(config);
+    let oracle = TierOracle::new(
+        alloy::providers::RootProvider::new_http(url.clone()),
+        config.token_address,
+        pricing.clone(),
+        config.confirmations,
+    );
+    let pricer = Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
+    let book = PgDepositBook::new(
+        pool.clone(),
+        PgLedger::new(pool),
+        pricer.clone() as Arc<dyn DepositPricer>,
+        config.chain_id,
+    )
+    .on_credit(on_credit);
+    let required = match config.confirmations {
+        Confirmations::Blocks(n) => Required::Blocks(n),
+        Confirmations::Finalized => Required::Finalized,
+    };
+    // One adapter serves the watcher and the API's single checks.
+    let chain = Arc::new(AlloyChain::new(url, revenue, config.token_address));
+    spawn_chain_watcher(
+        ChainWatcherArgs {
+            reader: chain.clone(),
+            book: Arc::new(book.clone()),
+            required,
+            poll: config.chain_poll,
+            start_block: config.deposit_start_block,
+        },
+        None,
+    )
+    .await
+    .step("cannot start the chain watcher")?;
+    Ok(DepositDesk {
+        chain,
+        book,
+        required,
+        pricer,
+    })
+}
+
+/// Migrates (unless disabled), then starts the session tree, retrying with
+/// backoff while PostgreSQL or the launcher backend is not there yet; session
+/// routes answer 503 until it runs.
+async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<Api>) {
+    if config.migrate_on_start
+        && let Some(url) = &config.database_url
+    {
+        migrate_until_done(url).await;
+    }
+    let mut backoff = Backoff::new(START_RETRY_FIRST, START_RETRY_CEILING);
+    loop {
+        match session_desk(&config, pool.clone()).await {
+            Ok(desk) => {
+                let _ = api.sessions.set(desk);
+                tracing::info!("sessions are open");
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %chain_of(&err), retry_in = ?delay, "cannot start the session tree yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Applies pending migrations, retrying with backoff while PostgreSQL is
+/// unreachable (in a compose stack it may start after the gate). Until it
+/// succeeds `/readyz` reports the schema as behind.
+async fn migrate_until_done(url: &Secret) {
+    let mut backoff = Backoff::new(START_RETRY_FIRST, START_RETRY_CEILING);
+    loop {
+        match db::migrate(url).await {
+            Ok(applied) => {
+                if applied.is_empty() {
+                    tracing::info!("database schema is current");
+                } else {
+                    tracing::info!(applied = ?applied, "database migrations applied");
+                }
+                return;
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in = ?delay, "cannot migrate the database yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The session tree on the configured backend, and what the session routes
+/// need of it.
+async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionDesk, AppError> {
+    let settings = SessionSettings {
+        billing_interval: config.billing_interval,
+        presence_timeout: config.presence_timeout,
+        ..SessionSettings::default()
+    };
+    let (gate, desktops) = match config.launcher_kind() {
+        LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
+        LauncherKind::Remote(urls) => remote_tree(config, &urls, pool.clone(), settings).await?,
+    };
+    Ok(SessionDesk {
+        gate,
+        store: PgSessionStore::new(pool),
+        public_origin: config.public_url.origin().ascii_serialization(),
+        presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
+        desktops,
+    })
+}
+
+/// The tree across the GPU hosts of `urls` (host = position in the list). The
+/// launchers own their GPUs: no local NVML health feed here; a GPU its
+/// launcher reported unhealthy starts unhealthy. No desktop dialer yet:
+/// media routes answer 503 for sessions on remote launchers.
+async fn remote_tree(
+    config: &Config,
+    urls: &[url::Url],
+    pool: db::DbPool,
+    settings: SessionSettings,
+) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
+    let token = config
+        .launcher_token
+        .clone()
+        .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
+    let found = pool::discover(urls, &token).await?;
+    tracing::info!(
+        hosts = found.pool.len(),
+        gpus = found.gpus.len(),
+        "scheduling across remote launchers"
+    );
+    let tree = SessionTree::start(pool, Arc::new(found.pool), found.gpus, settings).await?;
+    for (gpu, reason) in found.unhealthy {
+        tree.set_health(gpu, Some(reason));
+    }
+    Ok((tree, None))
+}
+
+/// The tree on the local Docker Engine (host 0), with NVML health polling and
+/// desktops dialled through `docker exec`.
+async fn local_docker_tree(
+    config: &Config,
+    pool: db::DbPool,
+    settings: SessionSettings,
+) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
+    let indices: Vec<u32> = gpu::read_inventory(&config.gpus)
+        .await?
+        .iter()
+        .map(|g| g.index)
+        .collect();
+    let gpus = indices
+        .iter()
+        .map(|&index| GpuAddr { host: 0, index })
+        .collect();
+    let launcher = Arc::new(docker_launcher(config).await?);
+    let desktops: Arc<dyn DesktopDialer> = Arc::new(DockerExecDialer::new(launcher.clone()));
+    let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
+    let health_tree = tree.clone();
+    gpu::spawn_health_feed(
+        config.gpus.clone(),
+        indices,
+        GPU_HEALTH_INTERVAL,
+        move |index, unhealthy| health_tree.set_health(GpuAddr { host: 0, index }, unhealthy),
+    );
+    Ok((tree, Some(desktops)))
+}
+
+/// The local Docker launcher with the session settings of `config`, once the
+/// engine answers.
+pub(super) async fn docker_launcher(config: &Config) -> Result<DockerLauncher, AppError> {
+    let docker = crate::launcher::docker::connect()
+        .await
+        .step("cannot set up the Docker client (check DOCKER_HOST)")?;
+    docker
+        .ping()
+        .await
+        .step("Docker does not answer (is dockerd running? check DOCKER_HOST)")?;
+    let settings = LauncherSettings::from_config(config, |name| std::env::var(name).ok());
+    Ok(DockerLauncher::new(docker, settings)?)
+}
+
+/// An error with its causes, `a: b: c`, for one log field.
+pub(super) fn chain_of(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

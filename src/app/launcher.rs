@@ -1,0 +1,60 @@
+//! `deskgate launcher`: one GPU host's launcher service, built from its
+//! configuration. At start it reads the GPU inventory, reconciles the session
+//! containers a previous run left (keeps the running ones, clears the rest and
+//! remembers their exits for the gate), then serves the token-guarded API of
+//! [`crate::launcher::remote::service`].
+
+use std::sync::Arc;
+
+use super::gate::docker_launcher;
+use super::{AppError, Step, limits, log_inventory, metrics_listener};
+use crate::config::Config;
+use crate::launcher::remote::service::{self, ExitLog, LauncherState};
+use crate::platform::server::{self, Service};
+
+/// Runs the launcher service until a shutdown signal.
+pub async fn serve(config: Config) -> Result<(), AppError> {
+    let gpus = log_inventory(&config).await?;
+    let token = config
+        .launcher_token
+        .clone()
+        .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
+    let launcher = Arc::new(docker_launcher(&config).await?);
+    // A launcher killed mid-flight left containers behind: keep the running
+    // ones, clear the rest, and tell the gate about their exits.
+    let recovered = launcher
+        .recover()
+        .await
+        .step("cannot reconcile session containers with Docker")?;
+    tracing::info!(
+        adopted = recovered.adopted.len(),
+        exited = recovered.exited.len(),
+        stray_networks = recovered.stray_networks,
+        "session containers recovered"
+    );
+    let exits = Arc::new(ExitLog::default());
+    exits.follow(launcher.as_ref());
+    for exit in &recovered.exited {
+        exits.record(exit);
+    }
+    let state = Arc::new(LauncherState {
+        token,
+        gpus: config.gpus.clone(),
+        gpu_indices: gpus.iter().map(|g| g.index).collect(),
+        launcher,
+        exits,
+    });
+    let app = service::router(state, limits(&config));
+    server::run(
+        Service {
+            app,
+            addr: config.launcher_bind,
+            variable: "DESKGATE_LAUNCHER_BIND",
+        },
+        config.tls.as_ref(),
+        metrics_listener(&config)?,
+        config.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Composition: the one place that turns a [`Config`] into running parts, in
+//! the manner of linkerd2-proxy's `app` crate. `main.rs` only parses the
+//! command line, calls in here and maps the outcome to an exit code; tests can
+//! assemble the same parts in-process.
+//!
+//! - [`gate`]: `deskgate serve`: database, sign-in, deposits, the session tree
+//!   on the launcher backend [`crate::config::LauncherKind`] names, the HTTP API.
+//! - [`launcher`]: `deskgate launcher`: one GPU host's launcher service.
+//! - [`commands`]: the short commands (`migrate`, `gpus`, `config check`).
+//!
+//! Dependencies point down: `app` imports every other module, none imports `app`.
+
+pub mod commands;
+pub mod gate;
+pub mod launcher;
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::http::Limits;
+use crate::launcher::gpu;
+use crate::platform::telemetry;
+
+/// Any error, boxed, as the sources of an [`AppError`].
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why the gate or the launcher service could not be built, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A step of building or running failed; `source` says how.
+    #[error("{step}")]
+    Step {
+        /// What was being done, for the operator ("cannot set up sign-in").
+        step: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+    /// A setting the role needs is missing (`config check` catches it first).
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A part failed with an error that already says what it was doing.
+    #[error(transparent)]
+    Part(BoxError),
+}
+
+macro_rules! part_errors {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for AppError {
+            fn from(err: $error) -> Self {
+                Self::Part(Box::new(err))
+            }
+        }
+    )*};
+}
+
+part_errors!(
+    crate::db::DbError,
+    crate::launcher::gpu::InventoryError,
+    crate::launcher::remote::pool::PoolError,
+    crate::platform::server::ServeError,
+    crate::sessions::tree::TreeError,
+    deskgate_actors::ports::LaunchError,
+);
+
+/// Names the step a fallible call belongs to (like `anyhow::Context`).
+trait Step<T> {
+    /// On error, an [`AppError::Step`] saying what was being done.
+    fn step(self, step: &'static str) -> Result<T, AppError>;
+}
+
+impl<T, E: Into<BoxError>> Step<T> for Result<T, E> {
+    fn step(self, step: &'static str) -> Result<T, AppError> {
+        self.map_err(|source| AppError::Step {
+            step,
+            source: source.into(),
+        })
+    }
+}
+
+/// The per-request limits every HTTP service of this process applies.
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+    }
+}
+
+/// The Prometheus listener, when `DESKGATE_METRICS_ADDR` asks for one.
+fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, PrometheusHandle)>, AppError> {
+    config
+        .metrics_addr
+        .map(|addr| {
+            let handle =
+                telemetry::install_metrics().step("cannot install the metrics recorder")?;
+            Ok((addr, handle))
+        })
+        .transpose()
+}
+
+/// Reads the GPU inventory once and logs it; fails when it cannot be read.
+async fn log_inventory(config: &Config) -> Result<Vec<gpu::GpuInfo>, AppError> {
+    let gpus = gpu::read_inventory(&config.gpus).await?;
+    tracing::info!(count = gpus.len(), selection = %config.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
+    Ok(gpus)
+}

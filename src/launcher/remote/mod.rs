@@ -1,0 +1,9 @@
+//! The remote launcher backend: a `deskgate launcher` service on each GPU
+//! host ([`service`]), the gate's client for one of them ([`client`]) and the
+//! pool that routes each session to its host ([`pool`]). [`wire`] holds the
+//! JSON both sides speak, so neither can drift from the other.
+
+pub mod client;
+pub mod pool;
+pub mod service;
+pub mod wire;
