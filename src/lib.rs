@@ -9,7 +9,7 @@
 //!   [`config::Config`]; `main.rs` only parses the command line.
 //! - [`config`]: settings per subsystem, their parsing and the security posture.
 //! - [`http`]: the gate's HTTP API: routes, extractors, problems, edge guards.
-//! - [`sign_in`]: SIWE sign-in, its PostgreSQL store, single-use tickets.
+//! - [`auth`]: wallet sign-in (SIWE), its PostgreSQL store, single-use tickets.
 //! - [`money`]: ledger, pricing, tiers, deposits and the chain adapter.
 //! - [`sessions`]: the gate's actor tree, the GPU profiles, the session store.
 //! - [`launcher`]: where desktops run: the ports, the GPU inventory, and one
@@ -22,6 +22,7 @@
 //! and `app` sit on top.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -29,4 +30,3 @@ pub mod launcher;
 pub mod money;
 pub mod platform;
 pub mod sessions;
-pub mod sign_in;

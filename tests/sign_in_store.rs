@@ -8,13 +8,13 @@ mod support;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use deskgate::db::DbPool;
-use deskgate::platform::audit;
-use deskgate::platform::secret::Secret;
-use deskgate::sign_in::store::{
+use deskgate::auth::store::{
     ChallengeError, consume_challenge, delete_expired_challenges, hash_token, issue_challenge,
     revoke_all_tokens, revoke_token, store_token, token_owner,
 };
+use deskgate::db::DbPool;
+use deskgate::platform::audit;
+use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::WalletId;
 use support::ScratchDatabase;
 use tokio::sync::Barrier;

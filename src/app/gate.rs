@@ -20,6 +20,8 @@ use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
 
 use super::{AppError, Step, limits, log_inventory, metrics_listener};
+use crate::auth::SignIn;
+use crate::auth::tickets::TicketBook;
 use crate::config::{Config, Confirmations, LauncherKind};
 use crate::db;
 use crate::http::account::Offer;
@@ -42,8 +44,6 @@ use crate::platform::secret::Secret;
 use crate::platform::server::{self, Service};
 use crate::sessions::store::PgSessionStore;
 use crate::sessions::tree::SessionTree;
-use crate::sign_in::SignIn;
-use crate::sign_in::tickets::TicketBook;
 
 /// How often NVML is asked whether the GPUs are healthy.
 const GPU_HEALTH_INTERVAL: Duration = Duration::from_secs(30);

@@ -20,14 +20,14 @@ use serde_json::json;
 use super::Problem;
 use super::account::Offer;
 use super::sessions::SessionDesk;
+use crate::auth::tickets::TicketBook;
+use crate::auth::{SignIn, SignInError};
 use crate::db::DbPool;
 use crate::money::chain::AlloyChain;
 use crate::money::deposits::{PgDepositBook, check_transaction};
 use crate::money::ledger::PgLedger;
 use crate::money::tiers::TieredPricer;
 use crate::platform::secret::Secret;
-use crate::sign_in::tickets::TicketBook;
-use crate::sign_in::{SignIn, SignInError};
 
 /// The cookie that carries a sign-in token for browsers.
 pub const TOKEN_COOKIE: &str = "deskgate_token";

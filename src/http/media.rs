@@ -47,11 +47,11 @@ use tokio::sync::broadcast;
 use super::Problem;
 use super::api::{Api, bad_json};
 use super::sessions::{SessionDesk, desk, origin_refused, parse_id, unknown_session};
+use crate::auth::tickets::Purpose;
 use crate::config::Config;
 use crate::launcher::desktop::{DesktopConnection, DesktopError, DesktopIo};
 use crate::platform::secret::Secret;
 use crate::platform::turn::{IceServer, TURN_CREDENTIAL_TTL, ice_servers};
-use crate::sign_in::tickets::Purpose;
 
 /// Longest WebSocket message a browser may send on the VNC socket: the
 /// relay's limit for one client message (clipboard text) plus framing.

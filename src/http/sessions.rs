@@ -29,11 +29,11 @@ use uuid::Uuid;
 
 use super::Problem;
 use super::api::{Api, bad_json, signed_in};
+use crate::auth::tickets::Purpose;
 use crate::launcher::desktop::DesktopDialer;
 use crate::sessions::profiles::{PROFILES, profile_name, profile_named};
 use crate::sessions::store::PgSessionStore;
 use crate::sessions::tree::SessionTree;
-use crate::sign_in::tickets::Purpose;
 
 /// Largest message a browser may send on the events socket: it is a control
 /// channel, and the gate reads nothing from it but pings.

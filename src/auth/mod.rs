@@ -48,10 +48,10 @@ use deskgate_actors::ports::WalletId;
 use rand::Rng;
 use url::Url;
 
+use crate::auth::siwe::{SiweError, SiweMessage, Version};
 use crate::config::Config;
 use crate::db::{DbError, DbPool};
 use crate::platform::secret::Secret;
-use crate::sign_in::siwe::{SiweError, SiweMessage, Version};
 use store::ChallengeError;
 
 /// How long a challenge may be answered.
