@@ -21,7 +21,9 @@ use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use support::{Cleanup, host_addresses, network_gateway, next_exit, service_env};
+use support::{
+    Cleanup, gateway_from_ipam, host_addresses, network_gateway, next_exit, service_env,
+};
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
@@ -294,6 +296,28 @@ async fn gpu_device_requests_name_the_leased_ids_when_the_runtime_is_on() {
     assert!(!container_exists(&docker, session).await);
     assert!(!network_exists(&docker, session).await);
     assert!(launcher.vnc_secret(session).is_none());
+}
+
+/// What a freshly started Docker Engine 20.10 reports for the default bridge
+/// (no gateway), what later engines report, and an IPv6-only network.
+#[test]
+fn the_gateway_is_the_reported_one_or_else_the_subnets_first_host() {
+    let gateway = |json: &str| gateway_from_ipam(json).expect("IPAM JSON");
+    assert_eq!(
+        gateway(r#"[{"Subnet":"172.17.0.0/16"}]"#).as_deref(),
+        Some("172.17.0.1")
+    );
+    assert_eq!(
+        gateway(r#"[{"Subnet":"172.17.0.0/16","Gateway":"172.17.0.254"}]"#).as_deref(),
+        Some("172.17.0.254")
+    );
+    assert_eq!(
+        gateway(r#"[{"Subnet":"fd00::/64","Gateway":"fd00::1"},{"Subnet":"10.9.0.0/24"}]"#)
+            .as_deref(),
+        Some("10.9.0.1")
+    );
+    assert_eq!(gateway(r#"[{"Subnet":"fd00::/64"}]"#), None);
+    assert_eq!(gateway("null"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

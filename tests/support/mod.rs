@@ -534,8 +534,14 @@ pub fn network_gateway(network: &str) -> Option<String> {
         "--format",
         "{{json .IPAM.Config}}",
     ]);
-    let config: Vec<serde_json::Value> = serde_json::from_str(&config)
-        .unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
+    gateway_from_ipam(&config).unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"))
+}
+
+/// [`network_gateway`] from the JSON of a network's `IPAM.Config`.
+pub fn gateway_from_ipam(config: &str) -> Result<Option<String>, serde_json::Error> {
+    // A network without IPAM entries prints `null`.
+    let config: Vec<serde_json::Value> =
+        serde_json::from_str::<Option<_>>(config)?.unwrap_or_default();
     let field = |entry: &serde_json::Value, key: &str| {
         entry
             .get(key)
@@ -547,13 +553,13 @@ pub fn network_gateway(network: &str) -> Option<String> {
         .iter()
         .filter_map(|entry| field(entry, "Gateway"))
         .find(|gateway| gateway.parse::<std::net::Ipv4Addr>().is_ok());
-    reported.or_else(|| {
+    Ok(reported.or_else(|| {
         config
             .iter()
             .filter_map(|entry| field(entry, "Subnet")?.parse::<ipnet::Ipv4Net>().ok())
             .find_map(|subnet| subnet.hosts().next())
             .map(|ip| ip.to_string())
-    })
+    }))
 }
 
 /// Whether Docker knows a container by this name or id.
