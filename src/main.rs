@@ -68,11 +68,7 @@ fn main() -> ExitCode {
         } => {
             let loaded = load(role);
             print!("{}", commands::config_report(&loaded, role));
-            if loaded.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(u8::from(!loaded.problems.is_empty()))
         }
         Command::Gpus => gpus(load(Role::Serve)),
         Command::Migrate => migrate(load(Role::Serve)),
@@ -85,13 +81,7 @@ fn gpus(loaded: Loaded) -> ExitCode {
     let Some(config) = loaded.config else {
         return refuse(&loaded.problems);
     };
-    match commands::gpu_table(&config.gpus) {
-        Ok(table) => {
-            print!("{table}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => fail(&err),
-    }
+    printed(commands::gpu_table(&config.gpus))
 }
 
 fn migrate(loaded: Loaded) -> ExitCode {
@@ -101,17 +91,18 @@ fn migrate(loaded: Loaded) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    match commands::migrate(&url) {
-        Ok(applied) if applied.is_empty() => println!("the schema is up to date; nothing to apply"),
-        Ok(applied) => {
-            for version in &applied {
-                println!("applied {version}");
-            }
-            println!("{} migration(s) applied", applied.len());
+    printed(commands::migrate(&url))
+}
+
+/// Prints a command's report, or its error as a failure.
+fn printed<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
         }
-        Err(err) => return fail(&err),
+        Err(err) => fail(&err),
     }
-    ExitCode::SUCCESS
 }
 
 fn refuse(problems: &[config::Problem]) -> ExitCode {

@@ -50,9 +50,15 @@ pub fn gpu_table(selection: &gpu::GpuSelection) -> Result<String, InventoryError
     Ok(gpu::render_table(&gpu::inventory(selection)?))
 }
 
-/// Applies pending migrations on a runtime of its own; the versions applied.
-pub fn migrate(url: &Secret) -> Result<Vec<String>, String> {
-    tokio::runtime::Runtime::new()
+/// Applies pending migrations on a runtime of its own; what to print.
+pub fn migrate(url: &Secret) -> Result<String, String> {
+    let applied = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(db::migrate(url)).map_err(|e| e.to_string()))
+        .and_then(|rt| rt.block_on(db::migrate(url)).map_err(|e| e.to_string()))?;
+    if applied.is_empty() {
+        return Ok("the schema is up to date; nothing to apply\n".into());
+    }
+    let mut report: String = applied.iter().map(|v| format!("applied {v}\n")).collect();
+    report.push_str(&format!("{} migration(s) applied\n", applied.len()));
+    Ok(report)
 }
