@@ -557,4 +557,3 @@ async fn stop_removes_container_and_network_and_is_idempotent() {
         assert_ne!(exit.session, session, "stop reported as an exit: {exit:?}");
     }
 }
-

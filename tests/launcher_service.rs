@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use support::{
-    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit, service_env,
-    sleeper_image, spawn_launcher,
+    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit,
+    service_env, sleeper_image, spawn_launcher,
 };
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";

@@ -534,8 +534,8 @@ pub fn network_gateway(network: &str) -> Option<String> {
         "--format",
         "{{json .IPAM.Config}}",
     ]);
-    let config: Vec<serde_json::Value> =
-        serde_json::from_str(&config).unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
+    let config: Vec<serde_json::Value> = serde_json::from_str(&config)
+        .unwrap_or_else(|e| panic!("IPAM of {network}: {e}: {config}"));
     let field = |entry: &serde_json::Value, key: &str| {
         entry
             .get(key)
