@@ -20,13 +20,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::ask::ask;
-use crate::gpu::Lease;
 use crate::ports::{
     CreditSeconds, DebitKey, EndReason, LaunchError, LaunchSpec, Launcher, LedgerError,
     SessionRecord, SessionState, SessionStore,
 };
-use crate::queue::Millis;
-use crate::scheduler::{QueueStatus, SchedulerMsg};
+use crate::protocol::{Lease, LeaseGrant, Millis, SessionEvent, SessionView, release_lease};
+use crate::scheduler::SchedulerMsg;
 use crate::wallet::WalletMsg;
 
 /// Delay before billing retries after the ledger failed.
@@ -55,43 +54,6 @@ impl Default for SessionSettings {
             low_credit_warnings: vec![Duration::from_secs(300), Duration::from_secs(60)],
         }
     }
-}
-
-/// What the browser is told (over the events socket).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// The lifecycle state changed.
-    State {
-        /// New state.
-        state: SessionState,
-        /// Why it ended, once ended.
-        reason: Option<EndReason>,
-    },
-    /// Queue position and ETA changed.
-    Queue(QueueStatus),
-    /// Credit was debited.
-    Balance {
-        /// Wallet balance after the debit.
-        credit_seconds: CreditSeconds,
-        /// Billed to this session so far.
-        billed_credit: CreditSeconds,
-    },
-    /// Credit runs out soon.
-    LowCredit {
-        /// Seconds until the session stops.
-        seconds_left: u64,
-    },
-}
-
-/// A session's current view, for the API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionView {
-    /// The persisted record as the actor knows it.
-    pub record: SessionRecord,
-    /// Queue position and ETA while queued.
-    pub queue: Option<QueueStatus>,
-    /// Seconds of credit left while running.
-    pub seconds_left: Option<u64>,
 }
 
 /// Messages to a [`SessionActor`].
@@ -136,13 +98,8 @@ pub enum SessionMsg {
 /// actor; its actor starts once its GPUs are leased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartMode {
-    /// GPUs were just granted: launch the container.
-    Granted {
-        /// The host the GPUs are on.
-        host: u16,
-        /// The leases (the scheduler keeps them to release).
-        leases: Vec<Lease>,
-    },
+    /// GPUs were just granted: launch the container on them.
+    Granted(LeaseGrant),
     /// The container survived a gate restart and the scheduler holds its
     /// GPUs again: resume billing from the persisted billing clock.
     Adopted,
@@ -291,8 +248,8 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match state.args.mode.clone() {
-            StartMode::Granted { host, leases } => {
-                state.launch(&myself, host, &leases).await;
+            StartMode::Granted(grant) => {
+                state.launch(&myself, grant.host, &grant.leases).await;
                 Ok(())
             }
             StartMode::Adopted => {
@@ -687,9 +644,7 @@ impl SessionActorState {
         if may_have_container && let Err(err) = self.args.launcher.stop(self.record.id).await {
             tracing::warn!(session = %self.record.id, %err, "container stop failed");
         }
-        let _ = self.args.scheduler.cast(SchedulerMsg::Released {
-            session: self.record.id,
-        });
+        release_lease(&self.args.scheduler, self.record.id);
         self.record.end(reason.clone());
         self.persist().await;
         self.counted.set(None);

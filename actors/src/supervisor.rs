@@ -26,16 +26,18 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::ask::ask;
-use crate::gpu::{Lease, spawn_gpu};
+use crate::gpu::spawn_gpu;
 use crate::ports::{
     ContainerExit, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, SessionRecord,
     SessionState, SessionStore, StoreError, WalletId,
 };
-use crate::queue::{Claim, ClaimError, Policy};
-use crate::scheduler::{PoolSnapshot, Scheduler, SchedulerArgs, SchedulerMsg};
+use crate::protocol::{
+    Claim, ClaimError, LeaseGrant, PoolSnapshot, SessionEvent, SessionView, release_lease,
+};
+use crate::queue::Policy;
+use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::session::{
-    RunOrigin, SessionActor, SessionArgs, SessionEvent, SessionMsg, SessionSettings, SessionView,
-    StartMode,
+    RunOrigin, SessionActor, SessionArgs, SessionMsg, SessionSettings, StartMode,
 };
 use crate::wallet::{WalletArgs, WalletMsg, spawn_wallet};
 
@@ -176,14 +178,7 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<Option<SessionView>>,
     },
     /// The scheduler leased GPUs for a waiting session: start its actor.
-    Granted {
-        /// The session.
-        session: SessionId,
-        /// The host its GPUs are on.
-        host: u16,
-        /// The leases.
-        leases: Vec<Lease>,
-    },
+    Granted(LeaseGrant),
     /// The scheduler could not lease the GPUs it chose for a session.
     GrantFailed {
         /// The session.
@@ -395,11 +390,7 @@ impl Actor for Supervisor {
             SupervisorMsg::View { session, reply } => {
                 let _ = reply.send(state.view_of(session).await);
             }
-            SupervisorMsg::Granted {
-                session,
-                host,
-                leases,
-            } => state.granted(&myself, session, host, leases).await,
+            SupervisorMsg::Granted(grant) => state.granted(&myself, grant).await,
             SupervisorMsg::GrantFailed { session, reason } => {
                 if let Some(entry) = state.sessions.remove(&session)
                     && let Phase::Queued { record, .. } = entry.phase
@@ -550,16 +541,11 @@ impl SupervisorState {
     }
 
     /// GPUs were leased for a waiting session: its actor takes over.
-    async fn granted(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        session: SessionId,
-        host: u16,
-        leases: Vec<Lease>,
-    ) {
+    async fn granted(&mut self, myself: &ActorRef<SupervisorMsg>, grant: LeaseGrant) {
+        let session = grant.session;
         let Some(entry) = self.sessions.remove(&session) else {
             // Nobody waits for it any more.
-            let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+            release_lease(&self.scheduler, session);
             return;
         };
         let Phase::Queued { record, stop } = entry.phase else {
@@ -572,7 +558,7 @@ impl SupervisorState {
             run_origin: entry.run_origin,
             crashes: entry.crashes,
         };
-        let mode = StartMode::Granted { host, leases };
+        let mode = StartMode::Granted(grant);
         match self
             .spawn_session(myself, record.clone(), mode, carried)
             .await
@@ -587,7 +573,7 @@ impl SupervisorState {
             }
             Err(err) => {
                 tracing::error!(%session, %err, "cannot start the session actor");
-                let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+                release_lease(&self.scheduler, session);
                 self.record_end(record, EndReason::LaunchFailed(err.to_string()), &events)
                     .await;
             }
@@ -780,7 +766,7 @@ impl SupervisorState {
             Ok(Some(record)) => record,
             Ok(None) | Err(_) => {
                 tracing::error!(%session, "crashed session has no readable record; releasing its GPUs");
-                let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+                release_lease(&self.scheduler, session);
                 let _ = self.args.launcher.stop(session).await;
                 return;
             }
@@ -815,9 +801,7 @@ impl SupervisorState {
         events: &broadcast::Sender<SessionEvent>,
     ) {
         let _ = self.args.launcher.stop(record.id).await;
-        let _ = self
-            .scheduler
-            .cast(SchedulerMsg::Released { session: record.id });
+        release_lease(&self.scheduler, record.id);
         self.record_end(record, EndReason::Crashed(why), events)
             .await;
     }
@@ -909,7 +893,7 @@ impl SupervisorState {
             Ok(_) => true,
             Err(err) => {
                 tracing::error!(%session, %err, "cannot start the adopted session's actor");
-                let _ = self.scheduler.cast(SchedulerMsg::Released { session });
+                release_lease(&self.scheduler, session);
                 false
             }
         }
