@@ -22,6 +22,10 @@
 //! - [`chain_watcher`]: `ChainWatcher`, deposits to credit: confirmations and reorgs.
 //! - `testing` (feature `testing`): in-memory ports for tests.
 
+// Every public item, message variants and their fields included, says what
+// it is; `clippy -D warnings` turns a missing doc into an error.
+#![warn(missing_docs)]
+
 pub mod ask;
 pub mod chain_watcher;
 pub mod gpu;
