@@ -19,7 +19,7 @@
 //! session is released through [`release_lease`], never by casting
 //! `SchedulerMsg::Released` by hand; the scheduler gives each GPU lease back
 //! on the first release of its session, and a later release of the same
-//! session finds nothing held and changes nothing.
+//! session finds nothing to free.
 
 use ractor::ActorRef;
 
@@ -121,11 +121,12 @@ pub struct LeaseGrant {
 /// Call it once a granted session is over, whoever ends it: the session
 /// actor when it finishes, or the supervisor when no actor will (a grant
 /// for a session nobody waits for any more, an actor that could not be
-/// spawned or restarted, a session given up after crashing too often).
+/// spawned or restarted, a crashed session whose record is lost or that
+/// crashed too often).
 ///
 /// Releasing a session that holds nothing is harmless: if it is neither
-/// running nor waiting (already released, say) the scheduler changes
-/// nothing, and a GPU release is fenced, so a late one cannot free a GPU
+/// running nor waiting (already released, say) the scheduler has nothing
+/// to free and only schedules again, and a GPU release is fenced, so a late one cannot free a GPU
 /// under its next holder. A session still waiting is taken out of the
 /// queue. The message is cast: a scheduler that is gone has nothing left to
 /// release.

@@ -7,7 +7,7 @@
 //! timer for whatever is due first: a debit, a low-credit warning, the
 //! presence timeout or exhaustion), never discovered late. Every way
 //! of ending — stop, credit exhausted, presence timeout, container exit,
-//! launch failure, admin kill — goes through [`SessionActorState::finish`],
+//! launch failure, admin kill — goes through `SessionActorState::finish`,
 //! which bills, stops the container, releases the lease (through
 //! [`release_lease`]) and records why.
 
