@@ -31,8 +31,9 @@ use deskgate::launcher::docker::{DockerLauncher, LauncherSettings};
 use deskgate_actors::ask::ask;
 use deskgate_actors::ports::EndReason;
 use deskgate_actors::ports::{GpuAddr, LaunchSpec, Launcher, SessionId, SessionState, WalletId};
+use deskgate_actors::protocol::SessionEvent;
 use deskgate_actors::queue::Policy;
-use deskgate_actors::session::{SessionEvent, SessionSettings};
+use deskgate_actors::session::SessionSettings;
 use deskgate_actors::supervisor::{RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg};
 use deskgate_actors::testing::{MemoryLedger, MemoryStore};
 

@@ -23,9 +23,9 @@ use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Ledger, RunningContainer, SessionId, SessionState,
     SessionStore, WalletId,
 };
-use deskgate_actors::queue::{ClaimError, Policy};
-use deskgate_actors::scheduler::PoolSnapshot;
-use deskgate_actors::session::{SessionEvent, SessionSettings};
+use deskgate_actors::protocol::{ClaimError, PoolSnapshot, SessionEvent};
+use deskgate_actors::queue::Policy;
+use deskgate_actors::session::SessionSettings;
 use deskgate_actors::supervisor::{
     RecoveryReport, RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs,
     SupervisorMsg,

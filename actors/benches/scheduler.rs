@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use deskgate_actors::ports::{GpuAddr, SessionId, WalletId};
-use deskgate_actors::queue::{Claim, Millis, Policy, Queue};
+use deskgate_actors::protocol::{Claim, Millis};
+use deskgate_actors::queue::{Policy, Queue};
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::rngs::StdRng;

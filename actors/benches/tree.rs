@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskgate_actors::ports::{EndReason, GpuAddr, SessionState, WalletId};
+use deskgate_actors::protocol::SessionEvent;
 use deskgate_actors::queue::Policy;
-use deskgate_actors::session::{SessionEvent, SessionSettings};
+use deskgate_actors::session::SessionSettings;
 use deskgate_actors::supervisor::{
     RestartPolicy, SessionHandle, Supervisor, SupervisorArgs, SupervisorMsg,
 };

@@ -1,7 +1,7 @@
 //! `GpuActor`: one per physical GPU, granting exclusive, fenced leases.
 //!
-//! A GPU is leased to at most one session at a time. Every grant carries a
-//! process-wide unique `lease_id` and a per-GPU `epoch` that grows on every
+//! A GPU is leased to at most one session at a time. Every grant (a
+//! [`Lease`], defined in [`crate::protocol`]) carries a process-wide unique `lease_id` and a per-GPU `epoch` that grows on every
 //! grant; a release must present both, so a late or replayed release from a
 //! session that already lost the GPU can never free it under its next holder.
 
@@ -12,38 +12,12 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::ports::{GpuAddr, SessionId};
+use crate::protocol::{Lease, LeaseError};
 
 /// Source of lease ids. Process-wide rather than per actor because a
 /// restarted `GpuActor` starts its epoch over: the id alone still tells a
 /// lease from before the restart apart from every later one.
 static NEXT_LEASE_ID: AtomicU64 = AtomicU64::new(1);
-
-/// An exclusive grant of one GPU to one session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Lease {
-    /// The GPU.
-    pub addr: GpuAddr,
-    /// Unique in this process.
-    pub lease_id: u64,
-    /// The fencing token: how many grants this GPU has made, this one included.
-    pub epoch: u64,
-    /// The holder.
-    pub session: SessionId,
-}
-
-/// Why a lease was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LeaseError {
-    /// The GPU is leased to someone.
-    #[error("GPU is leased to session {} (lease {})", .0.session, .0.lease_id)]
-    Busy(Lease),
-    /// The GPU is being drained: it grants no new leases.
-    #[error("GPU is draining")]
-    Draining,
-    /// The GPU is unhealthy: it grants no leases until it recovers.
-    #[error("GPU is unhealthy: {0}")]
-    Unhealthy(String),
-}
 
 /// What a GPU is doing, as seen from outside.
 #[derive(Clone, Debug, PartialEq, Eq)]

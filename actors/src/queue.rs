@@ -20,15 +20,19 @@
 //!   estimate, recomputed and republished on every change. It is O(n log n)
 //!   for n waiters; the grant path is O(log n) plus a bounded backfill scan.
 //!
-//! Time is plain milliseconds on the caller's clock ([`Millis`]).
+//! Time is plain milliseconds on the caller's clock ([`Millis`]). Claims
+//! and their refusals travel between actors, so they live in
+//! [`crate::protocol`]; [`Grant`] and [`WaiterStatus`] are this structure's
+//! answers, which the scheduler turns into messages.
+//!
+//! The file runs past 700 lines because its unit tests take the last 250;
+//! the policy itself is about 615.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use crate::ports::{GpuAddr, SessionId, WalletId};
-
-/// Scheduler time in milliseconds since an arbitrary origin.
-pub type Millis = u64;
+use crate::protocol::{Claim, ClaimError, Millis};
 
 /// How many waiters behind a blocked head one backfill pass examines. Bounds
 /// the cost of a decision; the head itself is never passed over by FIFO.
@@ -56,49 +60,8 @@ impl Default for Policy {
     }
 }
 
-/// A request for GPUs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claim {
-    /// The session asking.
-    pub session: SessionId,
-    /// Its wallet.
-    pub wallet: WalletId,
-    /// How many GPUs, all on one host.
-    pub gpus: u32,
-    /// The longest it can run once started: its wallet's credit divided by
-    /// its GPU count.
-    pub runway_ms: Millis,
-}
-
-/// Why a claim was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ClaimError {
-    /// The wallet already has a queued or running claim.
-    #[error("wallet {0} already has a session queued or running")]
-    WalletBusy(WalletId),
-    /// The session is already known.
-    #[error("session {0} is already queued or running")]
-    Duplicate(SessionId),
-    /// No host has that many GPUs.
-    #[error("{asked} GPUs asked, but the largest host has {largest}")]
-    TooLarge {
-        /// GPUs asked.
-        asked: u32,
-        /// GPUs on the largest host.
-        largest: u32,
-    },
-    /// A claim for zero GPUs.
-    #[error("a claim needs at least one GPU")]
-    NoGpus,
-    /// The wallet cannot pay for a single second.
-    #[error("no credit: the wallet cannot pay for one second on {gpus} GPU(s)")]
-    NoCredit {
-        /// GPUs asked.
-        gpus: u32,
-    },
-}
-
-/// GPUs handed to a session.
+/// GPUs the queue assigns to a session. The scheduler leases them and
+/// announces a [`crate::protocol::LeaseGrant`]; this never leaves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// The session.
@@ -115,7 +78,8 @@ pub struct Grant {
     pub backfilled: bool,
 }
 
-/// Where a waiter stands.
+/// Where a waiter stands; the scheduler publishes it as a
+/// [`crate::protocol::QueueStatus`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaiterStatus {
     /// The session.

@@ -1,8 +1,10 @@
 //! `Scheduler`: the actor around [`crate::queue::Queue`]. It owns the wait
 //! queue and the allocation decisions, takes fenced leases from the
-//! `GpuActor`s for every grant, announces the grant to the supervisor (which
-//! spawns the session actor: a waiting claim is an entry here, not an actor,
-//! so 10,000 waiters cost kilobytes, not actors), and publishes each waiter's
+//! `GpuActor`s for every grant, announces the grant (a [`LeaseGrant`]) to
+//! the supervisor (which spawns the session actor: a waiting claim is an
+//! entry here, not an actor, so 10,000 waiters cost kilobytes, not actors),
+//! gives the leases back when the session is released
+//! ([`crate::protocol::release_lease`]), and publishes each waiter's
 //! position and start bound on its event channel whenever they change.
 
 use std::collections::HashMap;
@@ -11,10 +13,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use crate::ask::ask_within;
-use crate::gpu::{GpuMsg, Lease};
+use crate::gpu::GpuMsg;
 use crate::ports::{GpuAddr, SessionId, WalletId};
-use crate::queue::{Claim, ClaimError, Grant, Millis, Policy, Queue};
-use crate::session::SessionEvent;
+use crate::protocol::{
+    Claim, ClaimError, Lease, LeaseGrant, Millis, PoolSnapshot, QueueStatus, SessionEvent,
+};
+use crate::queue::{Grant, Policy, Queue};
 use crate::supervisor::SupervisorMsg;
 use tokio::sync::broadcast;
 
@@ -49,6 +53,7 @@ pub enum SchedulerMsg {
         reply: RpcReplyPort<bool>,
     },
     /// A session is over: release its leases (fenced) and schedule again.
+    /// Sent only through [`crate::protocol::release_lease`].
     Released {
         /// The session.
         session: SessionId,
@@ -115,33 +120,6 @@ pub enum SchedulerMsg {
     },
     /// Publish positions and start bounds (sent to itself, coalescing bursts).
     Publish,
-}
-
-/// The pool at a glance.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PoolSnapshot {
-    /// GPUs in the pool.
-    pub total_gpus: u32,
-    /// Free, available GPUs.
-    pub free_gpus: u32,
-    /// Waiting claims.
-    pub waiting: usize,
-    /// Running sessions.
-    pub running: usize,
-    /// Waiting claims per GPU count asked.
-    pub waiting_by_gpus: Vec<(u32, usize)>,
-    /// Whether a claim of each GPU count would start now.
-    pub fits_now: Vec<(u32, bool)>,
-}
-
-/// What a waiting session is told about its place in the queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueStatus {
-    /// 1 for the head.
-    pub position: usize,
-    /// Upper bound on the wait in whole seconds (rounded up), or `None` when
-    /// no host can currently fit the claim.
-    pub eta_seconds: Option<u64>,
 }
 
 /// Arguments of the [`Scheduler`].
@@ -335,7 +313,7 @@ async fn schedule(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) {
     }
 }
 
-/// Leases the granted GPUs and tells the session. A GPU that refuses (it
+/// Leases the granted GPUs and tells the supervisor. A GPU that refuses (it
 /// changed state behind the scheduler's back) fails the grant: the session
 /// is told, and the GPU leaves the pool until an operator looks.
 async fn carry_out(state: &mut SchedulerState, grant: Grant) {
@@ -347,11 +325,11 @@ async fn carry_out(state: &mut SchedulerState, grant: Grant) {
                 .increment(1);
             tracing::info!(session = %grant.session, host = grant.host, gpus = grant.gpus.len(), backfilled = grant.backfilled, "granted");
             state.leases.insert(grant.session, leases.clone());
-            let _ = state.grants_to.cast(SupervisorMsg::Granted {
+            let _ = state.grants_to.cast(SupervisorMsg::Granted(LeaseGrant {
                 session: grant.session,
                 host: grant.host,
                 leases,
-            });
+            }));
         }
         Err(why) => {
             tracing::error!(session = %grant.session, %why, "grant failed: a GPU refused its lease");

@@ -1,16 +1,15 @@
 //! `SessionActor`: one session's life — Queued → Launching → Running →
-//! Stopping → Ended — and its server-clocked billing.
+//! Stopping → Ended — and its server-clocked billing, whose debits are in
+//! `session/billing.rs`.
 //!
-//! Billing runs on the actor's clock (tokio time, so tests run on paused
-//! time). While the container runs, every `billing_interval` the actor debits
-//! `gpus × interval` credit-seconds under the key `(session, interval)`, and
-//! only after the ledger has committed it does the actor count it. At the end
-//! the last partial interval is billed in whole seconds. The session stops
-//! exactly when its credit runs out: the moment is computed from the balance
-//! after each debit and armed as a timer, never discovered late. Every way
+//! The session stops exactly when its credit runs out: the moment is
+//! computed from the balance after each debit and armed as a timer (one
+//! timer for whatever is due first: a debit, a low-credit warning, the
+//! presence timeout or exhaustion), never discovered late. Every way
 //! of ending — stop, credit exhausted, presence timeout, container exit,
-//! launch failure, admin kill — goes through [`SessionActorState::finish`],
-//! which bills, stops the container, releases the lease and records why.
+//! launch failure, admin kill — goes through `SessionActorState::finish`,
+//! which bills, stops the container, releases the lease (through
+//! [`release_lease`]) and records why.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,20 +19,15 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::ask::ask;
-use crate::gpu::Lease;
 use crate::ports::{
-    CreditSeconds, DebitKey, EndReason, LaunchError, LaunchSpec, Launcher, LedgerError,
-    SessionRecord, SessionState, SessionStore,
+    CreditSeconds, EndReason, LaunchError, LaunchSpec, Launcher, SessionRecord, SessionState,
+    SessionStore,
 };
-use crate::queue::Millis;
-use crate::scheduler::{QueueStatus, SchedulerMsg};
+use crate::protocol::{Lease, LeaseGrant, Millis, SessionEvent, SessionView, release_lease};
+use crate::scheduler::SchedulerMsg;
 use crate::wallet::WalletMsg;
 
-/// Delay before billing retries after the ledger failed.
-const BILLING_RETRY: Duration = Duration::from_secs(1);
-/// Attempts at the final debit before giving up on it (it stays replayable
-/// under its key).
-const FINAL_DEBIT_ATTEMPTS: u32 = 3;
+mod billing;
 
 /// Timing of billing and presence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,43 +49,6 @@ impl Default for SessionSettings {
             low_credit_warnings: vec![Duration::from_secs(300), Duration::from_secs(60)],
         }
     }
-}
-
-/// What the browser is told (over the events socket).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// The lifecycle state changed.
-    State {
-        /// New state.
-        state: SessionState,
-        /// Why it ended, once ended.
-        reason: Option<EndReason>,
-    },
-    /// Queue position and ETA changed.
-    Queue(QueueStatus),
-    /// Credit was debited.
-    Balance {
-        /// Wallet balance after the debit.
-        credit_seconds: CreditSeconds,
-        /// Billed to this session so far.
-        billed_credit: CreditSeconds,
-    },
-    /// Credit runs out soon.
-    LowCredit {
-        /// Seconds until the session stops.
-        seconds_left: u64,
-    },
-}
-
-/// A session's current view, for the API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionView {
-    /// The persisted record as the actor knows it.
-    pub record: SessionRecord,
-    /// Queue position and ETA while queued.
-    pub queue: Option<QueueStatus>,
-    /// Seconds of credit left while running.
-    pub seconds_left: Option<u64>,
 }
 
 /// Messages to a [`SessionActor`].
@@ -136,13 +93,8 @@ pub enum SessionMsg {
 /// actor; its actor starts once its GPUs are leased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartMode {
-    /// GPUs were just granted: launch the container.
-    Granted {
-        /// The host the GPUs are on.
-        host: u16,
-        /// The leases (the scheduler keeps them to release).
-        leases: Vec<Lease>,
-    },
+    /// GPUs were just granted: launch the container on them.
+    Granted(LeaseGrant),
     /// The container survived a gate restart and the scheduler holds its
     /// GPUs again: resume billing from the persisted billing clock.
     Adopted,
@@ -291,8 +243,8 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match state.args.mode.clone() {
-            StartMode::Granted { host, leases } => {
-                state.launch(&myself, host, &leases).await;
+            StartMode::Granted(grant) => {
+                state.launch(&myself, grant.host, &grant.leases).await;
                 Ok(())
             }
             StartMode::Adopted => {
@@ -371,22 +323,6 @@ impl Actor for SessionActor {
 impl SessionActorState {
     fn gpus(&self) -> u32 {
         self.record.gpus
-    }
-
-    fn interval_ms(&self) -> u64 {
-        self.args.settings.billing_interval.as_millis() as u64
-    }
-
-    async fn read_balance(&self, refresh: bool) -> Result<CreditSeconds, LedgerError> {
-        ask(&self.args.wallet, |reply| {
-            if refresh {
-                WalletMsg::Refresh { reply }
-            } else {
-                WalletMsg::Balance { reply }
-            }
-        })
-        .await
-        .unwrap_or_else(wallet_silent)
     }
 
     async fn launch(&mut self, myself: &ActorRef<SessionMsg>, host: u16, leases: &[Lease]) {
@@ -478,19 +414,6 @@ impl SessionActorState {
         self.wake(myself).await;
     }
 
-    /// When the credit runs out, on the actor's clock.
-    fn exhaustion_at(&self, clock: &RunClock) -> Instant {
-        let affordable_secs = (clock.balance.max(0) / CreditSeconds::from(self.gpus())) as u64;
-        clock.origin
-            + Duration::from_millis(self.record.billed_ms)
-            + Duration::from_secs(affordable_secs)
-    }
-
-    fn next_tick(&self, clock: &RunClock) -> Instant {
-        clock.origin
-            + Duration::from_millis((self.record.billed_intervals + 1) * self.interval_ms())
-    }
-
     /// Tells the scheduler how long this session can still run.
     fn report_bound(&self) {
         if let Some(clock) = &self.clock {
@@ -567,105 +490,6 @@ impl SessionActorState {
         myself.send_after(delay, move || SessionMsg::Wake { generation });
     }
 
-    /// Debits one full interval; counts it only once the ledger committed it.
-    async fn bill_interval(&mut self) {
-        let interval_secs = self.args.settings.billing_interval.as_secs();
-        let amount = CreditSeconds::from(self.gpus()) * interval_secs as CreditSeconds;
-        let key = DebitKey {
-            session: self.record.id,
-            interval: self.record.billed_intervals,
-        };
-        match self.debit(amount, key).await {
-            Ok(balance) => {
-                self.record.billed_intervals += 1;
-                self.record.billed_ms += self.interval_ms();
-                self.record.billed_credit += amount;
-                if let Some(clock) = &mut self.clock {
-                    clock.balance = balance;
-                    clock.retry_after = None;
-                }
-                self.persist().await;
-                self.emit(SessionEvent::Balance {
-                    credit_seconds: balance,
-                    billed_credit: self.record.billed_credit,
-                });
-            }
-            Err(LedgerError::InsufficientCredit { balance, .. }) => {
-                // Credit was taken elsewhere (an admin adjustment): the
-                // exhaustion time moves to now and the next wake ends it.
-                if let Some(clock) = &mut self.clock {
-                    clock.balance = balance;
-                }
-            }
-            Err(err) => {
-                tracing::warn!(session = %self.record.id, %key, %err, "billing debit failed; will retry");
-                metrics::counter!("deskgate_billing_debit_failures_total").increment(1);
-                if let Some(clock) = &mut self.clock {
-                    clock.retry_after = Some(Instant::now() + BILLING_RETRY);
-                }
-            }
-        }
-    }
-
-    async fn debit(
-        &self,
-        amount: CreditSeconds,
-        key: DebitKey,
-    ) -> Result<CreditSeconds, LedgerError> {
-        let result = ask(&self.args.wallet, |reply| WalletMsg::Debit {
-            amount,
-            key,
-            reply,
-        })
-        .await
-        .unwrap_or_else(wallet_silent);
-        if result.is_ok() {
-            metrics::counter!("deskgate_billing_debited_credit_seconds_total")
-                .increment(amount as u64);
-        }
-        result
-    }
-
-    /// Bills the running time up to `at` that is not billed yet, in whole
-    /// seconds, never more than the wallet holds.
-    async fn bill_final(&mut self, at: Instant) {
-        let Some(clock) = self.clock else { return };
-        let running_ms = at.saturating_duration_since(clock.origin).as_millis() as u64;
-        let unbilled_secs = running_ms.saturating_sub(self.record.billed_ms) / 1000;
-        let gpus = CreditSeconds::from(self.gpus());
-        let affordable = clock.balance.max(0) / gpus;
-        let secs = (unbilled_secs as CreditSeconds).min(affordable);
-        if secs == 0 {
-            return;
-        }
-        let amount = secs * gpus;
-        let key = DebitKey {
-            session: self.record.id,
-            interval: self.record.billed_intervals,
-        };
-        for attempt in 1..=FINAL_DEBIT_ATTEMPTS {
-            match self.debit(amount, key).await {
-                Ok(balance) => {
-                    self.record.billed_ms += secs as u64 * 1000;
-                    self.record.billed_credit += amount;
-                    self.emit(SessionEvent::Balance {
-                        credit_seconds: balance,
-                        billed_credit: self.record.billed_credit,
-                    });
-                    return;
-                }
-                Err(err) if attempt < FINAL_DEBIT_ATTEMPTS => {
-                    tracing::warn!(session = %self.record.id, %key, %err, attempt, "final debit failed; retrying");
-                    tokio::time::sleep(BILLING_RETRY).await;
-                }
-                Err(err) => {
-                    metrics::counter!("deskgate_billing_debit_failures_total").increment(1);
-                    tracing::error!(session = %self.record.id, %key, amount, %err, "final debit failed; it can be replayed under its key");
-                }
-            }
-        }
-    }
-
     /// Ends the session for `reason` as of `at`: bills, stops the container,
     /// releases the GPUs, records why. Every ending path comes here.
     async fn finish(&mut self, myself: &ActorRef<SessionMsg>, reason: EndReason, at: Instant) {
@@ -687,9 +511,7 @@ impl SessionActorState {
         if may_have_container && let Err(err) = self.args.launcher.stop(self.record.id).await {
             tracing::warn!(session = %self.record.id, %err, "container stop failed");
         }
-        let _ = self.args.scheduler.cast(SchedulerMsg::Released {
-            session: self.record.id,
-        });
+        release_lease(&self.args.scheduler, self.record.id);
         self.record.end(reason.clone());
         self.persist().await;
         self.counted.set(None);
@@ -792,14 +614,6 @@ impl SessionActorState {
         // No subscriber is fine: nobody is watching.
         let _ = self.args.events.send(event);
     }
-}
-
-/// The error a money operation gets when the wallet actor did not answer;
-/// the operation may be retried under the same key.
-fn wallet_silent<T>() -> Result<T, LedgerError> {
-    Err(LedgerError::Unavailable(
-        "wallet actor did not answer".into(),
-    ))
 }
 
 fn reason_label(reason: &EndReason) -> &'static str {

@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use deskgate_actors::ports::{GpuAddr, SessionId, WalletId};
-use deskgate_actors::queue::{Claim, ClaimError, Grant, Millis, Policy, Queue};
+use deskgate_actors::protocol::{Claim, ClaimError, Millis};
+use deskgate_actors::queue::{Grant, Policy, Queue};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use rand::rngs::StdRng;

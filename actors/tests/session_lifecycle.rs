@@ -8,8 +8,9 @@ use std::time::Duration;
 use deskgate_actors::ports::{
     EndReason, RunningContainer, SessionRecord, SessionState, SessionStore,
 };
+use deskgate_actors::protocol::SessionEvent;
 use deskgate_actors::scheduler::PUBLISH_DEBOUNCE;
-use deskgate_actors::session::{SessionEvent, SessionMsg, SessionSettings};
+use deskgate_actors::session::{SessionMsg, SessionSettings};
 use deskgate_actors::testing::{FakeLauncher, MemoryLedger, MemoryStore};
 use std::sync::Arc;
 use support::{Tree, one_host, record_events, settings, wallet};

@@ -15,8 +15,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deskgate_actors::gpu::{GpuStatus, Lease};
+use deskgate_actors::gpu::GpuStatus;
 use deskgate_actors::ports::{EndReason, GpuAddr, SessionStore, WalletId};
+use deskgate_actors::protocol::Lease;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -31,7 +31,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use deskgate_actors::ports::{SessionId, SessionState};
-use deskgate_actors::session::SessionEvent;
+use deskgate_actors::protocol::SessionEvent;
 use deskgate_media::vp8::Vp8Encoder;
 use deskgate_media::{
     MediaActor, MediaArgs, MediaMsg, MediaPath, PeerError, PeerSettings, RelayEnd, RelayLimits,

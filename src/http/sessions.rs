@@ -19,8 +19,7 @@ use axum::{Json, Router};
 use deskgate_actors::ports::{
     EndReason, SessionId, SessionRecord, SessionState, SessionStore, WalletId,
 };
-use deskgate_actors::queue::ClaimError;
-use deskgate_actors::session::{SessionEvent, SessionView};
+use deskgate_actors::protocol::{ClaimError, SessionEvent, SessionView};
 use deskgate_actors::supervisor::StartError;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -15,9 +15,10 @@ use deskgate_actors::gpu::{GpuMsg, GpuStatus};
 use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, WalletId,
 };
+use deskgate_actors::protocol::{PoolSnapshot, SessionView};
 use deskgate_actors::queue::Policy;
-use deskgate_actors::scheduler::{PoolSnapshot, SchedulerMsg};
-use deskgate_actors::session::{SessionSettings, SessionView};
+use deskgate_actors::scheduler::SchedulerMsg;
+use deskgate_actors::session::SessionSettings;
 use deskgate_actors::supervisor::{
     RecoveryReport, RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs,
     SupervisorMsg,

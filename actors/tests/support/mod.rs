@@ -8,9 +8,9 @@ use std::time::Duration;
 use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Launcher, SessionId, SessionRecord, SessionState, WalletId,
 };
+use deskgate_actors::protocol::{PoolSnapshot, SessionEvent};
 use deskgate_actors::queue::Policy;
-use deskgate_actors::scheduler::PoolSnapshot;
-use deskgate_actors::session::{SessionEvent, SessionMsg, SessionSettings};
+use deskgate_actors::session::{SessionMsg, SessionSettings};
 use deskgate_actors::supervisor::{
     RestartPolicy, SessionHandle, StartError, Supervisor, SupervisorArgs, SupervisorMsg,
 };
