@@ -180,6 +180,41 @@ mod tests {
     use crate::config::{Role, load};
 
     #[test]
+    fn remote_launchers_are_parsed_from_the_urls_with_the_hosts_in_order() {
+        let loaded = load(
+            None,
+            env(&[
+                (
+                    "DESKGATE_LAUNCHER_URLS",
+                    "https://gpu-2.internal:8090, http://gpu-0.internal:8090,,https://gpu-1.internal:8090",
+                ),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Serve,
+        );
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let hosts: Vec<String> = [
+            "https://gpu-2.internal:8090/",
+            "http://gpu-0.internal:8090/",
+            "https://gpu-1.internal:8090/",
+        ]
+        .map(String::from)
+        .to_vec();
+        match loaded.config.expect("config").launcher.kind {
+            LauncherKind::Remote(urls) => {
+                let urls: Vec<String> = urls.iter().map(Url::to_string).collect();
+                assert_eq!(urls, hosts, "host n is the n-th URL");
+            }
+            other => panic!("expected remote launchers, got {other:?}"),
+        }
+
+        for unset in [&[][..], &[("DESKGATE_LAUNCHER_URLS", " , ")][..]] {
+            let config = load(None, env(unset), Role::Serve).config.expect("config");
+            assert_eq!(config.launcher.kind, LauncherKind::LocalDocker);
+        }
+    }
+
+    #[test]
     fn a_launcher_host_number_is_read_and_a_local_gate_is_host_0() {
         let loaded = load(
             None,
