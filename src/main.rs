@@ -81,11 +81,11 @@ fn gpus(loaded: Loaded) -> ExitCode {
     let Some(config) = loaded.config else {
         return refuse(&loaded.problems);
     };
-    printed(commands::gpu_table(&config.gpus))
+    printed(commands::gpu_table(&config.launcher.gpus))
 }
 
 fn migrate(loaded: Loaded) -> ExitCode {
-    let Some(url) = loaded.config.and_then(|c| c.database_url) else {
+    let Some(url) = loaded.config.and_then(|c| c.database.url) else {
         eprintln!(
             "deskgate: DESKGATE_DATABASE_URL is not set: point it at PostgreSQL (postgres://user:password@host:5432/deskgate)"
         );
@@ -125,7 +125,7 @@ fn run(loaded: Loaded, role: Role) -> ExitCode {
         Ok(ok) => ok,
         Err(problems) => return refuse(&problems),
     };
-    telemetry::init_logging(config.log_format);
+    telemetry::init_logging(config.server.log_format);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

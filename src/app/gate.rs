@@ -58,42 +58,42 @@ const START_RETRY_CEILING: Duration = Duration::from_secs(30);
 
 /// Runs the gate until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), AppError> {
-    let backend = config.launcher_kind();
+    let backend = &config.launcher.kind;
     // With remote launchers the GPUs are theirs; the gate host may have none.
-    if backend == LauncherKind::LocalDocker {
+    if *backend == LauncherKind::LocalDocker {
         log_inventory(&config).await?;
     }
     let mut dependencies = Vec::new();
     let mut api = None;
-    if let Some(url) = &config.database_url {
+    if let Some(url) = &config.database.url {
         let pool = db::pool(url)?;
         dependencies.push(Dependency::Postgres(pool.clone()));
         let built = Arc::new(build_api(&config, pool.clone()).await?);
         tokio::spawn(bring_up_sessions(config.clone(), pool, built.clone()));
         api = Some(built);
     }
-    if let Some(url) = &config.rpc_url {
+    if let Some(url) = &config.chain.rpc_url {
         dependencies.push(
-            Dependency::chain(url.expose(), config.chain_id)
+            Dependency::chain(url.expose(), config.chain.id)
                 .step("DESKGATE_RPC_URL is not a valid URL")?,
         );
     }
-    dependencies.extend(backend_dependencies(&backend).await?);
+    dependencies.extend(backend_dependencies(backend).await?);
     let state = GateState {
         dependencies: Arc::new(dependencies),
         api,
     };
-    tracing::info!(public_url = %config.public_url, tls = config.is_tls(), "starting the gate");
+    tracing::info!(public_url = %config.server.public_url, tls = config.is_tls(), "starting the gate");
     let app = gate_router(state, limits(&config), EdgePolicy::from_config(&config));
     server::run(
         Service {
             app,
-            addr: config.bind,
+            addr: config.server.bind,
             variable: "DESKGATE_BIND",
         },
-        config.tls.as_ref(),
+        config.server.tls.as_ref(),
         metrics_listener(&config)?,
-        config.shutdown_grace,
+        config.server.shutdown_grace,
     )
     .await?;
     Ok(())
@@ -137,7 +137,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
             desk.gate.credit_changed(wallet.clone());
         }
     });
-    let deposits = match (&config.rpc_url, config.revenue_address) {
+    let deposits = match (&config.chain.rpc_url, config.chain.revenue_address) {
         (Some(rpc), Some(revenue)) => {
             Some(build_deposits(config, pool.clone(), rpc, revenue, on_credit).await?)
         }
@@ -156,9 +156,9 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
         offer: Offer::from_config(config),
         ledger: PgLedger::new(pool.clone()),
         pool,
-        admin_token: config.admin_token.clone(),
+        admin_token: config.auth.admin_token.clone(),
         tickets: TicketBook::new(),
-        docs_enabled: config.docs_enabled,
+        docs_enabled: config.server.docs_enabled,
         media: MediaDesk::from_config(config),
     })
 }
@@ -176,31 +176,31 @@ async fn build_deposits(
     let pricing = Pricing::from_config(config);
     let oracle = TierOracle::new(
         alloy::providers::RootProvider::new_http(url.clone()),
-        config.token_address,
+        config.chain.token_address,
         pricing.clone(),
-        config.confirmations,
+        config.chain.confirmations,
     );
     let pricer = Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
     let book = PgDepositBook::new(
         pool.clone(),
         PgLedger::new(pool),
         pricer.clone() as Arc<dyn DepositPricer>,
-        config.chain_id,
+        config.chain.id,
     )
     .on_credit(on_credit);
-    let required = match config.confirmations {
+    let required = match config.chain.confirmations {
         Confirmations::Blocks(n) => Required::Blocks(n),
         Confirmations::Finalized => Required::Finalized,
     };
     // One adapter serves the watcher and the API's single checks.
-    let chain = Arc::new(AlloyChain::new(url, revenue, config.token_address));
+    let chain = Arc::new(AlloyChain::new(url, revenue, config.chain.token_address));
     spawn_chain_watcher(
         ChainWatcherArgs {
             reader: chain.clone(),
             book: Arc::new(book.clone()),
             required,
-            poll: config.chain_poll,
-            start_block: config.deposit_start_block,
+            poll: config.chain.poll,
+            start_block: config.chain.deposit_start_block,
         },
         None,
     )
@@ -218,8 +218,8 @@ async fn build_deposits(
 /// backoff while PostgreSQL or the launcher backend is not there yet; session
 /// routes answer 503 until it runs.
 async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<Api>) {
-    if config.migrate_on_start
-        && let Some(url) = &config.database_url
+    if config.database.migrate_on_start
+        && let Some(url) = &config.database.url
     {
         migrate_until_done(url).await;
     }
@@ -268,19 +268,19 @@ async fn migrate_until_done(url: &Secret) {
 /// need of it.
 async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionDesk, AppError> {
     let settings = SessionSettings {
-        billing_interval: config.billing_interval,
-        presence_timeout: config.presence_timeout,
+        billing_interval: config.sessions.billing_interval,
+        presence_timeout: config.sessions.presence_timeout,
         ..SessionSettings::default()
     };
-    let (gate, desktops) = match config.launcher_kind() {
+    let (gate, desktops) = match &config.launcher.kind {
         LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
-        LauncherKind::Remote(urls) => remote_tree(config, &urls, pool.clone(), settings).await?,
+        LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
     };
     Ok(SessionDesk {
         gate,
         store: PgSessionStore::new(pool),
-        public_origin: config.public_url.origin().ascii_serialization(),
-        presence_every: (config.presence_timeout / 3).max(Duration::from_secs(1)),
+        public_origin: config.server.public_url.origin().ascii_serialization(),
+        presence_every: (config.sessions.presence_timeout / 3).max(Duration::from_secs(1)),
         desktops,
     })
 }
@@ -296,7 +296,8 @@ async fn remote_tree(
     settings: SessionSettings,
 ) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
     let token = config
-        .launcher_token
+        .launcher
+        .token
         .clone()
         .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
     let found = pool::discover(urls, &token).await?;
@@ -319,7 +320,7 @@ async fn local_docker_tree(
     pool: db::DbPool,
     settings: SessionSettings,
 ) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
-    let indices: Vec<u32> = gpu::read_inventory(&config.gpus)
+    let indices: Vec<u32> = gpu::read_inventory(&config.launcher.gpus)
         .await?
         .iter()
         .map(|g| g.index)
@@ -333,7 +334,7 @@ async fn local_docker_tree(
     let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
     let health_tree = tree.clone();
     gpu::spawn_health_feed(
-        config.gpus.clone(),
+        config.launcher.gpus.clone(),
         indices,
         GPU_HEALTH_INTERVAL,
         move |index, unhealthy| health_tree.set_health(GpuAddr { host: 0, index }, unhealthy),

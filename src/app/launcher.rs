@@ -16,7 +16,8 @@ use crate::platform::server::{self, Service};
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let gpus = log_inventory(&config).await?;
     let token = config
-        .launcher_token
+        .launcher
+        .token
         .clone()
         .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
     let launcher = Arc::new(docker_launcher(&config).await?);
@@ -39,7 +40,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     }
     let state = Arc::new(LauncherState {
         token,
-        gpus: config.gpus.clone(),
+        gpus: config.launcher.gpus.clone(),
         gpu_indices: gpus.iter().map(|g| g.index).collect(),
         launcher,
         exits,
@@ -48,12 +49,12 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     server::run(
         Service {
             app,
-            addr: config.launcher_bind,
+            addr: config.launcher.bind,
             variable: "DESKGATE_LAUNCHER_BIND",
         },
-        config.tls.as_ref(),
+        config.server.tls.as_ref(),
         metrics_listener(&config)?,
-        config.shutdown_grace,
+        config.server.shutdown_grace,
     )
     .await?;
     Ok(())

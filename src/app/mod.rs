@@ -84,14 +84,15 @@ impl<T, E: Into<BoxError>> Step<T> for Result<T, E> {
 /// The per-request limits every HTTP service of this process applies.
 fn limits(config: &Config) -> Limits {
     Limits {
-        max_body_bytes: config.max_body_bytes,
-        request_timeout: config.request_timeout,
+        max_body_bytes: config.limits.max_body_bytes,
+        request_timeout: config.limits.request_timeout,
     }
 }
 
 /// The Prometheus listener, when `DESKGATE_METRICS_ADDR` asks for one.
 fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, PrometheusHandle)>, AppError> {
     config
+        .server
         .metrics_addr
         .map(|addr| {
             let handle =
@@ -103,7 +104,7 @@ fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, PrometheusHan
 
 /// Reads the GPU inventory once and logs it; fails when it cannot be read.
 async fn log_inventory(config: &Config) -> Result<Vec<gpu::GpuInfo>, AppError> {
-    let gpus = gpu::read_inventory(&config.gpus).await?;
-    tracing::info!(count = gpus.len(), selection = %config.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
+    let gpus = gpu::read_inventory(&config.launcher.gpus).await?;
+    tracing::info!(count = gpus.len(), selection = %config.launcher.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
     Ok(gpus)
 }

@@ -329,6 +329,7 @@ impl SignIn {
     /// `token_ttl`.
     pub fn from_config(pool: DbPool, config: &Config) -> Result<Self, SignInSetupError> {
         let provider = config
+            .chain
             .rpc_url
             .as_ref()
             .map(|url| Url::parse(url.expose()).map(RootProvider::new_http))
@@ -336,10 +337,10 @@ impl SignIn {
             .map_err(|_| SignInSetupError::RpcUrl)?;
         Self::new(
             pool,
-            &config.public_url,
-            config.chain_id,
+            &config.server.public_url,
+            config.chain.id,
             provider,
-            config.token_ttl,
+            config.auth.token_ttl,
         )
     }
 

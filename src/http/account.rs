@@ -51,10 +51,10 @@ impl Offer {
     pub fn from_config(config: &Config) -> Self {
         Self {
             pricing: Pricing::from_config(config),
-            chain_id: config.chain_id,
-            revenue_address: config.revenue_address,
-            token_address: config.token_address,
-            confirmations: config.confirmations,
+            chain_id: config.chain.id,
+            revenue_address: config.chain.revenue_address,
+            token_address: config.chain.token_address,
+            confirmations: config.chain.confirmations,
         }
     }
 

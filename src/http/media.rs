@@ -107,12 +107,12 @@ impl MediaDesk {
     /// The WebRTC settings of `config`.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            turn_urls: config.turn_urls.clone(),
-            turn_secret: config.turn_secret.clone(),
-            udp_ip: config.webrtc_udp_ip,
+            turn_urls: config.media.turn_urls.clone(),
+            turn_secret: config.media.turn_secret.clone(),
+            udp_ip: config.media.udp_ip,
             video: VideoSettings {
-                bitrate_bps: config.webrtc_bitrate_bps,
-                max_fps: config.webrtc_max_fps,
+                bitrate_bps: config.media.bitrate_bps,
+                max_fps: config.media.max_fps,
                 ..VideoSettings::default()
             },
             viewers: Arc::default(),

@@ -67,10 +67,10 @@ impl EdgePolicy {
     /// The policy `config` asks for.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            trusted_proxies: config.trusted_proxies.clone().into(),
-            sign_in_quota: config.sign_in_quota,
-            claim_quota: config.claim_quota,
-            cors: CorsPolicy::for_public_url(&config.public_url),
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
+            sign_in_quota: config.limits.sign_in_quota,
+            claim_quota: config.limits.claim_quota,
+            cors: CorsPolicy::for_public_url(&config.server.public_url),
         }
     }
 }

@@ -12,9 +12,7 @@
 //! costs the attacker's own buckets, not memory.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +22,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+// The quota is configuration; re-exported for the limiter's callers.
+pub use crate::config::Quota;
+
 use super::Problem;
 use super::client_addr::ClientAddr;
 
@@ -32,34 +33,6 @@ pub const MAX_TRACKED_CLIENTS: usize = 50_000;
 
 /// How often refilled buckets are swept out.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// How many requests a client may make: `per_minute` sustained, up to
-/// `burst` at once after being idle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quota {
-    /// Sustained requests per minute.
-    pub per_minute: NonZeroU32,
-    /// Requests allowed back to back from a full bucket.
-    pub burst: NonZeroU32,
-}
-
-impl Quota {
-    /// Time one request's token takes to come back.
-    fn emission_interval(self) -> Duration {
-        Duration::from_secs(60) / self.per_minute.get()
-    }
-
-    /// How far ahead of now a client's arrival time may run: a full bucket.
-    fn burst_window(self) -> Duration {
-        self.emission_interval() * self.burst.get()
-    }
-}
-
-impl fmt::Display for Quota {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/min burst {}", self.per_minute, self.burst)
-    }
-}
 
 /// A refused request: when the client may try again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +289,8 @@ fn too_many_requests(class: EndpointClass, retry_after_secs: u64) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
     use axum::Router;
     use axum::body::Body;

@@ -57,9 +57,9 @@ impl Pricing {
     /// From the configuration.
     pub fn from_config(config: &Config) -> Self {
         Self::new(
-            config.price_wei_per_gpu_hour,
-            config.price_token_per_gpu_hour,
-            config.tiers.clone(),
+            config.chain.price_wei_per_gpu_hour,
+            config.chain.price_token_per_gpu_hour,
+            config.chain.tiers.clone(),
         )
     }
 

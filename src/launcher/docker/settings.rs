@@ -80,25 +80,29 @@ impl LauncherSettings {
         config: &crate::config::Config,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Self {
-        let (image, image_digest) = match config.session_image.split_once('@') {
+        let (image, image_digest) = match config.launcher.session_image.split_once('@') {
             Some((repo, digest)) => (repo.to_string(), Some(digest.to_string())),
-            None => (config.session_image.clone(), None),
+            None => (config.launcher.session_image.clone(), None),
         };
         Self {
             image,
             image_digest,
-            memory_bytes: config.session_memory_bytes,
-            nano_cpus: config.session_nano_cpus,
-            pids_limit: config.session_pids_limit,
+            memory_bytes: config.launcher.session_memory_bytes,
+            nano_cpus: config.launcher.session_nano_cpus,
+            pids_limit: config.launcher.session_pids_limit,
             extra_env: config
+                .launcher
                 .session_env_allowlist
                 .iter()
                 .filter_map(|name| Some((name.clone(), lookup(name)?)))
                 .collect(),
-            stop_grace: config.session_stop_grace,
+            stop_grace: config.launcher.session_stop_grace,
             // Virtual GPUs have no device to pass through.
-            gpu_runtime: !matches!(config.gpus, crate::launcher::gpu::GpuSelection::Fake(_)),
-            host: config.launcher_host,
+            gpu_runtime: !matches!(
+                config.launcher.gpus,
+                crate::launcher::gpu::GpuSelection::Fake(_)
+            ),
+            host: config.launcher.host,
             ..Self::new("")
         }
     }
