@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Problem;
-use super::api::{Api, signed_in};
+use super::api::{ApiState, signed_in};
 use super::sessions::ledger_unavailable;
 use crate::config::{Config, Confirmations};
 use crate::money::chain::address20;
@@ -67,7 +67,7 @@ impl Offer {
 }
 
 /// The money routes (the deposit list is routed with its POST in [`super::api`]).
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/pricing", get(pricing))
         .route("/api/v1/quote", get(quote))
@@ -93,7 +93,7 @@ fn confirmations_json(confirmations: Confirmations) -> Value {
 
 #[utoipa::path(get, path = "/api/v1/pricing", tag = "money",
     responses((status = 200, description = "profiles, prices, revenue address, chain id, assets, tiers, confirmations", body = Object)))]
-async fn pricing(State(api): State<Arc<Api>>) -> Json<Value> {
+async fn pricing(State(api): State<Arc<ApiState>>) -> Json<Value> {
     let offer = &api.offer;
     let assets: Vec<Value> = [Asset::Eth, Asset::Token]
         .into_iter()
@@ -151,7 +151,7 @@ struct QuoteQuery {
     params(("asset" = String, Query, description = "`eth` or `token`"), ("minutes" = u64, Query, description = "1 to 10080"), ("profile" = String, Query, description = "small, medium, large or max")),
     responses((status = 200, description = "amount in base units after the wallet's discount", body = Object), (status = 422, description = "unknown asset or profile, or minutes out of range", body = Object, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node is down", body = Object, content_type = "application/problem+json")))]
 async fn quote(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     query: Result<Query<QuoteQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
@@ -187,7 +187,7 @@ async fn quote(
             format!("minutes must be 1 to {MAX_QUOTE_MINUTES}"),
         ));
     }
-    let desk = api.deposit_desk()?;
+    let desk = api.deposits_state()?;
     let address = wallet_address(&wallet)?;
     let gpu_seconds = query.minutes * 60 * u64::from(profile.gpus);
     let discount = desk
@@ -244,7 +244,7 @@ fn wallet_address(wallet: &WalletId) -> Result<Address, Problem> {
     params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("before" = Option<i64>, Query, description = "only transactions older than this id")),
     responses((status = 200, description = "the wallet's ledger lines, newest first, and next_before", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
 async fn statement(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
@@ -274,7 +274,7 @@ async fn statement(
     params(("limit" = Option<i64>, Query, description = "1 to 200, default 50")),
     responses((status = 200, description = "the wallet's deposits, newest first", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
 pub(super) async fn deposits(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {

@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 
 use super::Problem;
 use super::api::bearer_token;
-use super::api::{Api, bad_json};
+use super::api::{ApiState, bad_json};
 use super::sessions::{
-    SessionDesk, desk, parse_id, record_json, scheduler_silent, unknown_session,
+    SessionsState, desk, parse_id, record_json, scheduler_silent, unknown_session,
 };
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
 use crate::platform::audit;
@@ -33,7 +33,7 @@ use crate::platform::audit;
 const ADMIN_ACTOR: &str = "admin";
 
 /// The admin routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/admin/sessions", get(sessions))
         .route("/api/v1/admin/sessions/{id}/stop", post(stop_session))
@@ -45,7 +45,7 @@ pub fn routes(api: Arc<Api>) -> Router {
 }
 
 /// Lets the request through only with the admin token.
-fn authorised(api: &Api, headers: &HeaderMap) -> Result<(), Problem> {
+fn authorised(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(expected) = &api.admin_token else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -79,7 +79,7 @@ fn authorised(api: &Api, headers: &HeaderMap) -> Result<(), Problem> {
 /// Writes an audit row; an action that cannot be audited is not answered
 /// as done.
 async fn audited(
-    api: &Api,
+    api: &ApiState,
     action: &str,
     subject: Option<&str>,
     details: Value,
@@ -100,7 +100,10 @@ async fn audited(
 
 #[utoipa::path(get, path = "/api/v1/admin/sessions", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Object, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Object, content_type = "application/problem+json")))]
-async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn sessions(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
     authorised(&api, &headers)?;
     let desk = desk(&api)?;
     let records = desk.store.load_active().await.map_err(|err| {
@@ -129,12 +132,12 @@ async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Jso
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "the session is being ended (audited)", body = Object), (status = 404, description = "no such live session", body = Object, content_type = "application/problem+json")))]
 async fn stop_session(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     authorised(&api, &headers)?;
-    let desk: &SessionDesk = desk(&api)?;
+    let desk: &SessionsState = desk(&api)?;
     let id = parse_id(&id)?;
     if desk.gate.view(id).await.is_none() {
         return Err(unknown_session());
@@ -153,7 +156,10 @@ fn lease_json(lease: Option<&Lease>) -> Value {
 
 #[utoipa::path(get, path = "/api/v1/admin/gpus", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every GPU: free, leased, draining or unhealthy, with its lease", body = Object)))]
-async fn gpus(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn gpus(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
     authorised(&api, &headers)?;
     let desk = desk(&api)?;
     let gpus = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
@@ -191,7 +197,7 @@ struct DrainRequest {
     request_body = DrainRequest,
     responses((status = 200, description = "draining on or off (audited)", body = Object), (status = 404, description = "no such GPU", body = Object, content_type = "application/problem+json")))]
 async fn drain(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((host, index)): Path<(u16, u32)>,
     body: Result<Json<DrainRequest>, JsonRejection>,
@@ -244,7 +250,7 @@ struct CreditRequest {
     request_body = CreditRequest,
     responses((status = 200, description = "posted (or replayed for a repeated key); audited", body = Object), (status = 409, description = "the ledger refused it, e.g. the balance would go negative", body = Object, content_type = "application/problem+json"), (status = 422, description = "invalid amount, reason or key", body = Object, content_type = "application/problem+json")))]
 async fn adjust_credit(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Json<CreditRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
@@ -356,7 +362,7 @@ struct AuditQuery {
     params(("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
     responses((status = 200, description = "the latest audit entries, newest first", body = Object)))]
 async fn audit_log(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Problem;
 use super::account::Offer;
-use super::sessions::SessionDesk;
+use super::sessions::SessionsState;
 use crate::auth::tickets::TicketBook;
 use crate::auth::{SignIn, SignInError};
 use crate::db::DbPool;
@@ -33,17 +33,17 @@ use crate::platform::secret::Secret;
 pub const TOKEN_COOKIE: &str = "deskgate_token";
 
 /// What the API handlers share.
-pub struct Api {
+pub struct ApiState {
     /// Wallet sign-in.
     pub sign_in: SignIn,
     /// Deposit checks; `None` without an RPC node and a revenue address.
-    pub deposits: Option<DepositDesk>,
+    pub deposits: Option<DepositsState>,
     /// Whether the gate serves HTTPS (the cookie is then `Secure`).
     pub https: bool,
     /// Sessions, once the actor tree runs (it starts after the migrations).
     /// Shared, so that the chain watcher, built before the tree, can tell
     /// running sessions about credited deposits.
-    pub sessions: Arc<OnceLock<SessionDesk>>,
+    pub sessions: Arc<OnceLock<SessionsState>>,
     /// The price list and where to pay.
     pub offer: Offer,
     /// The database, for the audit log.
@@ -58,12 +58,12 @@ pub struct Api {
     pub docs_enabled: bool,
     /// Media viewer counts, and the ICE servers and video settings of the
     /// WebRTC route.
-    pub media: super::media::MediaDesk,
+    pub viewers: super::media::ViewersState,
 }
 
-impl std::fmt::Debug for Api {
+impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api")
+        f.debug_struct("ApiState")
             .field("deposits", &self.deposits.is_some())
             .field("https", &self.https)
             .field("sessions", &self.sessions.get().is_some())
@@ -73,7 +73,7 @@ impl std::fmt::Debug for Api {
 
 /// Everything a deposit check needs.
 #[allow(missing_debug_implementations)] // its parts hold RPC and pool handles
-pub struct DepositDesk {
+pub struct DepositsState {
     /// The chain.
     pub chain: Arc<AlloyChain>,
     /// Recorded deposits.
@@ -84,9 +84,9 @@ pub struct DepositDesk {
     pub pricer: Arc<TieredPricer>,
 }
 
-impl Api {
+impl ApiState {
     /// Deposit checks, or the 503 that says how to turn them on.
-    pub(crate) fn deposit_desk(&self) -> Result<&DepositDesk, Problem> {
+    pub(crate) fn deposits_state(&self) -> Result<&DepositsState, Problem> {
         self.deposits.as_ref().ok_or_else(|| {
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -99,7 +99,7 @@ impl Api {
 }
 
 /// The API's routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     let mut routes = Router::new();
     if api.docs_enabled {
         routes = routes.route(super::docs::OPENAPI_PATH, get(super::docs::openapi_json));
@@ -175,7 +175,7 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The signed-in wallet, or a 401 problem.
-pub(crate) async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<WalletId, Problem> {
+pub(crate) async fn signed_in(api: &ApiState, headers: &HeaderMap) -> Result<WalletId, Problem> {
     let token = presented_token(headers).ok_or_else(|| {
         Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Sign in first").detail(
             "send the token as `Authorization: Bearer <token>` or the deskgate_token cookie",
@@ -205,7 +205,7 @@ struct NonceResponse {
     request_body = NonceRequest,
     responses((status = 200, description = "a nonce and the EIP-4361 message to sign", body = Object), (status = 400, description = "malformed JSON or address", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
 async fn nonce(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     body: Result<Json<NonceRequest>, JsonRejection>,
 ) -> Result<Json<NonceResponse>, Problem> {
     let Json(request) = body.map_err(bad_json)?;
@@ -231,7 +231,7 @@ struct VerifyRequest {
     request_body = VerifyRequest,
     responses((status = 200, description = "a token (also set as an HttpOnly cookie)", body = Object), (status = 400, description = "malformed message or signature", body = Object, content_type = "application/problem+json"), (status = 401, description = "sign-in refused; `reason` says why", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
 async fn verify(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     body: Result<Json<VerifyRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(request) = body.map_err(bad_json)?;
@@ -260,7 +260,10 @@ async fn verify(
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])),
     responses((status = 204, description = "the token is revoked"), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
-async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<StatusCode, Problem> {
+async fn logout(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
     signed_in(&api, &headers).await?;
     if let Some(token) = presented_token(&headers) {
         api.sign_in
@@ -282,13 +285,13 @@ struct DepositRequest {
     request_body = DepositRequest,
     responses((status = 200, description = "pending, credited or rejected, with confirmations", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node or database is down", body = Object, content_type = "application/problem+json")))]
 async fn deposit(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Json<DepositRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
     signed_in(&api, &headers).await?;
     let Json(request) = body.map_err(bad_json)?;
-    let desk = api.deposit_desk()?;
+    let desk = api.deposits_state()?;
     match check_transaction(&desk.chain, &desk.book, desk.required, request.tx_hash).await {
         Ok(check) => Ok(Json(check).into_response()),
         Err(err) => {

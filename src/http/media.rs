@@ -45,8 +45,8 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::Problem;
-use super::api::{Api, bad_json};
-use super::sessions::{SessionDesk, desk, origin_refused, parse_id, unknown_session};
+use super::api::{ApiState, bad_json};
+use super::sessions::{SessionsState, desk, origin_refused, parse_id, unknown_session};
 use crate::auth::tickets::Purpose;
 use crate::config::Config;
 use crate::launcher::desktop::{DesktopConnection, DesktopError, DesktopIo};
@@ -62,7 +62,7 @@ const DESKTOP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The media routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sessions/{id}/vnc", get(vnc))
         .route("/api/v1/sessions/{id}/webrtc", post(webrtc))
@@ -76,7 +76,7 @@ pub const MAX_VIEWERS_PER_SESSION: usize = 4;
 /// What the media routes share: viewer counts, and how WebRTC viewers are
 /// served (from `DESKGATE_TURN_*` and `DESKGATE_WEBRTC_*`).
 #[derive(Debug)]
-pub struct MediaDesk {
+pub struct ViewersState {
     turn_urls: Vec<String>,
     turn_secret: Option<Secret>,
     udp_ip: IpAddr,
@@ -103,7 +103,7 @@ impl Drop for ViewerSlot {
     }
 }
 
-impl MediaDesk {
+impl ViewersState {
     /// The WebRTC settings of `config`.
     pub fn from_config(config: &Config) -> Self {
         Self {
@@ -182,7 +182,7 @@ struct TicketQuery {
     params(("id" = String, Path, description = "session id"), ("ticket" = String, Query, description = "single-use ticket of purpose vnc")),
     responses((status = 101, description = "binary WebSocket of RFB 3.8 with security type None (subprotocol `binary` if asked)"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
 async fn vnc(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<TicketQuery>,
@@ -192,7 +192,7 @@ async fn vnc(
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
-    let slot = api.media.admit(id)?;
+    let slot = api.viewers.admit(id)?;
     let desktop = dial_desktop(&desk, id).await?;
     Ok(upgrade
         .protocols(["binary"])
@@ -213,8 +213,8 @@ async fn vnc(
 /// session's events, subscribed before its state was looked at so that an
 /// end in between is seen.
 async fn authorise(
-    api: &Api,
-    desk: &SessionDesk,
+    api: &ApiState,
+    desk: &SessionsState,
     id: SessionId,
     ticket: Option<String>,
     purpose: Purpose,
@@ -252,7 +252,7 @@ async fn authorise(
 /// Connects to the session's desktop and performs the VNC authentication
 /// with its secret.
 async fn dial_desktop(
-    desk: &SessionDesk,
+    desk: &SessionsState,
     id: SessionId,
 ) -> Result<Pin<Box<dyn DesktopIo>>, Problem> {
     let dialer = desk.desktops.clone().ok_or_else(|| {
@@ -303,7 +303,7 @@ pub struct WebRtcOffer {
     request_body = WebRtcOffer,
     responses((status = 200, description = "`{type: \"answer\", sdp, ice_servers}`: a VP8 video track; input JSON on the `input` data channel", body = Object), (status = 400, description = "malformed JSON or not an SDP offer with video", body = Object, content_type = "application/problem+json"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
 async fn webrtc(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<TicketQuery>,
@@ -314,8 +314,8 @@ async fn webrtc(
     let id = parse_id(&id)?;
     let Json(offer) = body.map_err(bad_json)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
-    let slot = api.media.admit(id)?;
-    let encoder = Vp8Encoder::new(api.media.video).map_err(|err| {
+    let slot = api.viewers.admit(id)?;
+    let encoder = Vp8Encoder::new(api.viewers.video).map_err(|err| {
         tracing::error!(error = %err, "the video encoder cannot start");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -326,13 +326,16 @@ async fn webrtc(
     // Before the desktop is dialled: garbage, or no VP8 to receive.
     deskgate_media::webrtc_peer::check_offer(&offer.sdp, encoder.mime_type()).map_err(bad_offer)?;
     let desktop = dial_desktop(&desk, id).await?;
-    let (answer, peer) =
-        deskgate_media::answer_offer(offer.sdp, encoder.mime_type(), &api.media.peer_settings(id))
-            .await
-            .map_err(bad_offer)?;
+    let (answer, peer) = deskgate_media::answer_offer(
+        offer.sdp,
+        encoder.mime_type(),
+        &api.viewers.peer_settings(id),
+    )
+    .await
+    .map_err(bad_offer)?;
     let counters = Arc::new(StreamCounters::default());
     let stream_counters = counters.clone();
-    let video = api.media.video;
+    let video = api.viewers.video;
     let stream: BoxFuture<'static, StreamOutcome> = Box::pin(async move {
         deskgate_media::stream_desktop(desktop, peer, Box::new(encoder), video, &stream_counters)
             .await
@@ -350,7 +353,7 @@ async fn webrtc(
     let mut response = Json(json!({
         "type": "answer",
         "sdp": answer,
-        "ice_servers": api.media.ice_servers(id),
+        "ice_servers": api.viewers.ice_servers(id),
     }))
     .into_response();
     // TURN credentials: no cache may keep them.
@@ -426,7 +429,7 @@ async fn run_stream(
     path: MediaPath,
     stream: BoxFuture<'static, StreamOutcome>,
     counters: Arc<StreamCounters>,
-    desk: SessionDesk,
+    desk: SessionsState,
     id: SessionId,
     mut events: broadcast::Receiver<SessionEvent>,
     _slot: ViewerSlot,
@@ -478,8 +481,8 @@ async fn run_stream(
 mod tests {
     use super::*;
 
-    fn media_desk() -> MediaDesk {
-        MediaDesk {
+    fn viewers_state() -> ViewersState {
+        ViewersState {
             turn_urls: Vec::new(),
             turn_secret: None,
             udp_ip: IpAddr::from([127, 0, 0, 1]),
@@ -490,7 +493,7 @@ mod tests {
 
     #[test]
     fn a_session_gets_at_most_four_viewers_and_a_closed_one_frees_its_place() {
-        let desk = media_desk();
+        let desk = viewers_state();
         let (one, other) = (SessionId::new(), SessionId::new());
         let mut open: Vec<_> = (0..MAX_VIEWERS_PER_SESSION)
             .map(|_| desk.admit(one).expect("within the limit"))

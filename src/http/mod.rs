@@ -45,7 +45,7 @@ pub struct GateState {
     /// Dependencies `/readyz` checks.
     pub dependencies: Arc<Vec<Dependency>>,
     /// The user API; `None` without a database.
-    pub api: Option<Arc<api::Api>>,
+    pub api: Option<Arc<api::ApiState>>,
 }
 
 /// How the gate treats callers at its edge: which address a request is

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::Problem;
-use super::api::{Api, bad_json, signed_in};
+use super::api::{ApiState, bad_json, signed_in};
 use crate::auth::tickets::Purpose;
 use crate::launcher::desktop::DesktopDialer;
 use crate::sessions::profiles::{PROFILES, profile_name, profile_named};
@@ -41,7 +41,7 @@ const EVENTS_MAX_MESSAGE_BYTES: usize = 1024;
 
 /// What the session routes need besides sign-in.
 #[derive(Clone)]
-pub struct SessionDesk {
+pub struct SessionsState {
     /// The actor tree.
     pub gate: SessionTree,
     /// Ended sessions are read from here.
@@ -55,16 +55,16 @@ pub struct SessionDesk {
     pub desktops: Option<Arc<dyn DesktopDialer>>,
 }
 
-impl std::fmt::Debug for SessionDesk {
+impl std::fmt::Debug for SessionsState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionDesk")
+        f.debug_struct("SessionsState")
             .field("public_origin", &self.public_origin)
             .finish_non_exhaustive()
     }
 }
 
 /// The session routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/profiles", get(profiles))
         .route("/api/v1/account", get(account))
@@ -76,7 +76,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-pub(crate) fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
+pub(crate) fn desk(api: &ApiState) -> Result<&SessionsState, Problem> {
     api.sessions.get().ok_or_else(|| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,10 +113,10 @@ pub(crate) fn scheduler_silent() -> Problem {
 /// What every owner-only session route checks first, in this order: signed
 /// in (401), sessions up (503), a well-formed id (404).
 async fn owner_call<'a>(
-    api: &'a Api,
+    api: &'a ApiState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(WalletId, &'a SessionDesk, SessionId), Problem> {
+) -> Result<(WalletId, &'a SessionsState, SessionId), Problem> {
     let wallet = signed_in(api, headers).await?;
     let desk = desk(api)?;
     Ok((wallet, desk, parse_id(id)?))
@@ -130,7 +130,7 @@ pub(crate) fn parse_id(id: &str) -> Result<SessionId, Problem> {
 
 /// The session as its owner sees it: live from the actors, or ended from
 /// PostgreSQL. Another wallet's session is unknown.
-async fn owned(desk: &SessionDesk, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
+async fn owned(desk: &SessionsState, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
     if let Some(view) = desk.gate.view(id).await {
         if view.record.wallet != *wallet {
             return Err(unknown_session());
@@ -187,7 +187,7 @@ fn shown_json(shown: &Shown) -> Value {
 
 #[utoipa::path(get, path = "/api/v1/profiles", tag = "sessions",
     responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
-async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
+async fn profiles(State(api): State<Arc<ApiState>>) -> Result<Json<Value>, Problem> {
     let desk = desk(&api)?;
     let snapshot = desk.gate.snapshot().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = PROFILES
@@ -210,7 +210,10 @@ async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
 
 #[utoipa::path(get, path = "/api/v1/account", tag = "money", security(("bearer" = []), ("cookie" = [])),
     responses((status = 200, description = "address, credit_seconds, active_session", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
-async fn account(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn account(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
     let wallet = signed_in(&api, &headers).await?;
     let desk = desk(&api)?;
     let credit = desk.gate.balance(&wallet).await.map_err(|err| {
@@ -271,7 +274,7 @@ fn claim_problem(err: &StartError) -> Problem {
     request_body = ClaimRequest,
     responses((status = 202, description = "claimed: running soon, or queued with position and ETA", body = Object), (status = 402, description = "not enough credit", body = Object, content_type = "application/problem+json"), (status = 409, description = "this wallet already has a session", body = Object, content_type = "application/problem+json"), (status = 422, description = "unknown or unavailable profile", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many claims", body = Object, content_type = "application/problem+json")))]
 async fn claim(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Json<ClaimRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
@@ -317,7 +320,7 @@ async fn claim(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "state, GPUs, billed and remaining", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn show(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -330,7 +333,7 @@ async fn show(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "the session, ended", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn stop(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -346,7 +349,7 @@ async fn stop(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "presence noted; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn heartbeat(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -380,7 +383,7 @@ struct TicketRequest {
     request_body = TicketRequest,
     responses((status = 201, description = "a single-use ticket, valid 30 s; for purpose webrtc also the ice_servers to make the offer with", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn ticket(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<TicketRequest>, JsonRejection>,
@@ -423,7 +426,7 @@ async fn ticket(
     });
     // The browser needs its ICE servers before it can make the offer.
     if request.purpose == Purpose::Webrtc {
-        body["ice_servers"] = json!(api.media.ice_servers(id));
+        body["ice_servers"] = json!(api.viewers.ice_servers(id));
     }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     // A credential: no cache may keep it.
@@ -460,7 +463,7 @@ pub(crate) fn origin_refused(headers: &HeaderMap, public_origin: &str) -> Result
     params(("id" = String, Path, description = "session id")),
     responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn events(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
@@ -520,7 +523,7 @@ async fn send_json(socket: &mut WebSocket, value: &Value) -> bool {
 
 async fn relay_events(
     mut socket: WebSocket,
-    desk: SessionDesk,
+    desk: SessionsState,
     id: SessionId,
     view: SessionView,
     mut events: broadcast::Receiver<SessionEvent>,
