@@ -16,9 +16,8 @@ use deskgate_actors::ports::WalletId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Problem;
 use super::api::{ApiState, signed_in};
-use super::sessions::ledger_unavailable;
+use super::problem::{Problem, bad_query, ledger_unavailable, unknown_profile};
 use crate::config::{Config, Confirmations};
 use crate::money::chain::address20;
 use crate::money::deposits::amount_u256;
@@ -73,15 +72,6 @@ pub fn routes(api: Arc<ApiState>) -> Router {
         .route("/api/v1/quote", get(quote))
         .route("/api/v1/account/ledger", get(statement))
         .with_state(api)
-}
-
-fn bad_query(rejection: QueryRejection) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "malformed-query",
-        "The query string is not what this endpoint takes",
-    )
-    .detail(rejection.body_text())
 }
 
 fn confirmations_json(confirmations: Confirmations) -> Value {
@@ -175,12 +165,8 @@ async fn quote(
             ));
         }
     };
-    let profile = profile_named(&query.profile).ok_or_else(|| {
-        invalid(
-            "unknown-profile",
-            format!("choose one of {}", PROFILES.map(|p| p.name).join(", ")),
-        )
-    })?;
+    let profile = profile_named(&query.profile)
+        .ok_or_else(|| unknown_profile("This quote cannot be made"))?;
     if !(1..=MAX_QUOTE_MINUTES).contains(&query.minutes) {
         return Err(invalid(
             "minutes-out-of-range",

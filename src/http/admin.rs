@@ -20,12 +20,10 @@ use deskgate_actors::ports::{EndReason, GpuAddr, SessionStore, WalletId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Problem;
+use super::api::ApiState;
 use super::api::bearer_token;
-use super::api::{ApiState, bad_json};
-use super::sessions::{
-    SessionsState, desk, parse_id, record_json, scheduler_silent, unknown_session,
-};
+use super::problem::{Problem, bad_json, scheduler_silent, unknown_session};
+use super::sessions::{SessionsState, desk, parse_id, record_json};
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
 use crate::platform::audit;
 

@@ -17,8 +17,8 @@ use deskgate_actors::ports::WalletId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Problem;
 use super::account::Offer;
+use super::problem::{Problem, bad_json};
 use super::sessions::SessionsState;
 use crate::auth::tickets::TicketBook;
 use crate::auth::{SignIn, SignInError};
@@ -117,25 +117,6 @@ pub fn routes(api: Arc<ApiState>) -> Router {
         .merge(super::media::routes(api.clone()))
         .merge(super::account::routes(api.clone()))
         .merge(super::admin::routes(api))
-}
-
-pub(crate) fn bad_json(rejection: JsonRejection) -> Problem {
-    // A body streamed without Content-Length passes the declared-size check
-    // and is cut off here, by the body limit: that is a 413, not bad JSON.
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Request body too large",
-        )
-        .detail(rejection.body_text());
-    }
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "malformed-json",
-        "The request body is not the JSON this endpoint takes",
-    )
-    .detail(rejection.body_text())
 }
 
 fn sign_in_problem(err: &SignInError) -> Problem {

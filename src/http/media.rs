@@ -44,9 +44,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::Problem;
-use super::api::{ApiState, bad_json};
-use super::sessions::{SessionsState, desk, origin_refused, parse_id, unknown_session};
+use super::api::ApiState;
+use super::problem::{Problem, bad_json, unknown_session};
+use super::sessions::{SessionsState, desk, origin_refused, parse_id};
 use crate::auth::tickets::Purpose;
 use crate::config::Config;
 use crate::launcher::desktop::{DesktopConnection, DesktopError, DesktopIo};

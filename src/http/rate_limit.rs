@@ -24,8 +24,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::Problem;
 use super::client_addr::ClientAddr;
+use super::problem::Problem;
 
 /// Most clients one limiter tracks (about 2.6 MiB of table at most).
 pub const MAX_TRACKED_CLIENTS: usize = 50_000;

@@ -27,8 +27,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::Problem;
-use super::api::{ApiState, bad_json, signed_in};
+use super::api::{ApiState, signed_in};
+use super::problem::{
+    Problem, bad_json, ledger_unavailable, scheduler_silent, unknown_profile, unknown_session,
+};
 use crate::auth::tickets::Purpose;
 use crate::launcher::desktop::DesktopDialer;
 use crate::sessions::profiles::{PROFILES, profile_name, profile_named};
@@ -87,27 +89,6 @@ pub(crate) fn desk(api: &ApiState) -> Result<&SessionsState, Problem> {
             "the session supervisor starts once PostgreSQL and Docker answer; try again shortly",
         )
     })
-}
-
-pub(crate) fn unknown_session() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
-}
-
-pub(crate) fn ledger_unavailable() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ledger-unavailable",
-        "Credit cannot be read right now",
-    )
-    .detail("the database did not answer; try again")
-}
-
-pub(crate) fn scheduler_silent() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "scheduler-silent",
-        "The scheduler did not answer",
-    )
 }
 
 /// What every owner-only session route checks first, in this order: signed
@@ -281,17 +262,8 @@ async fn claim(
     let wallet = signed_in(&api, &headers).await?;
     let desk = desk(&api)?;
     let Json(request) = body.map_err(bad_json)?;
-    let profile = profile_named(&request.profile).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown-profile",
-            "No such profile",
-        )
-        .detail(format!(
-            "choose one of {}",
-            PROFILES.map(|p| p.name).join(", ")
-        ))
-    })?;
+    let profile =
+        profile_named(&request.profile).ok_or_else(|| unknown_profile("No such profile"))?;
     let handle = desk
         .gate
         .claim(wallet, profile.gpus)
