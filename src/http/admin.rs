@@ -3,7 +3,8 @@
 //! audit log. Every action that changes something is written to the audit
 //! log before it is answered.
 //!
-//! The token is taken only from `Authorization: Bearer` (never a cookie, so a
+//! Every route checks the admin token first ([`super::extract::admin_authorised`]):
+//! it is taken only from `Authorization: Bearer` (never a cookie, so a
 //! browser cannot be tricked into sending it) and compared in constant time.
 //! Without a configured token every route answers 403 `admin-disabled`.
 
@@ -19,11 +20,12 @@ use deskgate_actors::gpu::{GpuStatus, Lease};
 use deskgate_actors::ports::{EndReason, GpuAddr, SessionStore, WalletId};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
 
-use super::api::ApiState;
-use super::api::bearer_token;
+use super::extract::{admin_authorised, parse_id};
 use super::problem::{Problem, bad_json, scheduler_silent, unknown_session};
-use super::sessions::{SessionsState, desk, parse_id, record_json};
+use super::session_json::record_json;
+use super::state::{ApiState, SessionsState};
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
 use crate::platform::audit;
 
@@ -42,37 +44,10 @@ pub fn routes(api: Arc<ApiState>) -> Router {
         .with_state(api)
 }
 
-/// Lets the request through only with the admin token.
-fn authorised(api: &ApiState, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(expected) = &api.admin_token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "The admin API is off",
-        )
-        .detail("set DESKGATE_ADMIN_TOKEN to turn it on"));
-    };
-    let presented = bearer_token(headers);
-    match presented {
-        Some(token) if expected.matches(token.as_bytes()) => Ok(()),
-        _ => {
-            let reason = if presented.is_some() {
-                "wrong"
-            } else {
-                "missing"
-            };
-            metrics::counter!("deskgate_admin_auth_failures_total", "reason" => reason)
-                .increment(1);
-            tracing::warn!(reason, "admin request refused");
-            Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "admin-unauthenticated",
-                "The admin token is missing or wrong",
-            )
-            .detail("send it as `Authorization: Bearer <DESKGATE_ADMIN_TOKEN>`"))
-        }
-    }
-}
+/// This file's part of the OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(sessions, stop_session, gpus, drain, adjust_credit, audit_log))]
+pub struct Doc;
 
 /// Writes an audit row; an action that cannot be audited is not answered
 /// as done.
@@ -102,8 +77,8 @@ async fn sessions(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let records = desk.store.load_active().await.map_err(|err| {
         tracing::warn!(error = %err, "cannot list sessions");
         Problem::new(
@@ -134,8 +109,8 @@ async fn stop_session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk: &SessionsState = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk: &SessionsState = api.sessions_state()?;
     let id = parse_id(&id)?;
     if desk.gate.view(id).await.is_none() {
         return Err(unknown_session());
@@ -158,8 +133,8 @@ async fn gpus(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let gpus = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = gpus
         .iter()
@@ -200,8 +175,8 @@ async fn drain(
     Path((host, index)): Path<(u16, u32)>,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let Json(request) = body.map_err(bad_json)?;
     let gpu = GpuAddr { host, index };
     let known = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
@@ -252,7 +227,7 @@ async fn adjust_credit(
     headers: HeaderMap,
     body: Result<Json<CreditRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
+    admin_authorised(&api, &headers)?;
     let Json(request) = body.map_err(bad_json)?;
     let invalid = |detail: &str| {
         Problem::new(
@@ -364,7 +339,7 @@ async fn audit_log(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
+    admin_authorised(&api, &headers)?;
     let limit = query.map(|Query(q)| q.limit).unwrap_or(None).unwrap_or(100);
     let entries = audit::recent(&api.pool, limit.clamp(1, 1000))
         .await
