@@ -24,10 +24,7 @@ use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
 use crate::config::{Config, Confirmations, LauncherKind};
 use crate::db;
-use crate::http::account::Offer;
-use crate::http::api::{Api, DepositDesk};
-use crate::http::media::MediaDesk;
-use crate::http::sessions::SessionDesk;
+use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
 use crate::launcher::desktop::DesktopDialer;
 use crate::launcher::docker::{DockerExecDialer, DockerLauncher, LauncherSettings};
@@ -127,9 +124,9 @@ async fn backend_dependencies(backend: &LauncherKind) -> Result<Vec<Dependency>,
 /// The user API: sign-in always (it needs only the database), deposits when
 /// an RPC node and a revenue address are configured; then the chain watcher
 /// runs in the background and credits deposits nobody asked about.
-async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
+async fn build_api(config: &Config, pool: db::DbPool) -> Result<ApiState, AppError> {
     let sign_in = SignIn::from_config(pool.clone(), config).step("cannot set up sign-in")?;
-    let sessions: Arc<OnceLock<SessionDesk>> = Arc::default();
+    let sessions: Arc<OnceLock<SessionsState>> = Arc::default();
     // A credited deposit extends the runway of the wallet's running session.
     let credited_sessions = sessions.clone();
     let on_credit: CreditListener = Arc::new(move |wallet| {
@@ -148,7 +145,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
             None
         }
     };
-    Ok(Api {
+    Ok(ApiState {
         sign_in,
         deposits,
         https: config.is_tls(),
@@ -159,7 +156,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<Api, AppError> {
         admin_token: config.auth.admin_token.clone(),
         tickets: TicketBook::new(),
         docs_enabled: config.server.docs_enabled,
-        media: MediaDesk::from_config(config),
+        viewers: ViewersState::from_config(config),
     })
 }
 
@@ -171,7 +168,7 @@ async fn build_deposits(
     rpc: &Secret,
     revenue: alloy::primitives::Address,
     on_credit: CreditListener,
-) -> Result<DepositDesk, AppError> {
+) -> Result<DepositsState, AppError> {
     let url = url::Url::parse(rpc.expose()).step("DESKGATE_RPC_URL is not a valid URL")?;
     let pricing = Pricing::from_config(config);
     let oracle = TierOracle::new(
@@ -206,7 +203,7 @@ async fn build_deposits(
     )
     .await
     .step("cannot start the chain watcher")?;
-    Ok(DepositDesk {
+    Ok(DepositsState {
         chain,
         book,
         required,
@@ -217,7 +214,7 @@ async fn build_deposits(
 /// Migrates (unless disabled), then starts the session tree, retrying with
 /// backoff while PostgreSQL or the launcher backend is not there yet; session
 /// routes answer 503 until it runs.
-async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<Api>) {
+async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<ApiState>) {
     if config.database.migrate_on_start
         && let Some(url) = &config.database.url
     {
@@ -266,7 +263,7 @@ async fn migrate_until_done(url: &Secret) {
 
 /// The session tree on the configured backend, and what the session routes
 /// need of it.
-async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionDesk, AppError> {
+async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionsState, AppError> {
     let settings = SessionSettings {
         billing_interval: config.sessions.billing_interval,
         presence_timeout: config.sessions.presence_timeout,
@@ -276,7 +273,7 @@ async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionDesk, 
         LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
         LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
     };
-    Ok(SessionDesk {
+    Ok(SessionsState {
         gate,
         store: PgSessionStore::new(pool),
         public_origin: config.server.public_url.origin().ascii_serialization(),

@@ -3,7 +3,8 @@
 //! audit log. Every action that changes something is written to the audit
 //! log before it is answered.
 //!
-//! The token is taken only from `Authorization: Bearer` (never a cookie, so a
+//! Every route checks the admin token first ([`super::extract::admin_authorised`]):
+//! it is taken only from `Authorization: Bearer` (never a cookie, so a
 //! browser cannot be tricked into sending it) and compared in constant time.
 //! Without a configured token every route answers 403 `admin-disabled`.
 
@@ -20,13 +21,12 @@ use deskgate_actors::ports::{EndReason, GpuAddr, SessionStore, WalletId};
 use deskgate_actors::protocol::Lease;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
 
-use super::Problem;
-use super::api::bearer_token;
-use super::api::{Api, bad_json};
-use super::sessions::{
-    SessionDesk, desk, parse_id, record_json, scheduler_silent, unknown_session,
-};
+use super::extract::{admin_authorised, parse_id};
+use super::problem::{Problem, bad_json, scheduler_silent, unknown_session};
+use super::session_json::record_json;
+use super::state::{ApiState, SessionsState};
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
 use crate::platform::audit;
 
@@ -34,7 +34,7 @@ use crate::platform::audit;
 const ADMIN_ACTOR: &str = "admin";
 
 /// The admin routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/admin/sessions", get(sessions))
         .route("/api/v1/admin/sessions/{id}/stop", post(stop_session))
@@ -45,42 +45,15 @@ pub fn routes(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// Lets the request through only with the admin token.
-fn authorised(api: &Api, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(expected) = &api.admin_token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "The admin API is off",
-        )
-        .detail("set DESKGATE_ADMIN_TOKEN to turn it on"));
-    };
-    let presented = bearer_token(headers);
-    match presented {
-        Some(token) if expected.matches(token.as_bytes()) => Ok(()),
-        _ => {
-            let reason = if presented.is_some() {
-                "wrong"
-            } else {
-                "missing"
-            };
-            metrics::counter!("deskgate_admin_auth_failures_total", "reason" => reason)
-                .increment(1);
-            tracing::warn!(reason, "admin request refused");
-            Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "admin-unauthenticated",
-                "The admin token is missing or wrong",
-            )
-            .detail("send it as `Authorization: Bearer <DESKGATE_ADMIN_TOKEN>`"))
-        }
-    }
-}
+/// This file's part of the OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(sessions, stop_session, gpus, drain, adjust_credit, audit_log))]
+pub struct Doc;
 
 /// Writes an audit row; an action that cannot be audited is not answered
 /// as done.
 async fn audited(
-    api: &Api,
+    api: &ApiState,
     action: &str,
     subject: Option<&str>,
     details: Value,
@@ -101,9 +74,12 @@ async fn audited(
 
 #[utoipa::path(get, path = "/api/v1/admin/sessions", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Object, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Object, content_type = "application/problem+json")))]
-async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+async fn sessions(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let records = desk.store.load_active().await.map_err(|err| {
         tracing::warn!(error = %err, "cannot list sessions");
         Problem::new(
@@ -130,12 +106,12 @@ async fn sessions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Jso
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "the session is being ended (audited)", body = Object), (status = 404, description = "no such live session", body = Object, content_type = "application/problem+json")))]
 async fn stop_session(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk: &SessionDesk = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk: &SessionsState = api.sessions_state()?;
     let id = parse_id(&id)?;
     if desk.gate.view(id).await.is_none() {
         return Err(unknown_session());
@@ -154,9 +130,12 @@ fn lease_json(lease: Option<&Lease>) -> Value {
 
 #[utoipa::path(get, path = "/api/v1/admin/gpus", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every GPU: free, leased, draining or unhealthy, with its lease", body = Object)))]
-async fn gpus(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+async fn gpus(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let gpus = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = gpus
         .iter()
@@ -192,13 +171,13 @@ struct DrainRequest {
     request_body = DrainRequest,
     responses((status = 200, description = "draining on or off (audited)", body = Object), (status = 404, description = "no such GPU", body = Object, content_type = "application/problem+json")))]
 async fn drain(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((host, index)): Path<(u16, u32)>,
     body: Result<Json<DrainRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
-    let desk = desk(&api)?;
+    admin_authorised(&api, &headers)?;
+    let desk = api.sessions_state()?;
     let Json(request) = body.map_err(bad_json)?;
     let gpu = GpuAddr { host, index };
     let known = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
@@ -245,11 +224,11 @@ struct CreditRequest {
     request_body = CreditRequest,
     responses((status = 200, description = "posted (or replayed for a repeated key); audited", body = Object), (status = 409, description = "the ledger refused it, e.g. the balance would go negative", body = Object, content_type = "application/problem+json"), (status = 422, description = "invalid amount, reason or key", body = Object, content_type = "application/problem+json")))]
 async fn adjust_credit(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Json<CreditRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
+    admin_authorised(&api, &headers)?;
     let Json(request) = body.map_err(bad_json)?;
     let invalid = |detail: &str| {
         Problem::new(
@@ -357,11 +336,11 @@ struct AuditQuery {
     params(("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
     responses((status = 200, description = "the latest audit entries, newest first", body = Object)))]
 async fn audit_log(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
-    authorised(&api, &headers)?;
+    admin_authorised(&api, &headers)?;
     let limit = query.map(|Query(q)| q.limit).unwrap_or(None).unwrap_or(100);
     let entries = audit::recent(&api.pool, limit.clamp(1, 1000))
         .await

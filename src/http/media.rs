@@ -13,14 +13,14 @@
 //! security type None (VNC) or only video (WebRTC): the secret never leaves
 //! the gate. Each stream runs in a [`MediaActor`] that is closed when the
 //! session ends. Input (keys, pointer) counts as presence; an idle open tab
-//! does not.
+//! does not. A session has at most
+//! [`MAX_VIEWERS_PER_SESSION`](super::state::MAX_VIEWERS_PER_SESSION) streams
+//! open, counted in [`ViewersState`](super::state::ViewersState).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -34,8 +34,8 @@ use deskgate_actors::ports::{SessionId, SessionState};
 use deskgate_actors::protocol::SessionEvent;
 use deskgate_media::vp8::Vp8Encoder;
 use deskgate_media::{
-    MediaActor, MediaArgs, MediaMsg, MediaPath, PeerError, PeerSettings, RelayEnd, RelayLimits,
-    RfbError, StreamCounters, StreamOutcome, VideoEncoder, VideoSettings, relay_vnc,
+    MediaActor, MediaArgs, MediaMsg, MediaPath, PeerError, RelayEnd, RelayLimits, RfbError,
+    StreamCounters, StreamOutcome, VideoEncoder, relay_vnc,
 };
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt, future};
@@ -43,133 +43,32 @@ use ractor::Actor;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
+use utoipa::OpenApi;
 
-use super::Problem;
-use super::api::{Api, bad_json};
-use super::sessions::{SessionDesk, desk, origin_refused, parse_id, unknown_session};
+use super::extract::{origin_refused, parse_id, redeem_ticket};
+use super::problem::{Problem, bad_json, unknown_session};
+use super::state::{ApiState, SessionsState, ViewerSlot};
 use crate::auth::tickets::Purpose;
-use crate::config::Config;
 use crate::launcher::desktop::{DesktopConnection, DesktopError, DesktopIo};
-use crate::platform::secret::Secret;
-use crate::platform::turn::{IceServer, TURN_CREDENTIAL_TTL, ice_servers};
 
 /// Longest WebSocket message a browser may send on the VNC socket: the
 /// relay's limit for one client message (clipboard text) plus framing.
 const VNC_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 64;
 /// Time the desktop has to answer the relay's RFB handshake.
 const DESKTOP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the gate's ICE candidates before answering an offer.
-const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The media routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sessions/{id}/vnc", get(vnc))
         .route("/api/v1/sessions/{id}/webrtc", post(webrtc))
         .with_state(api)
 }
 
-/// Most media streams (VNC and WebRTC together) open on one session: each
-/// WebRTC viewer costs an encoder and copies of the desktop.
-pub const MAX_VIEWERS_PER_SESSION: usize = 4;
-
-/// What the media routes share: viewer counts, and how WebRTC viewers are
-/// served (from `DESKGATE_TURN_*` and `DESKGATE_WEBRTC_*`).
-#[derive(Debug)]
-pub struct MediaDesk {
-    turn_urls: Vec<String>,
-    turn_secret: Option<Secret>,
-    udp_ip: IpAddr,
-    video: VideoSettings,
-    viewers: Arc<Mutex<HashMap<SessionId, usize>>>,
-}
-
-/// One open media stream of a session; counted until dropped.
-#[derive(Debug)]
-struct ViewerSlot {
-    viewers: Arc<Mutex<HashMap<SessionId, usize>>>,
-    session: SessionId,
-}
-
-impl Drop for ViewerSlot {
-    fn drop(&mut self) {
-        let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = viewers.get_mut(&self.session) {
-            *open -= 1;
-            if *open == 0 {
-                viewers.remove(&self.session);
-            }
-        }
-    }
-}
-
-impl MediaDesk {
-    /// The WebRTC settings of `config`.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            turn_urls: config.media.turn_urls.clone(),
-            turn_secret: config.media.turn_secret.clone(),
-            udp_ip: config.media.udp_ip,
-            video: VideoSettings {
-                bitrate_bps: config.media.bitrate_bps,
-                max_fps: config.media.max_fps,
-                ..VideoSettings::default()
-            },
-            viewers: Arc::default(),
-        }
-    }
-
-    /// Counts a new stream of session `id`, unless it has
-    /// [`MAX_VIEWERS_PER_SESSION`] open already.
-    fn admit(&self, id: SessionId) -> Result<ViewerSlot, Problem> {
-        let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = viewers.entry(id).or_default();
-        if *open >= MAX_VIEWERS_PER_SESSION {
-            metrics::counter!("deskgate_media_refused_total", "reason" => "viewers").increment(1);
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-viewers",
-                "The session has as many viewers as it may",
-            )
-            .detail(format!(
-                "a session may have {MAX_VIEWERS_PER_SESSION} media streams open; close one first"
-            )));
-        }
-        *open += 1;
-        Ok(ViewerSlot {
-            viewers: self.viewers.clone(),
-            session: id,
-        })
-    }
-
-    /// ICE servers for one viewer of session `id`, with TURN credentials
-    /// that expire on their own.
-    pub fn ice_servers(&self, id: SessionId) -> Vec<IceServer> {
-        ice_servers(
-            &self.turn_urls,
-            self.turn_secret.as_ref(),
-            &id.to_string(),
-            SystemTime::now(),
-            TURN_CREDENTIAL_TTL,
-        )
-    }
-
-    fn peer_settings(&self, id: SessionId) -> PeerSettings {
-        PeerSettings {
-            ice_servers: self
-                .ice_servers(id)
-                .into_iter()
-                .map(|s| deskgate_media::IceServer {
-                    urls: s.urls,
-                    username: s.username.unwrap_or_default(),
-                    credential: s.credential.unwrap_or_default(),
-                })
-                .collect(),
-            udp_ip: self.udp_ip,
-            gather_timeout: ICE_GATHER_TIMEOUT,
-        }
-    }
-}
+/// This file's part of the OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(vnc, webrtc))]
+pub struct Doc;
 
 #[derive(Deserialize)]
 struct TicketQuery {
@@ -182,17 +81,17 @@ struct TicketQuery {
     params(("id" = String, Path, description = "session id"), ("ticket" = String, Query, description = "single-use ticket of purpose vnc")),
     responses((status = 101, description = "binary WebSocket of RFB 3.8 with security type None (subprotocol `binary` if asked)"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
 async fn vnc(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<TicketQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Problem> {
-    let desk = desk(&api)?.clone();
+    let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
-    let slot = api.media.admit(id)?;
+    let slot = api.viewers.admit(id)?;
     let desktop = dial_desktop(&desk, id).await?;
     Ok(upgrade
         .protocols(["binary"])
@@ -213,25 +112,13 @@ async fn vnc(
 /// session's events, subscribed before its state was looked at so that an
 /// end in between is seen.
 async fn authorise(
-    api: &Api,
-    desk: &SessionDesk,
+    api: &ApiState,
+    desk: &SessionsState,
     id: SessionId,
     ticket: Option<String>,
     purpose: Purpose,
 ) -> Result<broadcast::Receiver<SessionEvent>, Problem> {
-    let ticket = ticket.unwrap_or_default();
-    api.tickets.redeem(&ticket, id, purpose).map_err(|err| {
-        metrics::counter!("deskgate_media_refused_total", "reason" => "ticket").increment(1);
-        tracing::info!(session = %id, reason = %err, "media ticket refused");
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "ticket-refused",
-            "The media ticket is not valid",
-        )
-        .detail(format!(
-            "{err}; ask for a new one with POST /api/v1/sessions/{id}/tickets"
-        ))
-    })?;
+    redeem_ticket(api, ticket, id, purpose)?;
     let handle = desk.gate.lookup(id).await.ok_or_else(unknown_session)?;
     let events = handle.events.subscribe();
     let running = desk
@@ -252,7 +139,7 @@ async fn authorise(
 /// Connects to the session's desktop and performs the VNC authentication
 /// with its secret.
 async fn dial_desktop(
-    desk: &SessionDesk,
+    desk: &SessionsState,
     id: SessionId,
 ) -> Result<Pin<Box<dyn DesktopIo>>, Problem> {
     let dialer = desk.desktops.clone().ok_or_else(|| {
@@ -303,19 +190,19 @@ pub struct WebRtcOffer {
     request_body = WebRtcOffer,
     responses((status = 200, description = "`{type: \"answer\", sdp, ice_servers}`: a VP8 video track; input JSON on the `input` data channel", body = Object), (status = 400, description = "malformed JSON or not an SDP offer with video", body = Object, content_type = "application/problem+json"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
 async fn webrtc(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<TicketQuery>,
     body: Result<Json<WebRtcOffer>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let desk = desk(&api)?.clone();
+    let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
     let Json(offer) = body.map_err(bad_json)?;
     let events = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
-    let slot = api.media.admit(id)?;
-    let encoder = Vp8Encoder::new(api.media.video).map_err(|err| {
+    let slot = api.viewers.admit(id)?;
+    let encoder = Vp8Encoder::new(api.viewers.video).map_err(|err| {
         tracing::error!(error = %err, "the video encoder cannot start");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -326,13 +213,16 @@ async fn webrtc(
     // Before the desktop is dialled: garbage, or no VP8 to receive.
     deskgate_media::webrtc_peer::check_offer(&offer.sdp, encoder.mime_type()).map_err(bad_offer)?;
     let desktop = dial_desktop(&desk, id).await?;
-    let (answer, peer) =
-        deskgate_media::answer_offer(offer.sdp, encoder.mime_type(), &api.media.peer_settings(id))
-            .await
-            .map_err(bad_offer)?;
+    let (answer, peer) = deskgate_media::answer_offer(
+        offer.sdp,
+        encoder.mime_type(),
+        &api.viewers.peer_settings(id),
+    )
+    .await
+    .map_err(bad_offer)?;
     let counters = Arc::new(StreamCounters::default());
     let stream_counters = counters.clone();
-    let video = api.media.video;
+    let video = api.viewers.video;
     let stream: BoxFuture<'static, StreamOutcome> = Box::pin(async move {
         deskgate_media::stream_desktop(desktop, peer, Box::new(encoder), video, &stream_counters)
             .await
@@ -350,7 +240,7 @@ async fn webrtc(
     let mut response = Json(json!({
         "type": "answer",
         "sdp": answer,
-        "ice_servers": api.media.ice_servers(id),
+        "ice_servers": api.viewers.ice_servers(id),
     }))
     .into_response();
     // TURN credentials: no cache may keep them.
@@ -426,7 +316,7 @@ async fn run_stream(
     path: MediaPath,
     stream: BoxFuture<'static, StreamOutcome>,
     counters: Arc<StreamCounters>,
-    desk: SessionDesk,
+    desk: SessionsState,
     id: SessionId,
     mut events: broadcast::Receiver<SessionEvent>,
     _slot: ViewerSlot,
@@ -471,44 +361,5 @@ async fn run_stream(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn media_desk() -> MediaDesk {
-        MediaDesk {
-            turn_urls: Vec::new(),
-            turn_secret: None,
-            udp_ip: IpAddr::from([127, 0, 0, 1]),
-            video: VideoSettings::default(),
-            viewers: Arc::default(),
-        }
-    }
-
-    #[test]
-    fn a_session_gets_at_most_four_viewers_and_a_closed_one_frees_its_place() {
-        let desk = media_desk();
-        let (one, other) = (SessionId::new(), SessionId::new());
-        let mut open: Vec<_> = (0..MAX_VIEWERS_PER_SESSION)
-            .map(|_| desk.admit(one).expect("within the limit"))
-            .collect();
-        let refused = desk.admit(one).expect_err("one too many");
-        assert_eq!(
-            refused.into_response().status(),
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        // Another session is counted apart.
-        let _theirs = desk.admit(other).expect("another session");
-        open.pop();
-        let _again = desk.admit(one).expect("a closed stream frees its place");
-        drop(open);
-        drop(_again);
-        assert!(
-            !desk.viewers.lock().unwrap().contains_key(&one),
-            "a session without viewers is forgotten"
-        );
     }
 }

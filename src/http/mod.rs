@@ -1,16 +1,70 @@
-//! The gate's HTTP surface: routes, and the guards every request passes
-//! (client address, CORS, body limit, time limit, rate limits, metrics).
+//! The gate's HTTP surface: the API's routes, and the guards every request
+//! passes (client address, CORS, body limit, time limit, rate limits,
+//! metrics).
+//!
+//! # Files and layers
+//!
+//! Handler files, one per resource area, each with its `routes()` and its
+//! part of the OpenAPI document (`Doc`):
+//!
+//! ```text
+//! auth.rs      /api/v1/auth/{nonce,verify,logout}
+//! account.rs   /api/v1/account, /api/v1/account/ledger, /api/v1/deposits
+//! pricing.rs   /api/v1/pricing, /api/v1/quote
+//! sessions.rs  /api/v1/profiles, /api/v1/sessions, /api/v1/sessions/{id}[/heartbeat|/events|/tickets]
+//! media.rs     /api/v1/sessions/{id}/{vnc,webrtc}
+//! admin.rs     /api/v1/admin/...
+//! docs.rs      /api/v1/openapi.json
+//! ```
+//!
+//! Imports point one way, down. This file declares every other, assembles
+//! the router from the handler files and wraps it in the edge guards; no
+//! file imports this one, and no handler file imports another:
+//!
+//! ```text
+//! mod.rs ──▶ all files below
+//!   edge guards   cors.rs, client_addr.rs        ──▶ (nothing of http/)
+//!                 rate_limit.rs                  ──▶ client_addr, problem
+//!   handlers      auth, account, pricing, media  ──▶ extract, state, problem
+//!                 sessions, admin                ──▶ extract, state, problem, session_json
+//!                 docs                           ──▶ extract, state
+//!   below them    extract.rs                     ──▶ state, problem
+//!                 state.rs                       ──▶ problem
+//!                 session_json.rs, problem.rs    ──▶ (nothing of http/)
+//! ```
+//!
+//! `state.rs` holds what handlers share ([`state::ApiState`], built by
+//! `app::gate`); `extract.rs` who is calling (wallet, admin token, ticket,
+//! Origin, session id); `problem.rs` the RFC 9457 errors, with those more
+//! than one handler file answers; `session_json.rs` a session record as
+//! JSON, which the owner and the operator are shown alike.
+//!
+//! # Adding a route
+//!
+//! Only the handler file of its resource area: the handler with its
+//! `#[utoipa::path]`, a line in that file's `routes()`, and its name in that
+//! file's `Doc`. If it needs something new that lives as long as the gate,
+//! add that to [`state::ApiState`] (and build it where `app::gate` builds the
+//! state). A route on a new path also raises the path count in this file's
+//! `every_api_route_is_documented_with_its_methods`, which is there to catch
+//! a handler left out of a `Doc`. A new resource area is a new handler file:
+//! declare it below, and add its `routes()` to `api_routes` and its `Doc` to
+//! [`openapi`].
 
 pub mod account;
 pub mod admin;
-pub mod api;
+pub mod auth;
 pub mod client_addr;
 pub mod cors;
 pub mod docs;
+pub mod extract;
 pub mod media;
+pub mod pricing;
 pub mod problem;
 pub mod rate_limit;
+pub mod session_json;
 pub mod sessions;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,12 +77,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ipnet::IpNet;
 use serde_json::json;
+use utoipa::OpenApi;
 
 use crate::config::Config;
 use crate::platform::readiness::{self, Dependency};
 use cors::CorsPolicy;
 pub use problem::Problem;
 use rate_limit::{Quota, RateLimits};
+use state::ApiState;
 
 /// Per-request limits applied to every route.
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +101,7 @@ pub struct GateState {
     /// Dependencies `/readyz` checks.
     pub dependencies: Arc<Vec<Dependency>>,
     /// The user API; `None` without a database.
-    pub api: Option<Arc<api::Api>>,
+    pub api: Option<Arc<ApiState>>,
 }
 
 /// How the gate treats callers at its edge: which address a request is
@@ -84,7 +140,7 @@ pub fn gate_router(state: GateState, limits: Limits, edge: EdgePolicy) -> Router
         .route_layer(middleware::from_fn(record_metrics))
         .with_state(state);
     if let Some(api) = api {
-        routes = routes.merge(api::routes(api).route_layer(middleware::from_fn(record_metrics)));
+        routes = routes.merge(api_routes(api).route_layer(middleware::from_fn(record_metrics)));
     }
     let rate_limits = Arc::new(RateLimits::new(edge.sign_in_quota, edge.claim_quota));
     // Layers run outermost (last added) first: the client address is known
@@ -104,6 +160,30 @@ pub fn gate_router(state: GateState, limits: Limits, edge: EdgePolicy) -> Router
             edge.trusted_proxies,
             client_addr::identify,
         ))
+}
+
+/// The user and admin API: every handler file's routes.
+fn api_routes(api: Arc<ApiState>) -> Router {
+    Router::new()
+        .merge(docs::routes(api.clone(), openapi))
+        .merge(auth::routes(api.clone()))
+        .merge(account::routes(api.clone()))
+        .merge(pricing::routes(api.clone()))
+        .merge(sessions::routes(api.clone()))
+        .merge(media::routes(api.clone()))
+        .merge(admin::routes(api))
+}
+
+/// The OpenAPI document: every handler file's `Doc`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    docs::document([
+        auth::Doc::openapi(),
+        account::Doc::openapi(),
+        pricing::Doc::openapi(),
+        sessions::Doc::openapi(),
+        media::Doc::openapi(),
+        admin::Doc::openapi(),
+    ])
 }
 
 /// Wraps `routes` with the guards every deskgate HTTP service uses: a 404
@@ -266,6 +346,36 @@ mod tests {
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             problem::PROBLEM_JSON
+        );
+    }
+
+    #[test]
+    fn every_api_route_is_documented_with_its_methods() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, method) in [
+            ("/api/v1/auth/nonce", "post"),
+            ("/api/v1/deposits", "get"),
+            ("/api/v1/deposits", "post"),
+            ("/api/v1/sessions", "post"),
+            ("/api/v1/sessions/{id}", "delete"),
+            ("/api/v1/sessions/{id}/tickets", "post"),
+            ("/api/v1/admin/credit", "post"),
+            ("/api/v1/quote", "get"),
+        ] {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is missing from the document"
+            );
+        }
+        assert_eq!(paths.len(), 22, "paths: {:?}", paths.keys());
+        let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+        assert!(schemes.contains_key("bearer") && schemes.contains_key("admin"));
+        assert!(
+            doc["components"]["schemas"]
+                .as_object()
+                .unwrap()
+                .contains_key("ClaimRequest")
         );
     }
 }

@@ -1,8 +1,16 @@
-//! RFC 9457 problem details: every error the API returns.
+//! RFC 9457 problem details: every error the API returns, and the problems
+//! more than one handler file answers with (so each `type` is built in one
+//! place and reads the same wherever it comes from).
+//!
+//! The bottom of `http/`: it imports no other file of it (the launcher
+//! service and the server use [`Problem`] too).
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::sessions::profiles::PROFILES;
 
 /// Media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -99,6 +107,72 @@ impl IntoResponse for Problem {
     }
 }
 
+/// 400 for a body that is not the JSON the endpoint takes, or 413 for one
+/// cut off by the body limit.
+pub(crate) fn bad_json(rejection: JsonRejection) -> Problem {
+    // A body streamed without Content-Length passes the declared-size check
+    // and is cut off here, by the body limit: that is a 413, not bad JSON.
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+        )
+        .detail(rejection.body_text());
+    }
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "malformed-json",
+        "The request body is not the JSON this endpoint takes",
+    )
+    .detail(rejection.body_text())
+}
+
+/// 400 for a query string the endpoint cannot read.
+pub(crate) fn bad_query(rejection: QueryRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "malformed-query",
+        "The query string is not what this endpoint takes",
+    )
+    .detail(rejection.body_text())
+}
+
+/// 422 for a profile name that is not in [`PROFILES`]. The title is the
+/// caller's: a claim says there is no such profile, a quote keeps the title
+/// all its refusals share.
+pub(crate) fn unknown_profile(title: &'static str) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-profile", title).detail(format!(
+        "choose one of {}",
+        PROFILES.map(|p| p.name).join(", ")
+    ))
+}
+
+/// 404 for a session that does not exist or is another wallet's (the two
+/// read the same, so ids cannot be probed).
+pub(crate) fn unknown_session() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
+}
+
+/// 503 when the ledger or the session store does not answer.
+pub(crate) fn ledger_unavailable() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger-unavailable",
+        "Credit cannot be read right now",
+    )
+    .detail("the database did not answer; try again")
+}
+
+/// 503 when the scheduler actor does not answer.
+pub(crate) fn scheduler_silent() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "scheduler-silent",
+        "The scheduler did not answer",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +200,19 @@ mod tests {
         let response = Problem::payload_too_large(10).into_response();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn unknown_profile_is_one_type_whoever_answers_it() {
+        let claim = serde_json::to_value(unknown_profile("No such profile")).unwrap();
+        let quote = serde_json::to_value(unknown_profile("This quote cannot be made")).unwrap();
+        assert_eq!(claim["type"], "urn:deskgate:problem:unknown-profile");
+        assert_eq!(claim["status"], 422);
+        assert_eq!(claim["type"], quote["type"]);
+        assert_eq!(claim["detail"], quote["detail"]);
+        assert_eq!(
+            claim["detail"],
+            format!("choose one of {}", PROFILES.map(|p| p.name).join(", "))
+        );
     }
 }

@@ -25,8 +25,8 @@ use serde_json::json;
 // The quota is configuration; re-exported for the limiter's callers.
 pub use crate::config::Quota;
 
-use super::Problem;
 use super::client_addr::ClientAddr;
+use super::problem::Problem;
 
 /// Most clients one limiter tracks (about 2.6 MiB of table at most).
 pub const MAX_TRACKED_CLIENTS: usize = 50_000;

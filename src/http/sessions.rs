@@ -1,5 +1,6 @@
-//! Sessions, profiles and the account (DESIGN §6): claim a profile, watch
-//! the session over its events socket, stop it.
+//! Sessions and profiles (DESIGN §6): which profiles are free, claim one,
+//! show, heartbeat and stop the session, watch it over its events socket,
+//! and ask for a ticket to one of its media sockets.
 //!
 //! Another wallet's session answers 404, exactly like one that does not
 //! exist, so ids cannot be probed. The events socket checks `Origin` against
@@ -7,7 +8,6 @@
 //! cookie or the bearer header, and counts as presence while it is open.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -24,49 +24,25 @@ use deskgate_actors::supervisor::StartError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use uuid::Uuid;
+use utoipa::OpenApi;
 
-use super::Problem;
-use super::api::{Api, bad_json, signed_in};
+use super::extract::{origin_refused, parse_id, signed_in};
+use super::problem::{
+    Problem, bad_json, ledger_unavailable, scheduler_silent, unknown_profile, unknown_session,
+};
+use super::session_json::{reason_json, record_json};
+use super::state::{ApiState, SessionsState};
 use crate::auth::tickets::Purpose;
-use crate::launcher::desktop::DesktopDialer;
-use crate::sessions::profiles::{PROFILES, profile_name, profile_named};
-use crate::sessions::store::PgSessionStore;
-use crate::sessions::tree::SessionTree;
+use crate::sessions::profiles::{PROFILES, profile_named};
 
 /// Largest message a browser may send on the events socket: it is a control
 /// channel, and the gate reads nothing from it but pings.
 const EVENTS_MAX_MESSAGE_BYTES: usize = 1024;
 
-/// What the session routes need besides sign-in.
-#[derive(Clone)]
-pub struct SessionDesk {
-    /// The actor tree.
-    pub gate: SessionTree,
-    /// Ended sessions are read from here.
-    pub store: PgSessionStore,
-    /// `scheme://host[:port]` of `DESKGATE_PUBLIC_URL`: the only Origin accepted.
-    pub public_origin: String,
-    /// How often an open events socket reports presence.
-    pub presence_every: Duration,
-    /// Reaches session desktops for the media sockets; `None` where the
-    /// sessions run on remote launchers.
-    pub desktops: Option<Arc<dyn DesktopDialer>>,
-}
-
-impl std::fmt::Debug for SessionDesk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionDesk")
-            .field("public_origin", &self.public_origin)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The session routes.
-pub fn routes(api: Arc<Api>) -> Router {
+pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/profiles", get(profiles))
-        .route("/api/v1/account", get(account))
         .route("/api/v1/sessions", post(claim))
         .route("/api/v1/sessions/{id}", get(show).delete(stop))
         .route("/api/v1/sessions/{id}/heartbeat", post(heartbeat))
@@ -75,61 +51,26 @@ pub fn routes(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-pub(crate) fn desk(api: &Api) -> Result<&SessionDesk, Problem> {
-    api.sessions.get().ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "sessions-unavailable",
-            "Sessions are not available yet",
-        )
-        .detail(
-            "the session supervisor starts once PostgreSQL and Docker answer; try again shortly",
-        )
-    })
-}
-
-pub(crate) fn unknown_session() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "unknown-session", "No such session")
-}
-
-pub(crate) fn ledger_unavailable() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ledger-unavailable",
-        "Credit cannot be read right now",
-    )
-    .detail("the database did not answer; try again")
-}
-
-pub(crate) fn scheduler_silent() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "scheduler-silent",
-        "The scheduler did not answer",
-    )
-}
+/// This file's part of the OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(profiles, claim, show, stop, heartbeat, ticket, events))]
+pub struct Doc;
 
 /// What every owner-only session route checks first, in this order: signed
 /// in (401), sessions up (503), a well-formed id (404).
 async fn owner_call<'a>(
-    api: &'a Api,
+    api: &'a ApiState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<(WalletId, &'a SessionDesk, SessionId), Problem> {
+) -> Result<(WalletId, &'a SessionsState, SessionId), Problem> {
     let wallet = signed_in(api, headers).await?;
-    let desk = desk(api)?;
+    let desk = api.sessions_state()?;
     Ok((wallet, desk, parse_id(id)?))
-}
-
-pub(crate) fn parse_id(id: &str) -> Result<SessionId, Problem> {
-    Uuid::parse_str(id)
-        .map(SessionId)
-        .map_err(|_| unknown_session())
 }
 
 /// The session as its owner sees it: live from the actors, or ended from
 /// PostgreSQL. Another wallet's session is unknown.
-async fn owned(desk: &SessionDesk, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
+async fn owned(desk: &SessionsState, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
     if let Some(view) = desk.gate.view(id).await {
         if view.record.wallet != *wallet {
             return Err(unknown_session());
@@ -151,26 +92,6 @@ enum Shown {
     Ended(SessionRecord),
 }
 
-fn reason_json(reason: Option<&EndReason>) -> Value {
-    reason
-        .and_then(|r| serde_json::to_value(r).ok())
-        .unwrap_or(Value::Null)
-}
-
-pub(crate) fn record_json(record: &SessionRecord) -> Value {
-    json!({
-        "id": record.id.to_string(),
-        "profile": profile_name(record.gpus),
-        "gpus": record.gpus,
-        "state": record.state.as_str(),
-        "gpu_ids": record.gpu_addrs.iter().map(|g| g.index).collect::<Vec<_>>(),
-        "host": record.gpu_addrs.first().map(|g| g.host),
-        "billed_credit_seconds": record.billed_credit,
-        "billed_seconds": record.billed_ms / 1000,
-        "end_reason": reason_json(record.end_reason.as_ref()),
-    })
-}
-
 fn shown_json(shown: &Shown) -> Value {
     match shown {
         Shown::Live(view) => {
@@ -186,8 +107,8 @@ fn shown_json(shown: &Shown) -> Value {
 
 #[utoipa::path(get, path = "/api/v1/profiles", tag = "sessions",
     responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
-async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
-    let desk = desk(&api)?;
+async fn profiles(State(api): State<Arc<ApiState>>) -> Result<Json<Value>, Problem> {
+    let desk = api.sessions_state()?;
     let snapshot = desk.gate.snapshot().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = PROFILES
         .iter()
@@ -205,30 +126,6 @@ async fn profiles(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
         })
         .collect();
     Ok(Json(Value::Array(list)))
-}
-
-#[utoipa::path(get, path = "/api/v1/account", tag = "money", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 200, description = "address, credit_seconds, active_session", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
-async fn account(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Value>, Problem> {
-    let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
-    let credit = desk.gate.balance(&wallet).await.map_err(|err| {
-        tracing::warn!(error = %err, "cannot read a balance");
-        ledger_unavailable()
-    })?;
-    let active = desk
-        .store
-        .load_active()
-        .await
-        .map_err(|_| ledger_unavailable())?
-        .into_iter()
-        .find(|r| r.wallet == wallet)
-        .map(|r| r.id.to_string());
-    Ok(Json(json!({
-        "address": wallet.as_str(),
-        "credit_seconds": credit,
-        "active_session": active,
-    })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -270,24 +167,15 @@ fn claim_problem(err: &StartError) -> Problem {
     request_body = ClaimRequest,
     responses((status = 202, description = "claimed: running soon, or queued with position and ETA", body = Object), (status = 402, description = "not enough credit", body = Object, content_type = "application/problem+json"), (status = 409, description = "this wallet already has a session", body = Object, content_type = "application/problem+json"), (status = 422, description = "unknown or unavailable profile", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many claims", body = Object, content_type = "application/problem+json")))]
 async fn claim(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Json<ClaimRequest>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let wallet = signed_in(&api, &headers).await?;
-    let desk = desk(&api)?;
+    let desk = api.sessions_state()?;
     let Json(request) = body.map_err(bad_json)?;
-    let profile = profile_named(&request.profile).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown-profile",
-            "No such profile",
-        )
-        .detail(format!(
-            "choose one of {}",
-            PROFILES.map(|p| p.name).join(", ")
-        ))
-    })?;
+    let profile =
+        profile_named(&request.profile).ok_or_else(|| unknown_profile("No such profile"))?;
     let handle = desk
         .gate
         .claim(wallet, profile.gpus)
@@ -316,7 +204,7 @@ async fn claim(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "state, GPUs, billed and remaining", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn show(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -329,7 +217,7 @@ async fn show(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "the session, ended", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn stop(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -345,7 +233,7 @@ async fn stop(
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, description = "presence noted; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
 async fn heartbeat(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
@@ -379,7 +267,7 @@ struct TicketRequest {
     request_body = TicketRequest,
     responses((status = 201, description = "a single-use ticket, valid 30 s; for purpose webrtc also the ice_servers to make the offer with", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn ticket(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<TicketRequest>, JsonRejection>,
@@ -422,7 +310,7 @@ async fn ticket(
     });
     // The browser needs its ICE servers before it can make the offer.
     if request.purpose == Purpose::Webrtc {
-        body["ice_servers"] = json!(api.media.ice_servers(id));
+        body["ice_servers"] = json!(api.viewers.ice_servers(id));
     }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     // A credential: no cache may keep it.
@@ -433,38 +321,16 @@ async fn ticket(
     Ok(response)
 }
 
-/// The browser's `Origin` matches the public URL exactly.
-fn origin_allowed(headers: &HeaderMap, public_origin: &str) -> bool {
-    headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|origin| origin.eq_ignore_ascii_case(public_origin))
-}
-
-/// 403 unless the browser's `Origin` is the public URL's: checked first on
-/// every socket, so a foreign page learns nothing about the session.
-pub(crate) fn origin_refused(headers: &HeaderMap, public_origin: &str) -> Result<(), Problem> {
-    if origin_allowed(headers, public_origin) {
-        return Ok(());
-    }
-    Err(Problem::new(
-        StatusCode::FORBIDDEN,
-        "origin-refused",
-        "This socket only accepts the gate's own pages",
-    )
-    .detail(format!("the Origin must be {public_origin}")))
-}
-
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
     params(("id" = String, Path, description = "session id")),
     responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
 async fn events(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Problem> {
-    let desk = desk(&api)?.clone();
+    let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let wallet = signed_in(&api, &headers).await?;
     let id = parse_id(&id)?;
@@ -519,7 +385,7 @@ async fn send_json(socket: &mut WebSocket, value: &Value) -> bool {
 
 async fn relay_events(
     mut socket: WebSocket,
-    desk: SessionDesk,
+    desk: SessionsState,
     id: SessionId,
     view: SessionView,
     mut events: broadcast::Receiver<SessionEvent>,
@@ -572,27 +438,6 @@ async fn relay_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_exact_public_origin_is_allowed() {
-        let mut headers = HeaderMap::new();
-        assert!(!origin_allowed(&headers, "https://desk.example.org"));
-        for (origin, allowed) in [
-            ("https://desk.example.org", true),
-            ("HTTPS://DESK.EXAMPLE.ORG", true),
-            ("https://evil.example.org", false),
-            ("https://desk.example.org.evil.org", false),
-            ("http://desk.example.org", false),
-            ("null", false),
-        ] {
-            headers.insert(header::ORIGIN, origin.parse().unwrap());
-            assert_eq!(
-                origin_allowed(&headers, "https://desk.example.org"),
-                allowed,
-                "{origin}"
-            );
-        }
-    }
 
     #[test]
     fn events_are_tagged_json() {
