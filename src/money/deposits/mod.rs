@@ -8,163 +8,42 @@
 //! as that ledger call's success. The credit-seconds are fixed on the row
 //! before the ledger is asked, so a retry asks for the same amount even if
 //! the price (a tier discount) changed in between.
+//!
+//! Its parts: this file holds [`PgDepositBook`], its queries and writes;
+//! `rows.rs` converts between the tables' text and the watcher's types;
+//! `check.rs` holds [`check_transaction`]. The children are private; what
+//! callers use is re-exported here.
+
+mod check;
+mod rows;
+
+pub use check::{CheckError, CheckStatus, TxCheck, check_transaction};
+pub use rows::amount_u256;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::Address;
 use async_trait::async_trait;
-use deskgate_actors::chain_watcher::{Required, confirmations};
 use deskgate_actors::ports::{
-    Address20, Amount256, BlockHeader, BookError, ChainDeposit, ChainError, ChainReader,
-    CreditSeconds, DepositAsset, DepositBook, DepositRecord, DepositStatus, ETH_LOG_INDEX, Hash32,
-    WalletId,
+    Address20, BlockHeader, BookError, ChainDeposit, CreditSeconds, DepositBook, DepositRecord,
+    DepositStatus, Hash32, WalletId,
 };
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use serde::Serialize;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::db::DbPool;
-use crate::money::chain::{AlloyChain, address20, amount256, hash32};
 use crate::money::ledger::{Operation, PgLedger, Posting, SystemAccount};
-use crate::money::pricing::{Asset, DepositPricer};
+use crate::money::pricing::DepositPricer;
+use rows::{
+    BlockRow, COLUMNS, DepositRow, StatusRow, asset_name, bad, number, parse_hash, parse_status,
+    pricing_asset, with_credit,
+};
 
 /// Processed block hashes kept below the cursor, for reorg detection.
 const KEPT_BLOCKS: i64 = 4096;
-
-const COLUMNS: &str = "tx_hash, log_index, block_number, block_hash, \"from\", \"to\", asset, \
-                       amount::text AS amount, status, credit_seconds";
-
-#[derive(QueryableByName)]
-struct DepositRow {
-    #[diesel(sql_type = Text)]
-    tx_hash: String,
-    #[diesel(sql_type = BigInt)]
-    log_index: i64,
-    #[diesel(sql_type = BigInt)]
-    block_number: i64,
-    #[diesel(sql_type = Text)]
-    block_hash: String,
-    #[diesel(sql_type = Text)]
-    from: String,
-    #[diesel(sql_type = Text)]
-    to: String,
-    #[diesel(sql_type = Text)]
-    asset: String,
-    #[diesel(sql_type = Text)]
-    amount: String,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    credit_seconds: Option<i64>,
-}
-
-#[derive(QueryableByName)]
-struct BlockRow {
-    #[diesel(sql_type = BigInt)]
-    number: i64,
-    #[diesel(sql_type = Text)]
-    hash: String,
-    #[diesel(sql_type = Text)]
-    parent_hash: String,
-}
-
-#[derive(QueryableByName)]
-struct StatusRow {
-    #[diesel(sql_type = Text)]
-    status: String,
-}
-
-fn bad(what: &str, value: &str) -> BookError {
-    BookError(format!(
-        "unreadable {what} {value:?} in the deposits tables"
-    ))
-}
-
-fn parse_hash(value: &str) -> Result<Hash32, BookError> {
-    B256::from_str(value)
-        .map(hash32)
-        .map_err(|_| bad("hash", value))
-}
-
-fn parse_address(value: &str) -> Result<Address20, BookError> {
-    Address::from_str(value)
-        .map(address20)
-        .map_err(|_| bad("address", value))
-}
-
-fn parse_status(value: &str) -> Result<DepositStatus, BookError> {
-    Ok(match value {
-        "pending" => DepositStatus::Pending,
-        "credited" => DepositStatus::Credited,
-        "rejected" => DepositStatus::Rejected,
-        "removed" => DepositStatus::Removed,
-        other => return Err(bad("status", other)),
-    })
-}
-
-fn asset_name(asset: DepositAsset) -> &'static str {
-    match asset {
-        DepositAsset::Eth => Asset::Eth.as_str(),
-        DepositAsset::Token => Asset::Token.as_str(),
-    }
-}
-
-fn pricing_asset(asset: DepositAsset) -> Asset {
-    match asset {
-        DepositAsset::Eth => Asset::Eth,
-        DepositAsset::Token => Asset::Token,
-    }
-}
-
-/// The amount as a U256.
-pub fn amount_u256(amount: Amount256) -> U256 {
-    U256::from_be_bytes(amount.0)
-}
-
-fn number(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Each row as a record with the credit-seconds it bought, if credited.
-fn with_credit(
-    rows: Vec<DepositRow>,
-) -> Result<Vec<(DepositRecord, Option<CreditSeconds>)>, BookError> {
-    rows.into_iter()
-        .map(|row| {
-            let credit = row.credit_seconds;
-            row.into_record().map(|r| (r, credit))
-        })
-        .collect()
-}
-
-impl DepositRow {
-    fn into_record(self) -> Result<DepositRecord, BookError> {
-        let amount =
-            U256::from_str_radix(&self.amount, 10).map_err(|_| bad("amount", &self.amount))?;
-        Ok(DepositRecord {
-            deposit: ChainDeposit {
-                tx_hash: parse_hash(&self.tx_hash)?,
-                log_index: self.log_index,
-                block_number: u64::try_from(self.block_number)
-                    .map_err(|_| bad("block number", &self.block_number.to_string()))?,
-                block_hash: parse_hash(&self.block_hash)?,
-                from: parse_address(&self.from)?,
-                to: parse_address(&self.to)?,
-                asset: match self.asset.as_str() {
-                    "eth" => DepositAsset::Eth,
-                    "token" => DepositAsset::Token,
-                    other => return Err(bad("asset", other)),
-                },
-                amount: amount256(amount),
-            },
-            status: parse_status(&self.status)?,
-        })
-    }
-}
 
 fn db_error(error: impl fmt::Display) -> BookError {
     metrics::counter!("deskgate_deposits_db_errors_total").increment(1);
@@ -643,198 +522,4 @@ impl DepositBook for PgDepositBook {
         warn!(subject, depth, "deposit.reorged recorded in the audit log");
         Ok(())
     }
-}
-
-/// Where a checked transaction stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckStatus {
-    /// A valid deposit waiting for confirmations (or not yet mined).
-    Pending,
-    /// Credited (now or before).
-    Credited,
-    /// Not a deposit deskgate accepts; `reason` says why.
-    Rejected,
-}
-
-/// The answer to `POST /api/v1/deposits {tx_hash}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TxCheck {
-    /// Where it stands.
-    pub status: CheckStatus,
-    /// Confirmations now (0 while unmined or unknown).
-    pub confirmations: u64,
-    /// Confirmations needed; `None` when deposits wait for the finalized block.
-    pub required: Option<u64>,
-    /// Credit-seconds it bought (credited) or buys at today's price (pending).
-    pub credit_seconds: Option<CreditSeconds>,
-    /// Why it was rejected, or what it waits for.
-    pub reason: Option<String>,
-}
-
-impl TxCheck {
-    fn rejected(required: Required, reason: String) -> Self {
-        Self {
-            status: CheckStatus::Rejected,
-            confirmations: 0,
-            required: required_blocks(required),
-            credit_seconds: None,
-            reason: Some(reason),
-        }
-    }
-}
-
-fn required_blocks(required: Required) -> Option<u64> {
-    match required {
-        Required::Blocks(n) => Some(n),
-        Required::Finalized => None,
-    }
-}
-
-/// Why a transaction could not be checked now (try again later).
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// The RPC node failed.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    /// The database failed.
-    #[error(transparent)]
-    Book(#[from] BookError),
-}
-
-/// Checks one transaction now, by the chain watcher's rules: a successful
-/// transaction that sends ETH to the revenue address, or whose logs hold a
-/// Transfer of the configured token to it, is a deposit. It is recorded as
-/// pending and, once it has enough confirmations, credited exactly once
-/// (the same key as the watcher's, so the two never credit it twice).
-/// Idempotent: asking again answers the same, credited at most once.
-pub async fn check_transaction(
-    chain: &AlloyChain,
-    book: &PgDepositBook,
-    required: Required,
-    tx_hash: B256,
-) -> Result<TxCheck, CheckError> {
-    let known = book.deposits_of(hash32(tx_hash)).await?;
-    let Some(facts) = chain.transaction(tx_hash).await? else {
-        let credited: Vec<_> = known
-            .iter()
-            .filter(|(r, _)| r.status == DepositStatus::Credited)
-            .collect();
-        if !credited.is_empty() {
-            // Credited, then reorged away (flagged for an administrator).
-            return Ok(TxCheck {
-                status: CheckStatus::Credited,
-                confirmations: 0,
-                required: required_blocks(required),
-                credit_seconds: Some(credited.iter().filter_map(|(_, c)| *c).sum()),
-                reason: Some("credited, but the node no longer knows the transaction".into()),
-            });
-        }
-        return Ok(TxCheck::rejected(
-            required,
-            format!("unknown transaction: the node does not know {tx_hash}"),
-        ));
-    };
-    let revenue = chain.revenue();
-    let token = chain.token();
-
-    let Some((block_number, block_hash)) = facts.block else {
-        return Ok(TxCheck {
-            status: CheckStatus::Pending,
-            confirmations: 0,
-            required: required_blocks(required),
-            credit_seconds: None,
-            reason: Some("not yet mined".into()),
-        });
-    };
-    if facts.success == Some(false) {
-        return Ok(TxCheck::rejected(
-            required,
-            "failed transaction: it reverted, so nothing was transferred".into(),
-        ));
-    }
-
-    let mut deposits = Vec::new();
-    if facts.to == Some(revenue) && !facts.value.is_zero() {
-        deposits.push(ChainDeposit {
-            tx_hash: hash32(tx_hash),
-            log_index: ETH_LOG_INDEX,
-            block_number,
-            block_hash: hash32(block_hash),
-            from: address20(facts.from),
-            to: address20(revenue),
-            asset: DepositAsset::Eth,
-            amount: amount256(facts.value),
-        });
-    }
-    for transfer in &facts.transfers {
-        if transfer.to == revenue && Some(transfer.token) == token {
-            deposits.push(ChainDeposit {
-                tx_hash: hash32(tx_hash),
-                log_index: i64::try_from(transfer.log_index).unwrap_or(i64::MAX),
-                block_number,
-                block_hash: hash32(block_hash),
-                from: address20(transfer.from),
-                to: address20(revenue),
-                asset: DepositAsset::Token,
-                amount: amount256(transfer.amount),
-            });
-        }
-    }
-
-    if deposits.is_empty() {
-        let reason = if let Some(other) = facts.transfers.iter().find(|t| t.to == revenue) {
-            match token {
-                Some(token) => format!(
-                    "wrong token: {} is not the accepted token {token}",
-                    other.token
-                ),
-                None => format!("wrong token: {} is not accepted; only ETH is", other.token),
-            }
-        } else if let Some(transfer) = facts.transfers.iter().find(|t| Some(t.token) == token) {
-            format!(
-                "wrong recipient: the token went to {}, not the revenue address {revenue}",
-                transfer.to
-            )
-        } else if facts.to == Some(revenue) {
-            "no value: the transaction sends no ETH and no token to the revenue address".into()
-        } else {
-            let to = facts
-                .to
-                .map_or("a new contract".to_string(), |a| a.to_string());
-            format!("wrong recipient: the transaction pays {to}, not the revenue address {revenue}")
-        };
-        info!(tx = %tx_hash, reason, "deposit check rejected");
-        return Ok(TxCheck::rejected(required, reason));
-    }
-
-    book.record_pending(&deposits).await?;
-    let latest = chain.latest_block().await?;
-    let confirmations = confirmations(block_number, latest);
-    let finalized = match required {
-        Required::Finalized => chain.finalized_block().await?,
-        Required::Blocks(_) => None,
-    };
-    let ready = required.met(block_number, latest, finalized);
-    let mut total = 0;
-    let mut all_credited = true;
-    for deposit in &deposits {
-        if ready {
-            total += book.credit(deposit).await?;
-        } else {
-            all_credited = false;
-            total += book.price(deposit).await.unwrap_or(0);
-        }
-    }
-    Ok(TxCheck {
-        status: if all_credited {
-            CheckStatus::Credited
-        } else {
-            CheckStatus::Pending
-        },
-        confirmations,
-        required: required_blocks(required),
-        credit_seconds: Some(total),
-        reason: (!all_credited).then(|| "waiting for confirmations".to_string()),
-    })
 }
