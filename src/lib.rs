@@ -14,12 +14,17 @@
 //! - [`sessions`]: the gate's actor tree, the GPU profiles, the session store.
 //! - [`launcher`]: where desktops run: the ports, the GPU inventory, and one
 //!   folder per backend (`docker/`, `remote/`).
-//! - [`platform`]: secrets, logs and metrics, the HTTP server, readiness, audit, TURN.
-//! - [`db`]: the PostgreSQL pool, TLS, retries, migrations and the schema.
+//! - [`platform`]: secrets, logs and metrics, the HTTP server loop, TURN,
+//!   backoff, Unix time.
+//! - [`db`]: the PostgreSQL pool, TLS, retries, migrations, the schema and
+//!   the audit log.
 //!
-//! Lower layers never import higher ones: `platform` and `db` import nothing
-//! of the others; `config` imports only `platform` and `launcher::gpu`; `http`
-//! and `app` sit on top.
+//! Imports point down: `platform` imports nothing of deskgate; `db` only
+//! `platform`; `config` only `platform`; the concerns (`auth`, `money`,
+//! `sessions`, `launcher`) import `config`, `db` and `platform` (and
+//! `sessions` the ledger of `money`); `http` sits above them and `app` above
+//! everything. One exception, on purpose: `launcher::remote::service` is an
+//! HTTP service itself and reuses `http`'s problem type and request guards.
 
 pub mod app;
 pub mod auth;

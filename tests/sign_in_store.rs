@@ -13,7 +13,7 @@ use deskgate::auth::store::{
     revoke_all_tokens, revoke_token, store_token, token_owner,
 };
 use deskgate::db::DbPool;
-use deskgate::platform::audit;
+use deskgate::db::audit;
 use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::WalletId;
 use support::ScratchDatabase;

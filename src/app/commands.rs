@@ -2,7 +2,7 @@
 //! `deskgate config check`. Each returns what to print; `main.rs` prints it
 //! and picks the exit code.
 
-use crate::config::{Loaded, Role};
+use crate::config::{GpuSelection, Loaded, Role};
 use crate::db;
 use crate::launcher::gpu::{self, InventoryError};
 use crate::platform::secret::Secret;
@@ -46,7 +46,7 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 /// The GPU inventory as the table `deskgate gpus` prints.
-pub fn gpu_table(selection: &gpu::GpuSelection) -> Result<String, InventoryError> {
+pub fn gpu_table(selection: &GpuSelection) -> Result<String, InventoryError> {
     Ok(gpu::render_table(&gpu::inventory(selection)?))
 }
 

@@ -24,6 +24,7 @@ use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
 use crate::config::{Config, Confirmations, LauncherKind};
 use crate::db;
+use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
 use crate::launcher::desktop::DesktopDialer;
@@ -36,7 +37,6 @@ use crate::money::ledger::PgLedger;
 use crate::money::pricing::{DepositPricer, Pricing};
 use crate::money::tiers::{TierOracle, TieredPricer};
 use crate::platform::backoff::Backoff;
-use crate::platform::readiness::Dependency;
 use crate::platform::secret::Secret;
 use crate::platform::server::{self, Service};
 use crate::sessions::store::PgSessionStore;
@@ -130,8 +130,8 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<ApiState, AppErr
     // A credited deposit extends the runway of the wallet's running session.
     let credited_sessions = sessions.clone();
     let on_credit: CreditListener = Arc::new(move |wallet| {
-        if let Some(desk) = credited_sessions.get() {
-            desk.gate.credit_changed(wallet.clone());
+        if let Some(sessions) = credited_sessions.get() {
+            sessions.tree.credit_changed(wallet.clone());
         }
     });
     let deposits = match (&config.chain.rpc_url, config.chain.revenue_address) {
@@ -222,9 +222,9 @@ async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<ApiState>)
     }
     let mut backoff = Backoff::new(START_RETRY_FIRST, START_RETRY_CEILING);
     loop {
-        match session_desk(&config, pool.clone()).await {
-            Ok(desk) => {
-                let _ = api.sessions.set(desk);
+        match session_state(&config, pool.clone()).await {
+            Ok(sessions) => {
+                let _ = api.sessions.set(sessions);
                 tracing::info!("sessions are open");
                 return;
             }
@@ -263,18 +263,18 @@ async fn migrate_until_done(url: &Secret) {
 
 /// The session tree on the configured backend, and what the session routes
 /// need of it.
-async fn session_desk(config: &Config, pool: db::DbPool) -> Result<SessionsState, AppError> {
+async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsState, AppError> {
     let settings = SessionSettings {
         billing_interval: config.sessions.billing_interval,
         presence_timeout: config.sessions.presence_timeout,
         ..SessionSettings::default()
     };
-    let (gate, desktops) = match &config.launcher.kind {
+    let (tree, desktops) = match &config.launcher.kind {
         LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
         LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
     };
     Ok(SessionsState {
-        gate,
+        tree,
         store: PgSessionStore::new(pool),
         public_origin: config.server.public_url.origin().ascii_serialization(),
         presence_every: (config.sessions.presence_timeout / 3).max(Duration::from_secs(1)),

@@ -17,10 +17,10 @@ pub mod launcher;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use axum::Router;
 
 use crate::config::Config;
-use crate::http::Limits;
+use crate::http::{self, Limits};
 use crate::launcher::gpu;
 use crate::platform::telemetry;
 
@@ -89,15 +89,16 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
-/// The Prometheus listener, when `DESKGATE_METRICS_ADDR` asks for one.
-fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, PrometheusHandle)>, AppError> {
+/// The Prometheus scrape service and its address, when
+/// `DESKGATE_METRICS_ADDR` asks for one.
+fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, Router)>, AppError> {
     config
         .server
         .metrics_addr
         .map(|addr| {
             let handle =
                 telemetry::install_metrics().step("cannot install the metrics recorder")?;
-            Ok((addr, handle))
+            Ok((addr, http::metrics_router(handle)))
         })
         .transpose()
 }

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::GpuSelection;
 use super::parse::{comma_list, parse_http_url, parse_key, parse_socket_addr, secret};
 use super::raw::RawSettings;
 use super::{ENV_PREFIX, Problem};
-use crate::launcher::gpu::GpuSelection;
 use crate::platform::secret::Secret;
 
 /// Which launcher backend the gate runs sessions on: decided once, here,

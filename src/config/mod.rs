@@ -40,6 +40,7 @@
 mod auth;
 mod chain;
 mod database;
+mod gpus;
 mod keys;
 mod launcher;
 mod limits;
@@ -58,12 +59,13 @@ use std::path::Path;
 pub use auth::AuthConfig;
 pub use chain::{ChainConfig, Confirmations, Tier};
 pub use database::DatabaseConfig;
+pub use gpus::GpuSelection;
 pub use keys::{KEYS, Key, Source};
 pub use launcher::{LauncherConfig, LauncherKind};
 pub use limits::{LimitsConfig, Quota};
 pub use media::MediaConfig;
 pub use raw::{RawSettings, redact_url};
-pub use server::{LogFormat, ServerConfig, TlsFiles};
+pub use server::ServerConfig;
 pub use sessions::SessionsConfig;
 
 /// Prefix of every environment variable deskgate reads.
@@ -211,9 +213,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::GpuSelection;
     use super::testing::{env, variables};
     use super::*;
-    use crate::launcher::gpu::GpuSelection;
 
     #[test]
     fn defaults_load_without_problems() {

@@ -17,24 +17,8 @@ use url::Url;
 use super::Problem;
 use super::parse::{comma_list, parse_bool, parse_http_url, parse_key, parse_socket_addr};
 use super::raw::RawSettings;
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Certificate and key for HTTPS.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
+use crate::platform::server::TlsFiles;
+use crate::platform::telemetry::LogFormat;
 
 /// Where and how the gate serves HTTP.
 #[derive(Clone, Debug)]

@@ -11,6 +11,7 @@ use futures::{FutureExt, TryFutureExt};
 
 use crate::platform::secret::Secret;
 
+pub mod audit;
 pub mod retry;
 pub mod schema;
 pub mod tls;

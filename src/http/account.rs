@@ -51,7 +51,7 @@ async fn account(
 ) -> Result<Json<Value>, Problem> {
     let wallet = signed_in(&api, &headers).await?;
     let desk = api.sessions_state()?;
-    let credit = desk.gate.balance(&wallet).await.map_err(|err| {
+    let credit = desk.tree.balance(&wallet).await.map_err(|err| {
         tracing::warn!(error = %err, "cannot read a balance");
         ledger_unavailable()
     })?;

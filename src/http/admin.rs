@@ -27,8 +27,8 @@ use super::extract::{admin_authorised, parse_id};
 use super::problem::{Problem, bad_json, scheduler_silent, unknown_session};
 use super::session_json::record_json;
 use super::state::{ApiState, SessionsState};
+use crate::db::audit;
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
-use crate::platform::audit;
 
 /// Who the audit log names for actions taken with the admin token.
 const ADMIN_ACTOR: &str = "admin";
@@ -92,7 +92,7 @@ async fn sessions(
     for record in &records {
         let mut row = record_json(record);
         row["address"] = json!(record.wallet.as_str());
-        if let Some(view) = desk.gate.view(record.id).await {
+        if let Some(view) = desk.tree.view(record.id).await {
             row["state"] = json!(view.record.state.as_str());
             row["seconds_left"] = json!(view.seconds_left);
             row["queue_position"] = json!(view.queue.map(|q| q.position));
@@ -113,11 +113,11 @@ async fn stop_session(
     admin_authorised(&api, &headers)?;
     let desk: &SessionsState = api.sessions_state()?;
     let id = parse_id(&id)?;
-    if desk.gate.view(id).await.is_none() {
+    if desk.tree.view(id).await.is_none() {
         return Err(unknown_session());
     }
     audited(&api, "session.kill", Some(&id.to_string()), json!({})).await?;
-    let stopped = desk.gate.stop(id, EndReason::AdminKilled).await;
+    let stopped = desk.tree.stop(id, EndReason::AdminKilled).await;
     Ok(Json(json!({ "id": id.to_string(), "stopped": stopped })))
 }
 
@@ -136,7 +136,7 @@ async fn gpus(
 ) -> Result<Json<Value>, Problem> {
     admin_authorised(&api, &headers)?;
     let desk = api.sessions_state()?;
-    let gpus = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
+    let gpus = desk.tree.gpus().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = gpus
         .iter()
         .map(|(addr, status)| {
@@ -180,7 +180,7 @@ async fn drain(
     let desk = api.sessions_state()?;
     let Json(request) = body.map_err(bad_json)?;
     let gpu = GpuAddr { host, index };
-    let known = desk.gate.gpus().await.ok_or_else(scheduler_silent)?;
+    let known = desk.tree.gpus().await.ok_or_else(scheduler_silent)?;
     if !known.iter().any(|(addr, _)| *addr == gpu) {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -200,7 +200,7 @@ async fn drain(
         json!({}),
     )
     .await?;
-    desk.gate.drain(gpu, request.drain);
+    desk.tree.drain(gpu, request.drain);
     Ok(Json(
         json!({ "host": host, "index": index, "draining": request.drain }),
     ))
@@ -300,7 +300,7 @@ async fn adjust_credit(
         }
     };
     if let Some(desk) = api.sessions.get() {
-        desk.gate.credit_changed(wallet.clone());
+        desk.tree.credit_changed(wallet.clone());
     }
     Ok(Json(json!({
         "address": wallet.as_str(),

@@ -119,10 +119,10 @@ async fn authorise(
     purpose: Purpose,
 ) -> Result<broadcast::Receiver<SessionEvent>, Problem> {
     redeem_ticket(api, ticket, id, purpose)?;
-    let handle = desk.gate.lookup(id).await.ok_or_else(unknown_session)?;
+    let handle = desk.tree.lookup(id).await.ok_or_else(unknown_session)?;
     let events = handle.events.subscribe();
     let running = desk
-        .gate
+        .tree
         .view(id)
         .await
         .is_some_and(|v| v.record.state == SessionState::Running);
@@ -357,7 +357,7 @@ async fn run_stream(
                 let input = counts.keys + counts.pointer;
                 if input != input_seen {
                     input_seen = input;
-                    desk.gate.presence(id);
+                    desk.tree.presence(id);
                 }
             }
         }

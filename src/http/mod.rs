@@ -31,6 +31,7 @@
 //!   below them    extract.rs                     ──▶ state, problem
 //!                 state.rs                       ──▶ problem
 //!                 session_json.rs, problem.rs    ──▶ (nothing of http/)
+//!   /healthz      readiness.rs: the dependency checks behind /readyz ──▶ (nothing of http/)
 //! ```
 //!
 //! `state.rs` holds what handlers share ([`state::ApiState`], built by
@@ -62,6 +63,7 @@ pub mod media;
 pub mod pricing;
 pub mod problem;
 pub mod rate_limit;
+pub mod readiness;
 pub mod session_json;
 pub mod sessions;
 pub mod state;
@@ -80,10 +82,10 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::config::Config;
-use crate::platform::readiness::{self, Dependency};
 use cors::CorsPolicy;
 pub use problem::Problem;
 use rate_limit::{Quota, RateLimits};
+use readiness::Dependency;
 use state::ApiState;
 
 /// Per-request limits applied to every route.
@@ -184,6 +186,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         media::Doc::openapi(),
         admin::Doc::openapi(),
     ])
+}
+
+/// The Prometheus scrape service: `GET /metrics` and a 404 problem for
+/// anything else. It listens on its own address (`DESKGATE_METRICS_ADDR`).
+pub fn metrics_router(prometheus: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
+        .fallback(|| async { Problem::not_found() })
 }
 
 /// Wraps `routes` with the guards every deskgate HTTP service uses: a 404

@@ -71,7 +71,7 @@ async fn owner_call<'a>(
 /// The session as its owner sees it: live from the actors, or ended from
 /// PostgreSQL. Another wallet's session is unknown.
 async fn owned(desk: &SessionsState, wallet: &WalletId, id: SessionId) -> Result<Shown, Problem> {
-    if let Some(view) = desk.gate.view(id).await {
+    if let Some(view) = desk.tree.view(id).await {
         if view.record.wallet != *wallet {
             return Err(unknown_session());
         }
@@ -109,7 +109,7 @@ fn shown_json(shown: &Shown) -> Value {
     responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
 async fn profiles(State(api): State<Arc<ApiState>>) -> Result<Json<Value>, Problem> {
     let desk = api.sessions_state()?;
-    let snapshot = desk.gate.snapshot().await.ok_or_else(scheduler_silent)?;
+    let snapshot = desk.tree.snapshot().await.ok_or_else(scheduler_silent)?;
     let list: Vec<Value> = PROFILES
         .iter()
         .map(|p| {
@@ -177,11 +177,11 @@ async fn claim(
     let profile =
         profile_named(&request.profile).ok_or_else(|| unknown_profile("No such profile"))?;
     let handle = desk
-        .gate
+        .tree
         .claim(wallet, profile.gpus)
         .await
         .map_err(|err| claim_problem(&err))?;
-    let view = desk.gate.view(handle.id).await;
+    let view = desk.tree.view(handle.id).await;
     let state = view
         .as_ref()
         .map_or(SessionState::Queued, |v| v.record.state);
@@ -223,7 +223,7 @@ async fn stop(
 ) -> Result<Json<Value>, Problem> {
     let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
     if let Shown::Live(_) = owned(desk, &wallet, id).await? {
-        desk.gate.stop(id, EndReason::UserStopped).await;
+        desk.tree.stop(id, EndReason::UserStopped).await;
     }
     let shown = owned(desk, &wallet, id).await?;
     Ok(Json(shown_json(&shown)))
@@ -240,10 +240,10 @@ async fn heartbeat(
     let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
     let shown = owned(desk, &wallet, id).await?;
     if let Shown::Live(_) = shown {
-        desk.gate.presence(id);
+        desk.tree.presence(id);
     }
     let credit = desk
-        .gate
+        .tree
         .balance(&wallet)
         .await
         .map_err(|_| ledger_unavailable())?;
@@ -341,7 +341,7 @@ async fn events(
             "The session has ended",
         ));
     };
-    let handle = desk.gate.lookup(id).await.ok_or_else(unknown_session)?;
+    let handle = desk.tree.lookup(id).await.ok_or_else(unknown_session)?;
     let receiver = handle.events.subscribe();
     Ok(upgrade
         .max_message_size(EVENTS_MAX_MESSAGE_BYTES)
@@ -390,7 +390,7 @@ async fn relay_events(
     view: SessionView,
     mut events: broadcast::Receiver<SessionEvent>,
 ) {
-    desk.gate.presence(id);
+    desk.tree.presence(id);
     let mut first = event_json(&SessionEvent::State {
         state: view.record.state,
         reason: None,
@@ -404,7 +404,7 @@ async fn relay_events(
     presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = presence.tick() => desk.gate.presence(id),
+            _ = presence.tick() => desk.tree.presence(id),
             event = events.recv() => match event {
                 Ok(event) => {
                     let ended = matches!(event, SessionEvent::State { state: SessionState::Ended, .. });

@@ -117,7 +117,7 @@ pub struct DepositsState {
 #[derive(Clone)]
 pub struct SessionsState {
     /// The actor tree.
-    pub gate: SessionTree,
+    pub tree: SessionTree,
     /// Ended sessions are read from here.
     pub store: PgSessionStore,
     /// `scheme://host[:port]` of `DESKGATE_PUBLIC_URL`: the only Origin accepted.

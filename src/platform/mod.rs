@@ -1,13 +1,11 @@
 //! What every part of the gate and the launcher stands on: secrets that are
-//! never printed, logs and metrics, the HTTP(S) server loop, readiness checks,
-//! the audit log and TURN credentials.
+//! never printed, logs and metrics, the HTTP(S) server loop, TURN
+//! credentials, backoff for retry loops and Unix time.
 //!
-//! Nothing here imports another deskgate module except `db` (audit, readiness).
+//! The bottom layer: nothing here imports another deskgate module.
 
-pub mod audit;
 pub mod backoff;
 pub mod clock;
-pub mod readiness;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

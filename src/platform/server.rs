@@ -3,20 +3,16 @@
 //! shutdown on SIGTERM/SIGINT.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
 use axum_server::Handle;
 // Browser sockets carry the desktop: without TCP_NODELAY, Nagle holds the
 // tail of each relayed frame for an ACK (the relay bench measured a third
 // of the downstream throughput and a p99 round trip ten times longer).
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use metrics_exporter_prometheus::PrometheusHandle;
-
-use crate::config::TlsFiles;
-use crate::http::Problem;
 
 /// Why a service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +57,22 @@ pub struct Service {
     pub variable: &'static str,
 }
 
+/// Certificate and key for HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
 /// Binds the main service (HTTPS when `tls` is set) and, when given, the
-/// metrics listener; serves until SIGTERM or SIGINT, then lets open requests
+/// metrics service (plain HTTP, on its own address); serves until SIGTERM or SIGINT, then lets open requests
 /// finish for at most `grace`.
 pub async fn run(
     main: Service,
     tls: Option<&TlsFiles>,
-    metrics: Option<(SocketAddr, PrometheusHandle)>,
+    metrics: Option<(SocketAddr, Router)>,
     grace: Duration,
 ) -> Result<(), ServeError> {
     let handle: Handle<SocketAddr> = Handle::new();
@@ -109,11 +114,11 @@ pub async fn run(
         Ok::<(), ServeError>(())
     };
     let metrics_server = async {
-        if let (Some(listener), Some((addr, prometheus))) = (metrics_listener, metrics) {
+        if let (Some(listener), Some((addr, metrics_app))) = (metrics_listener, metrics) {
             tracing::info!(%addr, "metrics listening on /metrics");
             axum_server::from_tcp(listener)?
                 .handle(handle.clone())
-                .serve(metrics_router(prometheus).into_make_service())
+                .serve(metrics_app.into_make_service())
                 .await?;
         }
         Ok::<(), ServeError>(())
@@ -141,15 +146,6 @@ fn bind(addr: SocketAddr, variable: &'static str) -> Result<TcpListener, ServeEr
     })?;
     listener.set_nonblocking(true)?;
     Ok(listener)
-}
-
-fn metrics_router(prometheus: PrometheusHandle) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(prometheus.render())),
-        )
-        .fallback(|| async { Problem::not_found() })
 }
 
 async fn wait_for_signal() {

@@ -3,12 +3,19 @@
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 /// Default filter when `RUST_LOG` is unset.
 const DEFAULT_FILTER: &str = "info";
 
 /// Sets up logging to stderr in `format`; `RUST_LOG` picks the levels.
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init_logging(format: LogFormat) {
     let filter =

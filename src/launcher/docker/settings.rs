@@ -98,10 +98,7 @@ impl LauncherSettings {
                 .collect(),
             stop_grace: config.launcher.session_stop_grace,
             // Virtual GPUs have no device to pass through.
-            gpu_runtime: !matches!(
-                config.launcher.gpus,
-                crate::launcher::gpu::GpuSelection::Fake(_)
-            ),
+            gpu_runtime: !matches!(config.launcher.gpus, crate::config::GpuSelection::Fake(_)),
             host: config.launcher.host,
             ..Self::new("")
         }

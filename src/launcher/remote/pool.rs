@@ -306,8 +306,8 @@ mod tests {
     use deskgate_actors::testing::FakeLauncher;
 
     use super::*;
+    use crate::config::GpuSelection;
     use crate::http::Limits;
-    use crate::launcher::gpu::GpuSelection;
     use crate::launcher::remote::service::{ExitLog, LauncherState, router};
 
     const TOKEN: &str = "9f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";

@@ -37,8 +37,9 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
+use crate::config::GpuSelection;
 use crate::http::{self, Limits, Problem};
-use crate::launcher::gpu::{self, GpuSelection};
+use crate::launcher::gpu;
 use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
 use crate::platform::clock;
 use crate::platform::secret::Secret;

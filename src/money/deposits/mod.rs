@@ -496,7 +496,7 @@ impl DepositBook for PgDepositBook {
             "credit_key": deposit.credit_key(self.chain_id),
         });
         let subject = format!("wallet:{}", deposit.from);
-        if let Err(error) = crate::platform::audit::record(
+        if let Err(error) = crate::db::audit::record(
             &self.pool,
             "system",
             "deposit.reorged",
