@@ -19,7 +19,7 @@ use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_wat
 use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
 
-use super::{AppError, Step, limits, log_inventory, metrics_listener};
+use super::{AppError, Step, docker_launcher, limits, log_inventory, serve_until_signal};
 use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
 use crate::config::{Config, Confirmations, LauncherKind};
@@ -28,7 +28,7 @@ use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
 use crate::launcher::desktop::DesktopDialer;
-use crate::launcher::docker::{DockerExecDialer, DockerLauncher, LauncherSettings};
+use crate::launcher::docker::DockerExecDialer;
 use crate::launcher::gpu;
 use crate::launcher::remote::pool;
 use crate::money::chain::AlloyChain;
@@ -38,7 +38,7 @@ use crate::money::pricing::{DepositPricer, Pricing};
 use crate::money::tiers::{TierOracle, TieredPricer};
 use crate::platform::backoff::Backoff;
 use crate::platform::secret::Secret;
-use crate::platform::server::{self, Service};
+use crate::platform::server::Service;
 use crate::sessions::store::PgSessionStore;
 use crate::sessions::tree::SessionTree;
 
@@ -82,18 +82,12 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     };
     tracing::info!(public_url = %config.server.public_url, tls = config.is_tls(), "starting the gate");
     let app = gate_router(state, limits(&config), EdgePolicy::from_config(&config));
-    server::run(
-        Service {
-            app,
-            addr: config.server.bind,
-            variable: "DESKGATE_BIND",
-        },
-        config.server.tls.as_ref(),
-        metrics_listener(&config)?,
-        config.server.shutdown_grace,
-    )
-    .await?;
-    Ok(())
+    let service = Service {
+        app,
+        addr: config.server.bind,
+        variable: "DESKGATE_BIND",
+    };
+    serve_until_signal(&config, service).await
 }
 
 /// What `/readyz` checks of the backend: the Docker Engine, or every launcher.
@@ -337,20 +331,6 @@ async fn local_docker_tree(
         move |index, unhealthy| health_tree.set_health(GpuAddr { host: 0, index }, unhealthy),
     );
     Ok((tree, Some(desktops)))
-}
-
-/// The local Docker launcher with the session settings of `config`, once the
-/// engine answers.
-pub(super) async fn docker_launcher(config: &Config) -> Result<DockerLauncher, AppError> {
-    let docker = crate::launcher::docker::connect()
-        .await
-        .step("cannot set up the Docker client (check DOCKER_HOST)")?;
-    docker
-        .ping()
-        .await
-        .step("Docker does not answer (is dockerd running? check DOCKER_HOST)")?;
-    let settings = LauncherSettings::from_config(config, |name| std::env::var(name).ok());
-    Ok(DockerLauncher::new(docker, settings)?)
 }
 
 /// An error with its causes, `a: b: c`, for one log field.

@@ -6,11 +6,10 @@
 
 use std::sync::Arc;
 
-use super::gate::docker_launcher;
-use super::{AppError, Step, limits, log_inventory, metrics_listener};
+use super::{AppError, Step, docker_launcher, limits, log_inventory, serve_until_signal};
 use crate::config::Config;
 use crate::launcher::remote::service::{self, ExitLog, LauncherState};
-use crate::platform::server::{self, Service};
+use crate::platform::server::Service;
 
 /// Runs the launcher service until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), AppError> {
@@ -46,16 +45,10 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         exits,
     });
     let app = service::router(state, limits(&config));
-    server::run(
-        Service {
-            app,
-            addr: config.launcher.bind,
-            variable: "DESKGATE_LAUNCHER_BIND",
-        },
-        config.server.tls.as_ref(),
-        metrics_listener(&config)?,
-        config.server.shutdown_grace,
-    )
-    .await?;
-    Ok(())
+    let service = Service {
+        app,
+        addr: config.launcher.bind,
+        variable: "DESKGATE_LAUNCHER_BIND",
+    };
+    serve_until_signal(&config, service).await
 }

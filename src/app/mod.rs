@@ -21,7 +21,9 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::http::{self, Limits};
+use crate::launcher::docker::{DockerLauncher, LauncherSettings};
 use crate::launcher::gpu;
+use crate::platform::server::{self, Service};
 use crate::platform::telemetry;
 
 /// Any error, boxed, as the sources of an [`AppError`].
@@ -103,9 +105,32 @@ fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, Router)>, App
         .transpose()
 }
 
+/// Serves `service` (HTTPS when the configuration has a certificate, with the
+/// metrics listener when it asks for one) until SIGTERM or SIGINT.
+async fn serve_until_signal(config: &Config, service: Service) -> Result<(), AppError> {
+    let metrics = metrics_listener(config)?;
+    let grace = config.server.shutdown_grace;
+    server::run(service, config.server.tls.as_ref(), metrics, grace).await?;
+    Ok(())
+}
+
 /// Reads the GPU inventory once and logs it; fails when it cannot be read.
 async fn log_inventory(config: &Config) -> Result<Vec<gpu::GpuInfo>, AppError> {
     let gpus = gpu::read_inventory(&config.launcher.gpus).await?;
     tracing::info!(count = gpus.len(), selection = %config.launcher.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
     Ok(gpus)
+}
+
+/// The local Docker launcher with the session settings of `config`, once the
+/// engine answers.
+async fn docker_launcher(config: &Config) -> Result<DockerLauncher, AppError> {
+    let docker = crate::launcher::docker::connect()
+        .await
+        .step("cannot set up the Docker client (check DOCKER_HOST)")?;
+    docker
+        .ping()
+        .await
+        .step("Docker does not answer (is dockerd running? check DOCKER_HOST)")?;
+    let settings = LauncherSettings::from_config(config, |name| std::env::var(name).ok());
+    Ok(DockerLauncher::new(docker, settings)?)
 }
