@@ -55,7 +55,7 @@
 //! are not reported. Errors carry Docker's message but never the environment
 //! or the VNC secret.
 //!
-//! The backend's other parts: [`settings`] (how a container is built),
+//! The backend's other parts: `settings` (how a container is built),
 //! `events` (the exit watcher), `client` (connecting to the engine) and
 //! `desktop` (the `docker exec` dialer). This file is a little over 700
 //! lines because the last hundred are its unit tests.
