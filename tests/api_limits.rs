@@ -405,3 +405,70 @@ async fn the_tls_listener_knows_the_peer_address_too() {
         process.output()
     );
 }
+
+/// The `deskgate_http_*` series in a scrape, without their values.
+fn http_series(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("deskgate_http_"))
+        .filter_map(|line| line.rsplit_once(' ').map(|(series, _)| series.to_string()))
+        .collect()
+}
+
+/// Requests no client needs to be signed in for: made-up methods on a real
+/// route, and real and made-up methods on made-up paths. Each round sends
+/// every kind, so the label combinations a round can reach are all reached
+/// by the first one.
+async fn junk_requests(gate: &GateProcess, count: usize, round: usize) {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let made_up = format!("CARD{round}X{i}");
+            let method = reqwest::Method::from_bytes(made_up.as_bytes()).unwrap();
+            let (method, path) = match i % 3 {
+                0 => (method, "/api/v1/pricing".to_string()),
+                1 => (reqwest::Method::GET, format!("/api/v1/r{round}x{i}")),
+                _ => (method, format!("/x{round}/{i}")),
+            };
+            let request = gate
+                .http
+                .request(method, format!("{}{path}", gate.base))
+                .send();
+            async move { request.await.expect("the gate answers").status() }
+        })
+        .buffer_unordered(32)
+        .for_each(|status| async move {
+            assert!(status.is_client_error(), "a made-up request got {status}");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let gate = GateProcess::start(
+        "api_limits_metric_labels",
+        &[("DESKGATE_METRICS_ADDR", &metrics_addr)],
+    )
+    .await;
+    junk_requests(&gate, 300, 1).await;
+    let first = http_series(&scrape_metrics(&metrics_addr).await);
+    junk_requests(&gate, 9_700, 2).await;
+    let metrics = scrape_metrics(&metrics_addr).await;
+    let after = http_series(&metrics);
+    eprintln!(
+        "deskgate_http series after 300 requests: {}, after 10,000: {}",
+        first.len(),
+        after.len()
+    );
+    assert!(
+        first.iter().any(|s| s.contains(r#"method="other""#)),
+        "made-up methods are counted as `other`: {first:#?}"
+    );
+    assert_eq!(first, after, "10,000 made-up requests added series");
+    assert!(
+        !metrics.contains("CARD") && !metrics.contains("/x2/"),
+        "a request's method or path became a label value"
+    );
+    gate.stop().await;
+}
