@@ -41,12 +41,16 @@ pub(crate) fn sign_in_problem(err: &SignInError) -> Problem {
         .with("reason", json!(err.code()))
 }
 
-/// The token of `Authorization: Bearer <token>`, if sent.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// The token of `Authorization: Bearer <token>`, if sent. The scheme is
+/// matched in any case (RFC 9110 §11.1: `bearer` and `BEARER` are the same
+/// scheme) and may be followed by more than one space. The gate, its admin
+/// API and `deskgate launcher` all read bearer tokens through this.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// The token from `Authorization: Bearer` or the cookie.
@@ -176,6 +180,22 @@ pub(crate) fn origin_refused(headers: &HeaderMap, public_origin: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let token_of = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&headers).map(str::to_string)
+        };
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR  tok"] {
+            assert_eq!(token_of(value).as_deref(), Some("tok"), "{value}");
+        }
+        for value in ["Basic tok", "Bearertok", "tok", "Bearer-ish tok"] {
+            assert_eq!(token_of(value), None, "{value}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn only_the_exact_public_origin_is_allowed() {

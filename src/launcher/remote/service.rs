@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -38,6 +38,7 @@ use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::config::GpuSelection;
+use crate::http::extract::bearer_token;
 use crate::http::{self, Limits, Problem};
 use crate::launcher::gpu;
 use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
@@ -181,12 +182,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
+    match bearer_token(request.headers()) {
         Some(token) if state.token.matches(token.as_bytes()) => next.run(request).await,
         _ => Problem::unauthorized().into_response(),
     }
@@ -400,6 +396,7 @@ async fn send_event(socket: &mut WebSocket, event: &ExitEvent) -> Result<(), axu
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::header;
     use deskgate_actors::testing::FakeLauncher;
     use std::time::Duration;
     use tower::ServiceExt;
@@ -444,6 +441,18 @@ mod tests {
             .await
             .unwrap();
         serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_token_scheme_is_matched_in_any_case() {
+        for scheme in ["bearer", "BEARER"] {
+            let request = Request::builder()
+                .method("GET")
+                .uri("/v1/sessions")
+                .header(header::AUTHORIZATION, format!("{scheme} {TOKEN}"));
+            let response = call(app(), request, Body::empty()).await;
+            assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+        }
     }
 
     #[tokio::test]
