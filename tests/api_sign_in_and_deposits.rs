@@ -131,11 +131,26 @@ async fn a_signed_in_wallet_deposits_eth_and_is_credited_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ledger.balance(&wallet).await.unwrap(), 5400);
 
-    // Logged out, the token opens nothing.
-    let (status, _) = gate
-        .post("/api/v1/auth/logout", Some(&token), json!({}))
-        .await;
-    assert_eq!(status, 204);
+    // Logged out, the token opens nothing, and the browser is told to drop
+    // its cookie (same attributes, empty, Max-Age=0).
+    let logout = gate
+        .http
+        .post(format!("{}/api/v1/auth/logout", gate.base))
+        .header("authorization", format!("bearer {token}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let cleared = logout
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert_eq!(
+        cleared, "deskgate_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        "logout clears the cookie"
+    );
     let (status, _) = gate
         .post("/api/v1/deposits", Some(&token), json!({ "tx_hash": tx }))
         .await;

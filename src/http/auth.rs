@@ -91,11 +91,7 @@ async fn verify(
         .await
         .map_err(|err| sign_in_problem(&err))?;
     let max_age = (issued.expires_at - Utc::now()).num_seconds().max(0);
-    let secure = if api.https { "; Secure" } else { "" };
-    let cookie = format!(
-        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}",
-        issued.token.expose()
-    );
+    let cookie = token_cookie(issued.token.expose(), max_age, api.https);
     let body = Json(json!({
         "token": issued.token.expose(),
         "address": issued.address.as_str(),
@@ -108,12 +104,19 @@ async fn verify(
     Ok(response)
 }
 
+/// The `Set-Cookie` value of the token cookie. Logout sends it empty with
+/// `Max-Age=0` and the same attributes, which is what makes a browser drop it.
+fn token_cookie(value: &str, max_age: i64, https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    format!("{TOKEN_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}")
+}
+
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 204, description = "the token is revoked"), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
+    responses((status = 204, description = "the token is revoked and the cookie cleared"), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
 async fn logout(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> Result<StatusCode, Problem> {
+) -> Result<impl IntoResponse, Problem> {
     signed_in(&api, &headers).await?;
     if let Some(token) = presented_token(&headers) {
         api.sign_in
@@ -121,5 +124,7 @@ async fn logout(
             .await
             .map_err(|err| sign_in_problem(&err))?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    // Bearer callers too: a browser may hold the cookie as well.
+    let expired = token_cookie("", 0, api.https);
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, expired)]))
 }
