@@ -38,7 +38,7 @@ pub fn config_report(loaded: &Loaded, role: Role) -> String {
 }
 
 /// The command-line name of a role.
-pub fn role_name(role: Role) -> &'static str {
+fn role_name(role: Role) -> &'static str {
     match role {
         Role::Serve => "serve",
         Role::Launcher => "launcher",

@@ -39,6 +39,7 @@ use crate::money::tiers::{TierOracle, TieredPricer};
 use crate::platform::backoff::Backoff;
 use crate::platform::secret::Secret;
 use crate::platform::server::Service;
+use crate::platform::telemetry::error_chain;
 use crate::sessions::store::PgSessionStore;
 use crate::sessions::tree::SessionTree;
 
@@ -224,7 +225,7 @@ async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<ApiState>)
             }
             Err(err) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %chain_of(&err), retry_in = ?delay, "cannot start the session tree yet");
+                tracing::warn!(error = %error_chain(&err), retry_in = ?delay, "cannot start the session tree yet");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -331,16 +332,4 @@ async fn local_docker_tree(
         move |index, unhealthy| health_tree.set_health(GpuAddr { host: 0, index }, unhealthy),
     );
     Ok((tree, Some(desktops)))
-}
-
-/// An error with its causes, `a: b: c`, for one log field.
-pub(super) fn chain_of(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

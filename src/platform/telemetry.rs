@@ -41,3 +41,20 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()
 }
+
+/// An error and its sources, joined with ": ", for one log field or message.
+/// A source whose text the chain already ends with is not repeated (some
+/// errors print their source themselves).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = e.source();
+    }
+    text
+}

@@ -45,6 +45,7 @@ use diesel_async::AsyncPgConnection;
 use rustls::CertificateError;
 use tokio_postgres::config::SslMode as PgSslMode;
 
+use crate::platform::telemetry::error_chain;
 use params::{Roots, Transport, parse, pg_config, server_of};
 use trust::connector;
 
@@ -230,7 +231,7 @@ fn connect_error(
                 },
             };
         }
-        let reason = chain(err);
+        let reason = error_chain(err);
         // tokio-postgres reports a refused SSLRequest only as this text.
         if reason.contains("server does not support TLS") {
             return ConnectError::ServerWithoutTls { server, mode };
@@ -242,7 +243,7 @@ fn connect_error(
     }
     ConnectError::Connect {
         server,
-        reason: chain(err),
+        reason: error_chain(err),
     }
 }
 
@@ -276,21 +277,6 @@ fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls
         next = e.source();
     }
     None
-}
-
-/// An error and its sources, joined with ": ".
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let part = e.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use tokio_postgres::config::Host;
 
-use super::{ConnectError, chain};
+use super::ConnectError;
+use crate::platform::telemetry::error_chain;
 
 /// libpq's `sslmode` values that deskgate supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +201,7 @@ pub(super) fn pg_config(parsed: &ParsedUrl) -> Result<tokio_postgres::Config, Co
     let mut config = parsed
         .url
         .parse::<tokio_postgres::Config>()
-        .map_err(|e| ConnectError::InvalidUrl(chain(&e)))?;
+        .map_err(|e| ConnectError::InvalidUrl(error_chain(&e)))?;
     // A session left idle inside a transaction (its client gone mid-way)
     // would hold its row locks forever; the server ends it after a minute.
     // An operator's own setting in `options` wins.
