@@ -627,7 +627,21 @@ fn serve_deskgate_relay(spec: &str) {
             addr,
             variable: SERVE_ENV,
         };
-        deskgate::platform::server::run(service, None, None, Duration::from_secs(1))
+        // The gate's default connection limits (README, configuration).
+        let limits = deskgate::platform::server::ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16384,
+            max_per_client: 128,
+            max_total: 4096,
+        };
+        let options = deskgate::platform::server::ServeOptions {
+            tls: None,
+            metrics: None,
+            grace: Duration::from_secs(1),
+            limits: &limits,
+            uncapped_peers: &[],
+        };
+        deskgate::platform::server::run(service, options)
             .await
             .expect("the relay server runs");
     });

@@ -108,9 +108,14 @@ fn metrics_listener(config: &Config) -> Result<Option<(SocketAddr, Router)>, App
 /// Serves `service` (HTTPS when the configuration has a certificate, with the
 /// metrics listener when it asks for one) until SIGTERM or SIGINT.
 async fn serve_until_signal(config: &Config, service: Service) -> Result<(), AppError> {
-    let metrics = metrics_listener(config)?;
-    let grace = config.server.shutdown_grace;
-    server::run(service, config.server.tls.as_ref(), metrics, grace).await?;
+    let options = server::ServeOptions {
+        tls: config.server.tls.as_ref(),
+        metrics: metrics_listener(config)?,
+        grace: config.server.shutdown_grace,
+        limits: &config.limits.connections,
+        uncapped_peers: &config.server.trusted_proxies,
+    };
+    server::run(service, options).await?;
     Ok(())
 }
 

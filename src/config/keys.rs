@@ -298,6 +298,30 @@ pub const KEYS: &[Key] = &[
         "requests running longer get 408"
     ),
     key!(
+        "HTTP_HEADER_TIMEOUT_SECONDS",
+        Plain,
+        Some("10"),
+        "a connection must send a complete request head (and finish its TLS handshake) within this long of connecting or of its previous response, so it is also the keep-alive idle limit; closed otherwise"
+    ),
+    key!(
+        "HTTP_MAX_HEADER_BYTES",
+        Plain,
+        Some("16384"),
+        "largest request head (request line and headers), 8192 to 1048576; 431 above it"
+    ),
+    key!(
+        "MAX_CONNECTIONS_PER_CLIENT",
+        Plain,
+        Some("128"),
+        "open connections (WebSockets included) one client address may hold (IPv6: per /64; trusted proxies count only against the total); more are closed at once"
+    ),
+    key!(
+        "MAX_CONNECTIONS",
+        Plain,
+        Some("4096"),
+        "open connections in all on the gate's listener (the metrics listener counts its own); more are closed at once"
+    ),
+    key!(
         "SIGN_IN_RATE_PER_MINUTE",
         Plain,
         Some("10"),
@@ -405,6 +429,10 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "CLAIM_RATE_PER_MINUTE",
     "CLAIM_RATE_BURST",
     "SHUTDOWN_GRACE_SECONDS",
+    "HTTP_HEADER_TIMEOUT_SECONDS",
+    "HTTP_MAX_HEADER_BYTES",
+    "MAX_CONNECTIONS_PER_CLIENT",
+    "MAX_CONNECTIONS",
     // Never parse problems (they are only checked by the posture), listed
     // so that the list covers every key.
     "ADMIN_TOKEN",

@@ -1,12 +1,15 @@
-//! The limits part: what one request, and one client, may cost the gate —
-//! the largest body, the longest a request may run, and the per-client rate
+//! The limits part: what one connection, one request, and one client may
+//! cost the gate — the header deadline and size, the connection caps, the
+//! largest body, the longest a request may run, and the per-client rate
 //! limits ([`Quota`]) on sign-in and session claims.
 //!
 //! [`Quota`] lives here rather than in `http::rate_limit`, which enforces it,
 //! so that `config` does not depend on `http`.
 //!
 //! Invariants: a body limit is at least 1024 bytes; a quota's rate and burst
-//! are each 1 to 100000.
+//! are each 1 to 100000; a request head limit is 8192 (hyper's least read
+//! buffer) to 1 MiB; connection caps are at least 1 and the per-client cap
+//! is no more than the total.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use super::Problem;
 use super::parse::{parse_key, parse_seconds};
 use super::raw::RawSettings;
+use crate::platform::server::ConnectionLimits;
 
 /// How many requests a client may make: `per_minute` sustained, up to
 /// `burst` at once after being idle.
@@ -47,6 +51,8 @@ impl fmt::Display for Quota {
 /// Per-request and per-client limits.
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
+    /// What a connection may cost before it sends a request.
+    pub connections: ConnectionLimits,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Per-request time limit.
@@ -68,14 +74,54 @@ impl LimitsConfig {
         let request_timeout = parse_key(raw, "REQUEST_TIMEOUT_SECONDS", p, parse_seconds);
         let sign_in_quota = parse_quota(raw, "SIGN_IN_RATE_PER_MINUTE", "SIGN_IN_RATE_BURST", p);
         let claim_quota = parse_quota(raw, "CLAIM_RATE_PER_MINUTE", "CLAIM_RATE_BURST", p);
+        let connections = parse_connection_limits(raw, p);
         // Every setting here has a default: `None` means a recorded problem.
         Some(Self {
+            connections: connections?,
             max_body_bytes: max_body_bytes?,
             request_timeout: request_timeout?,
             sign_in_quota: sign_in_quota?,
             claim_quota: claim_quota?,
         })
     }
+}
+
+/// The connection limits: header deadline and size, per-client and total
+/// caps.
+fn parse_connection_limits(
+    raw: &RawSettings,
+    problems: &mut Vec<Problem>,
+) -> Option<ConnectionLimits> {
+    let p = &mut *problems;
+    let header_timeout = parse_key(raw, "HTTP_HEADER_TIMEOUT_SECONDS", p, parse_seconds);
+    let max_header_bytes = parse_key(raw, "HTTP_MAX_HEADER_BYTES", p, |t| {
+        match t.parse::<usize>() {
+            Ok(n) if (8192..=1 << 20).contains(&n) => Ok(n),
+            _ => Err(format!("`{t}` is not a byte count from 8192 to 1048576")),
+        }
+    });
+    let count = |t: &str| match t.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{t}` is not a whole number from 1 to 1000000")),
+    };
+    let max_per_client = parse_key(raw, "MAX_CONNECTIONS_PER_CLIENT", p, count);
+    let max_total = parse_key(raw, "MAX_CONNECTIONS", p, count);
+    let (max_per_client, max_total) = (max_per_client?, max_total?);
+    if max_per_client > max_total {
+        p.push(Problem::new(
+            "MAX_CONNECTIONS_PER_CLIENT",
+            format!(
+                "{max_per_client} is more than DESKGATE_MAX_CONNECTIONS ({max_total}); a client cannot hold more connections than the gate does"
+            ),
+        ));
+        return None;
+    }
+    Some(ConnectionLimits {
+        header_timeout: header_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_per_client,
+        max_total,
+    })
 }
 
 /// A rate limit from its two settings: requests per minute and burst, each

@@ -12,7 +12,7 @@
 //! costs the attacker's own buckets, not memory.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ pub use crate::config::Quota;
 
 use super::client_addr::ClientAddr;
 use super::problem::Problem;
+use crate::platform::server::connections::client_bucket;
 
 /// Most clients one limiter tracks (about 2.6 MiB of table at most).
 pub const MAX_TRACKED_CLIENTS: usize = 50_000;
@@ -98,7 +99,7 @@ impl RateLimiter {
     /// Takes one request from `client`'s bucket at `now`, or says when the
     /// bucket will have room.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Refused> {
-        let key = bucket_key(client);
+        let key = client_bucket(client);
         let interval = self.quota.emission_interval();
         let window = self.quota.burst_window();
         // A poisoned lock only means another request panicked mid-update;
@@ -163,18 +164,6 @@ impl Table {
             evicted = evict,
             "rate limiter at its client cap: evicted the clients nearest to a full bucket"
         );
-    }
-}
-
-/// The key a client's bucket is stored under: IPv4 addresses as they are,
-/// IPv6 addresses by their /64.
-fn bucket_key(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
     }
 }
 
