@@ -472,3 +472,40 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
     );
     gate.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_method_a_route_does_not_take_gets_a_405_problem_naming_what_it_does() {
+    let gate = GateProcess::start("api_limits_405", &[]).await;
+    for (method, path, allow) in [
+        (reqwest::Method::PUT, "/api/v1/pricing", "GET,HEAD"),
+        (reqwest::Method::GET, "/api/v1/sessions", "POST"),
+        (reqwest::Method::OPTIONS, "/api/v1/pricing", "GET,HEAD"),
+        (reqwest::Method::DELETE, "/healthz", "GET,HEAD"),
+    ] {
+        let response = gate
+            .http
+            .request(method.clone(), format!("{}{path}", gate.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:deskgate:problem:method-not-allowed");
+        assert_eq!(problem["status"], 405);
+        assert_eq!(
+            problem["detail"],
+            "the Allow header lists the methods this path answers"
+        );
+    }
+    gate.stop().await;
+}

@@ -200,10 +200,12 @@ pub fn metrics_router(prometheus: metrics_exporter_prometheus::PrometheusHandle)
 }
 
 /// Wraps `routes` with the guards every deskgate HTTP service uses: a 404
-/// problem for unknown paths, the body limit and the time limit.
+/// problem for unknown paths, a 405 problem for a method a path does not
+/// take, the body limit and the time limit.
 pub fn guarded(routes: Router, limits: Limits) -> Router {
     routes
         .fallback(|| async { Problem::not_found() })
+        .layer(middleware::from_fn(explain_method_not_allowed))
         // Bodies streamed without Content-Length are cut off by the extractors.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(limits, enforce_limits))
@@ -225,6 +227,26 @@ async fn enforce_limits(State(limits): State<Limits>, request: Request, next: Ne
         Ok(response) => response,
         Err(_) => Problem::timeout().into_response(),
     }
+}
+
+/// Turns the router's bare 405 (an empty body) into a problem. OPTIONS on
+/// an API path lands here too, unless it is a CORS preflight from the public
+/// origin (answered by `cors`). The router adds `Allow` after this runs
+/// (the layer wraps each route's handlers), so the detail points to it.
+async fn explain_method_not_allowed(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+    )
+    .detail("the Allow header lists the methods this path answers")
+    .into_response()
 }
 
 /// Counts requests and their latency per route template (never the raw path,
@@ -389,6 +411,38 @@ mod tests {
             response.headers()[header::CONTENT_TYPE],
             problem::PROBLEM_JSON
         );
+    }
+
+    #[tokio::test]
+    async fn a_method_the_path_does_not_take_is_a_405_problem_with_allow() {
+        for method in [Method::PUT, Method::OPTIONS, Method::GET] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri("/echo")
+                .body(Body::empty())
+                .unwrap();
+            let response = send(request).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method}"
+            );
+            assert_eq!(response.headers()[header::ALLOW], "POST", "{method}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                problem::PROBLEM_JSON
+            );
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(problem["type"], "urn:deskgate:problem:method-not-allowed");
+            assert_eq!(problem["status"], 405);
+            assert_eq!(
+                problem["detail"],
+                "the Allow header lists the methods this path answers"
+            );
+        }
     }
 
     #[test]
