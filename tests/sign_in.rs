@@ -1,86 +1,25 @@
 //! Wallet sign-in end to end on a real PostgreSQL and a real anvil node:
-//! real keys sign real EIP-4361 messages, a real EIP-1271 contract wallet
-//! vouches for its owner, and every refusal comes with its own reason.
+//! real keys sign real EIP-4361 messages, and every refusal comes with its
+//! own reason. Contract wallets (EIP-1271, ERC-6492) have their own file,
+//! `sign_in_contract_wallets.rs`.
 
 mod support;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use alloy::network::TransactionBuilder;
-use alloy::primitives::{Address, U256};
-use alloy::providers::ext::AnvilApi;
-use alloy::providers::{Provider, ProviderBuilder, RootProvider};
-use alloy::rpc::types::TransactionRequest;
-use alloy::signers::SignerSync;
+use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use chrono::{TimeDelta, Utc};
 use deskgate::auth::siwe::{SiweMessage, Timestamp};
 use deskgate::auth::store::hash_token;
-use deskgate::auth::{IssuedToken, NONCE_CHARS, STATEMENT, SignIn, SignInError};
-use deskgate::db::DbPool;
+use deskgate::auth::{MAX_SIGNATURE_BYTES, NONCE_CHARS, STATEMENT, SignIn, SignInError};
 use deskgate::db::schema::auth_tokens;
-use deskgate::platform::secret::Secret;
 use deskgate_actors::ports::WalletId;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use support::{ScratchDatabase, free_port, service_env};
+use support::free_port;
+use support::sign_in::{PUBLIC_URL, assert_refused, chain_id, setup, setup_with_rpc, sign};
 use url::Url;
-
-const PUBLIC_URL: &str = "https://desk.test:8443/";
-const TOKEN_TTL: Duration = Duration::from_secs(3600);
-
-struct Fixture {
-    db: ScratchDatabase,
-    pool: DbPool,
-    sign_in: SignIn,
-}
-
-fn chain_id() -> u64 {
-    service_env("DESKGATE_CHAIN_ID")
-        .parse()
-        .expect("DESKGATE_CHAIN_ID is a number")
-}
-
-fn rpc_url() -> Url {
-    service_env("DESKGATE_RPC_URL")
-        .parse()
-        .expect("DESKGATE_RPC_URL is a URL")
-}
-
-/// A sign-in service on a scratch database, checking contract wallets on
-/// the shared anvil node.
-async fn setup(tag: &str) -> Fixture {
-    setup_with_rpc(tag, rpc_url()).await
-}
-
-async fn setup_with_rpc(tag: &str, rpc: Url) -> Fixture {
-    let db = ScratchDatabase::migrated(tag).await;
-    let pool = deskgate::db::pool(&Secret::new(db.url.clone())).expect("pool");
-    let sign_in = SignIn::new(
-        pool.clone(),
-        &Url::parse(PUBLIC_URL).unwrap(),
-        chain_id(),
-        Some(RootProvider::new_http(rpc)),
-        TOKEN_TTL,
-    )
-    .expect("sign-in service");
-    Fixture { db, pool, sign_in }
-}
-
-impl Fixture {
-    async fn teardown(self) {
-        drop(self.sign_in);
-        drop(self.pool);
-        self.db.drop_it().await;
-    }
-}
-
-/// `personal_sign`: an EIP-191 signature as 0x-prefixed hex.
-fn sign(signer: &PrivateKeySigner, text: &str) -> String {
-    let signature = signer.sign_message_sync(text.as_bytes()).expect("sign");
-    alloy::hex::encode_prefixed(signature.as_bytes())
-}
 
 fn wallet(address: Address) -> WalletId {
     WalletId::new(&address.to_string())
@@ -109,14 +48,6 @@ async fn edited(
     let text = message.to_string();
     let signature = sign(by, &text);
     (text, signature)
-}
-
-#[track_caller]
-fn assert_refused(outcome: Result<IssuedToken, SignInError>, code: &str) {
-    match outcome {
-        Ok(_) => panic!("signed in, expected {code}"),
-        Err(e) => assert_eq!(e.code(), code, "{e}"),
-    }
 }
 
 /// The happy path: the issued message is a complete EIP-4361 text for this
@@ -319,6 +250,20 @@ async fn a_signature_must_come_from_the_claimed_address() {
         "signature_mismatch",
     );
 
+    // Nor can any other shape of signature be Alice's: with no code at her
+    // address, only her key's 65 bytes count.
+    let own = sign(&alice, &challenge.message);
+    for other_shape in [
+        own[..own.len() - 2].to_string(),
+        format!("{own}{}", &own[2..]),
+        format!("{}20", &own[..own.len() - 2]),
+    ] {
+        assert_refused(
+            f.sign_in.verify(&challenge.message, &other_shape).await,
+            "signature_mismatch",
+        );
+    }
+
     // Mallory puts her own address on Alice's nonce and signs correctly.
     let mut stolen = SiweMessage::parse(&challenge.message).unwrap();
     stolen.address = mallory.address();
@@ -368,9 +313,10 @@ async fn malformed_input_and_unknown_nonces_are_refused() {
         "",
         "0x",
         "not hex",
-        &signature[..signature.len() - 2],
-        &format!("{signature}00"),
-        &format!("{}05", &signature[..signature.len() - 2]),
+        &signature[..signature.len() - 1],
+        &format!("0x{}", "ab".repeat(MAX_SIGNATURE_BYTES + 1)),
+        // The ERC-6492 suffix after bytes that are no (address, bytes, bytes).
+        &format!("0x{}{}", "ab".repeat(40), "6492".repeat(16)),
     ] {
         assert_refused(f.sign_in.verify(&message, bad).await, "malformed_signature");
     }
@@ -385,74 +331,6 @@ async fn malformed_input_and_unknown_nonces_are_refused() {
 
     // None of that consumed the real nonce.
     f.sign_in.verify(&message, &signature).await.unwrap();
-    f.teardown().await;
-}
-
-/// Deploys `ContractWallet(owner)` on the shared anvil node. The deployer is
-/// a fresh key that anvil funds, so this never races other tests for the
-/// dev accounts' nonces.
-async fn deploy_contract_wallet(owner: Address) -> Address {
-    let deployer = PrivateKeySigner::random();
-    let provider = ProviderBuilder::new()
-        .wallet(deployer.clone())
-        .connect_http(rpc_url());
-    provider
-        .anvil_set_balance(deployer.address(), U256::from(10u64).pow(U256::from(18)))
-        .await
-        .expect("anvil funds the deployer");
-    let bin = std::fs::read_to_string(
-        support::repo_root().join("tests/fixtures/artifacts/ContractWallet.bin"),
-    )
-    .expect("ContractWallet.bin");
-    let mut code = alloy::hex::decode(bin.trim()).expect("hex bytecode");
-    code.extend_from_slice(owner.into_word().as_slice()); // constructor(address)
-    let receipt = provider
-        .send_transaction(TransactionRequest::default().with_deploy_code(code))
-        .await
-        .expect("deploy sent")
-        .get_receipt()
-        .await
-        .expect("deploy mined");
-    assert!(receipt.status(), "deploy succeeded");
-    let address = receipt.contract_address.expect("a contract address");
-    assert!(!provider.get_code_at(address).await.unwrap().is_empty());
-    address
-}
-
-/// An EIP-1271 contract wallet signs in with its owner's signature (checked
-/// by the contract through eth_call); another key's signature, or a
-/// signature the contract cannot recover, is refused by the contract.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_contract_wallet_signs_in_through_eip1271() {
-    let f = setup("sign_in_1271").await;
-    let owner = PrivateKeySigner::random();
-    let mallory = PrivateKeySigner::random();
-    let contract = deploy_contract_wallet(owner.address()).await;
-
-    let challenge = f.sign_in.issue(contract).await.unwrap();
-    assert_refused(
-        f.sign_in
-            .verify(&challenge.message, &sign(&mallory, &challenge.message))
-            .await,
-        "contract_wallet_rejected",
-    );
-    let zero_signature = format!("0x{}1b", "00".repeat(64));
-    assert_refused(
-        f.sign_in.verify(&challenge.message, &zero_signature).await,
-        "contract_wallet_rejected",
-    );
-
-    // The refusals left the nonce for the owner.
-    let issued = f
-        .sign_in
-        .verify(&challenge.message, &sign(&owner, &challenge.message))
-        .await
-        .unwrap();
-    assert_eq!(issued.address, wallet(contract));
-    assert_eq!(
-        f.sign_in.authenticate(issued.token.expose()).await.unwrap(),
-        wallet(contract)
-    );
     f.teardown().await;
 }
 

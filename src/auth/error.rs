@@ -17,8 +17,12 @@ pub enum SignInError {
     /// The message is not an acceptable EIP-4361 text.
     #[error("malformed sign-in message: {0}")]
     MalformedMessage(#[source] SiweError),
-    /// The signature is not 65 bytes of hex with a valid recovery byte.
-    #[error("malformed signature: expected 65 bytes as hex (130 digits, 0x optional)")]
+    /// The signature is not hex of 1 to 16,384 bytes, or is an ERC-6492
+    /// wrapper that does not decode.
+    #[error(
+        "malformed signature: expected hex (0x optional) of 1 to {} bytes; an ERC-6492 wrapper must decode as (address, bytes, bytes)",
+        super::MAX_SIGNATURE_BYTES
+    )]
     MalformedSignature,
     /// The message names another domain.
     #[error("the message is for another domain than {expected}")]

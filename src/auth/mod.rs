@@ -8,16 +8,21 @@
 //!
 //! [`SignIn::verify`] checks, in this order, and stops at the first failure:
 //!
-//! 1. the text parses as EIP-4361 and the signature is 65 bytes of hex;
+//! 1. the text parses as EIP-4361 and the signature is hex, at most
+//!    16 KiB;
 //! 2. the message is bound to this gate: scheme, domain and URI of
 //!    `DESKGATE_PUBLIC_URL`, and `DESKGATE_CHAIN_ID`;
 //! 3. its times: issued-at and not-before reached (allowing some clock skew
 //!    of the browser), expiration not passed;
 //! 4. the nonce is alive and was issued to the message's address — read
 //!    only, so that a dead nonce costs no RPC call below;
-//! 5. the signature: EIP-191 recovery gives the address, or else the
-//!    address holds code and its EIP-1271 `isValidSignature` returns the
-//!    magic value;
+//! 5. the signature: EIP-191 recovery of a 65-byte signature gives the
+//!    address, or else the address holds code (or an ERC-6492 wrapper's
+//!    factory would deploy it) and its EIP-1271 `isValidSignature`,
+//!    handed the signature bytes as they came, returns the magic value —
+//!    asked in one deployless `eth_call` (`contract_wallet.rs`), where a
+//!    wallet that reverts or runs out of gas refuses, and only the node's
+//!    own failure is "RPC unavailable";
 //! 6. only now the nonce is consumed, atomically. A wrong signature
 //!    therefore never burns the owner's nonce, and a replayed good signature
 //!    fails as "nonce already used" (at step 4, or here when two race).
@@ -37,9 +42,11 @@ pub mod siwe;
 pub mod store;
 pub mod tickets;
 
+mod contract_wallet;
 mod error;
 mod sign_in;
 
+pub use contract_wallet::MAX_SIGNATURE_BYTES;
 pub use error::{SignInError, SignInSetupError};
 pub use sign_in::{
     CHALLENGE_LIFE, CLOCK_SKEW, FAILURES_METRIC, IssuedChallenge, IssuedToken, NONCE_CHARS,

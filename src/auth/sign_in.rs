@@ -9,17 +9,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use alloy::network::TransactionBuilder;
-use alloy::primitives::{Address, B256, Bytes, Signature, eip191_hash_message};
-use alloy::providers::{Provider, RootProvider};
-use alloy::rpc::types::TransactionRequest;
-use alloy::sol_types::SolCall;
-use alloy::transports::{RpcError, TransportError};
+use alloy::primitives::{Address, Signature, eip191_hash_message};
+use alloy::providers::RootProvider;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use deskgate_actors::ports::WalletId;
 use rand::Rng;
 use url::Url;
 
+use super::contract_wallet::{self, MAX_SIGNATURE_BYTES, Verdict, WalletSignature};
 use super::siwe::{SiweMessage, Version};
 use super::store;
 use super::{SignInError, SignInSetupError};
@@ -34,9 +31,6 @@ pub const CHALLENGE_LIFE: TimeDelta = TimeDelta::minutes(5);
 /// may lie this far in the future.
 pub const CLOCK_SKEW: TimeDelta = TimeDelta::seconds(60);
 
-/// The longest an RPC call of the EIP-1271 check may take.
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Characters in a nonce, drawn uniformly from the 62 ASCII letters and
 /// digits: 22 × log2(62) ≈ 131 bits, above the 128 we want (EIP-4361 asks
 /// for at least 64).
@@ -48,22 +42,10 @@ const TOKEN_BYTES: usize = 32;
 /// The statement in issued messages.
 pub const STATEMENT: &str = "Sign in to deskgate";
 
-/// What EIP-1271 `isValidSignature` returns for a valid signature (its own
-/// selector).
-const EIP1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
-
 /// Name of the refusal counter; `reason` is [`SignInError::code`].
 pub const FAILURES_METRIC: &str = "deskgate_sign_in_failures_total";
 /// Name of the success counter.
 pub const SUCCESSES_METRIC: &str = "deskgate_sign_in_successes_total";
-
-alloy::sol! {
-    /// EIP-1271: signature validation for contract accounts.
-    interface IERC1271 {
-        /// Returns `0x1626ba7e` when `signature` is valid for `hash`.
-        function isValidSignature(bytes32 hash, bytes signature) external view returns (bytes4 magicValue);
-    }
-}
 
 /// A challenge for the browser to have signed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,13 +265,13 @@ impl SignIn {
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, SignInError> {
         let message = SiweMessage::parse(text).map_err(SignInError::MalformedMessage)?;
-        let (signature, raw_signature) = parse_signature(signature)?;
+        let signature = parse_signature(signature)?;
         self.check_binding(&message)?;
         self.check_times(&message, now)?;
 
         let wallet = WalletId::new(&message.address.to_string());
         store::check_challenge(&self.pool, &message.nonce, &wallet, now).await?;
-        self.check_signature(text, message.address, &signature, &raw_signature)
+        self.check_signature(text, message.address, &signature)
             .await?;
         store::consume_challenge(&self.pool, &message.nonce, &wallet, now).await?;
 
@@ -356,58 +338,25 @@ impl SignIn {
         Ok(())
     }
 
-    /// EIP-191 recovery for an externally owned account, else EIP-1271 for a
-    /// contract wallet.
+    /// EIP-191 recovery for an externally owned account, else the contract
+    /// at the address (EIP-1271), or the one an ERC-6492 wrapper deploys.
     async fn check_signature(
         &self,
         text: &str,
         address: Address,
-        signature: &Signature,
-        raw_signature: &[u8; 65],
+        raw: &[u8],
     ) -> Result<(), SignInError> {
         let hash = eip191_hash_message(text);
-        if signature.recover_address_from_prehash(&hash).ok() == Some(address) {
+        let signature = WalletSignature::parse(raw)?;
+        if signature.deploy.is_none() && recovers_to(raw, &hash) == Some(address) {
             return Ok(());
         }
         // Not the key of `address`: only a contract at `address` can vouch.
         let provider = self.provider.as_ref().ok_or(SignInError::RpcUnavailable)?;
-        let code = rpc(provider.get_code_at(address)).await?;
-        if code.is_empty() {
-            return Err(SignInError::SignatureMismatch);
-        }
-        self.ask_contract(provider, address, hash, raw_signature)
-            .await
-    }
-
-    async fn ask_contract(
-        &self,
-        provider: &RootProvider,
-        address: Address,
-        hash: B256,
-        raw_signature: &[u8; 65],
-    ) -> Result<(), SignInError> {
-        let call = IERC1271::isValidSignatureCall {
-            hash,
-            signature: Bytes::copy_from_slice(raw_signature),
-        };
-        let request = TransactionRequest::default()
-            .with_to(address)
-            .with_input(call.abi_encode());
-        let returned = match tokio::time::timeout(RPC_TIMEOUT, provider.call(request)).await {
-            Ok(Ok(returned)) => returned,
-            // The node ran the call and it reverted: the wallet's answer.
-            Ok(Err(RpcError::ErrorResp(payload)))
-                if payload.code == 3 || payload.message.contains("revert") =>
-            {
-                return Err(SignInError::ContractWalletRejected);
-            }
-            Ok(Err(e)) => return Err(rpc_unavailable(&e)),
-            Err(_) => return Err(rpc_timeout()),
-        };
-        // Strict decoding: exactly the magic value, zero-padded.
-        match IERC1271::isValidSignatureCall::abi_decode_returns_validate(&returned) {
-            Ok(magic) if magic.0 == EIP1271_MAGIC => Ok(()),
-            _ => Err(SignInError::ContractWalletRejected),
+        match contract_wallet::ask(provider, address, hash, &signature).await? {
+            Verdict::Valid => Ok(()),
+            Verdict::Rejected => Err(SignInError::ContractWalletRejected),
+            Verdict::NoContract => Err(SignInError::SignatureMismatch),
         }
     }
 
@@ -468,47 +417,26 @@ fn is_token_shaped(token: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// 65 bytes (`r`, `s`, `v`) as hex, `0x` optional, `v` one of 0, 1, 27, 28
-/// (or EIP-155 style).
-fn parse_signature(text: &str) -> Result<(Signature, [u8; 65]), SignInError> {
+/// The signature's bytes, from hex (`0x` optional): one or more bytes, at
+/// most [`MAX_SIGNATURE_BYTES`]. Its shape is the signer's business: 65
+/// bytes for a key, anything its contract understands for a wallet.
+fn parse_signature(text: &str) -> Result<Vec<u8>, SignInError> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
-    if hex.len() != 130 {
+    if hex.is_empty() || hex.len() > 2 * MAX_SIGNATURE_BYTES {
         return Err(SignInError::MalformedSignature);
     }
-    let mut raw = [0u8; 65];
-    alloy::hex::decode_to_slice(hex, &mut raw).map_err(|_| SignInError::MalformedSignature)?;
-    let signature = Signature::from_raw_array(&raw).map_err(|_| SignInError::MalformedSignature)?;
-    Ok((signature, raw))
+    alloy::hex::decode(hex).map_err(|_| SignInError::MalformedSignature)
 }
 
-/// Runs one RPC call under [`RPC_TIMEOUT`].
-async fn rpc<T>(
-    call: impl std::future::IntoFuture<Output = Result<T, TransportError>>,
-) -> Result<T, SignInError> {
-    match tokio::time::timeout(RPC_TIMEOUT, call.into_future()).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(rpc_unavailable(&e)),
-        Err(_) => Err(rpc_timeout()),
-    }
-}
-
-fn rpc_unavailable(e: &TransportError) -> SignInError {
-    // A transport error's text can hold the RPC URL and with it an API key:
-    // log the node's own error answers only.
-    match e {
-        RpcError::ErrorResp(payload) => tracing::warn!(
-            code = payload.code,
-            message = %payload.message,
-            "the RPC node refused an EIP-1271 check"
-        ),
-        _ => tracing::warn!("the RPC node could not be reached for an EIP-1271 check"),
-    }
-    SignInError::RpcUnavailable
-}
-
-fn rpc_timeout() -> SignInError {
-    tracing::warn!(timeout = ?RPC_TIMEOUT, "the RPC node did not answer an EIP-1271 check in time");
-    SignInError::RpcUnavailable
+/// The address whose key made `raw` over `hash`, when `raw` is a 65-byte
+/// (`r`, `s`, `v`) signature with a recovery byte of 0, 1, 27 or 28 (or
+/// EIP-155 style).
+fn recovers_to(raw: &[u8], hash: &alloy::primitives::B256) -> Option<Address> {
+    let raw: &[u8; 65] = raw.try_into().ok()?;
+    Signature::from_raw_array(raw)
+        .ok()?
+        .recover_address_from_prehash(hash)
+        .ok()
 }
 
 #[cfg(test)]
@@ -530,23 +458,43 @@ mod tests {
     }
 
     #[test]
-    fn signatures_must_be_65_bytes_of_hex() {
-        let good = format!("{}1b", "11".repeat(64));
-        assert!(parse_signature(&good).is_ok());
-        assert!(parse_signature(&format!("0x{good}")).is_ok());
+    fn signatures_are_bounded_hex_of_any_length() {
+        let key = format!("{}1b", "11".repeat(64));
+        assert_eq!(parse_signature(&key).unwrap().len(), 65);
+        assert_eq!(parse_signature(&format!("0x{key}")).unwrap().len(), 65);
+        // A 2-of-3 Safe's eth_sign signatures: 130 bytes, v = 31 and 32.
+        let safe = format!("{}1f{}20", "11".repeat(64), "22".repeat(64));
+        assert_eq!(parse_signature(&safe).unwrap().len(), 130);
+        let largest = "ab".repeat(MAX_SIGNATURE_BYTES);
+        assert_eq!(
+            parse_signature(&largest).unwrap().len(),
+            MAX_SIGNATURE_BYTES
+        );
         for bad in [
             String::new(),
             "0x".to_string(),
-            good[2..].to_string(),
-            format!("{good}00"),
+            key[1..].to_string(),
             format!("{}zz", "11".repeat(64)),
-            format!("{}05", "11".repeat(64)),
+            format!("{largest}ab"),
         ] {
             assert!(
                 matches!(parse_signature(&bad), Err(SignInError::MalformedSignature)),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn only_well_formed_65_byte_signatures_recover() {
+        let signer = alloy::signers::local::PrivateKeySigner::random();
+        let hash = eip191_hash_message("hello");
+        let signature = alloy::signers::SignerSync::sign_hash_sync(&signer, &hash).unwrap();
+        let mut raw = signature.as_bytes().to_vec();
+        assert_eq!(recovers_to(&raw, &hash), Some(signer.address()));
+        raw[64] += 4; // eth_sign style v: a contract's business, not a key's
+        assert_eq!(recovers_to(&raw, &hash), None);
+        raw.push(0);
+        assert_eq!(recovers_to(&raw, &hash), None);
     }
 
     #[test]

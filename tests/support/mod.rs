@@ -12,6 +12,7 @@
 pub mod api;
 pub mod desktop;
 pub mod netns;
+pub mod sign_in;
 
 use std::collections::HashMap;
 use std::io::Read;
