@@ -1,6 +1,7 @@
 //! Driving a real `deskgate serve` over HTTP and WebSocket, as a browser
 //! would: [`GateProcess`] starts the process (and can kill and restart it on the
 //! same database), signs in with real keys, claims and watches sessions;
+//! [`GateClient`] signs in to a gate something else started;
 //! [`deposit_eth`] pays on anvil; [`Events`] reads a session's events socket.
 
 use std::time::{Duration, Instant};
@@ -64,15 +65,93 @@ pub fn set_env(env: &mut Vec<(&'static str, String)>, key: &'static str, value: 
 /// database does not know (crash recovery), so two gates under test on one
 /// engine would remove each other's desktops: gates are run one at a time,
 /// across test binaries too (a file lock in the temporary directory).
-struct DockerSessionsLock(#[allow(dead_code)] std::fs::File);
+pub struct DockerSessionsLock(#[allow(dead_code)] std::fs::File);
 
 impl DockerSessionsLock {
-    async fn acquire() -> Self {
+    /// Waits for the engine's session containers to be this test's.
+    pub async fn acquire() -> Self {
         tokio::task::spawn_blocking(|| {
             Self(super::lock_file("deskgate-tests-session-containers.lock"))
         })
         .await
         .expect("lock task")
+    }
+}
+
+/// An HTTP client for a gate's API at `base`, whoever started the gate.
+#[derive(Clone)]
+pub struct GateClient {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The client requests go through.
+    pub http: reqwest::Client,
+}
+
+impl GateClient {
+    /// A client for the gate at `base`, with a 20 s timeout per request.
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (`null` if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with a JSON body, as `token` if given.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// Signs in as `signer` (nonce, EIP-4361 message signed with its key,
+    /// verify); returns the session token.
+    pub async fn sign_in(&self, signer: &PrivateKeySigner) -> String {
+        let (status, challenge) = self
+            .post(
+                "/api/v1/auth/nonce",
+                None,
+                json!({ "address": signer.address() }),
+            )
+            .await;
+        assert_eq!(status, 200, "{challenge}");
+        let message = challenge["message"].as_str().unwrap();
+        let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
+        let (status, issued) = self
+            .post(
+                "/api/v1/auth/verify",
+                None,
+                json!({ "message": message, "signature": alloy::hex::encode_prefixed(signature.as_bytes()) }),
+            )
+            .await;
+        assert_eq!(status, 200, "{issued}");
+        assert_eq!(
+            issued["address"].as_str().map(str::to_ascii_lowercase),
+            Some(signer.address().to_string().to_ascii_lowercase()),
+            "{issued}"
+        );
+        issued["token"].as_str().unwrap().to_string()
     }
 }
 
@@ -155,6 +234,14 @@ impl GateProcess {
         format!("{}{}", self.earlier_output, current.unwrap_or_default())
     }
 
+    /// An API client for this gate.
+    pub fn client(&self) -> GateClient {
+        GateClient {
+            base: self.base.clone(),
+            http: self.http.clone(),
+        }
+    }
+
     /// Sends a request; returns the status and the JSON body (`null` if none).
     pub async fn call(
         &self,
@@ -163,16 +250,7 @@ impl GateProcess {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.client().call(method, path, token, body).await
     }
 
     /// `GET path` as `token`.
@@ -219,30 +297,7 @@ impl GateProcess {
     /// Signs in as `signer` (nonce, EIP-4361 message signed with its key,
     /// verify); returns the session token.
     pub async fn sign_in(&self, signer: &PrivateKeySigner) -> String {
-        let (status, challenge) = self
-            .post(
-                "/api/v1/auth/nonce",
-                None,
-                json!({ "address": signer.address() }),
-            )
-            .await;
-        assert_eq!(status, 200, "{challenge}");
-        let message = challenge["message"].as_str().unwrap();
-        let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
-        let (status, issued) = self
-            .post(
-                "/api/v1/auth/verify",
-                None,
-                json!({ "message": message, "signature": alloy::hex::encode_prefixed(signature.as_bytes()) }),
-            )
-            .await;
-        assert_eq!(status, 200, "{issued}");
-        assert_eq!(
-            issued["address"].as_str().map(str::to_ascii_lowercase),
-            Some(signer.address().to_string().to_ascii_lowercase()),
-            "{issued}"
-        );
-        issued["token"].as_str().unwrap().to_string()
+        self.client().sign_in(signer).await
     }
 
     /// Waits until the wallet behind `token` holds `credit_seconds`.

@@ -150,7 +150,13 @@ pub fn run_deskgate(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String)
 impl Deskgate {
     /// Starts `deskgate ARGS` in the background, capturing its output.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = deskgate_command(args, env)
+        Self::spawn_command(deskgate_command(args, env))
+    }
+
+    /// Starts `command` (one that runs deskgate, maybe through a script
+    /// that execs it) in the background, capturing its output.
+    pub fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
