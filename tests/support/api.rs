@@ -99,6 +99,24 @@ impl GateClient {
         }
     }
 
+    /// Waits until the gate's sessions are open (`GET /profiles` answers
+    /// 200: migrations and recovery have run); else the last answer.
+    pub async fn sessions_open(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self
+                .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
+                .await;
+            if status == 200 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{status} {body}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a request; returns the status and the JSON body (`null` if none).
     pub async fn call(
         &self,
@@ -202,20 +220,11 @@ impl GateProcess {
             .wait_ready(&self.http, &format!("{}/readyz", self.base))
             .await;
         self.process = Some(process);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = self
-                .call(reqwest::Method::GET, "/api/v1/profiles", None, None)
-                .await;
-            if status == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sessions did not open within 30 s: {status} {body}\n{}",
+        if let Err(last) = self.client().sessions_open(Duration::from_secs(30)).await {
+            panic!(
+                "sessions did not open within 30 s: {last}\n{}",
                 self.output()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
