@@ -119,7 +119,10 @@ async fn make_run_credits_a_dev_account_deposit_within_ten_seconds() {
     // /readyz answers before the session tree (and with it the admin API)
     // is up: wait for that as a user would.
     if let Err(last) = client.sessions_open(Duration::from_secs(30)).await {
-        panic!("sessions did not open within 30 s: {last}\n{}", gate.output());
+        panic!(
+            "sessions did not open within 30 s: {last}\n{}",
+            gate.output()
+        );
     }
     let output = gate.output();
 
