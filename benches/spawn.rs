@@ -223,6 +223,8 @@ async fn main() {
         settings: SessionSettings {
             billing_interval: Duration::from_secs(3600),
             presence_timeout: Duration::from_secs(3600),
+            idle_timeout: None,
+            idle_warning: Duration::from_secs(60),
             low_credit_warnings: Vec::new(),
         },
         restart: RestartPolicy::default(),

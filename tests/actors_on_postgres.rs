@@ -50,6 +50,8 @@ fn settings() -> SessionSettings {
     SessionSettings {
         billing_interval: Duration::from_secs(1),
         presence_timeout: Duration::from_secs(3600),
+        idle_timeout: None,
+        idle_warning: Duration::from_secs(60),
         low_credit_warnings: Vec::new(),
     }
 }

@@ -102,6 +102,7 @@ async fn run() {
         settings: SessionSettings {
             billing_interval: Duration::from_secs(3600),
             presence_timeout: Duration::from_secs(86_400),
+            idle_timeout: None,
             ..SessionSettings::default()
         },
         restart: RestartPolicy::default(),

@@ -165,6 +165,8 @@ pub enum EndReason {
     CreditExhausted,
     /// The browser stopped proving presence.
     PresenceTimeout,
+    /// No input for the idle timeout: an open but unattended tab.
+    IdleTimeout,
     /// The container exited by itself (exit code, and whether it was OOM-killed).
     ContainerExited {
         /// Exit code.

@@ -170,6 +170,12 @@ pub enum SessionEvent {
         /// Seconds until the session stops.
         seconds_left: u64,
     },
+    /// No input for a while: the session stops for idleness soon unless
+    /// the user gives input (or asks to keep it).
+    IdleWarning {
+        /// Seconds until the idle stop.
+        seconds_left: u64,
+    },
 }
 
 /// A session's current view, for the API: from its actor while it runs,

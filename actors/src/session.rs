@@ -6,7 +6,7 @@
 //! computed from the balance after each debit and armed as a timer (one
 //! timer for whatever is due first: a debit, a low-credit warning, the
 //! presence timeout or exhaustion), never discovered late. Every way
-//! of ending — stop, credit exhausted, presence timeout, container exit,
+//! of ending — stop, credit exhausted, presence timeout, idle timeout, container exit,
 //! launch failure, admin kill — goes through `SessionActorState::finish`,
 //! which bills, stops the container, releases the lease (through
 //! [`release_lease`]) and records why.
@@ -36,6 +36,11 @@ pub struct SessionSettings {
     pub billing_interval: Duration,
     /// A running session without presence for this long is stopped.
     pub presence_timeout: Duration,
+    /// A running session without input (keys or pointer on a media stream,
+    /// or "keep my desktop") for this long is stopped; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// How long before the idle stop the browser is warned.
+    pub idle_warning: Duration,
     /// Remaining-time marks at which a low-credit warning is sent, largest
     /// first.
     pub low_credit_warnings: Vec<Duration>,
@@ -46,6 +51,8 @@ impl Default for SessionSettings {
         Self {
             billing_interval: Duration::from_secs(10),
             presence_timeout: Duration::from_secs(60),
+            idle_timeout: Some(Duration::from_secs(1800)),
+            idle_warning: Duration::from_secs(60),
             low_credit_warnings: vec![Duration::from_secs(300), Duration::from_secs(60)],
         }
     }
@@ -58,6 +65,9 @@ pub enum SessionMsg {
     LaunchFinished(Result<String, LaunchError>),
     /// The browser proved presence.
     Presence,
+    /// The user gave input (on a media stream, or "keep my desktop"): proves
+    /// presence and restarts the idle clock.
+    Input,
     /// The container exited by itself.
     ContainerExited {
         /// Exit code.
@@ -153,6 +163,10 @@ struct RunClock {
     /// Wallet balance after the last debit (or read).
     balance: CreditSeconds,
     last_presence: Instant,
+    /// The last input; the idle clock counts from here.
+    last_input: Instant,
+    /// The idle warning for the current idle stretch was sent.
+    idle_warned: bool,
     /// Low-credit warnings already sent.
     warned: usize,
     /// Billing failed; do not try again before this.
@@ -266,6 +280,15 @@ impl Actor for SessionActor {
             SessionMsg::Presence => {
                 if let Some(clock) = &mut state.clock {
                     clock.last_presence = Instant::now();
+                    state.arm(&myself);
+                }
+            }
+            SessionMsg::Input => {
+                if let Some(clock) = &mut state.clock {
+                    let now = Instant::now();
+                    clock.last_presence = now;
+                    clock.last_input = now;
+                    clock.idle_warned = false;
                     state.arm(&myself);
                 }
             }
@@ -403,6 +426,8 @@ impl SessionActorState {
             origin,
             balance,
             last_presence: now,
+            last_input: now,
+            idle_warned: false,
             warned: 0,
             retry_after: None,
         });
@@ -441,6 +466,22 @@ impl SessionActorState {
             if now >= clock.last_presence + self.args.settings.presence_timeout {
                 self.finish(myself, EndReason::PresenceTimeout, now).await;
                 return;
+            }
+            if let Some(idle_end) = self.idle_end(&clock) {
+                if now >= idle_end {
+                    self.finish(myself, EndReason::IdleTimeout, now).await;
+                    return;
+                }
+                if !clock.idle_warned && now + self.args.settings.idle_warning >= idle_end {
+                    if let Some(clock) = &mut self.clock {
+                        clock.idle_warned = true;
+                    }
+                    // Rounded up: the timer fires a little after its due
+                    // instant, and "3 s" reads truer than "2 s" at 2.99.
+                    let left = idle_end.saturating_duration_since(now);
+                    let seconds_left = left.as_millis().div_ceil(1000) as u64;
+                    self.emit(SessionEvent::IdleWarning { seconds_left });
+                }
             }
             let billing_blocked = clock.retry_after.is_some_and(|t| now < t);
             if now >= self.next_tick(&clock) && !billing_blocked {
@@ -483,6 +524,13 @@ impl SessionActorState {
             );
         if let Some(mark) = self.args.settings.low_credit_warnings.get(clock.warned) {
             due = due.min(exhaustion.checked_sub(*mark).unwrap_or(clock.origin));
+        }
+        if let Some(idle_end) = self.idle_end(&clock) {
+            due = due.min(idle_end);
+            if !clock.idle_warned {
+                let warning = self.args.settings.idle_warning;
+                due = due.min(idle_end.checked_sub(warning).unwrap_or(clock.origin));
+            }
         }
         self.generation += 1;
         let generation = self.generation;
@@ -610,6 +658,14 @@ impl SessionActorState {
         });
     }
 
+    /// When the idle clock ends the session, if idle culling is on.
+    fn idle_end(&self, clock: &RunClock) -> Option<Instant> {
+        self.args
+            .settings
+            .idle_timeout
+            .map(|idle| clock.last_input + idle)
+    }
+
     fn emit(&self, event: SessionEvent) {
         // No subscriber is fine: nobody is watching.
         let _ = self.args.events.send(event);
@@ -621,6 +677,7 @@ fn reason_label(reason: &EndReason) -> &'static str {
         EndReason::UserStopped => "user_stopped",
         EndReason::CreditExhausted => "credit_exhausted",
         EndReason::PresenceTimeout => "presence_timeout",
+        EndReason::IdleTimeout => "idle_timeout",
         EndReason::ContainerExited { .. } => "container_exited",
         EndReason::LaunchFailed(_) => "launch_failed",
         EndReason::Crashed(_) => "crashed",

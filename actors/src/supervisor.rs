@@ -178,6 +178,11 @@ pub enum SupervisorMsg {
         /// The session.
         session: SessionId,
     },
+    /// The user gave input to a session (restarts its idle clock).
+    Input {
+        /// The session.
+        session: SessionId,
+    },
     /// A session's current view (queued or live).
     View {
         /// The session.
@@ -393,6 +398,11 @@ impl Actor for Supervisor {
             SupervisorMsg::Presence { session } => {
                 if let Some(actor) = state.actor_of(session) {
                     let _ = actor.cast(SessionMsg::Presence);
+                }
+            }
+            SupervisorMsg::Input { session } => {
+                if let Some(actor) = state.actor_of(session) {
+                    let _ = actor.cast(SessionMsg::Input);
                 }
             }
             SupervisorMsg::View { session, reply } => {

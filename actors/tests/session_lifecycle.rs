@@ -155,6 +155,73 @@ async fn presence_keeps_a_session_running() {
     assert_eq!(tree.ledger.total_debited(session.id), 180);
 }
 
+/// Idle culling: without input the session ends at the idle timeout,
+/// warned once `idle_warning` before; presence alone (an open events
+/// socket) does not keep it, input does, and each input earns a new
+/// warning before the next idle end.
+#[tokio::test(start_paused = true)]
+async fn idle_culling_warns_then_ends_a_session_without_input() {
+    let settings = SessionSettings {
+        presence_timeout: Duration::from_secs(30),
+        idle_timeout: Some(Duration::from_secs(300)),
+        idle_warning: Duration::from_secs(60),
+        ..settings()
+    };
+    let tree = Tree::start(one_host(1), settings).await;
+    let w = wallet(6);
+    tree.fund(&w, 10_000);
+    let session = tree.claim(&w, 1).await;
+    let events = record_events(&session);
+    let running = tree.wait_for(session.id, SessionState::Running).await;
+    // Presence every 20 s throughout; input once, at 260 s.
+    for step in 1..=30 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        if tree.record(session.id).state != SessionState::Running {
+            break;
+        }
+        tree.presence(session.id);
+        if step == 13 {
+            tree.input(session.id);
+        }
+    }
+    let (_, reason) = tree.wait_ended(session.id).await;
+    assert_eq!(reason, EndReason::IdleTimeout);
+    // When it ended, by its events (the loop above noticed later).
+    let ended = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|(at, e)| {
+            matches!(
+                e,
+                SessionEvent::State {
+                    state: SessionState::Ended,
+                    ..
+                }
+            )
+            .then_some(*at)
+        })
+        .expect("an ended event");
+    // Input at 260 s: idle from there, so the end is at 260 + 300.
+    assert_eq!(secs(ended - running), 560);
+    assert_eq!(tree.ledger.total_debited(session.id), 560);
+    let warnings: Vec<(u64, u64)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(at, e)| match e {
+            SessionEvent::IdleWarning { seconds_left } => {
+                Some(((*at - running).as_secs(), *seconds_left))
+            }
+            _ => None,
+        })
+        .collect();
+    // Warned 60 s before the first idle end (300 s); the input at 260 s
+    // starts a new stretch, warned again 60 s before its end.
+    assert_eq!(warnings, [(240, 60), (500, 60)]);
+    tree.assert_all_gpus_free().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn container_exit_ends_the_session_and_frees_its_gpus() {
     let tree = Tree::start(one_host(2), settings()).await;

@@ -259,9 +259,15 @@ async fn migrate_until_done(url: &Secret) {
 /// The session tree on the configured backend, and what the session routes
 /// need of it.
 async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsState, AppError> {
+    let idle_timeout = config.sessions.idle_timeout;
     let settings = SessionSettings {
         billing_interval: config.sessions.billing_interval,
         presence_timeout: config.sessions.presence_timeout,
+        idle_timeout,
+        // 60 s of warning, or half of a shorter timeout.
+        idle_warning: idle_timeout.map_or(Duration::from_secs(60), |idle| {
+            (idle / 2).min(Duration::from_secs(60))
+        }),
         ..SessionSettings::default()
     };
     let (tree, desktops) = match &config.launcher.kind {

@@ -237,6 +237,12 @@ pub const KEYS: &[Key] = &[
         "a session stops after this long without browser presence"
     ),
     key!(
+        "IDLE_TIMEOUT_SECONDS",
+        Plain,
+        Some("1800"),
+        "a running session stops after this long without input on any media stream (0 = never); warned 60 s before"
+    ),
+    key!(
         "METRICS_ADDR",
         Plain,
         None,
@@ -416,6 +422,7 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "GPUS",
     "BILLING_INTERVAL_SECONDS",
     "PRESENCE_TIMEOUT_SECONDS",
+    "IDLE_TIMEOUT_SECONDS",
     "METRICS_ADDR",
     "TURN_URLS",
     "TRUSTED_PROXIES",

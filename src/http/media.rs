@@ -357,7 +357,7 @@ async fn run_stream(
                 let input = counts.keys + counts.pointer;
                 if input != input_seen {
                     input_seen = input;
-                    desk.tree.presence(id);
+                    desk.tree.input(id);
                 }
             }
         }

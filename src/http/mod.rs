@@ -456,6 +456,7 @@ mod tests {
             ("/api/v1/sessions", "post"),
             ("/api/v1/sessions/{id}", "delete"),
             ("/api/v1/sessions/{id}/tickets", "post"),
+            ("/api/v1/sessions/{id}/keep", "post"),
             ("/api/v1/admin/credit", "post"),
             ("/api/v1/quote", "get"),
         ] {
@@ -464,7 +465,7 @@ mod tests {
                 "{method} {path} is missing from the document"
             );
         }
-        assert_eq!(paths.len(), 22, "paths: {:?}", paths.keys());
+        assert_eq!(paths.len(), 23, "paths: {:?}", paths.keys());
         let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
         assert!(schemes.contains_key("bearer") && schemes.contains_key("admin"));
         assert!(

@@ -46,6 +46,7 @@ pub fn routes(api: Arc<ApiState>) -> Router {
         .route("/api/v1/sessions", post(claim))
         .route("/api/v1/sessions/{id}", get(show).delete(stop))
         .route("/api/v1/sessions/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/sessions/{id}/keep", post(keep))
         .route("/api/v1/sessions/{id}/events", get(events))
         .route("/api/v1/sessions/{id}/tickets", post(ticket))
         .with_state(api)
@@ -53,7 +54,7 @@ pub fn routes(api: Arc<ApiState>) -> Router {
 
 /// This file's part of the OpenAPI document.
 #[derive(Debug, OpenApi)]
-#[openapi(paths(profiles, claim, show, stop, heartbeat, ticket, events))]
+#[openapi(paths(profiles, claim, show, stop, heartbeat, keep, ticket, events))]
 pub struct Doc;
 
 /// What every owner-only session route checks first, in this order: signed
@@ -237,10 +238,36 @@ async fn heartbeat(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let (wallet, desk, id) = owner_call(&api, &headers, &id).await?;
+    noted(&api, &headers, &id, false).await
+}
+
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/keep", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "\"keep my desktop\": counts as input, so the idle clock starts again; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
+async fn keep(
+    State(api): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    noted(&api, &headers, &id, true).await
+}
+
+/// Notes presence (and, with `input`, input) for the caller's live session;
+/// answers it with the wallet's balance.
+async fn noted(
+    api: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    input: bool,
+) -> Result<Json<Value>, Problem> {
+    let (wallet, desk, id) = owner_call(api, headers, id).await?;
     let shown = owned(desk, &wallet, id).await?;
     if let Shown::Live(_) = shown {
-        desk.tree.presence(id);
+        if input {
+            desk.tree.input(id);
+        } else {
+            desk.tree.presence(id);
+        }
     }
     let credit = desk
         .tree
@@ -371,6 +398,10 @@ fn event_json(event: &SessionEvent) -> Value {
         }),
         SessionEvent::LowCredit { seconds_left } => json!({
             "type": "low_credit",
+            "seconds_left": seconds_left,
+        }),
+        SessionEvent::IdleWarning { seconds_left } => json!({
+            "type": "idle_warning",
             "seconds_left": seconds_left,
         }),
     }

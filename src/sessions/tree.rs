@@ -147,6 +147,12 @@ impl SessionTree {
         let _ = self.supervisor.cast(SupervisorMsg::Presence { session });
     }
 
+    /// The user gave input (a media stream's keys or pointer, or "keep my
+    /// desktop"): presence, and the idle clock starts again.
+    pub fn input(&self, session: SessionId) {
+        let _ = self.supervisor.cast(SupervisorMsg::Input { session });
+    }
+
     /// A deposit was credited to `wallet`: running sessions re-plan their end.
     pub fn credit_changed(&self, wallet: WalletId) {
         let _ = self

@@ -33,6 +33,8 @@ pub fn settings() -> SessionSettings {
     SessionSettings {
         billing_interval: Duration::from_secs(10),
         presence_timeout: Duration::from_secs(3600),
+        idle_timeout: None,
+        idle_warning: Duration::from_secs(60),
         low_credit_warnings: vec![Duration::from_secs(300), Duration::from_secs(60)],
     }
 }
@@ -178,6 +180,13 @@ impl Tree {
     pub fn presence(&self, session: SessionId) {
         self.supervisor
             .cast(SupervisorMsg::Presence { session })
+            .expect("supervisor alive");
+    }
+
+    /// The user gives input to a session.
+    pub fn input(&self, session: SessionId) {
+        self.supervisor
+            .cast(SupervisorMsg::Input { session })
             .expect("supervisor alive");
     }
 
