@@ -23,18 +23,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
 use support::desktop::{
-    assert_no_dial_and_tickets_refused, desktop_stage, metric, on_display, running_desktop, ticket,
-    ticket_body, vnc_secret, wait_for_metric,
+    assert_no_dial_and_tickets_refused, desktop_stage, metric, on_display, paint_checkerboard,
+    painted, running_desktop, ticket, ticket_body, vnc_secret, wait_for_metric,
 };
 use support::netns::NetNs;
 use support::{free_port, scrape_metrics, service_env};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-/// The checkerboard painted on the X display: `FG` squares where the square's
-/// column plus row is even, `BG` elsewhere, from the top-left corner.
-const SQUARE: u32 = 32;
-const FG: [u8; 3] = [0x00, 0x40, 0xff];
-const BG: [u8; 3] = [0xff, 0x80, 0x00];
 /// How far VP8 (4:2:0, lossy) may move a channel at a square's centre.
 const TOLERANCE: i32 = 24;
 /// Where the video is sampled: square centres across the screen, away from
@@ -54,62 +49,6 @@ const SAMPLES: [(u32, u32); 13] = [
     (48, 688),
     (1200, 656),
 ];
-
-/// What the pattern has at (`x`, `y`).
-fn painted(x: u32, y: u32) -> [u8; 3] {
-    if (x / SQUARE + y / SQUARE).is_multiple_of(2) {
-        FG
-    } else {
-        BG
-    }
-}
-
-/// The pattern's tile as an XBM bitmap for `xsetroot -bitmap`: two squares
-/// each way, set bits (least significant first) in `FG`.
-fn checkerboard_xbm() -> String {
-    let side = 2 * SQUARE;
-    let bytes: Vec<String> = (0..side)
-        .flat_map(|y| (0..side / 8).map(move |byte| (y, byte)))
-        .map(|(y, byte)| {
-            let bits = (0..8)
-                .filter(|bit| painted(byte * 8 + bit, y) == FG)
-                .fold(0u8, |acc, bit| acc | (1 << bit));
-            format!("0x{bits:02x}")
-        })
-        .collect();
-    format!(
-        "#define pattern_width {side}\n#define pattern_height {side}\nstatic unsigned char pattern_bits[] = {{\n{}}};\n",
-        bytes.join(",")
-    )
-}
-
-/// Paints the checkerboard on the session's X root window and parks the
-/// pointer in the bottom-right corner.
-fn paint_checkerboard(session: &str) {
-    on_display(
-        session,
-        &[
-            "sh",
-            "-c",
-            "printf '%s' \"$1\" > /tmp/pattern.xbm",
-            "sh",
-            &checkerboard_xbm(),
-        ],
-    );
-    on_display(
-        session,
-        &[
-            "xsetroot",
-            "-bitmap",
-            "/tmp/pattern.xbm",
-            "-fg",
-            "#0040ff",
-            "-bg",
-            "#ff8000",
-        ],
-    );
-    on_display(session, &["xdotool", "mousemove", "1279", "719"]);
-}
 
 /// What Chromium offers for a recvonly video transceiver and an `input` data
 /// channel (Chromium 156, trimmed to VP8 and without candidates; webrtc-rs

@@ -82,6 +82,9 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         api,
     };
     tracing::info!(public_url = %config.server.public_url, tls = config.is_tls(), "starting the gate");
+    if !crate::http::web::is_built() {
+        tracing::warn!("no web client in this build: `/` explains how to build it (make web)");
+    }
     let app = gate_router(state, limits(&config), EdgePolicy::from_config(&config));
     let service = Service {
         app,

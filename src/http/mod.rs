@@ -15,6 +15,7 @@
 //! media.rs     /api/v1/sessions/{id}/{vnc,webrtc}
 //! admin.rs     /api/v1/admin/...
 //! docs.rs      /api/v1/openapi.json
+//! web.rs       /, /admin, /assets/{file}: the pages built from web/
 //! ```
 //!
 //! Imports point one way, down. This file declares every other, assembles
@@ -28,6 +29,7 @@
 //!   handlers      auth, account, pricing, media  ──▶ extract, state, problem
 //!                 sessions, admin                ──▶ extract, state, problem, session_json
 //!                 docs                           ──▶ extract, state
+//!                 web                            ──▶ problem
 //!   below them    extract.rs                     ──▶ state, problem
 //!                 state.rs                       ──▶ problem
 //!                 session_json.rs, problem.rs    ──▶ (nothing of http/)
@@ -67,6 +69,7 @@ pub mod readiness;
 pub mod session_json;
 pub mod sessions;
 pub mod state;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,7 +143,8 @@ pub fn gate_router(state: GateState, limits: Limits, edge: EdgePolicy) -> Router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(record_metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(web::routes().route_layer(middleware::from_fn(record_metrics)));
     if let Some(api) = api {
         routes = routes.merge(api_routes(api).route_layer(middleware::from_fn(record_metrics)));
     }

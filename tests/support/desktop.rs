@@ -1,6 +1,7 @@
 //! A gate whose sessions run the real desktop image (TigerVNC's Xvnc), and
-//! what the media tests do with it: run X clients on the session's display,
-//! take media tickets, read the session's VNC secret and the gate's metrics.
+//! what the media tests do with it: run X clients on the session's display
+//! (a known checkerboard to look for), take media tickets, read the
+//! session's VNC secret and the gate's metrics.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -63,6 +64,67 @@ pub fn on_display(session: &str, args: &[&str]) -> String {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The checkerboard painted on the X display: `FG` squares where the square's
+/// column plus row is even, `BG` elsewhere, from the top-left corner.
+pub const SQUARE: u32 = 32;
+pub const FG: [u8; 3] = [0x00, 0x40, 0xff];
+pub const BG: [u8; 3] = [0xff, 0x80, 0x00];
+/// What the pattern has at (`x`, `y`).
+pub fn painted(x: u32, y: u32) -> [u8; 3] {
+    if (x / SQUARE + y / SQUARE).is_multiple_of(2) {
+        FG
+    } else {
+        BG
+    }
+}
+
+/// The pattern's tile as an XBM bitmap for `xsetroot -bitmap`: two squares
+/// each way, set bits (least significant first) in `FG`.
+fn checkerboard_xbm() -> String {
+    let side = 2 * SQUARE;
+    let bytes: Vec<String> = (0..side)
+        .flat_map(|y| (0..side / 8).map(move |byte| (y, byte)))
+        .map(|(y, byte)| {
+            let bits = (0..8)
+                .filter(|bit| painted(byte * 8 + bit, y) == FG)
+                .fold(0u8, |acc, bit| acc | (1 << bit));
+            format!("0x{bits:02x}")
+        })
+        .collect();
+    format!(
+        "#define pattern_width {side}\n#define pattern_height {side}\nstatic unsigned char pattern_bits[] = {{\n{}}};\n",
+        bytes.join(",")
+    )
+}
+
+/// Paints the checkerboard on the session's X root window and parks the
+/// pointer in the bottom-right corner.
+pub fn paint_checkerboard(session: &str) {
+    on_display(
+        session,
+        &[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" > /tmp/pattern.xbm",
+            "sh",
+            &checkerboard_xbm(),
+        ],
+    );
+    on_display(
+        session,
+        &[
+            "xsetroot",
+            "-bitmap",
+            "/tmp/pattern.xbm",
+            "-fg",
+            "#0040ff",
+            "-bg",
+            "#ff8000",
+        ],
+    );
+    on_display(session, &["xdotool", "mousemove", "1279", "719"]);
 }
 
 /// Polls `xdotool getmouselocation` on the session's display until the X

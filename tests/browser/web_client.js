@@ -1,0 +1,211 @@
+// Drives the gate's own page (GET /) in Debian's headless Chromium as a browser user
+// would, through the page only: connect a wallet, sign in, deposit, wait for credit,
+// start `small`, see the desktop, point into it, stop; first over WebRTC (the page's
+// automatic choice), then over noVNC (picked in the page's Connection menu).
+//
+//   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules DESKGATE_CHROMIUM=WRAPPER \
+//       node web_client.js PUBLIC_URL WALLET_RPC SHOTS_DIR
+//
+// The wallet is the test's own EIP-1193 provider, announced through EIP-6963 like a
+// browser extension: its requests are answered here, on the host, by the anvil node at
+// WALLET_RPC with its dev account #0 (anvil signs personal_sign and eth_sendTransaction
+// for its unlocked dev accounts). Chromium keeps its default WebRTC privacy settings
+// (host candidates behind mDNS names), as a stock browser does.
+//
+// Progress goes to stdout as JSON lines, {"stage": ...}; diagnostics to stderr. At
+// {"stage":"pointer", "path", "x", "y", "size", "view"} (size: the desktop's pixels as
+// the page shows them; view: the view's CSS pixels) the driver waits for a line on
+// stdin — the caller's word that the desktop's X pointer got there — before it stops
+// the desktop.
+// Every wait is bounded.
+const fs = require('fs');
+const path = require('path');
+const readline = require('readline');
+const { chromium } = require('playwright-core');
+
+const [publicUrl, walletRpc, shots] = process.argv.slice(2);
+if (!publicUrl || !walletRpc || !shots) {
+  console.error('usage: web_client.js PUBLIC_URL WALLET_RPC SHOTS_DIR');
+  process.exit(2);
+}
+fs.mkdirSync(shots, { recursive: true });
+const started = Date.now();
+const log = (m) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${m}`);
+const stage = (name, extra = {}) => console.log(JSON.stringify({ stage: name, ...extra }));
+const DEV_ACCOUNT = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
+
+// The pattern the caller paints on the desktop (tests/web_client.rs): 32-pixel squares,
+// FG where column + row is even.
+const SQUARE = 32;
+const FG = [0x00, 0x40, 0xff];
+const BG = [0xff, 0x80, 0x00];
+const SAMPLES = [[16, 16], [48, 16], [16, 48], [48, 48], [624, 336], [656, 336], [1232, 16], [16, 688], [1200, 656]];
+const painted = (x, y) => ((Math.floor(x / SQUARE) + Math.floor(y / SQUARE)) % 2 === 0 ? FG : BG);
+
+let rpcId = 0;
+async function rpc(method, params) {
+  const response = await fetch(walletRpc, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: ++rpcId, method, params: params ?? [] }),
+  });
+  const answer = await response.json();
+  if (answer.error) throw new Error(`${method}: ${answer.error.message}`);
+  return answer.result;
+}
+
+const lines = readline.createInterface({ input: process.stdin });
+const nextLine = (ms) => new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error(`no word from the caller within ${ms / 1000} s`)), ms);
+  lines.once('line', (line) => { clearTimeout(timer); resolve(line); });
+});
+
+let browser;
+async function finish(code, error) {
+  if (error) {
+    log(`failed: ${error && error.stack || error}`);
+    stage('failed', { error: String(error && error.message || error) });
+  } else {
+    stage('done');
+  }
+  if (browser) await browser.close().catch(() => {});
+  process.exit(code);
+}
+setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
+
+(async () => {
+  const chainId = await rpc('eth_chainId');
+  browser = await chromium.launch({
+    executablePath: process.env.DESKGATE_CHROMIUM || '/usr/bin/chromium',
+    timeout: 20000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--autoplay-policy=no-user-gesture-required'],
+  });
+  const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
+  await context.exposeFunction('deskgateTestWallet', async (method, params) => {
+    log(`wallet: ${method}`);
+    switch (method) {
+      case 'eth_requestAccounts':
+      case 'eth_accounts':
+        return [DEV_ACCOUNT];
+      case 'eth_chainId':
+        return chainId;
+      case 'wallet_switchEthereumChain':
+        if (String(params[0].chainId).toLowerCase() === chainId.toLowerCase()) return null;
+        throw new Error('this test wallet knows only its anvil chain');
+      default:
+        return rpc(method, params);
+    }
+  });
+  await context.addInitScript(() => {
+    const provider = {
+      request: ({ method, params }) => window.deskgateTestWallet(method, params),
+      on: () => {},
+      removeListener: () => {},
+    };
+    const info = {
+      uuid: '6f1b0e0c-0000-4000-8000-00000000d35c',
+      name: 'deskgate test wallet',
+      icon: 'data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22 viewBox=%220 0 1 1%22%3E%3Crect width=%221%22 height=%221%22 fill=%22%232456d6%22/%3E%3C/svg%3E',
+      rdns: 'dev.deskgate.test-wallet',
+    };
+    const announce = () =>
+      window.dispatchEvent(new CustomEvent('eip6963:announceProvider', { detail: Object.freeze({ info, provider }) }));
+    window.addEventListener('eip6963:requestProvider', announce);
+    announce();
+  });
+  const page = await context.newPage();
+  page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => log(`page error: ${e}`));
+  const shot = async (name) => {
+    await page.screenshot({ path: path.join(shots, `${name}.png`) });
+    stage('screenshot', { name });
+  };
+
+  const response = await page.goto(publicUrl);
+  stage('page', { status: response.status(), csp: response.headers()['content-security-policy'] || null });
+  await page.getByRole('button', { name: 'Connect wallet' }).waitFor({ timeout: 15000 });
+  await shot('01-landing');
+
+  await page.getByRole('button', { name: 'Connect wallet' }).click();
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText('Signed in as').waitFor({ timeout: 20000 });
+  stage('signed-in');
+  await shot('02-signed-in');
+
+  await page.getByLabel('Minutes').fill('60');
+  await page.getByText(/buys 1 h on small/).waitFor({ timeout: 10000 });
+  await page.getByRole('button', { name: 'Deposit' }).click();
+  await page.getByTestId('deposit-status').filter({ hasText: 'Credited' }).waitFor({ timeout: 30000 });
+  const credit = await page.getByTestId('credit').textContent();
+  stage('credited', { credit });
+  await shot('03-credited');
+
+  for (const [round, pathName] of [[1, 'WebRTC'], [2, 'noVNC']]) {
+    await page.getByRole('button', { name: 'Start small' }).click();
+    stage('started', { round });
+    if (pathName === 'noVNC') {
+      await page.getByLabel('Connection').selectOption('vnc', { timeout: 60000 });
+    }
+    await page.getByTestId('desktop-path').filter({ hasText: pathName }).waitFor({ timeout: 60000 });
+    stage('desktop', { path: pathName });
+
+    // The caller paints the pattern once the container runs; wait until it shows.
+    const deadline = Date.now() + 30000;
+    let pixels;
+    for (;;) {
+      pixels = await page.evaluate((samples) => {
+        const video = document.querySelector('.desktop-video');
+        const vnc = document.querySelector('.desktop-vnc canvas');
+        const source = video || vnc;
+        if (!source) return null;
+        const w = video ? video.videoWidth : vnc.width;
+        const h = video ? video.videoHeight : vnc.height;
+        if (!w || !h) return null;
+        const canvas = document.createElement('canvas');
+        canvas.width = w;
+        canvas.height = h;
+        const ctx = canvas.getContext('2d');
+        ctx.drawImage(source, 0, 0, w, h);
+        return { size: [w, h], at: samples.map(([x, y]) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3))) };
+      }, SAMPLES);
+      const tolerance = pathName === 'WebRTC' ? 24 : 8;
+      // noVNC resizes the desktop to the view: only points inside count.
+      const matches = pixels && pixels.at.every((rgb, i) => {
+        const [x, y] = SAMPLES[i];
+        if (x >= pixels.size[0] || y >= pixels.size[1]) return true;
+        return rgb.every((c, k) => Math.abs(c - painted(x, y)[k]) <= tolerance);
+      });
+      if (matches) break;
+      if (Date.now() > deadline) throw new Error(`${pathName}: the pattern did not show: ${JSON.stringify(pixels)}`);
+      await page.waitForTimeout(250);
+    }
+    stage('pattern', { path: pathName, size: pixels.size });
+    await shot(`0${2 + 2 * round}-desktop-${pathName.toLowerCase()}`);
+
+    // Point at a spot of the desktop through the page's view.
+    const target = round === 1 ? [321, 123] : [555, 333];
+    const box = await page.evaluate(() => {
+      const el = document.querySelector('.desktop-video') || document.querySelector('.desktop-vnc canvas');
+      const r = el.getBoundingClientRect();
+      const w = el.videoWidth || el.width;
+      const h = el.videoHeight || el.height;
+      return { left: r.left, top: r.top, width: r.width, height: r.height, w, h };
+    });
+    const scale = Math.min(box.width / box.w, box.height / box.h);
+    const left = box.left + (box.width - box.w * scale) / 2;
+    const top = box.top + (box.height - box.h * scale) / 2;
+    await page.mouse.move(left + 10, top + 10);
+    await page.mouse.move(left + (target[0] + 0.5) * scale, top + (target[1] + 0.5) * scale, { steps: 5 });
+    stage('pointer', { path: pathName, x: target[0], y: target[1], size: [box.w, box.h], view: [Math.round(box.width), Math.round(box.height)] });
+    await nextLine(40000);
+
+    await page.getByRole('button', { name: 'Stop desktop' }).click();
+    await page.getByText('You stopped the desktop.').waitFor({ timeout: 30000 });
+    stage('ended', { path: pathName });
+    await shot(`0${3 + 2 * round}-ended-${pathName.toLowerCase()}`);
+    await page.getByRole('button', { name: 'Start another desktop' }).click();
+  }
+  await finish(0);
+})().catch((e) => finish(1, e));

@@ -1,0 +1,233 @@
+//! The gate's own page end to end, as a browser user meets it: Debian's
+//! headless Chromium, in a network namespace of its own, opens the page the
+//! gate serves at `/` and goes through it only — connects an EIP-6963 wallet
+//! (the test's, backed by anvil's dev account #0), signs in, deposits on
+//! anvil, waits for the credit, starts `small`, sees the real desktop image
+//! over WebRTC (with Chromium's default mDNS-hidden host candidates) and then
+//! over noVNC (which resizes the desktop to the view), points into it, and
+//! stops it. The driver is
+//! `tests/browser/web_client.js`; its screenshots land in
+//! `target/web-client-shots/`.
+//!
+//! The browser reaches the gate at the host end of the namespace's veth pair
+//! (the gate's public URL), through a TCP forwarder to the gate's loopback
+//! listener; its WebRTC media reach the gate's UDP sockets on the same
+//! address. Needs root, iproute2 and `make services`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::desktop::{desktop_stage, on_display, paint_checkerboard, wait_for_pointer};
+use support::netns::NetNs;
+use support::{docker_cli, free_port, repo_root, service_env};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Forwards every connection to `listen` to the gate's loopback `port`.
+async fn forward(listen: SocketAddr, port: u16) {
+    let listener = TcpListener::bind(listen)
+        .await
+        .unwrap_or_else(|e| panic!("bind the forwarder on {listen}: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut gate) = TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut gate).await;
+                }
+            });
+        }
+    });
+}
+
+/// [`on_display`] off the async runtime's threads.
+async fn on_display_async(session: &str, args: &[&str]) -> String {
+    let session = session.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        on_display(&session, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// The session containers running now.
+fn session_containers() -> Vec<String> {
+    docker_cli(&[
+        "ps",
+        "--filter",
+        "name=deskgate-session-",
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .filter_map(|name| name.strip_prefix("deskgate-session-"))
+    .map(str::to_string)
+    .collect()
+}
+
+/// Waits for a session container that is not `seen` and paints the
+/// checkerboard on its display; returns the session id.
+async fn paint_new_session(seen: &[String]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(session) = session_containers().into_iter().find(|s| !seen.contains(s)) {
+            let id = session.clone();
+            tokio::task::spawn_blocking(move || paint_checkerboard(&id))
+                .await
+                .unwrap();
+            return session;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session container within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
+    let netns = NetNs::create();
+    let host_ip = netns.host_ip.to_string();
+    let public = SocketAddr::new(netns.host_ip.into(), free_port());
+    let public_url = format!("http://{public}");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let stage = desktop_stage(
+        "web_client",
+        &metrics_addr,
+        &[
+            ("DESKGATE_WEBRTC_UDP_IP", &host_ip),
+            ("DESKGATE_PUBLIC_URL", &public_url),
+        ],
+    )
+    .await;
+    forward(public, stage.gate.port).await;
+
+    let shots = repo_root().join("target/web-client-shots");
+    let chromium = netns.chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
+    let mut driver = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/web_client.js"))
+        .args([&public_url, &stage.anvil.url])
+        .arg(&shots)
+        .env(
+            "NODE_PATH",
+            format!("{}/node_modules", service_env("DESKGATE_PLAYWRIGHT_DIR")),
+        )
+        .env("DESKGATE_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node (make services installs it)");
+    let mut to_driver = driver.stdin.take().unwrap();
+    let mut stages = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let mut stderr = driver.stderr.take().unwrap();
+    let driver_log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut painter = None;
+    let mut reached = Vec::new();
+    let mut resized = Vec::new();
+    let outcome: Result<(), String> = async {
+        while let Some(line) = stages
+            .next_line()
+            .await
+            .map_err(|e| format!("driver output: {e}"))?
+        {
+            let event: Value =
+                serde_json::from_str(&line).map_err(|_| format!("driver said: {line}"))?;
+            let name = event["stage"].as_str().unwrap_or_default().to_string();
+            eprintln!("driver: {line}");
+            match name.as_str() {
+                "page" => {
+                    if event["status"] != 200 {
+                        return Err(format!("GET / answered {}", event["status"]));
+                    }
+                    let csp = event["csp"].as_str().unwrap_or_default();
+                    if !csp.contains("frame-ancestors 'none'") || csp.contains("unsafe-inline") {
+                        return Err(format!("the page's CSP is not strict: {csp}"));
+                    }
+                }
+                "started" => {
+                    let seen_now = seen.clone();
+                    painter = Some(tokio::spawn(
+                        async move { paint_new_session(&seen_now).await },
+                    ));
+                }
+                "pointer" => {
+                    let session = painter.take().expect("a started session").await.unwrap();
+                    let x = event["x"].as_u64().unwrap() as u32;
+                    let y = event["y"].as_u64().unwrap() as u32;
+                    wait_for_pointer(&session, x, y, Duration::from_secs(20), &line).await;
+                    // The X screen is the size the page shows: noVNC asked
+                    // the desktop to take the view's size (SetDesktopSize).
+                    let geometry =
+                        on_display_async(&session, &["xdotool", "getdisplaygeometry"]).await;
+                    let shown = format!("{} {}", event["size"][0], event["size"][1]);
+                    if geometry.trim() != shown {
+                        return Err(format!(
+                            "the X screen is {geometry}, the page shows {shown}"
+                        ));
+                    }
+                    if event["path"] == "noVNC" && event["size"] != event["view"] {
+                        return Err(format!(
+                            "noVNC did not resize the desktop to its view: {line}"
+                        ));
+                    }
+                    resized.push(shown);
+                    seen.push(session);
+                    to_driver
+                        .write_all(b"the pointer is there\n")
+                        .await
+                        .unwrap();
+                }
+                "failed" => return Err(format!("the page failed: {}", event["error"])),
+                "done" => return Ok(()),
+                _ => {}
+            }
+            reached.push(name);
+        }
+        Err("the driver stopped without a verdict".to_string())
+    }
+    .await;
+
+    let status = tokio::time::timeout(Duration::from_secs(30), driver.wait()).await;
+    let log = driver_log.await.unwrap_or_default();
+    if let Err(why) = outcome {
+        panic!(
+            "{why}\nstages reached: {reached:?}\nscreenshots: {}\ndriver log:\n{log}\ngate log:\n{}",
+            shots.display(),
+            stage.gate.output()
+        );
+    }
+    assert!(
+        matches!(status, Ok(Ok(s)) if s.success()),
+        "driver exit: {status:?}\n{log}"
+    );
+    for wanted in [
+        "signed-in",
+        "credited",
+        "desktop",
+        "pattern",
+        "pointer",
+        "ended",
+    ] {
+        assert!(
+            reached.iter().any(|r| r == wanted),
+            "the page never reached {wanted}: {reached:?}"
+        );
+    }
+    assert_eq!(seen.len(), 2, "one desktop over WebRTC, one over noVNC");
+    eprintln!("desktop sizes seen (WebRTC, noVNC): {resized:?}");
+    stage.finish().await;
+}

@@ -1,0 +1,34 @@
+// What the page needs of a desktop view, whichever path carries it: WebRTC
+// (video + an `input` data channel) or noVNC (RFB over a WebSocket).
+
+/** Live figures for the stats overlay; undefined where a path has none. */
+export interface DesktopStats {
+  fps?: number;
+  /** Received video bitrate, kbit/s. */
+  kbps?: number;
+  /** Round-trip time to the gate, ms. */
+  rttMs?: number;
+  /** Packets lost of those expected since the start, in percent. */
+  lossPercent?: number;
+  width?: number;
+  height?: number;
+}
+
+export type DesktopPath = "webrtc" | "vnc";
+
+/** Why a view closed: the network dropped, or the desktop went away. */
+export type CloseCause = "network" | "ended";
+
+export interface DesktopConnection {
+  readonly path: DesktopPath;
+  /** Figures since the last call. */
+  stats(): Promise<DesktopStats>;
+  /** Gives the view the keyboard. */
+  focus(): void;
+  close(): void;
+}
+
+export interface ViewCallbacks {
+  /** The view stopped by itself (not by close()). */
+  onClosed(cause: CloseCause): void;
+}
