@@ -4,8 +4,9 @@
 //! (the test's, backed by anvil's dev account #0), signs in, deposits on
 //! anvil, waits for the credit, starts `small`, sees the real desktop image
 //! over WebRTC (with Chromium's default mDNS-hidden host candidates) and then
-//! over noVNC (which resizes the desktop to the view), points into it, and
-//! stops it. The driver is
+//! over noVNC, sees the desktop take the size of its view, points into it,
+//! passes the clipboard both ways (the desktop's X clipboard read and set
+//! with xclip), and stops it. The driver is
 //! `tests/browser/web_client.js`; its screenshots land in
 //! `target/web-client-shots/`.
 //!
@@ -138,6 +139,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
     let mut painter = None;
     let mut reached = Vec::new();
     let mut resized = Vec::new();
+    let mut clipboards = Vec::new();
     let outcome: Result<(), String> = async {
         while let Some(line) = stages
             .next_line()
@@ -169,8 +171,9 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                     let x = event["x"].as_u64().unwrap() as u32;
                     let y = event["y"].as_u64().unwrap() as u32;
                     wait_for_pointer(&session, x, y, Duration::from_secs(20), &line).await;
-                    // The X screen is the size the page shows: noVNC asked
-                    // the desktop to take the view's size (SetDesktopSize).
+                    // The X screen is the size the page shows, which is the
+                    // view's: the page asked the desktop for it
+                    // (SetDesktopSize, through the gate on either path).
                     let geometry =
                         on_display_async(&session, &["xdotool", "getdisplaygeometry"]).await;
                     let shown = format!("{} {}", event["size"][0], event["size"][1]);
@@ -179,10 +182,8 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                             "the X screen is {geometry}, the page shows {shown}"
                         ));
                     }
-                    if event["path"] == "noVNC" && event["size"] != event["view"] {
-                        return Err(format!(
-                            "noVNC did not resize the desktop to its view: {line}"
-                        ));
+                    if event["size"] != event["view"] {
+                        return Err(format!("the desktop did not take the view's size: {line}"));
                     }
                     resized.push(shown);
                     seen.push(session);
@@ -190,6 +191,47 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         .write_all(b"the pointer is there\n")
                         .await
                         .unwrap();
+                }
+                "clipboard-open" => {
+                    let session = seen.last().cloned().expect("a session");
+                    let text = event["expect"].as_str().unwrap().to_string();
+                    // xclip forks and keeps the selection until replaced.
+                    on_display_async(
+                        &session,
+                        &[
+                            "sh",
+                            "-c",
+                            "printf '%s' \"$1\" | xclip -selection clipboard",
+                            "sh",
+                            &text,
+                        ],
+                    )
+                    .await;
+                    to_driver
+                        .write_all(b"on the desktop's clipboard\n")
+                        .await
+                        .unwrap();
+                }
+                "clipboard-sent" => {
+                    let session = seen.last().cloned().expect("a session");
+                    let want = event["text"].as_str().unwrap();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let got =
+                            on_display_async(&session, &["xclip", "-o", "-selection", "clipboard"])
+                                .await;
+                        if got == want {
+                            break;
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(format!(
+                                "the desktop's clipboard holds {got:?}, not {want:?}"
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    clipboards.push(want.to_string());
+                    to_driver.write_all(b"on the desktop\n").await.unwrap();
                 }
                 "failed" => return Err(format!("the page failed: {}", event["error"])),
                 "done" => return Ok(()),
@@ -229,5 +271,10 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
     }
     assert_eq!(seen.len(), 2, "one desktop over WebRTC, one over noVNC");
     eprintln!("desktop sizes seen (WebRTC, noVNC): {resized:?}");
+    assert_eq!(
+        clipboards.len(),
+        2,
+        "the clipboard went both ways on both paths"
+    );
     stage.finish().await;
 }

@@ -7,11 +7,14 @@
 //! [`crate::MediaActor`] closing) ends them all:
 //!
 //! - the **decoder** reads the desktop's updates, one incremental request per
-//!   frame interval, and copies the damaged rectangles into a shared frame;
+//!   frame interval, and copies the damaged rectangles into a shared frame
+//!   (with the screen id a resize must name); the desktop's clipboard text
+//!   goes to the loop, which sends it to the browser;
 //! - the **desktop writer** sends whole RFB messages (update requests and
 //!   input) to the desktop through one queue, so they never interleave;
-//! - the **loop** reacts to the peer (connected, input, keyframe requests,
-//!   closed) and encodes the shared frame when it changed. An idle desktop
+//! - the **loop** reacts to the peer (connected, input — pointer, keys,
+//!   clipboard, resize —, keyframe requests, closed) and encodes the shared
+//!   frame when it changed. An idle desktop
 //!   answers no update request, so nothing is encoded and no frame is sent;
 //!   a keyframe request is answered unless the last frame sent was a
 //!   keyframe and nothing changed since.
@@ -31,12 +34,15 @@ use tokio_util::sync::PollSender;
 use crate::framebuffer::Rect;
 use crate::input::InputEvent;
 use crate::relay::{MediaPath, RelayEnd, StreamCounters};
-use crate::rfb_client::{RfbClient, RfbClientError};
+use crate::rfb_client::{RfbClient, RfbClientError, ServerMessage};
 use crate::video::{EncodeError, VideoEncoder, VideoSettings};
 use crate::webrtc_peer::{PeerError, PeerEvent, VideoPeer};
 
 /// RFB messages queued towards the desktop.
 const DESKTOP_QUEUE: usize = 64;
+/// Desktop clipboard texts queued towards the browser; more are dropped
+/// (the newest one that fits wins soon enough: clipboards are replaced).
+const CLIPBOARD_QUEUE: usize = 4;
 /// Time the browser has to connect after its offer was answered (and the
 /// desktop to finish its RFB set-up); a stream that never starts would
 /// otherwise hold a desktop connection until the session ends.
@@ -76,6 +82,9 @@ struct SharedFrame {
     height: u16,
     /// Changed since the loop last took a copy.
     dirty: bool,
+    /// The desktop's screen id, which a resize must name; `None` until the
+    /// desktop has sent its layout.
+    screen_id: Option<u32>,
 }
 
 impl SharedFrame {
@@ -134,7 +143,14 @@ where
     };
     let shared = Arc::new(Mutex::new(SharedFrame::default()));
     let changed = Arc::new(Notify::new());
-    let decoding = decode_desktop(client, shared.clone(), changed.clone(), interval);
+    let (clipboard_tx, mut clipboard) = mpsc::channel::<String>(CLIPBOARD_QUEUE);
+    let decoding = decode_desktop(
+        client,
+        shared.clone(),
+        changed.clone(),
+        clipboard_tx,
+        interval,
+    );
     tokio::pin!(decoding);
 
     // Encoding runs on the blocking pool; the job (encoder and the pixels
@@ -187,7 +203,13 @@ where
                 }
                 Some(PeerEvent::Input(message)) => match InputEvent::parse(&message) {
                     Ok(input) => {
-                        let rfb = Bytes::from(input.to_rfb());
+                        let screen_id = lock(&shared).screen_id;
+                        let Some(rfb) = input.to_rfb(screen_id) else {
+                            metrics::counter!("deskgate_media_refused_total", "reason" => "input").increment(1);
+                            tracing::debug!("resize asked of a desktop that sent no screen layout");
+                            continue;
+                        };
+                        let rfb = Bytes::from(rfb);
                         counters.add_up(path, rfb.len());
                         counters.add_input(path, input.count());
                         // A full queue waits for the desktop; the writer and
@@ -209,6 +231,15 @@ where
             },
             result = &mut decoding => return desktop_ended(result),
             result = &mut writing => return desktop_ended(result.map_err(|e| StreamError::Desktop(e.into()))),
+            Some(text) = clipboard.recv() => {
+                let message = serde_json::json!({ "type": "clipboard", "text": text }).to_string();
+                counters.add_down(path, message.len());
+                // A browser whose channel is gone misses the clipboard; the
+                // picture goes on.
+                if let Err(err) = peer.send_text(message).await {
+                    tracing::debug!(error = %err, "desktop clipboard not sent to the browser");
+                }
+            }
             () = changed.notified() => pending = true,
             () = tokio::time::sleep_until(connect_by), if !connected => {
                 return Err(StreamError::NotConnected(CONNECT_TIMEOUT));
@@ -302,11 +333,13 @@ fn desktop_ended(result: Result<(), StreamError>) -> Result<RelayEnd, StreamErro
 }
 
 /// Asks for the whole desktop, then for what changed at most once per
-/// `interval`, and copies each update into `shared`.
+/// `interval`, and copies each update into `shared`; passes the desktop's
+/// clipboard texts to `clipboard`.
 async fn decode_desktop<S>(
     mut client: RfbClient<S>,
     shared: Arc<Mutex<SharedFrame>>,
     changed: Arc<Notify>,
+    clipboard: mpsc::Sender<String>,
     interval: Duration,
 ) -> Result<(), StreamError>
 where
@@ -315,7 +348,15 @@ where
     client.request_update(false).await?;
     loop {
         let requested = Instant::now();
-        let update = client.next_update().await?;
+        let update = loop {
+            match client.next_message().await? {
+                ServerMessage::Update(update) => break update,
+                ServerMessage::CutText(text) => {
+                    let _ = clipboard.try_send(text);
+                }
+            }
+        };
+        lock(&shared).screen_id = client.screen_id();
         let damage = client.take_damage();
         if update.resized || !damage.is_empty() {
             let fb = client.framebuffer();
@@ -423,6 +464,7 @@ mod tests {
     struct FakePeer {
         events: mpsc::Receiver<PeerEvent>,
         sent: mpsc::UnboundedSender<Bytes>,
+        texts: mpsc::UnboundedSender<String>,
     }
 
     impl VideoPeer for FakePeer {
@@ -437,6 +479,11 @@ mod tests {
 
         async fn next_event(&mut self) -> Option<PeerEvent> {
             self.events.recv().await
+        }
+
+        async fn send_text(&mut self, text: String) -> Result<(), PeerError> {
+            let _ = self.texts.send(text);
+            Ok(())
         }
     }
 
@@ -454,7 +501,7 @@ mod tests {
             init.extend_from_slice(&4u32.to_be_bytes());
             init.extend_from_slice(b"test");
             self.0.write_all(&init).await.unwrap();
-            let mut setup = [0u8; 20 + 4 + 16];
+            let mut setup = [0u8; 20 + 4 + 4 * 5];
             self.0.read_exact(&mut setup).await.unwrap();
             assert_eq!(
                 (setup[0], setup[20]),
@@ -471,6 +518,17 @@ mod tests {
                 3 => 10,
                 5 => 6,
                 4 => 8,
+                251 => 24, // SetDesktopSize with one screen
+                6 => {
+                    // ClientCutText: the header, then its text.
+                    let mut header = [6u8; 8];
+                    self.0.read_exact(&mut header[1..]).await.unwrap();
+                    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+                    let mut message = header.to_vec();
+                    message.resize(8 + len as usize, 0);
+                    self.0.read_exact(&mut message[8..]).await.unwrap();
+                    return message;
+                }
                 other => panic!("unexpected client message {other}"),
             };
             let mut message = vec![kind; len];
@@ -496,6 +554,8 @@ mod tests {
         desktop: FakeDesktop,
         events: mpsc::Sender<PeerEvent>,
         sent: mpsc::UnboundedReceiver<Bytes>,
+        /// What the stream sent the browser on the data channel.
+        texts: mpsc::UnboundedReceiver<String>,
         encodes: Arc<AtomicUsize>,
         keyframes: Arc<Mutex<Vec<bool>>>,
         drops: Arc<AtomicUsize>,
@@ -514,9 +574,11 @@ mod tests {
             max_fps,
             ..VideoSettings::default()
         };
+        let (texts_tx, texts) = mpsc::unbounded_channel();
         let peer = FakePeer {
             events: peer_events,
             sent: sent_tx,
+            texts: texts_tx,
         };
         let keyframes = Arc::new(Mutex::new(Vec::new()));
         let drops = Arc::new(AtomicUsize::new(0));
@@ -535,6 +597,7 @@ mod tests {
             desktop,
             events,
             sent,
+            texts,
             encodes,
             keyframes,
             drops,
@@ -673,6 +736,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_clipboard_goes_both_ways_and_a_resize_names_the_desktops_screen() {
+        let mut h = start(30).await;
+        h.desktop.message().await; // the first update request
+        let input = |json: &str| PeerEvent::Input(Bytes::copy_from_slice(json.as_bytes()));
+        // The desktop's layout (ExtendedDesktopSize, screen id 42), then
+        // its clipboard.
+        let mut layout = vec![0, 0, 0, 1];
+        for v in [0u16, 0, WIDTH, HEIGHT] {
+            layout.extend_from_slice(&v.to_be_bytes());
+        }
+        layout.extend_from_slice(&(-308i32).to_be_bytes());
+        layout.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 0]);
+        layout.extend_from_slice(&WIDTH.to_be_bytes());
+        layout.extend_from_slice(&HEIGHT.to_be_bytes());
+        layout.extend_from_slice(&[0, 0, 0, 0]);
+        layout.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 5, b'h', b'\xe9', b'l', b'l', b'o']);
+        h.desktop.0.write_all(&layout).await.unwrap();
+        let text = tokio::time::timeout(Duration::from_secs(5), h.texts.recv())
+            .await
+            .expect("the desktop's clipboard reached the browser")
+            .unwrap();
+        let sent: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"type": "clipboard", "text": "h\u{e9}llo"})
+        );
+
+        h.events
+            .send(input(r#"{"type":"clipboard","text":"caf\u00e9"}"#))
+            .await
+            .unwrap();
+        h.events
+            .send(input(r#"{"type":"resize","width":8,"height":4}"#))
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        while messages.len() < 2 {
+            let message = h.desktop.message().await;
+            if message[0] != 3 {
+                messages.push(message);
+            }
+        }
+        assert_eq!(messages[0], crate::rfb_client::client_cut_text("café"));
+        assert_eq!(messages[1], crate::rfb_client::set_desktop_size(8, 4, 42));
+        let counts = h.counters.snapshot();
+        assert_eq!((counts.keys, counts.pointer), (1, 0), "a paste is typing");
+    }
+
+    #[tokio::test]
     async fn input_waits_out_a_stalled_desktop_without_freezing_the_stream() {
         let mut h = start(30).await;
         h.desktop.message().await; // the first update request
@@ -712,9 +824,11 @@ mod tests {
         let (gate_end, desktop_end) = tokio::io::duplex(64 * 1024);
         let (_events, peer_events) = mpsc::channel(16);
         let (sent, _frames) = mpsc::unbounded_channel();
+        let (texts, _texts) = mpsc::unbounded_channel();
         let peer = FakePeer {
             events: peer_events,
             sent,
+            texts,
         };
         let encoder = Box::new(FakeEncoder {
             calls: Arc::default(),

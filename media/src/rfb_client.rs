@@ -4,8 +4,11 @@
 //! It starts where [`crate::rfb::authenticate`] leaves the stream (just before
 //! ClientInit), asks for one fixed pixel format (32 bits, depth 24,
 //! little-endian true colour, `0x00RRGGBB`, the framebuffer's own layout) and
-//! for the encodings ZRLE, CopyRect and Raw plus the DesktopSize
-//! pseudo-encoding, and applies the server's updates to the framebuffer.
+//! for the encodings ZRLE, CopyRect and Raw plus the DesktopSize and
+//! ExtendedDesktopSize pseudo-encodings, and applies the server's updates to
+//! the framebuffer. It passes the desktop's clipboard on (ServerCutText, at
+//! most [`MAX_CLIPBOARD_BYTES`]) and builds the messages that set the
+//! desktop's clipboard and size (ClientCutText, SetDesktopSize).
 //!
 //! Everything the server sends is checked before memory is spent on it:
 //! sizes over [`crate::framebuffer::MAX_PIXELS`] and rectangles outside the
@@ -28,13 +31,20 @@ pub const ENCODING_COPY_RECT: i32 = 1;
 pub const ENCODING_ZRLE: i32 = 16;
 /// DesktopSize pseudo-encoding: the framebuffer changed size.
 pub const ENCODING_DESKTOP_SIZE: i32 = -223;
+/// ExtendedDesktopSize pseudo-encoding: the size and the screen layout; a
+/// server sends SetDesktopSize's answers with it.
+pub const ENCODING_EXTENDED_DESKTOP_SIZE: i32 = -308;
+/// Longest clipboard text passed on either way, in bytes of Latin-1 (RFB's
+/// clipboard charset); a longer desktop clipboard is read and not passed on.
+pub const MAX_CLIPBOARD_BYTES: usize = 64 * 1024;
 
 /// The encodings asked for, most preferred first (servers pick the first
 /// they support for ordinary updates and use CopyRect for moves).
-const ENCODINGS: [i32; 4] = [
+const ENCODINGS: [i32; 5] = [
     ENCODING_ZRLE,
     ENCODING_COPY_RECT,
     ENCODING_RAW,
+    ENCODING_EXTENDED_DESKTOP_SIZE,
     ENCODING_DESKTOP_SIZE,
 ];
 
@@ -67,6 +77,35 @@ pub fn pointer_event(x: u16, y: u16, buttons: u8) -> [u8; 6] {
 pub fn key_event(keysym: u32, down: bool) -> [u8; 8] {
     let mut message = [4, u8::from(down), 0, 0, 0, 0, 0, 0];
     message[4..8].copy_from_slice(&keysym.to_be_bytes());
+    message
+}
+
+/// The RFB ClientCutText message: `text` for the desktop's clipboard, in
+/// Latin-1 (characters beyond it become `?`).
+pub fn client_cut_text(text: &str) -> Vec<u8> {
+    let latin1: Vec<u8> = text
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect();
+    let mut message = Vec::with_capacity(8 + latin1.len());
+    message.extend_from_slice(&[6, 0, 0, 0]);
+    message.extend_from_slice(&(latin1.len() as u32).to_be_bytes());
+    message.extend_from_slice(&latin1);
+    message
+}
+
+/// The RFB SetDesktopSize message (ExtendedDesktopSize): one screen,
+/// `screen_id` as the server named it, `width` × `height` at the origin.
+pub fn set_desktop_size(width: u16, height: u16, screen_id: u32) -> [u8; 24] {
+    let mut message = [0u8; 24];
+    message[0] = 251;
+    message[2..4].copy_from_slice(&width.to_be_bytes());
+    message[4..6].copy_from_slice(&height.to_be_bytes());
+    message[6] = 1; // screens
+    message[8..12].copy_from_slice(&screen_id.to_be_bytes());
+    // x, y = 0; then the screen's own size; flags = 0.
+    message[16..18].copy_from_slice(&width.to_be_bytes());
+    message[18..20].copy_from_slice(&height.to_be_bytes());
     message
 }
 
@@ -124,6 +163,15 @@ impl EncodingCounts {
     }
 }
 
+/// One message from the desktop that matters to a viewer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// A FramebufferUpdate, applied.
+    Update(FrameUpdate),
+    /// The desktop's clipboard text (ServerCutText, Latin-1 decoded).
+    CutText(String),
+}
+
 /// What one FramebufferUpdate changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrameUpdate {
@@ -153,6 +201,9 @@ pub struct RfbClient<S> {
     /// Socket bytes not yet decoded; kept to reuse its allocation.
     chunk: Vec<u8>,
     encodings_seen: EncodingCounts,
+    /// The first screen's id from ExtendedDesktopSize (what SetDesktopSize
+    /// must name); `None` until the server has sent a layout.
+    screen_id: Option<u32>,
 }
 
 impl<S> fmt::Debug for RfbClient<S> {
@@ -210,7 +261,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
             inflated: Vec::new(),
             chunk: vec![0; READ_CHUNK],
             encodings_seen: EncodingCounts::default(),
+            screen_id: None,
         })
+    }
+
+    /// The id of the desktop's first screen, once the server has told it
+    /// (ExtendedDesktopSize): a server that never does cannot be resized.
+    pub fn screen_id(&self) -> Option<u32> {
+        self.screen_id
     }
 
     /// The desktop's name from ServerInit (at most 4 KiB of it).
@@ -266,11 +324,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
     /// dropped on the way.
     pub async fn next_update(&mut self) -> Result<FrameUpdate, RfbClientError> {
         loop {
+            if let ServerMessage::Update(update) = self.next_message().await? {
+                return Ok(update);
+            }
+        }
+    }
+
+    /// Reads server messages until an update has been applied or clipboard
+    /// text has come, and returns it. Bells are dropped; clipboard text over
+    /// [`MAX_CLIPBOARD_BYTES`] is read and dropped.
+    pub async fn next_message(&mut self) -> Result<ServerMessage, RfbClientError> {
+        loop {
             match self.stream.read_u8().await? {
                 0 => {
                     let update = self.read_framebuffer_update().await?;
                     self.encodings_seen.add(&update.encodings);
-                    return Ok(update);
+                    return Ok(ServerMessage::Update(update));
                 }
                 1 => return Err(RfbClientError::ColourMap),
                 2 => {} // Bell: nothing to show in a video.
@@ -281,8 +350,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
                     if len > MAX_CUT_TEXT_BYTES {
                         return Err(RfbClientError::CutTextTooLong(len));
                     }
-                    // The clipboard is not part of the video path.
-                    discard(&mut self.stream, u64::from(len)).await?;
+                    if len as usize > MAX_CLIPBOARD_BYTES {
+                        tracing::debug!(bytes = len, "desktop clipboard too long to pass on");
+                        discard(&mut self.stream, u64::from(len)).await?;
+                        continue;
+                    }
+                    let mut latin1 = vec![0u8; len as usize];
+                    self.stream.read_exact(&mut latin1).await?;
+                    let text = latin1.iter().map(|&b| char::from(b)).collect();
+                    return Ok(ServerMessage::CutText(text));
                 }
                 other => return Err(RfbClientError::UnknownMessage(other)),
             }
@@ -329,11 +405,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RfbClient<S> {
                     update.changed.push(self.framebuffer.bounds());
                     continue;
                 }
+                ENCODING_EXTENDED_DESKTOP_SIZE => {
+                    self.read_screens().await?;
+                    // Also an answer to a refused SetDesktopSize, with the
+                    // size unchanged: only a new size is a resize.
+                    if (rect.width, rect.height)
+                        != (self.framebuffer.width(), self.framebuffer.height())
+                    {
+                        self.framebuffer.resize(rect.width, rect.height)?;
+                        update.resized = true;
+                        update.changed.push(self.framebuffer.bounds());
+                    }
+                    update.encodings.desktop_size += 1;
+                    continue;
+                }
                 other => return Err(RfbClientError::UnsupportedEncoding(other)),
             }
             update.changed.push(rect);
         }
         Ok(update)
+    }
+
+    /// An ExtendedDesktopSize layout: the screen count (at most 255, so at
+    /// most 4 KiB), then 16 bytes per screen (id, x, y, width, height,
+    /// flags); keeps the first screen's id.
+    async fn read_screens(&mut self) -> Result<(), RfbClientError> {
+        let count = self.stream.read_u8().await?;
+        let mut padding = [0u8; 3];
+        self.stream.read_exact(&mut padding).await?;
+        for index in 0..count {
+            let mut screen = [0u8; 16];
+            self.stream.read_exact(&mut screen).await?;
+            if index == 0 {
+                self.screen_id = Some(u32::from_be_bytes([
+                    screen[0], screen[1], screen[2], screen[3],
+                ]));
+            }
+        }
+        Ok(())
     }
 
     /// Raw: `rect` as 4-byte little-endian pixels, read a few rows at a time.
@@ -640,7 +749,7 @@ mod tests {
             .await
             .unwrap();
         let mut client = RfbClient::connect(client).await.unwrap();
-        let mut setup = [0u8; 1 + 20 + 4 + 16];
+        let mut setup = [0u8; 1 + 20 + 4 + 4 * ENCODINGS.len()];
         server.read_exact(&mut setup).await.unwrap();
         client.take_damage();
         (client, server)
@@ -725,8 +834,9 @@ mod tests {
             // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour,
             // max 255 each, shifts 16/8/0.
             &[0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0],
-            // SetEncodings: ZRLE, CopyRect, Raw, DesktopSize (-223).
-            &[2, 0, 0, 4, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21],
+            // SetEncodings: ZRLE, CopyRect, Raw, ExtendedDesktopSize
+            // (-308), DesktopSize (-223).
+            &[2, 0, 0, 5, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff, 0xfe, 0xcc, 0xff, 0xff, 0xff, 0x21],
             &[3, 0, 0, 0, 0, 0, 0x02, 0x80, 0x01, 0xe0], // full update, 640x480
             &[3, 1, 0, 0, 0, 0, 0x02, 0x80, 0x01, 0xe0], // incremental
             &[5, 0b101, 0x01, 0x2c, 0, 2],               // pointer
@@ -968,6 +1078,65 @@ mod tests {
         let mut request = [0u8; 10];
         server.read_exact(&mut request).await.unwrap();
         assert_eq!(request, [3, 1, 0, 0, 0, 0, 0, 30, 0, 20]);
+    }
+
+    #[tokio::test]
+    async fn the_desktop_clipboard_and_layout_come_through() {
+        let (mut client, mut server) = connected(10, 10).await;
+        assert_eq!(client.screen_id(), None);
+        // ServerCutText in Latin-1: "café".
+        let mut messages = vec![3, 0, 0, 0, 0, 0, 0, 4, b'c', b'a', b'f', 0xe9];
+        // ExtendedDesktopSize to 40x30 with one screen, id 0x0102_0304.
+        let mut layout = vec![1, 0, 0, 0];
+        layout.extend_from_slice(&[1, 2, 3, 4, 0, 0, 0, 0, 0, 40, 0, 30, 0, 0, 0, 0]);
+        messages.extend(update(&[(
+            Rect::new(0, 0, 40, 30),
+            ENCODING_EXTENDED_DESKTOP_SIZE,
+            layout,
+        )]));
+        server.write_all(&messages).await.unwrap();
+        assert_eq!(
+            client.next_message().await.unwrap(),
+            ServerMessage::CutText("café".into())
+        );
+        let ServerMessage::Update(resized) = client.next_message().await.unwrap() else {
+            panic!("an update");
+        };
+        assert!(resized.resized);
+        assert_eq!(client.screen_id(), Some(0x0102_0304));
+        assert_eq!(
+            (client.framebuffer().width(), client.framebuffer().height()),
+            (40, 30)
+        );
+        // A clipboard over the limit is read and not passed on.
+        let long = MAX_CLIPBOARD_BYTES + 1;
+        let mut messages = vec![3, 0, 0, 0];
+        messages.extend_from_slice(&(long as u32).to_be_bytes());
+        messages.extend(std::iter::repeat_n(b'x', long));
+        messages.extend(update(&[(
+            Rect::new(0, 0, 40, 30),
+            ENCODING_DESKTOP_SIZE,
+            vec![],
+        )]));
+        server.write_all(&messages).await.unwrap();
+        assert!(matches!(
+            client.next_message().await.unwrap(),
+            ServerMessage::Update(_)
+        ));
+    }
+
+    #[test]
+    fn clipboard_and_resize_messages_are_encoded_as_rfb_says() {
+        assert_eq!(
+            client_cut_text("é€"),
+            vec![6, 0, 0, 0, 0, 0, 0, 2, 0xe9, b'?']
+        );
+        #[rustfmt::skip]
+        let expected = [
+            251, 0, 0x05, 0x00, 0x02, 0xd0, 1, 0, // 1280x720, one screen
+            0, 0, 0, 7, 0, 0, 0, 0, 0x05, 0x00, 0x02, 0xd0, 0, 0, 0, 0,
+        ];
+        assert_eq!(set_desktop_size(1280, 720, 7), expected);
     }
 
     #[tokio::test]

@@ -151,6 +151,10 @@ pub trait VideoPeer: Send {
 
     /// The next event; `None` once nothing more can happen.
     fn next_event(&mut self) -> impl Future<Output = Option<PeerEvent>> + Send;
+
+    /// Sends `text` to the browser on the `input` data channel; dropped if
+    /// the browser has not opened it.
+    fn send_text(&mut self, text: String) -> impl Future<Output = Result<(), PeerError>> + Send;
 }
 
 /// A peer connection answering one browser; closed when dropped.
@@ -169,7 +173,14 @@ pub struct WebRtcPeer {
     events: mpsc::Receiver<PeerEvent>,
     state: watch::Receiver<RTCPeerConnectionState>,
     reported: RTCPeerConnectionState,
+    /// The `input` data channel once the browser opened it: the desktop's
+    /// clipboard goes back on it.
+    input: InputChannel,
 }
+
+/// The browser's `input` data channel, shared between the stack's callback
+/// that accepts it and the stream that writes to it.
+type InputChannel = Arc<std::sync::Mutex<Option<Arc<dyn DataChannel>>>>;
 
 impl std::fmt::Debug for WebRtcPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,11 +258,13 @@ pub async fn answer_offer(
     let (events_tx, events) = mpsc::channel(INPUT_QUEUE);
     let (gathered_tx, mut gathered) = watch::channel(false);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let input = InputChannel::default();
     let handler = Arc::new(Handler {
         gathered: gathered_tx,
         state: state_tx,
         events: events_tx.clone(),
         input_taken: Arc::new(AtomicBool::new(false)),
+        input: input.clone(),
     });
     let pc = ClosingPeer(Arc::new(
         PeerConnectionBuilder::new()
@@ -344,6 +357,7 @@ pub async fn answer_offer(
         events,
         state,
         reported: RTCPeerConnectionState::New,
+        input,
     };
     let answer = peer
         .pc
@@ -355,6 +369,18 @@ pub async fn answer_offer(
 }
 
 impl VideoPeer for WebRtcPeer {
+    async fn send_text(&mut self, text: String) -> Result<(), PeerError> {
+        let channel = self
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match channel {
+            Some(channel) => channel.send_text(&text).await.map_err(stack),
+            None => Ok(()),
+        }
+    }
+
     async fn send_frame(&mut self, frame: Bytes, captured: Instant) -> Result<(), PeerError> {
         let payload_type = match self.payload_type {
             Some(pt) => pt,
@@ -473,6 +499,8 @@ struct Handler {
     events: mpsc::Sender<PeerEvent>,
     /// An `input` channel is being read; a second one is ignored.
     input_taken: Arc<AtomicBool>,
+    /// The channel being read, for the stream to write to.
+    input: InputChannel,
 }
 
 #[async_trait::async_trait]
@@ -491,6 +519,7 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
         let events = self.events.clone();
         let input_taken = self.input_taken.clone();
+        let input = self.input.clone();
         // Reading runs in its own task: this callback runs on the stack's
         // driver, which must not wait on the stream.
         tokio::spawn(async move {
@@ -499,6 +528,9 @@ impl PeerConnectionEventHandler for Handler {
                 tracing::debug!(%label, "ignoring a data channel that is not the first `input`");
                 return;
             }
+            *input
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
             while let Some(event) = channel.poll().await {
                 let message = match event {
                     DataChannelEvent::OnMessage(message) => message,

@@ -1,7 +1,8 @@
 // Drives the gate's own page (GET /) in Debian's headless Chromium as a browser user
 // would, through the page only: connect a wallet, sign in, deposit, wait for credit,
-// start `small`, see the desktop, point into it, stop; first over WebRTC (the page's
-// automatic choice), then over noVNC (picked in the page's Connection menu).
+// start `small`, see the desktop take the view's size, point into it, pass the
+// clipboard both ways, stop; first over WebRTC (the page's automatic choice), then
+// over noVNC (picked in the page's Connection menu).
 //
 //   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules DESKGATE_CHROMIUM=WRAPPER \
 //       node web_client.js PUBLIC_URL WALLET_RPC SHOTS_DIR
@@ -16,7 +17,9 @@
 // {"stage":"pointer", "path", "x", "y", "size", "view"} (size: the desktop's pixels as
 // the page shows them; view: the view's CSS pixels) the driver waits for a line on
 // stdin — the caller's word that the desktop's X pointer got there — before it stops
-// the desktop.
+// the desktop. At {"stage":"clipboard-open", "expect"} it waits for the caller to put
+// `expect` on the desktop's clipboard; at {"stage":"clipboard-sent", "text"} for the
+// caller's word that `text` is on it.
 // Every wait is bounded.
 const fs = require('fs');
 const path = require('path');
@@ -182,6 +185,21 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
       await page.waitForTimeout(250);
     }
     stage('pattern', { path: pathName, size: pixels.size });
+
+    // Both paths ask the desktop to take the view's size: wait until it has.
+    const sized = Date.now() + 15000;
+    let shown;
+    for (;;) {
+      shown = await page.evaluate(() => {
+        const el = document.querySelector('.desktop-video') || document.querySelector('.desktop-vnc canvas');
+        const host = document.querySelector('.desktop-host');
+        return { size: [el.videoWidth || el.width, el.videoHeight || el.height], view: [host.clientWidth, host.clientHeight] };
+      });
+      if (shown.size[0] === shown.view[0] && shown.size[1] === shown.view[1]) break;
+      if (Date.now() > sized) throw new Error(`${pathName}: the desktop did not take the view's size: ${JSON.stringify(shown)}`);
+      await page.waitForTimeout(200);
+    }
+    stage('resized', { path: pathName, size: shown.size });
     await shot(`0${2 + 2 * round}-desktop-${pathName.toLowerCase()}`);
 
     // Point at a spot of the desktop through the page's view.
@@ -198,8 +216,30 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
     const top = box.top + (box.height - box.h * scale) / 2;
     await page.mouse.move(left + 10, top + 10);
     await page.mouse.move(left + (target[0] + 0.5) * scale, top + (target[1] + 0.5) * scale, { steps: 5 });
-    stage('pointer', { path: pathName, x: target[0], y: target[1], size: [box.w, box.h], view: [Math.round(box.width), Math.round(box.height)] });
+    stage('pointer', { path: pathName, x: target[0], y: target[1], size: [box.w, box.h], view: shown.view });
     await nextLine(40000);
+
+    // The clipboard, both ways: the caller puts text on the desktop's X
+    // clipboard; the page shows it; text sent from the page lands there.
+    await page.getByRole('button', { name: 'Clipboard' }).click();
+    const clipboardBox = page.getByLabel('Desktop clipboard');
+    await clipboardBox.waitFor({ timeout: 5000 });
+    stage('clipboard-open', { path: pathName, expect: `from the desktop over ${pathName}` });
+    await nextLine(40000);
+    const fromDesktop = `from the desktop over ${pathName}`;
+    const clipDeadline = Date.now() + 15000;
+    while ((await clipboardBox.inputValue()) !== fromDesktop) {
+      if (Date.now() > clipDeadline) {
+        throw new Error(`${pathName}: the desktop's clipboard did not reach the page: ${JSON.stringify(await clipboardBox.inputValue())}`);
+      }
+      await page.waitForTimeout(200);
+    }
+    const toDesktop = `to the desktop over ${pathName}: café`;
+    await clipboardBox.fill(toDesktop);
+    await page.getByRole('button', { name: 'Send to desktop' }).click();
+    stage('clipboard-sent', { path: pathName, text: toDesktop });
+    await nextLine(40000);
+    await shot(`0${2 + 2 * round}b-clipboard-${pathName.toLowerCase()}`);
 
     await page.getByRole('button', { name: 'Stop desktop' }).click();
     await page.getByText('You stopped the desktop.').waitFor({ timeout: 30000 });

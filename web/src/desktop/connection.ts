@@ -25,10 +25,17 @@ export interface DesktopConnection {
   stats(): Promise<DesktopStats>;
   /** Gives the view the keyboard. */
   focus(): void;
+  /** Puts `text` on the desktop's clipboard. */
+  sendClipboard(text: string): void;
   close(): void;
 }
 
 export interface ViewCallbacks {
   /** The view stopped by itself (not by close()). */
   onClosed(cause: CloseCause): void;
+  /** The desktop's clipboard changed. */
+  onClipboard(text: string): void;
 }
+
+/** The most clipboard text passed on: the gate's limit (64 KiB of Latin-1). */
+export const MAX_CLIPBOARD_CHARS = 64 * 1024;

@@ -1,7 +1,9 @@
 // The desktop on the page: WebRTC first, noVNC when WebRTC fails (or when
 // the user picks it); a toolbar with the path, fullscreen (with keyboard
-// lock where the browser has it) and a stats overlay; and, when the network
-// drops, a visible countdown to a reconnect with a fresh ticket. Closing
+// lock where the browser has it), the clipboard (the desktop's, shown and
+// copied to the browser's where it allows; text sent to the desktop's) and
+// a stats overlay; and, when the network drops, a visible countdown to a
+// reconnect with a fresh ticket. Closing
 // the view never ends the session: only "Stop desktop" does.
 
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -22,6 +24,9 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
   const [countdown, setCountdown] = useState<number>();
   const [attempt, setAttempt] = useState(0);
   const [showStats, setShowStats] = useState(false);
+  const [showClipboard, setShowClipboard] = useState(false);
+  /** The clipboard text shown: the desktop's last, or what the user typed. */
+  const [clipboard, setClipboard] = useState("");
   const [stats, setStats] = useState<DesktopStats>();
 
   useEffect(() => {
@@ -59,6 +64,12 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
           if (cancelled) return;
           setConnection(undefined);
           reconnectLater("The connection to your desktop dropped. Your session keeps running.");
+        },
+        onClipboard: (text) => {
+          setClipboard(text);
+          // The browser's own clipboard too, where it lets a page write
+          // (a secure context with the page focused); else the panel has it.
+          navigator.clipboard?.writeText(text).catch(() => {});
         },
       });
     };
@@ -138,10 +149,24 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
           </span>
         )}
         <button onClick={fullscreen}>Fullscreen</button>
+        <button aria-pressed={showClipboard} onClick={() => setShowClipboard(!showClipboard)}>
+          Clipboard
+        </button>
         <button aria-pressed={showStats} onClick={() => setShowStats(!showStats)}>
           Stats
         </button>
       </div>
+      {showClipboard && (
+        <div class="clipboard">
+          <label>
+            Desktop clipboard
+            <textarea rows={3} value={clipboard} onInput={(e) => setClipboard(e.currentTarget.value)} />
+          </label>
+          <button disabled={!connection} onClick={() => connection?.sendClipboard(clipboard)}>
+            Send to desktop
+          </button>
+        </div>
+      )}
       <div class="desktop-screen" ref={screen} data-testid="desktop" />
       {(status || countdown !== undefined) && (
         <div class="desktop-status" role="status">

@@ -2,10 +2,11 @@
 // (`/sessions/{id}/vnc?ticket=…`). noVNC is loaded only when this path is
 // used, so it does not count against the page's first load. noVNC handles
 // keyboard, pointer and scaling itself; `resizeSession` asks the desktop
-// to take the view's size (RFB SetDesktopSize).
+// to take the view's size (RFB SetDesktopSize); the clipboard goes both
+// ways as RFB cut text.
 
 import { api, socketUrl } from "../api";
-import type { DesktopConnection, DesktopStats, ViewCallbacks } from "./connection";
+import { type DesktopConnection, type DesktopStats, MAX_CLIPBOARD_CHARS, type ViewCallbacks } from "./connection";
 
 const CONNECT_TIMEOUT_MS = 15_000;
 
@@ -28,6 +29,9 @@ export async function connectVnc(
   });
   rfb.scaleViewport = true;
   rfb.resizeSession = true;
+  rfb.addEventListener("clipboard", (e) => {
+    callbacks.onClipboard((e as CustomEvent<{ text: string }>).detail.text);
+  });
   rfb.focusOnClick = true;
   rfb.background = "#111";
 
@@ -58,6 +62,7 @@ export async function connectVnc(
       return { width: canvas?.width, height: canvas?.height };
     },
     focus: () => rfb.focus(),
+    sendClipboard: (text) => rfb.clipboardPasteFrom(text.slice(0, MAX_CLIPBOARD_CHARS)),
     close() {
       closedByUs = true;
       rfb.disconnect();

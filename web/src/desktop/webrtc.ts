@@ -1,14 +1,20 @@
 // The desktop over WebRTC: a recvonly VP8 video track and an `input` data
-// channel of JSON pointer and key events (the gate's protocol, see the
-// README). The offer is sent once ICE gathering is done (no trickle); a
+// channel of JSON pointer, key, clipboard and resize events (the gate's
+// protocol, see the README); the gate sends the desktop's clipboard back on
+// it. The desktop is asked to take the view's size, and again whenever the
+// view changes size. The offer is sent once ICE gathering is done (no trickle); a
 // path that is not connected within CONNECT_TIMEOUT_MS fails, so that the
 // caller can fall back to noVNC.
 
 import { api } from "../api";
-import type { DesktopConnection, DesktopStats, ViewCallbacks } from "./connection";
+import { type DesktopConnection, type DesktopStats, MAX_CLIPBOARD_CHARS, type ViewCallbacks } from "./connection";
 import { KeyTracker } from "./keysym";
 
 const GATHER_TIMEOUT_MS = 3000;
+/** The largest desktop the gate's video path takes. */
+const MAX_SIZE = [3840, 2160];
+/** Resizes wait for the view to settle this long. */
+const RESIZE_SETTLE_MS = 300;
 const CONNECT_TIMEOUT_MS = 15_000;
 
 /** RFB button-mask bits of the wheel: up and down. */
@@ -92,6 +98,14 @@ export async function connectWebrtc(
     if (pc.connectionState === "failed" || pc.connectionState === "closed") fail("network");
   });
   input.addEventListener("close", () => fail("network"));
+  input.addEventListener("message", (e) => {
+    try {
+      const message = JSON.parse(String(e.data));
+      if (message.type === "clipboard" && typeof message.text === "string") callbacks.onClipboard(message.text);
+    } catch {
+      // Not ours to read.
+    }
+  });
 
   const send = (event: object) => {
     if (input.readyState === "open") input.send(JSON.stringify(event));
@@ -150,7 +164,29 @@ export async function connectWebrtc(
   container.addEventListener("keyup", keyup);
   container.addEventListener("blur", blur);
 
+  // The desktop takes the view's size (whole CSS pixels), now and on change.
+  let resizeTimer: ReturnType<typeof setTimeout> | undefined;
+  let asked = "";
+  const askSize = () => {
+    const width = Math.min(Math.floor(container.clientWidth), MAX_SIZE[0]);
+    const height = Math.min(Math.floor(container.clientHeight), MAX_SIZE[1]);
+    const size = `${width}x${height}`;
+    if (width < 1 || height < 1 || size === asked) return;
+    asked = size;
+    send({ type: "resize", width, height });
+  };
+  const observer = new ResizeObserver(() => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(askSize, RESIZE_SETTLE_MS);
+  });
+  observer.observe(container);
+  // The channel may open after the connection: ask once it can carry it.
+  if (input.readyState === "open") askSize();
+  else input.addEventListener("open", askSize, { once: true });
+
   function teardown() {
+    observer.disconnect();
+    clearTimeout(resizeTimer);
     container.removeEventListener("keydown", keydown);
     container.removeEventListener("keyup", keyup);
     container.removeEventListener("blur", blur);
@@ -185,6 +221,7 @@ export async function connectWebrtc(
       return out;
     },
     focus: () => container.focus(),
+    sendClipboard: (text) => send({ type: "clipboard", text: text.slice(0, MAX_CLIPBOARD_CHARS) }),
     close() {
       closedByUs = true;
       blur();
