@@ -11,7 +11,7 @@
 #
 # The image is imported (no registry is reachable) from a rootfs assembled from host
 # files: busybox-static applets, TigerVNC's Xvnc, vncpasswd, xkbcomp + the XKB data,
-# xsetroot, xdotool and xclip, each with the shared libraries ldd lists (dynamic loader
+# xsetroot, xdotool, xclip and xev, each with the shared libraries ldd lists (dynamic loader
 # included). Its entry point, /usr/local/bin/deskgate-desktop, runs Xvnc on display
 # :0 with VNC authentication on 127.0.0.1:5900 only; the gate reaches it through
 # `docker exec -i CONTAINER nc 127.0.0.1 5900`. It works with a read-only root, tmpfs
@@ -30,7 +30,8 @@ BUSYBOX=/bin/busybox
 # of the media tests (noVNC + websockify to bridge a browser, chromium to drive it,
 # x11-utils for the xmessage window the RFB client test moves around).
 # iproute2: the WebRTC test puts Chromium in a network namespace (ip netns).
-# xclip: the clipboard tests read and set the desktop's X clipboard with it.
+# xclip: the clipboard tests read and set the desktop's X clipboard with it; xev
+# (x11-utils) logs the keys and buttons a test sends.
 PACKAGES=(
     tigervnc-standalone-server tigervnc-tools x11-xserver-utils xdotool xclip
     novnc websockify chromium busybox-static x11-utils iproute2
@@ -42,7 +43,7 @@ VNCPASSWD=/usr/bin/vncpasswd
 
 # Host programs copied into the image (with their libraries). Xvnc and vncpasswd are
 # Debian alternatives (symlinks); the image gets the real file plus the plain name.
-PROGRAMS=(/usr/bin/Xvnc /usr/bin/vncpasswd /usr/bin/xkbcomp /usr/bin/xsetroot /usr/bin/xdotool /usr/bin/xclip)
+PROGRAMS=(/usr/bin/Xvnc /usr/bin/vncpasswd /usr/bin/xkbcomp /usr/bin/xsetroot /usr/bin/xdotool /usr/bin/xclip /usr/bin/xev)
 # Runtime data: the keymaps Xvnc compiles with xkbcomp at start-up, and Xlib's error
 # database (readable X errors from xdotool/xsetroot). Fonts are Xvnc's built-ins.
 DATA_DIRS=(/usr/share/X11/xkb)

@@ -4,7 +4,8 @@
 //! (the test's, backed by anvil's dev account #0), signs in, deposits on
 //! anvil, waits for the credit, starts `small`, sees the real desktop image
 //! over WebRTC (with Chromium's default mDNS-hidden host candidates) and then
-//! over noVNC, sees the desktop take the size of its view, points into it,
+//! over noVNC, sees the desktop take the size of its view, points, clicks
+//! and types into it (xev on the desktop's display logs what arrives),
 //! passes the clipboard both ways (the desktop's X clipboard read and set
 //! with xclip), and stops it. The driver is
 //! `tests/browser/web_client.js`; its screenshots land in
@@ -140,6 +141,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
     let mut reached = Vec::new();
     let mut resized = Vec::new();
     let mut clipboards = Vec::new();
+    let mut typed = 0;
     let outcome: Result<(), String> = async {
         while let Some(line) = stages
             .next_line()
@@ -186,11 +188,52 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         return Err(format!("the desktop did not take the view's size: {line}"));
                     }
                     resized.push(shown);
+                    // xev logs what reaches the X server from here on.
+                    on_display_async(
+                        &session,
+                        &[
+                            "sh",
+                            "-c",
+                            "xev -root -event keyboard -event button > /tmp/xev.log 2>&1 &",
+                        ],
+                    )
+                    .await;
                     seen.push(session);
                     to_driver
                         .write_all(b"the pointer is there\n")
                         .await
                         .unwrap();
+                }
+                "typed" => {
+                    let session = seen.last().cloned().expect("a session");
+                    let wanted: Vec<String> = event["keysyms"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| format!("(keysym {},", k.as_str().unwrap()))
+                        .collect();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let log = on_display_async(&session, &["cat", "/tmp/xev.log"]).await;
+                        let pressed: Vec<&str> = log
+                            .split("\n\n")
+                            .filter(|e| e.contains("KeyPress event"))
+                            .collect();
+                        let all_keys = wanted
+                            .iter()
+                            .all(|k| pressed.iter().any(|e| e.contains(k.as_str())));
+                        if log.contains("ButtonPress event") && all_keys {
+                            break;
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(format!(
+                                "the desktop did not see the click and {wanted:?}:\n{log}"
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    typed += 1;
+                    to_driver.write_all(b"the desktop saw it\n").await.unwrap();
                 }
                 "clipboard-open" => {
                     let session = seen.last().cloned().expect("a session");
@@ -275,6 +318,10 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
         clipboards.len(),
         2,
         "the clipboard went both ways on both paths"
+    );
+    assert_eq!(
+        typed, 2,
+        "the desktop saw the click and the keys on both paths"
     );
     stage.finish().await;
 }

@@ -1,7 +1,7 @@
 // Drives the gate's own page (GET /) in Debian's headless Chromium as a browser user
 // would, through the page only: connect a wallet, sign in, deposit, wait for credit,
-// start `small`, see the desktop take the view's size, point into it, pass the
-// clipboard both ways, stop; first over WebRTC (the page's automatic choice), then
+// start `small`, see the desktop take the view's size, point, click and type into
+// it, pass the clipboard both ways, stop; first over WebRTC (the page's automatic choice), then
 // over noVNC (picked in the page's Connection menu).
 //
 //   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules DESKGATE_CHROMIUM=WRAPPER \
@@ -17,7 +17,8 @@
 // {"stage":"pointer", "path", "x", "y", "size", "view"} (size: the desktop's pixels as
 // the page shows them; view: the view's CSS pixels) the driver waits for a line on
 // stdin — the caller's word that the desktop's X pointer got there — before it stops
-// the desktop. At {"stage":"clipboard-open", "expect"} it waits for the caller to put
+// the desktop. At {"stage":"typed", "keysyms"} it waits for the caller's word that the
+// desktop saw the click and those keys. At {"stage":"clipboard-open", "expect"} it waits for the caller to put
 // `expect` on the desktop's clipboard; at {"stage":"clipboard-sent", "text"} for the
 // caller's word that `text` is on it.
 // Every wait is bounded.
@@ -217,6 +218,24 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
     await page.mouse.move(left + 10, top + 10);
     await page.mouse.move(left + (target[0] + 0.5) * scale, top + (target[1] + 0.5) * scale, { steps: 5 });
     stage('pointer', { path: pathName, x: target[0], y: target[1], size: [box.w, box.h], view: shown.view });
+    await nextLine(40000);
+
+    // Click into it and type: Shift+H, i, Return, and é as a non-US layout
+    // produces it (a key whose value is the character).
+    await page.mouse.down();
+    await page.mouse.up();
+    await page.keyboard.press('Shift+KeyH');
+    await page.keyboard.press('KeyI');
+    await page.keyboard.press('Enter');
+    // Playwright knows no key "é": dispatch what a French layout's 2 key
+    // gives, where the keys go.
+    await page.evaluate(() => {
+      const target = document.activeElement || document.body;
+      for (const type of ['keydown', 'keyup']) {
+        target.dispatchEvent(new KeyboardEvent(type, { key: 'é', code: 'Digit2', bubbles: true, cancelable: true }));
+      }
+    });
+    stage('typed', { path: pathName, keysyms: ['0xffe1', '0x48', '0x69', '0xff0d', '0xe9'] });
     await nextLine(40000);
 
     // The clipboard, both ways: the caller puts text on the desktop's X
