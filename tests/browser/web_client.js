@@ -7,10 +7,8 @@
 //   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules DESKGATE_CHROMIUM=WRAPPER \
 //       node web_client.js PUBLIC_URL WALLET_RPC SHOTS_DIR
 //
-// The wallet is the test's own EIP-1193 provider, announced through EIP-6963 like a
-// browser extension: its requests are answered here, on the host, by the anvil node at
-// WALLET_RPC with its dev account #0 (anvil signs personal_sign and eth_sendTransaction
-// for its unlocked dev accounts). Chromium keeps its default WebRTC privacy settings
+// The wallet is the test's own (test_wallet.js), announced through EIP-6963 like a
+// browser extension, backed by the anvil node at WALLET_RPC and its dev account #0. Chromium keeps its default WebRTC privacy settings
 // (host candidates behind mDNS names), as a stock browser does.
 //
 // Progress goes to stdout as JSON lines, {"stage": ...}; diagnostics to stderr. At
@@ -26,6 +24,7 @@ const fs = require('fs');
 const path = require('path');
 const readline = require('readline');
 const { chromium } = require('playwright-core');
+const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
 const [publicUrl, walletRpc, shots] = process.argv.slice(2);
 if (!publicUrl || !walletRpc || !shots) {
@@ -36,7 +35,6 @@ fs.mkdirSync(shots, { recursive: true });
 const started = Date.now();
 const log = (m) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${m}`);
 const stage = (name, extra = {}) => console.log(JSON.stringify({ stage: name, ...extra }));
-const DEV_ACCOUNT = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
 
 // The pattern the caller paints on the desktop (tests/web_client.rs): 32-pixel squares,
 // FG where column + row is even.
@@ -45,18 +43,6 @@ const FG = [0x00, 0x40, 0xff];
 const BG = [0xff, 0x80, 0x00];
 const SAMPLES = [[16, 16], [48, 16], [16, 48], [48, 48], [624, 336], [656, 336], [1232, 16], [16, 688], [1200, 656]];
 const painted = (x, y) => ((Math.floor(x / SQUARE) + Math.floor(y / SQUARE)) % 2 === 0 ? FG : BG);
-
-let rpcId = 0;
-async function rpc(method, params) {
-  const response = await fetch(walletRpc, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: ++rpcId, method, params: params ?? [] }),
-  });
-  const answer = await response.json();
-  if (answer.error) throw new Error(`${method}: ${answer.error.message}`);
-  return answer.result;
-}
 
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = (ms) => new Promise((resolve, reject) => {
@@ -78,7 +64,6 @@ async function finish(code, error) {
 setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
 
 (async () => {
-  const chainId = await rpc('eth_chainId');
   browser = await chromium.launch({
     executablePath: process.env.DESKGATE_CHROMIUM || '/usr/bin/chromium',
     timeout: 20000,
@@ -87,38 +72,7 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
       '--autoplay-policy=no-user-gesture-required'],
   });
   const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
-  await context.exposeFunction('deskgateTestWallet', async (method, params) => {
-    log(`wallet: ${method}`);
-    switch (method) {
-      case 'eth_requestAccounts':
-      case 'eth_accounts':
-        return [DEV_ACCOUNT];
-      case 'eth_chainId':
-        return chainId;
-      case 'wallet_switchEthereumChain':
-        if (String(params[0].chainId).toLowerCase() === chainId.toLowerCase()) return null;
-        throw new Error('this test wallet knows only its anvil chain');
-      default:
-        return rpc(method, params);
-    }
-  });
-  await context.addInitScript(() => {
-    const provider = {
-      request: ({ method, params }) => window.deskgateTestWallet(method, params),
-      on: () => {},
-      removeListener: () => {},
-    };
-    const info = {
-      uuid: '6f1b0e0c-0000-4000-8000-00000000d35c',
-      name: 'deskgate test wallet',
-      icon: 'data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22 viewBox=%220 0 1 1%22%3E%3Crect width=%221%22 height=%221%22 fill=%22%232456d6%22/%3E%3C/svg%3E',
-      rdns: 'dev.deskgate.test-wallet',
-    };
-    const announce = () =>
-      window.dispatchEvent(new CustomEvent('eip6963:announceProvider', { detail: Object.freeze({ info, provider }) }));
-    window.addEventListener('eip6963:requestProvider', announce);
-    announce();
-  });
+  await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log);
   const page = await context.newPage();
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`page error: ${e}`));

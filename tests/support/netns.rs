@@ -220,6 +220,27 @@ impl NetNs {
         path
     }
 
+    /// Cuts the namespace off the host (its veth's host end goes down), as
+    /// a dropped network would: packets are lost, nothing is reset.
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]).unwrap_or_else(|m| panic!("{m}"));
+    }
+
+    /// Undoes [`NetNs::cut`]: the link comes back up with its routes.
+    pub fn restore(&self) {
+        ip(&["link", "set", &self.host_if, "up"]).unwrap_or_else(|m| panic!("{m}"));
+        ip(&[
+            "-n",
+            &self.name,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &self.host_ip.to_string(),
+        ])
+        .unwrap_or_else(|m| panic!("{m}"));
+    }
+
     /// Runs `program ARGS` inside the namespace to completion.
     pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
         Command::new("ip")

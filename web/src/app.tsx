@@ -131,6 +131,7 @@ export function App() {
           <SessionPanel
             pricing={pricing}
             account={account!}
+            wallet={walletMatches ? wallet : undefined}
             session={session}
             onSession={setSession}
             onAccountChanged={refreshAccount}

@@ -70,6 +70,35 @@ function Tiers({ pricing }: { pricing: Pricing }) {
 
 type Tracking = { hash: Hash; check?: DepositCheck; error?: string };
 
+/** Sends the deposit `quote` prices through `wallet`; returns its hash. */
+export async function sendDeposit(wallet: Wallet, pricing: Pricing, quote: Quote): Promise<Hash> {
+  await wallet.ensureChain(pricing.chain_id);
+  const to = quote.revenue_address as Address;
+  const amount = BigInt(quote.amount);
+  if (quote.asset === "eth") return wallet.sendEth(to, amount);
+  const token = pricing.assets.find((a) => a.asset === "token")?.address as Address;
+  return wallet.sendToken(token, to, amount);
+}
+
+/** Asks the gate about `hash` every second until it is credited or rejected. */
+export async function followDeposit(hash: Hash, onCheck: (check: DepositCheck) => void): Promise<DepositCheck> {
+  for (;;) {
+    const check = await api.checkDeposit(hash);
+    onCheck(check);
+    if (check.status !== "pending") return check;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+/** A deposit check in words. */
+export function depositStatus(check: DepositCheck | undefined): string {
+  if (!check) return "Sent; waiting for the gate to see it…";
+  if (check.status === "credited") return `Credited: ${duration(check.credit_seconds ?? 0)} of GPU time.`;
+  if (check.status === "rejected") return `Not credited: ${check.reason ?? "the gate refused this transaction"}.`;
+  if (check.required) return `Confirmations ${check.confirmations}/${check.required}…`;
+  return check.reason ? `Waiting: ${check.reason}…` : "Waiting for the block to be finalized…";
+}
+
 function DepositForm(props: {
   pricing?: Pricing;
   wallet?: Wallet;
@@ -124,13 +153,7 @@ function DepositForm(props: {
     setSending(true);
     setError(undefined);
     try {
-      await props.wallet.ensureChain(pricing.chain_id);
-      const to = quote.revenue_address as Address;
-      const amount = BigInt(quote.amount);
-      const token = assets.find((a) => a.asset === "token")?.address as Address | undefined;
-      const hash =
-        asset === "eth" ? await props.wallet.sendEth(to, amount) : await props.wallet.sendToken(token!, to, amount);
-      setTracking({ hash });
+      setTracking({ hash: await sendDeposit(props.wallet, pricing, quote) });
     } catch (err) {
       setError(describe(err));
     } finally {
@@ -205,13 +228,7 @@ function DepositForm(props: {
 
 function TrackedDeposit({ tracking }: { tracking: Tracking }) {
   const c = tracking.check;
-  let text: string;
-  if (tracking.error) text = tracking.error;
-  else if (!c) text = "Sent; waiting for the gate to see it…";
-  else if (c.status === "credited") text = `Credited: ${duration((c.credit_seconds ?? 0))} of GPU time.`;
-  else if (c.status === "rejected") text = `Not credited: ${c.reason ?? "the gate refused this transaction"}.`;
-  else if (c.required) text = `Confirmations ${c.confirmations}/${c.required}…`;
-  else text = c.reason ? `Waiting: ${c.reason}…` : "Waiting for the block to be finalized…";
+  const text = tracking.error ?? depositStatus(c);
   return (
     <p class={`tracking ${c?.status ?? "sent"}`} role="status" data-testid="deposit-status">
       <code title={tracking.hash}>{short(tracking.hash)}</code> {text}

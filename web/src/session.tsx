@@ -9,13 +9,17 @@ import { type Account, type Pricing, type Profile, type Session, api } from "./a
 import { DesktopView } from "./desktop/view";
 import { type SessionEvent, SessionEvents } from "./events";
 import { clock, creditAsTime, duration } from "./format";
+import { depositStatus, followDeposit, sendDeposit } from "./money";
 import { describe, endReason } from "./problem";
+import type { Wallet } from "./wallet";
 
 const PROFILES_REFRESH_MS = 3000;
 
 export function SessionPanel(props: {
   pricing?: Pricing;
   account: Account;
+  /** The signed-in wallet, when connected: one-click top-ups need it. */
+  wallet?: Wallet;
   session: Session | null;
   onSession: (s: Session | null) => void;
   onAccountChanged: () => Promise<unknown>;
@@ -87,6 +91,8 @@ function Profiles(props: { account: Account; onSession: (s: Session) => void }) 
 }
 
 function LiveSession(props: {
+  pricing?: Pricing;
+  wallet?: Wallet;
   session: Session;
   onSession: (s: Session | null) => void;
   onAccountChanged: () => Promise<unknown>;
@@ -167,6 +173,30 @@ function LiveSession(props: {
     }
   };
 
+  // One click: an hour more on this profile, in ETH, through the wallet.
+  const [topUp, setTopUp] = useState<string>();
+  const oneClickTopUp = async () => {
+    const { wallet, pricing } = props;
+    if (!wallet || !pricing) {
+      document.getElementById("deposit-heading")?.scrollIntoView({ behavior: "smooth" });
+      setTopUp("Connect the wallet you signed in with, below, to top up.");
+      return;
+    }
+    try {
+      setTopUp("Waiting for your wallet…");
+      const quote = await api.quote("eth", 60, session.profile);
+      const hash = await sendDeposit(wallet, pricing, quote);
+      const check = await followDeposit(hash, (c) => setTopUp(depositStatus(c)));
+      setTopUp(depositStatus(check));
+      if (check.status === "credited") {
+        setLowCredit(undefined);
+        await props.onAccountChanged();
+      }
+    } catch (e) {
+      setTopUp(describe(e));
+    }
+  };
+
   const stop = async () => {
     setError(undefined);
     try {
@@ -216,8 +246,16 @@ function LiveSession(props: {
         </p>
       )}
       {lowCredit !== undefined && live.state === "running" && (
-        <p class="warning" role="alert">
-          Your credit runs out in {duration(lowCredit)}. Top up below to keep the desktop.
+        <div class="warning" role="alert">
+          Your credit runs out in {duration(lowCredit)}.{" "}
+          <button class="primary" onClick={oneClickTopUp}>
+            Top up 1 hour
+          </button>
+        </div>
+      )}
+      {topUp && (
+        <p role="status" data-testid="top-up">
+          {topUp}
         </p>
       )}
       {idleLeft !== undefined && live.state === "running" && (

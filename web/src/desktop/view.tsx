@@ -22,7 +22,10 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
   const [connection, setConnection] = useState<DesktopConnection>();
   const [status, setStatus] = useState("Connecting to your desktop…");
   const [countdown, setCountdown] = useState<number>();
+  /** Bumped to connect again. */
   const [attempt, setAttempt] = useState(0);
+  /** Failed tries since the last connection: the backoff's step. */
+  const failures = useRef(0);
   const [showStats, setShowStats] = useState(false);
   const [showClipboard, setShowClipboard] = useState(false);
   /** The clipboard text shown: the desktop's last, or what the user typed. */
@@ -35,7 +38,8 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
     let timer: ReturnType<typeof setInterval> | undefined;
 
     const reconnectLater = (why: string) => {
-      const wait = RECONNECT_SECONDS[Math.min(attempt, RECONNECT_SECONDS.length - 1)];
+      const wait = RECONNECT_SECONDS[Math.min(failures.current, RECONNECT_SECONDS.length - 1)];
+      failures.current += 1;
       setStatus(why);
       setCountdown(wait);
       let left = wait;
@@ -95,6 +99,7 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
           return;
         }
         setConnection(current);
+        failures.current = 0;
         setStatus("");
         current.focus();
       } catch (e) {

@@ -16,6 +16,8 @@ const MAX_SIZE = [3840, 2160];
 /** Resizes wait for the view to settle this long. */
 const RESIZE_SETTLE_MS = 300;
 const CONNECT_TIMEOUT_MS = 15_000;
+/** How long a "disconnected" connection may take to heal by itself. */
+const DISCONNECTED_GRACE_MS = 4000;
 
 /** RFB button-mask bits of the wheel: up and down. */
 const WHEEL_UP = 1 << 3;
@@ -94,8 +96,13 @@ export async function connectWebrtc(
   }
 
   container.replaceChildren(video);
+  // "disconnected" may heal by itself; one that lasts is a dropped network,
+  // answered with a new connection (and a fresh ticket).
+  let disconnected: ReturnType<typeof setTimeout> | undefined;
   pc.addEventListener("connectionstatechange", () => {
+    clearTimeout(disconnected);
     if (pc.connectionState === "failed" || pc.connectionState === "closed") fail("network");
+    if (pc.connectionState === "disconnected") disconnected = setTimeout(() => fail("network"), DISCONNECTED_GRACE_MS);
   });
   input.addEventListener("close", () => fail("network"));
   input.addEventListener("message", (e) => {
@@ -185,6 +192,7 @@ export async function connectWebrtc(
   else input.addEventListener("open", askSize, { once: true });
 
   function teardown() {
+    clearTimeout(disconnected);
     observer.disconnect();
     clearTimeout(resizeTimer);
     container.removeEventListener("keydown", keydown);
