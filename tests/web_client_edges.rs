@@ -5,7 +5,8 @@
 //! first stops; a dropped network is reconnected without ending the session;
 //! an idle desktop is warned, kept with "Keep my desktop", then ended; a
 //! low-credit desktop is topped up in one click, and another runs out and
-//! says so. Screenshots land in `target/web-client-shots/`.
+//! says so; the operator page drains a GPU, gives credit and stops a
+//! desktop. Screenshots land in `target/web-client-shots/`.
 //!
 //! Needs root, iproute2 and `make services`, like `tests/web_client.rs`.
 
@@ -118,6 +119,7 @@ async fn queue_drop_idle_and_credit_in_the_page() {
         .arg(repo_root().join("tests/browser/web_edges.js"))
         .args([&public_url, &stage.anvil.url])
         .arg(&shots)
+        .arg(ADMIN_TOKEN)
         .env(
             "NODE_PATH",
             format!("{}/node_modules", service_env("DESKGATE_PLAYWRIGHT_DIR")),
@@ -216,6 +218,9 @@ async fn queue_drop_idle_and_credit_in_the_page() {
         "low-credit",
         "topped-up",
         "credit-ended",
+        "admin-drained",
+        "admin-credited",
+        "admin-stopped",
     ] {
         assert!(
             reached.iter().any(|r| r == wanted),

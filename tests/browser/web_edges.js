@@ -8,10 +8,13 @@
 //      the warning comes again, and without input the desktop ends, the page says why;
 //   4. credit: C has 20 s of credit: the low-credit warning comes and "Top up 1 hour"
 //      pays through the wallet and keeps the desktop; D has 15 s and no top-up: the
-//      desktop ends at zero and the page says the credit ran out.
+//      desktop ends at zero and the page says the credit ran out;
+//   5. the operator page (/admin): a wrong token is refused, the right one opens it;
+//      a GPU is drained and undrained, D is given credit, D's new desktop is stopped
+//      from there (D's page says an operator ended it), and the audit log shows it.
 //
 //   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules DESKGATE_CHROMIUM=WRAPPER \
-//       node web_edges.js PUBLIC_URL WALLET_RPC SHOTS_DIR
+//       node web_edges.js PUBLIC_URL WALLET_RPC SHOTS_DIR ADMIN_TOKEN
 //
 // Wallets A-D are anvil's dev accounts #0-#3 (test_wallet.js); the caller has given
 // A and B an hour of credit, C 20 s and D 15 s. Progress goes to stdout as JSON lines
@@ -24,9 +27,9 @@ const readline = require('readline');
 const { chromium } = require('playwright-core');
 const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
-const [publicUrl, walletRpc, shots] = process.argv.slice(2);
-if (!publicUrl || !walletRpc || !shots) {
-  console.error('usage: web_edges.js PUBLIC_URL WALLET_RPC SHOTS_DIR');
+const [publicUrl, walletRpc, shots, adminToken] = process.argv.slice(2);
+if (!publicUrl || !walletRpc || !shots || !adminToken) {
+  console.error('usage: web_edges.js PUBLIC_URL WALLET_RPC SHOTS_DIR ADMIN_TOKEN');
   process.exit(2);
 }
 fs.mkdirSync(shots, { recursive: true });
@@ -165,5 +168,40 @@ const endedSaying = async (page, words, ms) => {
   await endedSaying(d, 'Your credit ran out.', 40000);
   stage('credit-ended', { billed: await d.getByText(/^Billed:/).textContent() });
   await d.shot('edges-9-credit-ended');
+
+  // 5. The operator page: the token typed in, GPUs drained and back, credit
+  // given to D, D's new desktop stopped, all in the audit log.
+  const adminContext = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  const admin = await adminContext.newPage();
+  admin.on('console', (m) => log(`admin console.${m.type()}: ${m.text()}`));
+  await admin.goto(`${publicUrl}/admin`);
+  await admin.getByLabel('Admin token').fill('not the token');
+  await admin.getByRole('button', { name: 'Open' }).click();
+  await admin.getByText("not this gate's admin token").waitFor({ timeout: 10000 });
+  await admin.getByLabel('Admin token').fill(adminToken);
+  await admin.getByRole('button', { name: 'Open' }).click();
+  const drain = admin.getByRole('button', { name: 'Drain host 0 GPU 0' });
+  await drain.click();
+  await admin.getByRole('button', { name: 'Undrain host 0 GPU 0' }).waitFor({ timeout: 10000 });
+  await admin.getByRole('button', { name: 'Undrain host 0 GPU 0' }).click();
+  await drain.waitFor({ timeout: 10000 });
+  stage('admin-drained');
+  await admin.getByLabel('Wallet address').fill(DEV_ACCOUNTS[3]);
+  await admin.getByLabel('Credit-seconds (negative to take)').fill('600');
+  await admin.getByLabel('Reason').fill('a goodwill gesture');
+  await admin.getByRole('button', { name: 'Adjust credit' }).click();
+  await admin.getByText('Posted:').waitFor({ timeout: 10000 });
+  stage('admin-credited');
+  await d.getByRole('button', { name: 'Start another desktop' }).click();
+  await d.getByRole('button', { name: 'Start small' }).click();
+  await desktopShown(d, 60000);
+  const stopIt = admin.getByRole('button', { name: /^Stop session / });
+  await stopIt.waitFor({ timeout: 15000 });
+  await admin.screenshot({ path: path.join(shots, 'edges-10-admin.png') });
+  await stopIt.click();
+  await endedSaying(d, 'An operator ended the desktop.', 30000);
+  await admin.getByRole('cell', { name: 'session.kill' }).waitFor({ timeout: 15000 });
+  await admin.getByRole('cell', { name: 'credit.adjust' }).first().waitFor({ timeout: 5000 });
+  stage('admin-stopped');
   await finish(0);
 })().catch((e) => finish(1, e));
