@@ -301,11 +301,24 @@ fn pixels_not(framebuffer: &Framebuffer, colour: u32) -> usize {
         .count()
 }
 
+/// The next update that changes pixels. Xvnc answers a full update request
+/// with an update that only tells the screen layout (ExtendedDesktopSize)
+/// and sends the pixels it owes on the next request.
 async fn next_update(client: &mut RfbClient<TcpStream>) -> FrameUpdate {
-    tokio::time::timeout(UPDATE_TIMEOUT, client.next_update())
-        .await
-        .expect("no update from Xvnc in time")
-        .unwrap_or_else(|e: RfbClientError| panic!("reading an update: {e}"))
+    loop {
+        let update = tokio::time::timeout(UPDATE_TIMEOUT, client.next_update())
+            .await
+            .expect("no update from Xvnc in time")
+            .unwrap_or_else(|e: RfbClientError| panic!("reading an update: {e}"));
+        if !update.changed.is_empty() || update.resized {
+            return update;
+        }
+        assert!(
+            client.screen_id().is_some(),
+            "an update without pixels is the layout: {update:?}"
+        );
+        client.request_update(true).await.unwrap();
+    }
 }
 
 #[tokio::test]
