@@ -17,6 +17,7 @@
 #   DESKGATE_REVENUE_ADDRESS   anvil dev account #9 (0xa0Ee7A142d267C1f36714E4a8F75612F20a79720)
 #   DESKGATE_CONFIRMATIONS     1: anvil mines a block per transaction, and that block counts one
 #   DESKGATE_CHAIN_POLL_MILLIS 1000
+#   DESKGATE_WALLET_RPC_URL    the local anvil: the page offers it to a wallet lacking the chain
 #   DESKGATE_TOKEN_ADDRESS     tests/fixtures TestToken ("DGT"), deployed when the chain lacks it,
 #                              1,000 DGT minted to dev accounts #0-#2
 #   DESKGATE_ADMIN_TOKEN       random, kept in .deskgate/admin-token (mode 600), printed at start;
@@ -135,6 +136,8 @@ local_economy() {
     fi
     command -v curl >/dev/null || die "curl not found; run: make services (it installs what anvil needs)"
     export DESKGATE_REVENUE_ADDRESS=${DESKGATE_REVENUE_ADDRESS:-$LOCAL_REVENUE}
+    # The page offers it to a wallet that does not know the local chain.
+    export DESKGATE_WALLET_RPC_URL=${DESKGATE_WALLET_RPC_URL:-$DESKGATE_RPC_URL}
     export DESKGATE_CONFIRMATIONS=${DESKGATE_CONFIRMATIONS:-1}
     export DESKGATE_CHAIN_POLL_MILLIS=${DESKGATE_CHAIN_POLL_MILLIS:-1000}
     if [[ -z ${DESKGATE_TOKEN_ADDRESS:-} ]]; then

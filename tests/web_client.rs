@@ -24,26 +24,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::desktop::{desktop_stage, on_display, paint_checkerboard, wait_for_pointer};
-use support::netns::NetNs;
+use support::netns::{NetNs, forward_to_loopback};
 use support::{docker_cli, free_port, repo_root, service_env};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Forwards every connection to `listen` to the gate's loopback `port`.
-async fn forward(listen: SocketAddr, port: u16) {
-    let listener = TcpListener::bind(listen)
-        .await
-        .unwrap_or_else(|e| panic!("bind the forwarder on {listen}: {e}"));
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut gate) = TcpStream::connect(("127.0.0.1", port)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut gate).await;
-                }
-            });
-        }
-    });
-}
 
 /// [`on_display`] off the async runtime's threads.
 async fn on_display_async(session: &str, args: &[&str]) -> String {
@@ -108,7 +91,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
         ],
     )
     .await;
-    forward(public, stage.gate.port).await;
+    forward_to_loopback(public, stage.gate.port).await;
 
     let shots = repo_root().join("target/web-client-shots");
     let chromium = netns.chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
@@ -276,6 +259,17 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                     clipboards.push(want.to_string());
                     to_driver.write_all(b"on the desktop\n").await.unwrap();
                 }
+                "window-resized" => {
+                    let session = seen.last().cloned().expect("a session");
+                    let want = format!("{} {}", event["size"][0], event["size"][1]);
+                    let geometry =
+                        on_display_async(&session, &["xdotool", "getdisplaygeometry"]).await;
+                    if geometry.trim() != want {
+                        return Err(format!("after the window shrank the X screen is {geometry}, the page shows {want}"));
+                    }
+                    resized.push(want);
+                    to_driver.write_all(b"followed\n").await.unwrap();
+                }
                 "failed" => return Err(format!("the page failed: {}", event["error"])),
                 "done" => return Ok(()),
                 _ => {}
@@ -313,7 +307,8 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
         );
     }
     assert_eq!(seen.len(), 2, "one desktop over WebRTC, one over noVNC");
-    eprintln!("desktop sizes seen (WebRTC, noVNC): {resized:?}");
+    eprintln!("desktop sizes seen (each path: the view, then a smaller window): {resized:?}");
+    assert_eq!(resized.len(), 4, "two sizes on each path: {resized:?}");
     assert_eq!(
         clipboards.len(),
         2,

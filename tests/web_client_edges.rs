@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::desktop::desktop_stage;
-use support::netns::NetNs;
+use support::netns::{NetNs, forward_to_loopback};
 use support::{free_port, repo_root, service_env};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 /// anvil's dev accounts #0-#3: the users A-D of the driver.
 const USERS: [&str; 4] = [
@@ -33,22 +32,6 @@ const USERS: [&str; 4] = [
 /// What each starts with, in credit-seconds.
 const CREDIT: [i64; 4] = [3600, 3600, 20, 15];
 const ADMIN_TOKEN: &str = "web-edges-admin-token-0123456789abcdef";
-
-/// Forwards every connection to `listen` to the gate's loopback `port`.
-async fn forward(listen: SocketAddr, port: u16) {
-    let listener = TcpListener::bind(listen)
-        .await
-        .unwrap_or_else(|e| panic!("bind the forwarder on {listen}: {e}"));
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut gate) = TcpStream::connect(("127.0.0.1", port)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut gate).await;
-                }
-            });
-        }
-    });
-}
 
 /// The sessions the admin API lists (not ended), as (id, state).
 async fn live_sessions(http: &reqwest::Client, base: &str) -> Vec<(String, String)> {
@@ -94,7 +77,7 @@ async fn queue_drop_idle_and_credit_in_the_page() {
         ],
     )
     .await;
-    forward(public, stage.gate.port).await;
+    forward_to_loopback(public, stage.gate.port).await;
     let http = stage.gate.http.clone();
     let base = stage.gate.base.clone();
     for (user, credit) in USERS.iter().zip(CREDIT) {
@@ -209,6 +192,7 @@ async fn queue_drop_idle_and_credit_in_the_page() {
         "driver exit: {status:?}\n{log}"
     );
     for wanted in [
+        "no-wallet-help",
         "b-queued",
         "b-running",
         "reconnected",

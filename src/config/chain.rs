@@ -42,6 +42,10 @@ pub struct ChainConfig {
     pub rpc_url: Option<Secret>,
     /// Expected chain id.
     pub id: u64,
+    /// A public RPC URL of the chain for browsers' wallets, offered when a
+    /// wallet does not know the chain (`wallet_addEthereumChain`); never the
+    /// gate's own [`ChainConfig::rpc_url`], which may hold a key.
+    pub wallet_rpc_url: Option<url::Url>,
     /// Deposit recipient.
     pub revenue_address: Option<Address>,
     /// Accepted ERC-20 token.
@@ -72,6 +76,7 @@ impl ChainConfig {
             p.push(Problem::new("RPC_URL", "is not an http:// or https:// URL"));
         }
         let id = parse_key(raw, "CHAIN_ID", p, parse_u64);
+        let wallet_rpc_url = parse_key(raw, "WALLET_RPC_URL", p, parse_http_url);
         let revenue_address = parse_key(raw, "REVENUE_ADDRESS", p, parse_address);
         let token_address = parse_key(raw, "TOKEN_ADDRESS", p, parse_address);
         let confirmations = parse_key(raw, "CONFIRMATIONS", p, |t| match t {
@@ -99,6 +104,7 @@ impl ChainConfig {
         Some(Self {
             rpc_url,
             id: id?,
+            wallet_rpc_url,
             revenue_address,
             token_address,
             confirmations: confirmations?,

@@ -99,6 +99,12 @@ pub const KEYS: &[Key] = &[
         "chain id the RPC node must report and sign-in messages must name"
     ),
     key!(
+        "WALLET_RPC_URL",
+        Plain,
+        None,
+        "public RPC URL of the chain that the page offers to wallets that do not know it (shown in /pricing)"
+    ),
+    key!(
         "REVENUE_ADDRESS",
         Plain,
         None,
@@ -398,6 +404,7 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "DATABASE_URL",
     "RPC_URL",
     "CHAIN_ID",
+    "WALLET_RPC_URL",
     "REVENUE_ADDRESS",
     "TOKEN_ADDRESS",
     "CONFIRMATIONS",

@@ -86,6 +86,7 @@ async fn pricing(State(api): State<Arc<ApiState>>) -> Json<Value> {
         .collect();
     Json(json!({
         "chain_id": offer.chain_id,
+        "wallet_rpc_url": offer.wallet_rpc_url.as_ref().map(|u| u.as_str()),
         "revenue_address": offer.revenue_address.map(|a| a.to_string()),
         "deposits_enabled": api.deposits.is_some(),
         "assets": assets,

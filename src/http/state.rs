@@ -144,6 +144,8 @@ pub struct Offer {
     pub pricing: Pricing,
     /// The chain deposits are made on.
     pub chain_id: u64,
+    /// A public RPC URL for wallets that do not know the chain.
+    pub wallet_rpc_url: Option<url::Url>,
     /// Where deposits go; `None` when deposits are off.
     pub revenue_address: Option<Address>,
     /// The ERC-20 accepted besides ETH, if any.
@@ -158,6 +160,7 @@ impl Offer {
         Self {
             pricing: Pricing::from_config(config),
             chain_id: config.chain.id,
+            wallet_rpc_url: config.chain.wallet_rpc_url.clone(),
             revenue_address: config.chain.revenue_address,
             token_address: config.chain.token_address,
             confirmations: config.chain.confirmations,

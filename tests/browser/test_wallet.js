@@ -19,10 +19,16 @@ async function rpc(url, method, params) {
 
 /**
  * Gives every page of `context` a wallet holding `account` on the node at `walletRpc`.
- * `log` hears each request's method.
+ * With `knowsChain: false` the wallet starts on chain 1 and answers a switch to the
+ * anvil chain with 4902 (unknown chain) until the page adds it with `walletRpc` as
+ * its RPC URL, as MetaMask does. `log` hears each request's method.
  */
-async function injectWallet(context, walletRpc, account, log = () => {}) {
+async function injectWallet(context, walletRpc, account, log = () => {}, { knowsChain = true } = {}) {
   const chainId = await rpc(walletRpc, 'eth_chainId');
+  let known = knowsChain;
+  let current = knowsChain ? chainId : '0x1';
+  // Errors cross into the page as values: an Error thrown here would lose its code.
+  const refuse = (code, message) => ({ deskgateWalletError: true, code, message });
   await context.exposeFunction('deskgateTestWallet', async (method, params) => {
     log(`wallet ${account.slice(0, 6)}: ${method}`);
     switch (method) {
@@ -30,17 +36,35 @@ async function injectWallet(context, walletRpc, account, log = () => {}) {
       case 'eth_accounts':
         return [account];
       case 'eth_chainId':
-        return chainId;
+        return current;
+      case 'wallet_addEthereumChain': {
+        const added = params[0];
+        if (String(added.chainId).toLowerCase() !== chainId.toLowerCase()) return refuse(4902, 'not the anvil chain');
+        const bare = (u) => String(u).replace(/\/$/, '');
+        if (!added.rpcUrls || bare(added.rpcUrls[0]) !== bare(walletRpc)) {
+          return refuse(-32602, `unexpected RPC URL ${JSON.stringify(added.rpcUrls)}`);
+        }
+        known = true;
+        return null;
+      }
       case 'wallet_switchEthereumChain':
-        if (String(params[0].chainId).toLowerCase() === chainId.toLowerCase()) return null;
-        throw new Error('this test wallet knows only its anvil chain');
+        if (String(params[0].chainId).toLowerCase() !== chainId.toLowerCase()) return refuse(4902, 'unknown chain');
+        if (!known) return refuse(4902, 'Unrecognized chain ID; add it first');
+        current = chainId;
+        return null;
       default:
         return rpc(walletRpc, method, params);
     }
   });
   await context.addInitScript(() => {
     const provider = {
-      request: ({ method, params }) => window.deskgateTestWallet(method, params),
+      request: async ({ method, params }) => {
+        const answer = await window.deskgateTestWallet(method, params);
+        if (answer && answer.deskgateWalletError) {
+          throw Object.assign(new Error(answer.message), { code: answer.code });
+        }
+        return answer;
+      },
       on: () => {},
       removeListener: () => {},
     };

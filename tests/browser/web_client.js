@@ -18,7 +18,9 @@
 // the desktop. At {"stage":"typed", "keysyms"} it waits for the caller's word that the
 // desktop saw the click and those keys. At {"stage":"clipboard-open", "expect"} it waits for the caller to put
 // `expect` on the desktop's clipboard; at {"stage":"clipboard-sent", "text"} for the
-// caller's word that `text` is on it.
+// caller's word that `text` is on it. At {"stage":"window-resized", "size"} (after
+// the browser window shrank) it waits for the caller's word that the X screen has
+// that size.
 // Every wait is bounded.
 const fs = require('fs');
 const path = require('path');
@@ -72,7 +74,9 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
       '--autoplay-policy=no-user-gesture-required'],
   });
   const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
-  await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log);
+  // A wallet that does not know the chain yet: the page adds it (from /pricing's
+  // wallet_rpc_url) and switches to it.
+  await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log, { knowsChain: false });
   const page = await context.newPage();
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`page error: ${e}`));
@@ -213,6 +217,30 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
     stage('clipboard-sent', { path: pathName, text: toDesktop });
     await nextLine(40000);
     await shot(`0${2 + 2 * round}b-clipboard-${pathName.toLowerCase()}`);
+
+    // A smaller window: the desktop follows the view's new size.
+    const before = shown.view;
+    await page.setViewportSize({ width: 1100, height: 860 });
+    const followDeadline = Date.now() + 15000;
+    let followed;
+    for (;;) {
+      followed = await page.evaluate(() => {
+        const el = document.querySelector('.desktop-video') || document.querySelector('.desktop-vnc canvas');
+        const host = document.querySelector('.desktop-host');
+        return { size: [el.videoWidth || el.width, el.videoHeight || el.height], view: [host.clientWidth, host.clientHeight] };
+      });
+      // Within a pixel: the view's CSS height can be fractional, and noVNC
+      // rounds its own measure down where the page's clientHeight rounds.
+      const same = Math.abs(followed.size[0] - followed.view[0]) <= 1 && Math.abs(followed.size[1] - followed.view[1]) <= 1;
+      if (same && followed.view[0] !== before[0]) break;
+      if (Date.now() > followDeadline) {
+        throw new Error(`${pathName}: the desktop did not follow the window: ${JSON.stringify({ before, followed })}`);
+      }
+      await page.waitForTimeout(200);
+    }
+    stage('window-resized', { path: pathName, from: before, size: followed.size });
+    await nextLine(30000);
+    await page.setViewportSize({ width: 1360, height: 1000 });
 
     await page.getByRole('button', { name: 'Stop desktop' }).click();
     await page.getByText('You stopped the desktop.').waitFor({ timeout: 30000 });

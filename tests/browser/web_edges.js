@@ -1,5 +1,6 @@
 // Drives the gate's page through what goes wrong or runs out, in Debian's headless
 // Chromium, through the page only, on a gate with one GPU:
+//   0. a browser without a wallet is told what to do;
 //   1. contention: A runs a desktop; B starts and is shown position 1 and an ETA; A
 //      stops; B gets the desktop;
 //   2. a dropped network: the caller cuts the browser's link and restores it; B's page
@@ -89,6 +90,14 @@ const endedSaying = async (page, words, ms) => {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--autoplay-policy=no-user-gesture-required'],
   });
+
+  // 0. No wallet in the browser: the page says what to do.
+  const bare = await browser.newContext();
+  const noWallet = await bare.newPage();
+  await noWallet.goto(publicUrl);
+  await noWallet.getByText('No wallet found in this browser.').waitFor({ timeout: 15000 });
+  stage('no-wallet-help');
+  await bare.close();
 
   // 1. Contention.
   const a = await user(0, 'A');

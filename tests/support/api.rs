@@ -39,6 +39,8 @@ pub fn session_env(
     let mut env = serve_env_with(port, database_url, rpc_url);
     env.extend([
         ("DESKGATE_REVENUE_ADDRESS", revenue.to_string()),
+        // The page offers the test's anvil to wallets lacking the chain.
+        ("DESKGATE_WALLET_RPC_URL", rpc_url.to_string()),
         ("DESKGATE_CONFIRMATIONS", "1".into()),
         ("DESKGATE_CHAIN_POLL_MILLIS", "100".into()),
         ("DESKGATE_DEPOSIT_START_BLOCK", "0".into()),

@@ -266,3 +266,22 @@ impl Drop for NetNs {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// Forwards every connection to `listen` (an address on a namespace's veth)
+/// to `port` on 127.0.0.1, where a gate under test listens: the browser in
+/// the namespace reaches the gate at its public URL. Runs until the test's
+/// runtime ends.
+pub async fn forward_to_loopback(listen: std::net::SocketAddr, port: u16) {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .unwrap_or_else(|e| panic!("bind the forwarder on {listen}: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut gate) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut gate).await;
+                }
+            });
+        }
+    });
+}

@@ -35,6 +35,8 @@ export type EndReason = { kind: string; detail?: unknown } | null;
 
 export interface Pricing {
   chain_id: number;
+  /** A public RPC URL of the chain, for wallets that do not know it. */
+  wallet_rpc_url: string | null;
   revenue_address: string | null;
   deposits_enabled: boolean;
   assets: { asset: Asset; address: string | null; per_gpu_hour: string }[];

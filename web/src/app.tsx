@@ -67,7 +67,7 @@ export function App() {
   const signIn = () =>
     run("Waiting for your signature…", async () => {
       if (!wallet || !pricing) return;
-      await wallet.ensureChain(pricing.chain_id);
+      await wallet.ensureChain(pricing.chain_id, pricing.wallet_rpc_url);
       const challenge = await api.nonce(wallet.address);
       const signature = await wallet.sign(challenge.message);
       await api.verify(challenge.message, signature);

@@ -72,7 +72,7 @@ type Tracking = { hash: Hash; check?: DepositCheck; error?: string };
 
 /** Sends the deposit `quote` prices through `wallet`; returns its hash. */
 export async function sendDeposit(wallet: Wallet, pricing: Pricing, quote: Quote): Promise<Hash> {
-  await wallet.ensureChain(pricing.chain_id);
+  await wallet.ensureChain(pricing.chain_id, pricing.wallet_rpc_url);
   const to = quote.revenue_address as Address;
   const amount = BigInt(quote.amount);
   if (quote.asset === "eth") return wallet.sendEth(to, amount);

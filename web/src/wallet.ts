@@ -15,6 +15,7 @@ import {
   erc20Abi,
   numberToHex,
 } from "viem";
+import { errorCode } from "./problem";
 
 /** A wallet the user can pick. */
 export interface WalletChoice {
@@ -71,14 +72,34 @@ export class Wallet {
 
   /**
    * Makes sure the wallet is on `chainId`, asking it to switch. A wallet
-   * that does not know the chain answers 4902, which the caller shows.
+   * that does not know the chain (4902) is asked to add it when the gate
+   * names a public RPC URL for it (`rpcUrl`); else the 4902 goes to the
+   * caller, which says what to do.
    */
-  async ensureChain(chainId: number): Promise<void> {
+  async ensureChain(chainId: number, rpcUrl?: string | null): Promise<void> {
     if ((await this.chainId()) === chainId) return;
-    await this.choice.provider.request({
-      method: "wallet_switchEthereumChain",
-      params: [{ chainId: numberToHex(chainId) }],
-    });
+    const switchTo = () =>
+      this.choice.provider.request({
+        method: "wallet_switchEthereumChain",
+        params: [{ chainId: numberToHex(chainId) }],
+      });
+    try {
+      await switchTo();
+    } catch (e) {
+      if (errorCode(e) !== 4902 || !rpcUrl) throw e;
+      await this.choice.provider.request({
+        method: "wallet_addEthereumChain",
+        params: [
+          {
+            chainId: numberToHex(chainId),
+            chainName: chainId === 31337 ? "Anvil (local)" : `deskgate chain ${chainId}`,
+            rpcUrls: [rpcUrl],
+            nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+          },
+        ],
+      });
+      await switchTo();
+    }
     if ((await this.chainId()) !== chainId) {
       throw new Error(`Your wallet is still on another chain; switch it to chain ${chainId}.`);
     }
@@ -100,14 +121,14 @@ export class Wallet {
     return this.client.sendTransaction({ to: token, data, chain: null });
   }
 
-  /** Calls `onChange` when the user switches account or chain in the wallet. */
+  /**
+   * Calls `onChange` when the user switches account in the wallet. A chain
+   * change is not one: the page switches chains itself, and checks the
+   * chain before every request that needs it.
+   */
   watch(onChange: () => void): () => void {
     const provider = this.choice.provider;
     provider.on("accountsChanged", onChange);
-    provider.on("chainChanged", onChange);
-    return () => {
-      provider.removeListener("accountsChanged", onChange);
-      provider.removeListener("chainChanged", onChange);
-    };
+    return () => provider.removeListener("accountsChanged", onChange);
   }
 }

@@ -27,6 +27,8 @@ export interface DesktopConnection {
   focus(): void;
   /** Puts `text` on the desktop's clipboard. */
   sendClipboard(text: string): void;
+  /** Captures the browser's pointer (in fullscreen), where the path can. */
+  lockPointer(): void;
   close(): void;
 }
 

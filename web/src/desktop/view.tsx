@@ -134,6 +134,7 @@ export function DesktopView({ sessionId }: { sessionId: string }) {
     // (Chromium, in fullscreen only); hold Escape to leave.
     const keyboard = (navigator as { keyboard?: { lock?: () => Promise<void> } }).keyboard;
     await keyboard?.lock?.().catch(() => {});
+    connection?.lockPointer();
     connection?.focus();
   };
 

@@ -63,6 +63,8 @@ export async function connectVnc(
     },
     focus: () => rfb.focus(),
     sendClipboard: (text) => rfb.clipboardPasteFrom(text.slice(0, MAX_CLIPBOARD_CHARS)),
+    // noVNC positions its pointer absolutely; it is not captured.
+    lockPointer: () => {},
     close() {
       closedByUs = true;
       rfb.disconnect();

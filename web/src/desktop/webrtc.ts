@@ -121,17 +121,24 @@ export async function connectWebrtc(
   // Pointer: browser coordinates to desktop pixels, minding the letterbox
   // that object-fit: contain leaves around the picture.
   let buttons = 0;
+  // Where the desktop's pointer is; moved by relative motion while the
+  // browser's pointer is locked (fullscreen), by position otherwise.
+  let at = { x: 0, y: 0 };
   const position = (e: MouseEvent) => {
     const rect = video.getBoundingClientRect();
     const w = video.videoWidth || rect.width;
     const h = video.videoHeight || rect.height;
     const scale = Math.min(rect.width / w, rect.height / h);
-    const left = rect.left + (rect.width - w * scale) / 2;
-    const top = rect.top + (rect.height - h * scale) / 2;
-    // The desktop pixel under the pointer: floor, not round.
-    const x = Math.floor((e.clientX - left) / scale);
-    const y = Math.floor((e.clientY - top) / scale);
-    return { x: Math.min(Math.max(x, 0), w - 1), y: Math.min(Math.max(y, 0), h - 1) };
+    const clamp = (v: number, max: number) => Math.min(Math.max(v, 0), max - 1);
+    if (document.pointerLockElement === video) {
+      at = { x: clamp(at.x + e.movementX / scale, w), y: clamp(at.y + e.movementY / scale, h) };
+    } else {
+      const left = rect.left + (rect.width - w * scale) / 2;
+      const top = rect.top + (rect.height - h * scale) / 2;
+      // The desktop pixel under the pointer: floor, not round.
+      at = { x: clamp(Math.floor((e.clientX - left) / scale), w), y: clamp(Math.floor((e.clientY - top) / scale), h) };
+    }
+    return { x: Math.floor(at.x), y: Math.floor(at.y) };
   };
   const pointer = (e: MouseEvent) => {
     e.preventDefault();
@@ -230,6 +237,10 @@ export async function connectWebrtc(
     },
     focus: () => container.focus(),
     sendClipboard: (text) => send({ type: "clipboard", text: text.slice(0, MAX_CLIPBOARD_CHARS) }),
+    lockPointer: () => {
+      // Not every browser returns a promise; a refused lock is no error.
+      Promise.resolve(video.requestPointerLock()).catch(() => {});
+    },
     close() {
       closedByUs = true;
       blur();
