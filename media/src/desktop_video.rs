@@ -18,6 +18,10 @@
 //!   answers no update request, so nothing is encoded and no frame is sent;
 //!   a keyframe request is answered unless the last frame sent was a
 //!   keyframe and nothing changed since.
+//!
+//! Why one long file: the three parts share one select loop and its state;
+//! over half of the file is its tests, with a fake desktop, encoder
+//! and peer.
 
 use std::io;
 use std::pin::Pin;

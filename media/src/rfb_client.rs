@@ -14,6 +14,10 @@
 //! sizes over [`crate::framebuffer::MAX_PIXELS`] and rectangles outside the
 //! framebuffer are errors, and ZRLE data may not inflate to more than its
 //! rectangle can hold.
+//!
+//! Why one long file: the client is one protocol state machine (set-up,
+//! messages, encodings), and over 40 % of the file is its unit tests, which
+//! build server byte streams from the same private constants.
 
 use std::fmt;
 use std::io;
