@@ -55,7 +55,9 @@ async fn an_open_tab_without_input_is_warned_then_ended_and_keep_holds_it() {
         })
         .await;
     let warned_after = left_alone.elapsed();
-    assert_eq!(warning["seconds_left"], 3, "{warning}");
+    // Half the 6 s timeout, rounded up; a loaded machine may fire late.
+    let left = warning["seconds_left"].as_u64().unwrap_or(0);
+    assert!((1..=3).contains(&left), "{warning}");
     let ended = events
         .wait_for("the idle end", Duration::from_secs(10), |e| {
             e["type"] == "state" && e["state"] == "ended"
