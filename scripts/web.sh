@@ -53,7 +53,12 @@ cmd_build() {
 cmd_test() {
     ensure_node
     ensure_modules
-    (cd -- "$WEB" && npx vitest run)
+    # Colour only on a terminal, like the rest of the project's output.
+    if [[ -t 1 ]]; then
+        (cd -- "$WEB" && npx vitest run)
+    else
+        (cd -- "$WEB" && NO_COLOR=1 npx vitest run)
+    fi
 }
 
 case ${1:-} in
