@@ -181,13 +181,20 @@ pub struct GateProcess {
     /// Output of processes killed earlier in the test.
     earlier_output: String,
     env: Vec<(&'static str, String)>,
-    /// `http://127.0.0.1:<port>`; also the Origin its sockets accept.
-    pub base: String,
+    /// Its API client (`base` is `http://127.0.0.1:<port>`, also the
+    /// Origin its sockets accept); the gate derefs to it.
+    client: GateClient,
     /// The port it listens on.
     pub port: u16,
-    /// The client requests go through.
-    pub http: reqwest::Client,
     _docker: DockerSessionsLock,
+}
+
+impl std::ops::Deref for GateProcess {
+    type Target = GateClient;
+
+    fn deref(&self) -> &GateClient {
+        &self.client
+    }
 }
 
 impl GateProcess {
@@ -195,17 +202,12 @@ impl GateProcess {
     /// waits until it is ready and its sessions are open.
     pub async fn start(port: u16, env: Vec<(&'static str, String)>) -> Self {
         let docker = DockerSessionsLock::acquire().await;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
         let mut gate = Self {
             process: None,
             earlier_output: String::new(),
             env,
-            base: format!("http://127.0.0.1:{port}"),
+            client: GateClient::new(&format!("http://127.0.0.1:{port}")),
             port,
-            http,
             _docker: docker,
         };
         gate.restart().await;
@@ -222,7 +224,7 @@ impl GateProcess {
             .wait_ready(&self.http, &format!("{}/readyz", self.base))
             .await;
         self.process = Some(process);
-        if let Err(last) = self.client().sessions_open(Duration::from_secs(30)).await {
+        if let Err(last) = self.sessions_open(Duration::from_secs(30)).await {
             panic!(
                 "sessions did not open within 30 s: {last}\n{}",
                 self.output()
@@ -245,34 +247,9 @@ impl GateProcess {
         format!("{}{}", self.earlier_output, current.unwrap_or_default())
     }
 
-    /// An API client for this gate.
-    pub fn client(&self) -> GateClient {
-        GateClient {
-            base: self.base.clone(),
-            http: self.http.clone(),
-        }
-    }
-
-    /// Sends a request; returns the status and the JSON body (`null` if none).
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.client().call(method, path, token, body).await
-    }
-
     /// `GET path` as `token`.
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    /// `POST path` with a JSON body, as `token` if given.
-    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
             .await
     }
 
@@ -303,12 +280,6 @@ impl GateProcess {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Signs in as `signer` (nonce, EIP-4361 message signed with its key,
-    /// verify); returns the session token.
-    pub async fn sign_in(&self, signer: &PrivateKeySigner) -> String {
-        self.client().sign_in(signer).await
     }
 
     /// Waits until the wallet behind `token` holds `credit_seconds`.
