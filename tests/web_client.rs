@@ -18,15 +18,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::desktop::{desktop_stage, on_display, paint_checkerboard, wait_for_pointer};
-use support::netns::{NetNs, forward_to_loopback};
-use support::{docker_cli, free_port, repo_root, service_env};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use support::browser::{PageDriver, PageStage};
+use support::desktop::{on_display, paint_checkerboard, wait_for_pointer};
+use support::docker_cli;
 
 /// [`on_display`] off the async runtime's threads.
 async fn on_display_async(session: &str, args: &[&str]) -> String {
@@ -77,64 +73,16 @@ async fn paint_new_session(seen: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
-    let netns = NetNs::create();
-    let host_ip = netns.host_ip.to_string();
-    let public = SocketAddr::new(netns.host_ip.into(), free_port());
-    let public_url = format!("http://{public}");
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stage = desktop_stage(
-        "web_client",
-        &metrics_addr,
-        &[
-            ("DESKGATE_WEBRTC_UDP_IP", &host_ip),
-            ("DESKGATE_PUBLIC_URL", &public_url),
-        ],
-    )
-    .await;
-    forward_to_loopback(public, stage.gate.port).await;
-
-    let shots = repo_root().join("target/web-client-shots");
-    let chromium = netns.chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
-    let mut driver = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/browser/web_client.js"))
-        .args([&public_url, &stage.anvil.url])
-        .arg(&shots)
-        .env(
-            "NODE_PATH",
-            format!("{}/node_modules", service_env("DESKGATE_PLAYWRIGHT_DIR")),
-        )
-        .env("DESKGATE_CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run node (make services installs it)");
-    let mut to_driver = driver.stdin.take().unwrap();
-    let mut stages = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let mut stderr = driver.stderr.take().unwrap();
-    let driver_log = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-        text
-    });
+    let page = PageStage::start("web_client", &[]).await;
+    let mut driver = PageDriver::spawn("web_client.js", &page, &[]);
 
     let mut seen: Vec<String> = Vec::new();
     let mut painter = None;
-    let mut reached = Vec::new();
     let mut resized = Vec::new();
     let mut clipboards = Vec::new();
     let mut typed = 0;
     let outcome: Result<(), String> = async {
-        while let Some(line) = stages
-            .next_line()
-            .await
-            .map_err(|e| format!("driver output: {e}"))?
-        {
-            let event: Value =
-                serde_json::from_str(&line).map_err(|_| format!("driver said: {line}"))?;
-            let name = event["stage"].as_str().unwrap_or_default().to_string();
-            eprintln!("driver: {line}");
+        while let Some((name, event, line)) = driver.next().await? {
             match name.as_str() {
                 "page" => {
                     if event["status"] != 200 {
@@ -182,10 +130,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                     )
                     .await;
                     seen.push(session);
-                    to_driver
-                        .write_all(b"the pointer is there\n")
-                        .await
-                        .unwrap();
+                    driver.reply("the pointer is there").await;
                 }
                 "typed" => {
                     let session = seen.last().cloned().expect("a session");
@@ -216,7 +161,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     typed += 1;
-                    to_driver.write_all(b"the desktop saw it\n").await.unwrap();
+                    driver.reply("the desktop saw it").await;
                 }
                 "clipboard-open" => {
                     let session = seen.last().cloned().expect("a session");
@@ -233,10 +178,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         ],
                     )
                     .await;
-                    to_driver
-                        .write_all(b"on the desktop's clipboard\n")
-                        .await
-                        .unwrap();
+                    driver.reply("on the desktop's clipboard").await;
                 }
                 "clipboard-sent" => {
                     let session = seen.last().cloned().expect("a session");
@@ -257,7 +199,7 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     clipboards.push(want.to_string());
-                    to_driver.write_all(b"on the desktop\n").await.unwrap();
+                    driver.reply("on the desktop").await;
                 }
                 "window-resized" => {
                     let session = seen.last().cloned().expect("a session");
@@ -268,44 +210,29 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
                         return Err(format!("after the window shrank the X screen is {geometry}, the page shows {want}"));
                     }
                     resized.push(want);
-                    to_driver.write_all(b"followed\n").await.unwrap();
+                    driver.reply("followed").await;
                 }
-                "failed" => return Err(format!("the page failed: {}", event["error"])),
-                "done" => return Ok(()),
                 _ => {}
             }
-            reached.push(name);
         }
-        Err("the driver stopped without a verdict".to_string())
+        Ok(())
     }
     .await;
 
-    let status = tokio::time::timeout(Duration::from_secs(30), driver.wait()).await;
-    let log = driver_log.await.unwrap_or_default();
-    if let Err(why) = outcome {
-        panic!(
-            "{why}\nstages reached: {reached:?}\nscreenshots: {}\ndriver log:\n{log}\ngate log:\n{}",
-            shots.display(),
-            stage.gate.output()
-        );
-    }
-    assert!(
-        matches!(status, Ok(Ok(s)) if s.success()),
-        "driver exit: {status:?}\n{log}"
-    );
-    for wanted in [
-        "signed-in",
-        "credited",
-        "desktop",
-        "pattern",
-        "pointer",
-        "ended",
-    ] {
-        assert!(
-            reached.iter().any(|r| r == wanted),
-            "the page never reached {wanted}: {reached:?}"
-        );
-    }
+    driver
+        .finish(
+            outcome,
+            &page,
+            &[
+                "signed-in",
+                "credited",
+                "desktop",
+                "pattern",
+                "pointer",
+                "ended",
+            ],
+        )
+        .await;
     assert_eq!(seen.len(), 2, "one desktop over WebRTC, one over noVNC");
     eprintln!("desktop sizes seen (each path: the view, then a smaller window): {resized:?}");
     assert_eq!(resized.len(), 4, "two sizes on each path: {resized:?}");
@@ -318,5 +245,5 @@ async fn a_browser_goes_from_wallet_to_desktop_through_the_page_only() {
         typed, 2,
         "the desktop saw the click and the keys on both paths"
     );
-    stage.finish().await;
+    page.stage.finish().await;
 }

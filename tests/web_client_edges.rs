@@ -12,15 +12,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::desktop::desktop_stage;
-use support::netns::{NetNs, forward_to_loopback};
-use support::{free_port, repo_root, service_env};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use serde_json::json;
+use support::api::GateProcess;
+use support::browser::{PageDriver, PageStage};
 
 /// anvil's dev accounts #0-#3: the users A-D of the driver.
 const USERS: [&str; 4] = [
@@ -34,16 +30,9 @@ const CREDIT: [i64; 4] = [3600, 3600, 20, 15];
 const ADMIN_TOKEN: &str = "web-edges-admin-token-0123456789abcdef";
 
 /// The sessions the admin API lists (not ended), as (id, state).
-async fn live_sessions(http: &reqwest::Client, base: &str) -> Vec<(String, String)> {
-    let listed: Value = http
-        .get(format!("{base}/api/v1/admin/sessions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn live_sessions(gate: &GateProcess) -> Vec<(String, String)> {
+    let (status, listed) = gate.get("/api/v1/admin/sessions", ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{listed}");
     listed["sessions"]
         .as_array()
         .unwrap()
@@ -59,85 +48,39 @@ async fn live_sessions(http: &reqwest::Client, base: &str) -> Vec<(String, Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_drop_idle_and_credit_in_the_page() {
-    let netns = NetNs::create();
-    let host_ip = netns.host_ip.to_string();
-    let public = SocketAddr::new(netns.host_ip.into(), free_port());
-    let public_url = format!("http://{public}");
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let stage = desktop_stage(
+    let page = PageStage::start(
         "web_edges",
-        &metrics_addr,
         &[
             ("DESKGATE_GPUS", "fake:1"),
-            ("DESKGATE_WEBRTC_UDP_IP", &host_ip),
-            ("DESKGATE_PUBLIC_URL", &public_url),
             ("DESKGATE_IDLE_TIMEOUT_SECONDS", "45"),
             ("DESKGATE_ADMIN_TOKEN", ADMIN_TOKEN),
             ("DESKGATE_SESSION_STOP_GRACE_SECONDS", "0"),
         ],
     )
     .await;
-    forward_to_loopback(public, stage.gate.port).await;
-    let http = stage.gate.http.clone();
-    let base = stage.gate.base.clone();
+    let stage = &page.stage;
     for (user, credit) in USERS.iter().zip(CREDIT) {
-        let response = http
-            .post(format!("{base}/api/v1/admin/credit"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({
-                "address": user,
-                "amount": credit,
-                "reason": "web edges test",
-                "idempotency_key": format!("web-edges-{user}"),
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "credit {user}");
+        let body = json!({
+            "address": user,
+            "amount": credit,
+            "reason": "web edges test",
+            "idempotency_key": format!("web-edges-{user}"),
+        });
+        let (status, answer) = stage
+            .gate
+            .post("/api/v1/admin/credit", Some(ADMIN_TOKEN), body)
+            .await;
+        assert_eq!(status, 200, "credit {user}: {answer}");
     }
 
-    let shots = repo_root().join("target/web-client-shots");
-    let chromium = netns.chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
-    let mut driver = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/browser/web_edges.js"))
-        .args([&public_url, &stage.anvil.url])
-        .arg(&shots)
-        .arg(ADMIN_TOKEN)
-        .env(
-            "NODE_PATH",
-            format!("{}/node_modules", service_env("DESKGATE_PLAYWRIGHT_DIR")),
-        )
-        .env("DESKGATE_CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run node (make services installs it)");
-    let mut to_driver = driver.stdin.take().unwrap();
-    let mut stages = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let mut stderr = driver.stderr.take().unwrap();
-    let driver_log = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-        text
-    });
+    let mut driver = PageDriver::spawn("web_edges.js", &page, &[ADMIN_TOKEN]);
 
-    let mut reached = Vec::new();
     let mut b_session = None;
     let outcome: Result<(), String> = async {
-        while let Some(line) = stages
-            .next_line()
-            .await
-            .map_err(|e| format!("driver output: {e}"))?
-        {
-            let event: Value =
-                serde_json::from_str(&line).map_err(|_| format!("driver said: {line}"))?;
-            let name = event["stage"].as_str().unwrap_or_default().to_string();
-            eprintln!("driver: {line}");
+        while let Some((name, _, _)) = driver.next().await? {
             match name.as_str() {
                 "b-running" => {
-                    let live = live_sessions(&http, &base).await;
+                    let live = live_sessions(&stage.gate).await;
                     let [(id, state)] = live.as_slice() else {
                         return Err(format!("one live session expected: {live:?}"));
                     };
@@ -147,17 +90,17 @@ async fn queue_drop_idle_and_credit_in_the_page() {
                     b_session = Some(id.clone());
                 }
                 "cut" => {
-                    netns.cut();
-                    to_driver.write_all(b"cut\n").await.unwrap();
+                    page.netns.cut();
+                    driver.reply("cut").await;
                 }
                 "reconnecting" => {
                     // Long enough cut for the page to notice, then back.
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    netns.restore();
-                    to_driver.write_all(b"restored\n").await.unwrap();
+                    page.netns.restore();
+                    driver.reply("restored").await;
                 }
                 "reconnected" => {
-                    let live = live_sessions(&http, &base).await;
+                    let live = live_sessions(&stage.gate).await;
                     let same = b_session.as_ref().is_some_and(|b| {
                         live.iter().any(|(id, state)| id == b && state == "running")
                     });
@@ -167,49 +110,34 @@ async fn queue_drop_idle_and_credit_in_the_page() {
                         ));
                     }
                 }
-                "failed" => return Err(format!("the page failed: {}", event["error"])),
-                "done" => return Ok(()),
                 _ => {}
             }
-            reached.push(name);
         }
-        Err("the driver stopped without a verdict".to_string())
+        Ok(())
     }
     .await;
 
-    netns.restore();
-    let status = tokio::time::timeout(Duration::from_secs(30), driver.wait()).await;
-    let log = driver_log.await.unwrap_or_default();
-    if let Err(why) = outcome {
-        panic!(
-            "{why}\nstages reached: {reached:?}\nscreenshots: {}\ndriver log:\n{log}\ngate log:\n{}",
-            shots.display(),
-            stage.gate.output()
-        );
-    }
-    assert!(
-        matches!(status, Ok(Ok(s)) if s.success()),
-        "driver exit: {status:?}\n{log}"
-    );
-    for wanted in [
-        "no-wallet-help",
-        "b-queued",
-        "b-running",
-        "reconnected",
-        "idle-warned",
-        "kept",
-        "idle-ended",
-        "low-credit",
-        "topped-up",
-        "credit-ended",
-        "admin-drained",
-        "admin-credited",
-        "admin-stopped",
-    ] {
-        assert!(
-            reached.iter().any(|r| r == wanted),
-            "the page never reached {wanted}: {reached:?}"
-        );
-    }
-    stage.finish().await;
+    page.netns.restore();
+    driver
+        .finish(
+            outcome,
+            &page,
+            &[
+                "no-wallet-help",
+                "b-queued",
+                "b-running",
+                "reconnected",
+                "idle-warned",
+                "kept",
+                "idle-ended",
+                "low-credit",
+                "topped-up",
+                "credit-ended",
+                "admin-drained",
+                "admin-credited",
+                "admin-stopped",
+            ],
+        )
+        .await;
+    page.stage.finish().await;
 }

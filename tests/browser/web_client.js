@@ -22,21 +22,12 @@
 // the browser window shrank) it waits for the caller's word that the X screen has
 // that size.
 // Every wait is bounded.
-const fs = require('fs');
 const path = require('path');
-const readline = require('readline');
-const { chromium } = require('playwright-core');
+const { pageDriver } = require('./page_driver');
 const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
-const [publicUrl, walletRpc, shots] = process.argv.slice(2);
-if (!publicUrl || !walletRpc || !shots) {
-  console.error('usage: web_client.js PUBLIC_URL WALLET_RPC SHOTS_DIR');
-  process.exit(2);
-}
-fs.mkdirSync(shots, { recursive: true });
-const started = Date.now();
-const log = (m) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${m}`);
-const stage = (name, extra = {}) => console.log(JSON.stringify({ stage: name, ...extra }));
+const { args, log, stage, nextLine, launch, run } = pageDriver('web_client.js', ['PUBLIC_URL', 'WALLET_RPC', 'SHOTS_DIR']);
+const { PUBLIC_URL: publicUrl, WALLET_RPC: walletRpc, SHOTS_DIR: shots } = args;
 
 // The pattern the caller paints on the desktop (tests/web_client.rs): 32-pixel squares,
 // FG where column + row is even.
@@ -46,33 +37,8 @@ const BG = [0xff, 0x80, 0x00];
 const SAMPLES = [[16, 16], [48, 16], [16, 48], [48, 48], [624, 336], [656, 336], [1232, 16], [16, 688], [1200, 656]];
 const painted = (x, y) => ((Math.floor(x / SQUARE) + Math.floor(y / SQUARE)) % 2 === 0 ? FG : BG);
 
-const lines = readline.createInterface({ input: process.stdin });
-const nextLine = (ms) => new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error(`no word from the caller within ${ms / 1000} s`)), ms);
-  lines.once('line', (line) => { clearTimeout(timer); resolve(line); });
-});
-
-let browser;
-async function finish(code, error) {
-  if (error) {
-    log(`failed: ${error && error.stack || error}`);
-    stage('failed', { error: String(error && error.message || error) });
-  } else {
-    stage('done');
-  }
-  if (browser) await browser.close().catch(() => {});
-  process.exit(code);
-}
-setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
-
-(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.DESKGATE_CHROMIUM || '/usr/bin/chromium',
-    timeout: 20000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--autoplay-policy=no-user-gesture-required'],
-  });
+run(async () => {
+  const browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
   // A wallet that does not know the chain yet: the page adds it (from /pricing's
   // wallet_rpc_url) and switches to it.
@@ -248,5 +214,4 @@ setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
     await shot(`0${3 + 2 * round}-ended-${pathName.toLowerCase()}`);
     await page.getByRole('button', { name: 'Start another desktop' }).click();
   }
-  await finish(0);
-})().catch((e) => finish(1, e));
+});

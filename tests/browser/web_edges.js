@@ -22,39 +22,14 @@
 // ({"stage": ...}); at {"stage":"cut"} the driver waits for a line on stdin (the
 // caller cut the link), then at {"stage":"reconnecting"} for another (the caller
 // restored it). Every wait is bounded.
-const fs = require('fs');
 const path = require('path');
-const readline = require('readline');
-const { chromium } = require('playwright-core');
+const { pageDriver } = require('./page_driver');
 const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
-const [publicUrl, walletRpc, shots, adminToken] = process.argv.slice(2);
-if (!publicUrl || !walletRpc || !shots || !adminToken) {
-  console.error('usage: web_edges.js PUBLIC_URL WALLET_RPC SHOTS_DIR ADMIN_TOKEN');
-  process.exit(2);
-}
-fs.mkdirSync(shots, { recursive: true });
-const started = Date.now();
-const log = (m) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${m}`);
-const stage = (name, extra = {}) => console.log(JSON.stringify({ stage: name, ...extra }));
-const lines = readline.createInterface({ input: process.stdin });
-const nextLine = (ms) => new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error(`no word from the caller within ${ms / 1000} s`)), ms);
-  lines.once('line', (line) => { clearTimeout(timer); resolve(line); });
-});
+const { args, log, stage, nextLine, launch, run } = pageDriver('web_edges.js', ['PUBLIC_URL', 'WALLET_RPC', 'SHOTS_DIR', 'ADMIN_TOKEN']);
+const { PUBLIC_URL: publicUrl, WALLET_RPC: walletRpc, SHOTS_DIR: shots, ADMIN_TOKEN: adminToken } = args;
 
 let browser;
-async function finish(code, error) {
-  if (error) {
-    log(`failed: ${error && error.stack || error}`);
-    stage('failed', { error: String(error && error.message || error) });
-  } else {
-    stage('done');
-  }
-  if (browser) await browser.close().catch(() => {});
-  process.exit(code);
-}
-setTimeout(() => finish(1, 'the driver ran out of its 280 s'), 280000).unref();
 
 /** A signed-in page of its own browser context for dev account `n`. */
 async function user(n, name) {
@@ -82,14 +57,8 @@ const endedSaying = async (page, words, ms) => {
   await page.getByText(words).waitFor({ timeout: 2000 });
 };
 
-(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.DESKGATE_CHROMIUM || '/usr/bin/chromium',
-    timeout: 20000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--autoplay-policy=no-user-gesture-required'],
-  });
+run(async () => {
+  browser = await launch();
 
   // 0. No wallet in the browser: the page says what to do.
   const bare = await browser.newContext();
@@ -212,5 +181,4 @@ const endedSaying = async (page, words, ms) => {
   await admin.getByRole('cell', { name: 'session.kill' }).waitFor({ timeout: 15000 });
   await admin.getByRole('cell', { name: 'credit.adjust' }).first().waitFor({ timeout: 5000 });
   stage('admin-stopped');
-  await finish(0);
-})().catch((e) => finish(1, e));
+});

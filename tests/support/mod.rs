@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod api;
+pub mod browser;
 pub mod desktop;
 pub mod netns;
 pub mod sign_in;
