@@ -92,8 +92,13 @@ impl InputEvent {
         }
         let event: Self = serde_json::from_slice(message)?;
         match &event {
-            Self::Clipboard { text } if text.chars().count() > MAX_CLIPBOARD_BYTES => {
-                Err(InputError::ClipboardTooLong(text.chars().count()))
+            Self::Clipboard { text } if text.len() > MAX_CLIPBOARD_BYTES => {
+                // Bytes of UTF-8 bound the characters, hence the Latin-1
+                // bytes; only a long text pays for counting them.
+                match text.chars().count() {
+                    n if n > MAX_CLIPBOARD_BYTES => Err(InputError::ClipboardTooLong(n)),
+                    _ => Ok(event),
+                }
             }
             &Self::Resize { width, height }
                 if width == 0 || height == 0 || width > MAX_RESIZE.0 || height > MAX_RESIZE.1 =>

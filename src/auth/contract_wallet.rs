@@ -49,6 +49,12 @@ const ERC6492_SUFFIX: [u8; 32] = [
 /// `scripts/fixtures.sh`).
 const SIGNATURE_VERDICT_BIN: &str = include_str!("../../contracts/artifacts/SignatureVerdict.bin");
 
+/// [`SIGNATURE_VERDICT_BIN`] decoded, once.
+static SIGNATURE_VERDICT_CODE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    alloy::hex::decode(SIGNATURE_VERDICT_BIN.trim())
+        .expect("contracts/artifacts/SignatureVerdict.bin is hex")
+});
+
 /// A signature as a contract wallet is asked about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct WalletSignature {
@@ -102,8 +108,7 @@ pub(super) async fn ask(
         .deploy
         .clone()
         .unwrap_or((Address::ZERO, Bytes::new()));
-    let mut code = alloy::hex::decode(SIGNATURE_VERDICT_BIN.trim())
-        .expect("contracts/artifacts/SignatureVerdict.bin is hex");
+    let mut code = SIGNATURE_VERDICT_CODE.clone();
     code.extend_from_slice(
         &(
             signer,
@@ -165,8 +170,11 @@ mod tests {
 
     #[test]
     fn the_verifier_creation_code_is_embedded() {
-        let code = alloy::hex::decode(SIGNATURE_VERDICT_BIN.trim()).unwrap();
-        assert!(code.len() > 100, "{} bytes", code.len());
+        assert!(
+            SIGNATURE_VERDICT_CODE.len() > 100,
+            "{} bytes",
+            SIGNATURE_VERDICT_CODE.len()
+        );
     }
 
     #[test]
