@@ -127,21 +127,6 @@ function DepositForm(props: {
     };
   }, [asset, minutes, profile, pricing?.deposits_enabled]);
 
-  // Follow a sent transaction until the gate credits or rejects it.
-  useEffect(() => {
-    if (!tracking || tracking.check?.status === "credited" || tracking.check?.status === "rejected") return;
-    const timer = setTimeout(async () => {
-      try {
-        const check = await api.checkDeposit(tracking.hash);
-        setTracking({ hash: tracking.hash, check });
-        if (check.status === "credited") await props.onDeposited();
-      } catch (e) {
-        setTracking({ ...tracking, error: describe(e) });
-      }
-    }, tracking.check ? 1000 : 0);
-    return () => clearTimeout(timer);
-  }, [tracking]);
-
   if (!pricing) return null;
   if (!pricing.deposits_enabled) {
     return <p class="note">This gate takes no deposits right now.</p>;
@@ -152,12 +137,22 @@ function DepositForm(props: {
     if (!quote || !props.wallet) return;
     setSending(true);
     setError(undefined);
+    let hash: Hash;
     try {
-      setTracking({ hash: await sendDeposit(props.wallet, pricing, quote) });
+      hash = await sendDeposit(props.wallet, pricing, quote);
     } catch (err) {
       setError(describe(err));
+      return;
     } finally {
       setSending(false);
+    }
+    // Follow the transaction until the gate credits or rejects it.
+    setTracking({ hash });
+    try {
+      const check = await followDeposit(hash, (c) => setTracking({ hash, check: c }));
+      if (check.status === "credited") await props.onDeposited();
+    } catch (err) {
+      setTracking({ hash, error: describe(err) });
     }
   };
 

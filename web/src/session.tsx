@@ -110,6 +110,11 @@ function LiveSession(props: {
 
   // The events socket drives everything while the session lives.
   useEffect(() => {
+    const refreshTimeLeft = () =>
+      api.session(session.id).then(
+        (s) => setSecondsLeft(s.seconds_left),
+        () => {},
+      );
     const apply = (event: SessionEvent) => {
       const current = liveRef.current;
       switch (event.type) {
@@ -124,7 +129,7 @@ function LiveSession(props: {
               queue_position: event.queue_position ?? (event.state === "queued" ? current.queue_position : null),
               eta_seconds: event.eta_seconds ?? (event.state === "queued" ? current.eta_seconds : null),
             });
-            if (event.state === "running") api.session(session.id).then((s) => setSecondsLeft(s.seconds_left), () => {});
+            if (event.state === "running") refreshTimeLeft();
           }
           break;
         case "queue":
@@ -132,7 +137,7 @@ function LiveSession(props: {
           break;
         case "balance":
           props.onAccountChanged();
-          api.session(session.id).then((s) => setSecondsLeft(s.seconds_left), () => {});
+          refreshTimeLeft();
           break;
         case "low_credit":
           setLowCredit(event.seconds_left);
