@@ -19,16 +19,17 @@ use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_wat
 use deskgate_actors::ports::GpuAddr;
 use deskgate_actors::session::SessionSettings;
 
-use super::{AppError, Step, docker_launcher, limits, log_inventory, serve_until_signal};
+use super::{
+    AppError, Step, docker_desktops, docker_launcher, limits, log_inventory, serve_until_signal,
+};
 use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
-use crate::config::{Config, Confirmations, LauncherKind};
+use crate::config::{Config, Confirmations, LauncherKind, Role};
 use crate::db;
 use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
-use crate::launcher::desktop::DesktopDialer;
-use crate::launcher::docker::DockerExecDialer;
+use crate::launcher::desktop::DesktopMedia;
 use crate::launcher::gpu;
 use crate::launcher::remote::pool;
 use crate::money::chain::AlloyChain;
@@ -288,14 +289,14 @@ async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsStat
 
 /// The tree across the GPU hosts of `urls` (host = position in the list). The
 /// launchers own their GPUs: no local NVML health feed here; a GPU its
-/// launcher reported unhealthy starts unhealthy. No desktop dialer yet:
-/// media routes answer 503 for sessions on remote launchers.
+/// launcher reported unhealthy starts unhealthy. Desktops are served by
+/// their launchers; this gate needs no Docker access at all.
 async fn remote_tree(
     config: &Config,
     urls: &[url::Url],
     pool: db::DbPool,
     settings: SessionSettings,
-) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
+) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
     let token = config
         .launcher
         .token
@@ -311,16 +312,16 @@ async fn remote_tree(
     for (gpu, reason) in found.unhealthy {
         tree.set_health(gpu, Some(reason));
     }
-    Ok((tree, None))
+    Ok((tree, Arc::new(found.desktops)))
 }
 
 /// The tree on the local Docker Engine (host 0), with NVML health polling and
-/// desktops dialled through `docker exec`.
+/// desktops served in this process (see [`crate::launcher::docker::DockerDesktops`]).
 async fn local_docker_tree(
     config: &Config,
     pool: db::DbPool,
     settings: SessionSettings,
-) -> Result<(SessionTree, Option<Arc<dyn DesktopDialer>>), AppError> {
+) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
     let indices: Vec<u32> = gpu::read_inventory(&config.launcher.gpus)
         .await?
         .iter()
@@ -331,7 +332,8 @@ async fn local_docker_tree(
         .map(|&index| GpuAddr { host: 0, index })
         .collect();
     let launcher = Arc::new(docker_launcher(config).await?);
-    let desktops: Arc<dyn DesktopDialer> = Arc::new(DockerExecDialer::new(launcher.clone()));
+    let desktops: Arc<dyn DesktopMedia> =
+        Arc::new(docker_desktops(config, launcher.clone(), Role::Serve));
     let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
     let health_tree = tree.clone();
     gpu::spawn_health_feed(
@@ -340,5 +342,5 @@ async fn local_docker_tree(
         GPU_HEALTH_INTERVAL,
         move |index, unhealthy| health_tree.set_health(GpuAddr { host: 0, index }, unhealthy),
     );
-    Ok((tree, Some(desktops)))
+    Ok((tree, desktops))
 }

@@ -2,12 +2,15 @@
 //! configuration. At start it reads the GPU inventory, reconciles the session
 //! containers a previous run left (keeps the running ones, clears the rest and
 //! remembers their exits for the gate), then serves the token-guarded API of
-//! [`crate::launcher::remote::service`].
+//! [`crate::launcher::remote::service`], this host's desktops included (VNC
+//! authenticated here, WebRTC video encoded here).
 
 use std::sync::Arc;
 
-use super::{AppError, Step, docker_launcher, limits, log_inventory, serve_until_signal};
-use crate::config::Config;
+use super::{
+    AppError, Step, docker_desktops, docker_launcher, limits, log_inventory, serve_until_signal,
+};
+use crate::config::{Config, Role};
 use crate::launcher::remote::service::{self, ExitLog, LauncherState};
 use crate::platform::server::Service;
 
@@ -37,12 +40,14 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     for exit in &recovered.exited {
         exits.record(exit);
     }
+    let desktops = Arc::new(docker_desktops(&config, launcher.clone(), Role::Launcher));
     let state = Arc::new(LauncherState {
         token,
         gpus: config.launcher.gpus.clone(),
         gpu_indices: gpus.iter().map(|g| g.index).collect(),
         launcher,
         exits,
+        desktops,
     });
     let app = service::router(state, limits(&config));
     let service = Service {

@@ -16,15 +16,17 @@ pub mod launcher;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::http::{self, Limits};
-use crate::launcher::docker::{DockerLauncher, LauncherSettings};
+use crate::launcher::docker::{DockerDesktops, DockerLauncher, LauncherSettings, WebRtcSettings};
 use crate::launcher::gpu;
 use crate::platform::server::{self, Service};
 use crate::platform::telemetry;
+use deskgate_media::VideoSettings;
 
 /// Any error, boxed, as the sources of an [`AppError`].
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -124,6 +126,20 @@ async fn log_inventory(config: &Config) -> Result<Vec<gpu::GpuInfo>, AppError> {
     let gpus = gpu::read_inventory(&config.launcher.gpus).await?;
     tracing::info!(count = gpus.len(), selection = %config.launcher.gpus, fake = gpus.iter().any(|g| g.fake), "GPU inventory");
     Ok(gpus)
+}
+
+/// The desktops of the local Docker `launcher`, served in this process with
+/// the WebRTC settings of `config` for `role`.
+fn docker_desktops(config: &Config, launcher: Arc<DockerLauncher>, role: Role) -> DockerDesktops {
+    let webrtc = WebRtcSettings {
+        udp_ip: config.media.udp_ip(role),
+        video: VideoSettings {
+            bitrate_bps: config.media.bitrate_bps,
+            max_fps: config.media.max_fps,
+            ..VideoSettings::default()
+        },
+    };
+    DockerDesktops::new(launcher, webrtc)
 }
 
 /// The local Docker launcher with the session settings of `config`, once the

@@ -270,7 +270,7 @@ pub const KEYS: &[Key] = &[
         "WEBRTC_UDP_IP",
         Plain,
         None,
-        "IP the WebRTC media UDP sockets bind (ephemeral ports); unset = the BIND address's IP, 0.0.0.0 = every interface"
+        "IP the WebRTC media UDP sockets bind (ephemeral ports) where desktops run; unset = the gate's BIND IP for `serve`, every interface (0.0.0.0) for `launcher`"
     ),
     key!(
         "WEBRTC_MAX_FPS",

@@ -2,15 +2,17 @@
 //! servers handed to clients and their shared secret, the IP the media UDP
 //! sockets bind, and the video frame rate and bitrate.
 //!
-//! Invariants: the UDP IP defaults to the gate's `BIND` IP (so a loopback
-//! gate keeps its media on loopback too); the frame rate is 1 to 60 and the
+//! Invariants: unset, the UDP IP is the gate's `BIND` IP for a gate that
+//! serves its own desktops (a loopback gate keeps its media on loopback too)
+//! and every interface (`0.0.0.0`) for `deskgate launcher`, whose bind
+//! address faces the gate, not browsers; the frame rate is 1 to 60 and the
 //! bitrate 100 to 50000 kbit/s, kept here in bits per second.
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::Problem;
 use super::parse::{comma_list, parse_key, secret};
 use super::raw::RawSettings;
+use super::{Problem, Role};
 use crate::platform::secret::Secret;
 
 /// WebRTC media settings.
@@ -20,8 +22,10 @@ pub struct MediaConfig {
     pub turn_urls: Vec<String>,
     /// TURN REST shared secret.
     pub turn_secret: Option<Secret>,
-    /// IP the WebRTC media UDP sockets bind.
-    pub udp_ip: IpAddr,
+    /// IP the WebRTC media UDP sockets bind, when set.
+    pub udp_ip: Option<IpAddr>,
+    /// The gate's `BIND` IP: a gate's default UDP IP.
+    gate_ip: IpAddr,
     /// Most video frames per second to a WebRTC viewer.
     pub max_fps: u32,
     /// WebRTC video bitrate, bits per second.
@@ -71,9 +75,20 @@ impl MediaConfig {
         Some(Self {
             turn_urls,
             turn_secret: secret(raw, "TURN_SECRET"),
-            udp_ip: udp_ip.unwrap_or_else(|| bind.map_or(IpAddr::from([127, 0, 0, 1]), |b| b.ip())),
+            udp_ip,
+            gate_ip: bind.map_or(IpAddr::from([127, 0, 0, 1]), |b| b.ip()),
             max_fps: max_fps?,
             bitrate_bps: bitrate_kbps? * 1000,
+        })
+    }
+}
+
+impl MediaConfig {
+    /// The IP the media UDP sockets of `role` bind (see the module docs).
+    pub fn udp_ip(&self, role: Role) -> IpAddr {
+        self.udp_ip.unwrap_or(match role {
+            Role::Serve => self.gate_ip,
+            Role::Launcher => IpAddr::from([0, 0, 0, 0]),
         })
     }
 }
@@ -87,7 +102,14 @@ mod tests {
     #[test]
     fn webrtc_settings_default_from_bind_and_are_checked() {
         let config = load(None, env(&[]), Role::Serve).config.expect("config");
-        assert_eq!(config.media.udp_ip, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            config.media.udp_ip(Role::Serve),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert_eq!(
+            config.media.udp_ip(Role::Launcher),
+            IpAddr::from([0, 0, 0, 0])
+        );
         assert_eq!(
             (config.media.max_fps, config.media.bitrate_bps),
             (30, 2_500_000)
@@ -103,7 +125,10 @@ mod tests {
         )
         .config
         .expect("config");
-        assert_eq!(config.media.udp_ip, IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(
+            config.media.udp_ip(Role::Serve),
+            IpAddr::from([192, 0, 2, 7])
+        );
         assert_eq!(config.media.bitrate_bps, 800_000);
 
         let loaded = load(

@@ -7,23 +7,23 @@
 //! Order matters: the Origin is checked, then the single-use ticket is
 //! redeemed (a wrong, reused or expired ticket is refused before anything
 //! reaches the desktop), then the session must be running; only then does
-//! the gate open a connection to the desktop and authenticate with the
-//! session's VNC secret, before it upgrades (or answers), so that a desktop
-//! that cannot be reached is a plain HTTP error. The browser is offered
-//! security type None (VNC) or only video (WebRTC): the secret never leaves
-//! the gate. Each stream runs in a [`MediaActor`] that is closed when the
-//! session ends. Input (keys, pointer) counts as presence; an idle open tab
+//! the gate ask the [`crate::launcher::desktop::DesktopMedia`] port for the desktop — in-process on a
+//! single Docker host, or the launcher that runs the session — before it
+//! upgrades (or answers), so that a desktop that cannot be reached is a plain
+//! HTTP error. The side that runs the desktop authenticates with the VNC
+//! secret and encodes the video; the browser is offered security type None
+//! (VNC) or only video (WebRTC), and the gate relays RFB bytes and signals.
+//! Each stream runs in a [`MediaActor`] that is closed when the session ends;
+//! a VNC stream that ends is closed with a reason the browser can show. Input (keys, pointer) counts as presence; an idle open tab
 //! does not. A session has at most
 //! [`MAX_VIEWERS_PER_SESSION`](super::state::MAX_VIEWERS_PER_SESSION) streams
 //! open, counted in [`ViewersState`](super::state::ViewersState).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,10 +32,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use deskgate_actors::ports::{SessionId, SessionState};
 use deskgate_actors::protocol::SessionEvent;
-use deskgate_media::vp8::Vp8Encoder;
 use deskgate_media::{
-    MediaActor, MediaArgs, MediaMsg, MediaPath, PeerError, RelayEnd, RelayLimits, RfbError,
-    StreamCounters, StreamOutcome, VideoEncoder, relay_vnc,
+    MediaActor, MediaArgs, MediaMsg, MediaPath, RelayEnd, RelayLimits, RfbError, StreamCounters,
+    StreamOutcome, relay_vnc,
 };
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt, future};
@@ -49,13 +48,14 @@ use super::extract::{origin_refused, parse_id, redeem_ticket};
 use super::problem::{Problem, bad_json, unknown_session};
 use super::state::{ApiState, SessionsState, ViewerSlot};
 use crate::auth::tickets::Purpose;
-use crate::launcher::desktop::{DesktopConnection, DesktopError, DesktopIo};
+use crate::launcher::desktop::{DesktopError, DesktopRef, WebRtcRequest};
 
 /// Longest WebSocket message a browser may send on the VNC socket: the
 /// relay's limit for one client message (clipboard text) plus framing.
 const VNC_MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 64;
-/// Time the desktop has to answer the relay's RFB handshake.
-const DESKTOP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Video codecs the desktops' hosts encode (VP8 everywhere, H.264 where
+/// NVENC is): an offer must receive one of them.
+const VIDEO_CODECS: [&str; 2] = ["video/VP8", "video/H264"];
 
 /// The media routes.
 pub fn routes(api: Arc<ApiState>) -> Router {
@@ -90,9 +90,13 @@ async fn vnc(
     let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
-    let events = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
+    let (events, desktop) = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
     let slot = api.viewers.admit(id)?;
-    let desktop = dial_desktop(&desk, id).await?;
+    let desktop = desk
+        .desktops
+        .open_vnc(desktop)
+        .await
+        .map_err(|err| desktop_problem(id, err))?;
     Ok(upgrade
         .protocols(["binary"])
         .max_message_size(VNC_MAX_MESSAGE_BYTES)
@@ -110,68 +114,71 @@ async fn vnc(
 
 /// Checks the ticket of `purpose` and that the session runs; returns the
 /// session's events, subscribed before its state was looked at so that an
-/// end in between is seen.
+/// end in between is seen, and where its desktop is.
 async fn authorise(
     api: &ApiState,
     desk: &SessionsState,
     id: SessionId,
     ticket: Option<String>,
     purpose: Purpose,
-) -> Result<broadcast::Receiver<SessionEvent>, Problem> {
+) -> Result<(broadcast::Receiver<SessionEvent>, DesktopRef), Problem> {
     redeem_ticket(api, ticket, id, purpose)?;
     let handle = desk.tree.lookup(id).await.ok_or_else(unknown_session)?;
     let events = handle.events.subscribe();
-    let running = desk
+    let record = desk
         .tree
         .view(id)
         .await
-        .is_some_and(|v| v.record.state == SessionState::Running);
-    if !running {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "session-not-running",
-            "The desktop is not running",
-        ));
-    }
-    Ok(events)
+        .map(|v| v.record)
+        .filter(|r| r.state == SessionState::Running)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "session-not-running",
+                "The desktop is not running",
+            )
+        })?;
+    // A running session holds its GPUs, all on one host.
+    let host = record.gpu_addrs.first().map_or(0, |gpu| gpu.host);
+    Ok((events, DesktopRef { session: id, host }))
 }
 
-/// Connects to the session's desktop and performs the VNC authentication
-/// with its secret.
-async fn dial_desktop(
-    desk: &SessionsState,
-    id: SessionId,
-) -> Result<Pin<Box<dyn DesktopIo>>, Problem> {
-    let dialer = desk.desktops.clone().ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "media-unavailable",
-            "This gate cannot reach the session's desktop",
-        )
-        .detail("the media routes serve sessions on the gate's own Docker host only")
-    })?;
-    metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
-    let connection: DesktopConnection = dialer.dial(id).await.map_err(|err| match err {
+/// The problem for a desktop that could not be put in front of the browser.
+fn desktop_problem(id: SessionId, err: DesktopError) -> Problem {
+    match err {
         DesktopError::Unknown => unknown_session(),
-        other => desktop_unreachable(id, other.to_string()),
-    })?;
-    tokio::time::timeout(
-        DESKTOP_HANDSHAKE_TIMEOUT,
-        deskgate_media::authenticate(connection.stream, connection.secret.expose().as_bytes()),
-    )
-    .await
-    .map_err(|_| desktop_unreachable(id, "the desktop's RFB handshake timed out".into()))?
-    .map_err(|err| desktop_unreachable(id, err.to_string()))
-}
-
-fn desktop_unreachable(id: SessionId, detail: String) -> Problem {
-    metrics::counter!("deskgate_media_refused_total", "reason" => "desktop").increment(1);
-    tracing::warn!(session = %id, error = %detail, "the desktop could not be reached");
-    Problem::new(
-        StatusCode::BAD_GATEWAY,
-        "desktop-unreachable",
-        "The session's desktop did not answer",
-    )
+        DesktopError::Unreachable(detail) => {
+            metrics::counter!("deskgate_media_refused_total", "reason" => "desktop").increment(1);
+            tracing::warn!(session = %id, error = %detail, "the desktop could not be reached");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "desktop-unreachable",
+                "The session's desktop did not answer",
+            )
+        }
+        DesktopError::BadOffer(detail) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-offer",
+            "The SDP offer cannot be answered",
+        )
+        .detail(detail),
+        DesktopError::VideoUnavailable(detail) => {
+            tracing::error!(session = %id, error = %detail, "the desktop's host cannot encode video");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "video-unavailable",
+                "The desktop's host cannot encode video",
+            )
+        }
+        DesktopError::Failed(detail) => {
+            tracing::error!(session = %id, error = %detail, "the WebRTC stack failed to answer an offer");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "webrtc-failed",
+                "The offer could not be answered",
+            )
+        }
+    }
 }
 
 /// The browser's SDP offer.
@@ -184,11 +191,12 @@ pub struct WebRtcOffer {
 
 /// The session's desktop as WebRTC video. The ticket comes from
 /// `POST /api/v1/sessions/{id}/tickets` with purpose `webrtc`. The answer is
-/// not trickled: it carries the gate's candidates.
+/// not trickled: it carries the candidates of the host that serves the
+/// desktop.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/webrtc", tag = "media",
     params(("id" = String, Path, description = "session id"), ("ticket" = String, Query, description = "single-use ticket of purpose webrtc")),
     request_body = WebRtcOffer,
-    responses((status = 200, description = "`{type: \"answer\", sdp, ice_servers}`: a VP8 video track; input JSON on the `input` data channel", body = Object), (status = 400, description = "malformed JSON or not an SDP offer with video", body = Object, content_type = "application/problem+json"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{type: \"answer\", sdp, ice_servers}`: a VP8 video track (H.264 from hosts with NVENC); input JSON on the `input` data channel", body = Object), (status = 400, description = "malformed JSON or not an SDP offer with video", body = Object, content_type = "application/problem+json"), (status = 401, description = "missing, wrong, reused or expired ticket", body = Object, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 409, description = "the session is not running", body = Object, content_type = "application/problem+json"), (status = 502, description = "the desktop did not answer", body = Object, content_type = "application/problem+json")))]
 async fn webrtc(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -200,34 +208,22 @@ async fn webrtc(
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
     let Json(offer) = body.map_err(bad_json)?;
-    let events = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
+    let (events, desktop) = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
     let slot = api.viewers.admit(id)?;
-    let encoder = Vp8Encoder::new(api.viewers.video).map_err(|err| {
-        tracing::error!(error = %err, "the video encoder cannot start");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "video-unavailable",
-            "This gate cannot encode video",
-        )
-    })?;
-    // Before the desktop is dialled: garbage, or no VP8 to receive.
-    deskgate_media::webrtc_peer::check_offer(&offer.sdp, encoder.mime_type()).map_err(bad_offer)?;
-    let desktop = dial_desktop(&desk, id).await?;
-    let (answer, peer) = deskgate_media::answer_offer(
-        offer.sdp,
-        encoder.mime_type(),
-        &api.viewers.peer_settings(id),
-    )
-    .await
-    .map_err(bad_offer)?;
-    let counters = Arc::new(StreamCounters::default());
-    let stream_counters = counters.clone();
-    let video = api.viewers.video;
-    let stream: BoxFuture<'static, StreamOutcome> = Box::pin(async move {
-        deskgate_media::stream_desktop(desktop, peer, Box::new(encoder), video, &stream_counters)
-            .await
-            .map_err(|err| err.to_string())
-    });
+    // Before the desktop is asked for: garbage, or no video we can send.
+    check_video_offer(&offer.sdp).map_err(|err| desktop_problem(id, err))?;
+    let request = WebRtcRequest {
+        offer: offer.sdp,
+        ice_servers: api.viewers.serving_ice_servers(id),
+    };
+    let served = desk
+        .desktops
+        .answer_webrtc(desktop, request)
+        .await
+        .map_err(|err| desktop_problem(id, err))?;
+    let answer = served.answer;
+    let counters = served.counters;
+    let stream = served.run;
     tokio::spawn(run_stream(
         MediaPath::WebRtc,
         stream,
@@ -251,27 +247,28 @@ async fn webrtc(
     Ok(response)
 }
 
-fn bad_offer(err: PeerError) -> Problem {
-    match err {
-        PeerError::BadOffer(_) | PeerError::NoVideo(_) => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-offer",
-            "The SDP offer cannot be answered",
-        )
-        .detail(err.to_string()),
-        PeerError::Stack(detail) => {
-            tracing::error!(error = %detail, "the WebRTC stack failed to answer an offer");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "webrtc-failed",
-                "The offer could not be answered",
-            )
-        }
+/// Is `sdp` an offer that receives video in one of [`VIDEO_CODECS`]? (The
+/// serving host then picks the codec it encodes.)
+fn check_video_offer(sdp: &str) -> Result<(), DesktopError> {
+    let mut verdicts = VIDEO_CODECS
+        .iter()
+        .map(|codec| deskgate_media::webrtc_peer::check_offer(sdp, codec));
+    match verdicts.find(Result::is_ok) {
+        Some(_) => Ok(()),
+        None => match deskgate_media::webrtc_peer::check_offer(sdp, VIDEO_CODECS[0]) {
+            Err(deskgate_media::PeerError::NoVideo(_)) => Err(DesktopError::BadOffer(
+                "the offer receives neither VP8 nor H.264 video".into(),
+            )),
+            other => Err(DesktopError::BadOffer(
+                other.err().map(|e| e.to_string()).unwrap_or_default(),
+            )),
+        },
     }
 }
 
 /// Relays an upgraded browser WebSocket to an authenticated desktop until
 /// either side closes (what `GET …/vnc` runs; public for the benchmark).
+/// When the desktop's side ends, the browser gets a Close frame saying so.
 pub async fn relay_websocket<D>(
     socket: WebSocket,
     desktop: D,
@@ -281,7 +278,7 @@ pub async fn relay_websocket<D>(
 where
     D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (sink, stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     // A Close frame ends the browser's byte stream; pings are axum's business.
     let browser_in = stream
         .take_while(|m| future::ready(!matches!(m, Ok(Message::Close(_)))))
@@ -296,17 +293,48 @@ where
                 Err(err) => Some(Err(io::Error::other(err))),
             })
         });
-    let browser_out = sink
+    let browser_out = (&mut sink)
         .sink_map_err(io::Error::other)
         .with(|bytes: Bytes| future::ready(Ok::<_, io::Error>(Message::Binary(bytes))));
-    relay_vnc(
+    let ended = relay_vnc(
         desktop,
         std::pin::pin!(browser_in),
         std::pin::pin!(browser_out),
         counters,
         limits,
     )
-    .await
+    .await;
+    let close = match &ended {
+        Ok(RelayEnd::BrowserClosed) => None,
+        Ok(RelayEnd::DesktopClosed) => Some((
+            CLOSE_DESKTOP_ENDED,
+            "the desktop's stream ended".to_string(),
+        )),
+        Err(err) => Some((CLOSE_RELAY_FAILED, err.to_string())),
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: close_reason(&reason).into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    ended
+}
+
+/// Close code when the desktop's side of a VNC stream ended (its host went
+/// away, the container stopped): the page may reconnect with a new ticket.
+pub const CLOSE_DESKTOP_ENDED: u16 = 4001;
+/// Close code when the relay refused the browser's bytes or failed.
+pub const CLOSE_RELAY_FAILED: u16 = 4002;
+
+/// `reason` cut to what a Close frame carries (123 bytes), on a char boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// Runs one stream in a [`MediaActor`] until it ends or the session does;

@@ -7,7 +7,6 @@
 //! answer the 503 saying why, so every handler refuses them the same way.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -15,14 +14,13 @@ use alloy::primitives::Address;
 use axum::http::StatusCode;
 use deskgate_actors::chain_watcher::Required;
 use deskgate_actors::ports::SessionId;
-use deskgate_media::{PeerSettings, VideoSettings};
 
 use super::problem::Problem;
 use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
 use crate::config::{Config, Confirmations};
 use crate::db::DbPool;
-use crate::launcher::desktop::DesktopDialer;
+use crate::launcher::desktop::DesktopMedia;
 use crate::money::chain::AlloyChain;
 use crate::money::deposits::PgDepositBook;
 use crate::money::ledger::PgLedger;
@@ -57,8 +55,7 @@ pub struct ApiState {
     pub tickets: TicketBook,
     /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
     pub docs_enabled: bool,
-    /// Media viewer counts, and the ICE servers and video settings of the
-    /// WebRTC route.
+    /// Media viewer counts, and the ICE servers of the WebRTC route.
     pub viewers: ViewersState,
 }
 
@@ -124,9 +121,9 @@ pub struct SessionsState {
     pub public_origin: String,
     /// How often an open events socket reports presence.
     pub presence_every: Duration,
-    /// Reaches session desktops for the media sockets; `None` where the
-    /// sessions run on remote launchers.
-    pub desktops: Option<Arc<dyn DesktopDialer>>,
+    /// Puts session desktops in front of browsers: the local Docker
+    /// backend's, or the remote launchers'.
+    pub desktops: Arc<dyn DesktopMedia>,
 }
 
 impl std::fmt::Debug for SessionsState {
@@ -179,17 +176,12 @@ impl Offer {
 /// WebRTC viewer costs an encoder and copies of the desktop.
 pub const MAX_VIEWERS_PER_SESSION: usize = 4;
 
-/// Longest wait for the gate's ICE candidates before answering an offer.
-const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What the media routes share: viewer counts, and how WebRTC viewers are
-/// served (from `DESKGATE_TURN_*` and `DESKGATE_WEBRTC_*`).
+/// What the media routes share: viewer counts, and the ICE servers of
+/// WebRTC viewers (from `DESKGATE_TURN_*`).
 #[derive(Debug)]
 pub struct ViewersState {
     turn_urls: Vec<String>,
     turn_secret: Option<Secret>,
-    udp_ip: IpAddr,
-    pub(crate) video: VideoSettings,
     viewers: Arc<Mutex<HashMap<SessionId, usize>>>,
 }
 
@@ -218,12 +210,6 @@ impl ViewersState {
         Self {
             turn_urls: config.media.turn_urls.clone(),
             turn_secret: config.media.turn_secret.clone(),
-            udp_ip: config.media.udp_ip,
-            video: VideoSettings {
-                bitrate_bps: config.media.bitrate_bps,
-                max_fps: config.media.max_fps,
-                ..VideoSettings::default()
-            },
             viewers: Arc::default(),
         }
     }
@@ -263,20 +249,17 @@ impl ViewersState {
         )
     }
 
-    pub(crate) fn peer_settings(&self, id: SessionId) -> PeerSettings {
-        PeerSettings {
-            ice_servers: self
-                .ice_servers(id)
-                .into_iter()
-                .map(|s| deskgate_media::IceServer {
-                    urls: s.urls,
-                    username: s.username.unwrap_or_default(),
-                    credential: s.credential.unwrap_or_default(),
-                })
-                .collect(),
-            udp_ip: self.udp_ip,
-            gather_timeout: ICE_GATHER_TIMEOUT,
-        }
+    /// The same ICE servers, for the peer that serves the stream (it
+    /// relays through TURN with its own short-lived credentials).
+    pub(crate) fn serving_ice_servers(&self, id: SessionId) -> Vec<deskgate_media::IceServer> {
+        self.ice_servers(id)
+            .into_iter()
+            .map(|s| deskgate_media::IceServer {
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
+            })
+            .collect()
     }
 }
 
@@ -290,8 +273,6 @@ mod tests {
         ViewersState {
             turn_urls: Vec::new(),
             turn_secret: None,
-            udp_ip: IpAddr::from([127, 0, 0, 1]),
-            video: VideoSettings::default(),
             viewers: Arc::default(),
         }
     }

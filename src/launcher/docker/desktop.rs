@@ -1,53 +1,83 @@
-//! The Docker backend's [`DesktopDialer`]: session containers sit on networks
-//! the host cannot route into (see [`crate::launcher::docker`]), so
-//! [`DockerExecDialer`] does not connect over the network: it runs the desktop
-//! image's bridge command, [`DESKTOP_VNC_BRIDGE`], inside the container through
-//! Docker's exec API and relays the VNC server's loopback port over the exec's
-//! stdin and stdout.
+//! The Docker backend's [`DesktopMedia`]: both media paths of the desktops
+//! the local [`DockerLauncher`] runs, served in this process (by the gate in
+//! single-host mode, by `deskgate launcher` on a GPU host).
+//!
+//! Session containers sit on networks the host cannot route into (see
+//! [`crate::launcher::docker`]), so the desktop is not reached over the
+//! network: the desktop image's bridge command, [`DESKTOP_VNC_BRIDGE`], runs
+//! inside the container through Docker's exec API and its stdin and stdout
+//! are the VNC server's loopback port. The VNC authentication with the
+//! session's secret is done here, so the secret never leaves this host; WebRTC
+//! video is encoded here too, next to the GPU.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use deskgate_actors::ports::SessionId;
+use deskgate_media::vp8::Vp8Encoder;
+use deskgate_media::{PeerError, PeerSettings, StreamCounters, VideoEncoder, VideoSettings};
 use futures::StreamExt;
 use tokio_util::io::StreamReader;
 
 use super::{DockerLauncher, container_name};
-use crate::launcher::desktop::{DesktopConnection, DesktopDialer, DesktopError};
+use crate::launcher::desktop::{
+    AuthenticatedRfb, DesktopError, DesktopIo, DesktopMedia, DesktopRef, WebRtcRequest,
+    WebRtcStream,
+};
+use crate::platform::secret::Secret;
 
 /// The command, run inside a session container, whose stdin and stdout are
 /// the desktop's VNC server (the desktop image's contract: its VNC server
 /// listens on 127.0.0.1:5900 and the image has a `nc`).
 pub const DESKTOP_VNC_BRIDGE: [&str; 3] = ["nc", "127.0.0.1", "5900"];
 
-/// Reaches desktops of the local [`DockerLauncher`] through `docker exec`.
+/// Time the desktop has to answer the RFB handshake.
+const DESKTOP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for ICE candidates before answering an offer.
+const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How this host serves WebRTC (from `DESKGATE_WEBRTC_*`).
 #[derive(Clone, Debug)]
-pub struct DockerExecDialer {
-    launcher: Arc<DockerLauncher>,
+pub struct WebRtcSettings {
+    /// The IP the media UDP sockets bind; `0.0.0.0` = every interface.
+    pub udp_ip: IpAddr,
+    /// Video frame rate and bitrate.
+    pub video: VideoSettings,
 }
 
-impl DockerExecDialer {
-    /// A dialer for the sessions `launcher` launched or adopted.
-    pub fn new(launcher: Arc<DockerLauncher>) -> Self {
-        Self { launcher }
+/// Serves the desktops of the local [`DockerLauncher`]; see the module docs.
+#[derive(Clone, Debug)]
+pub struct DockerDesktops {
+    launcher: Arc<DockerLauncher>,
+    webrtc: WebRtcSettings,
+}
+
+impl DockerDesktops {
+    /// The desktops of the sessions `launcher` launched or adopted.
+    pub fn new(launcher: Arc<DockerLauncher>, webrtc: WebRtcSettings) -> Self {
+        Self { launcher, webrtc }
     }
 
     fn docker(&self) -> &Docker {
         self.launcher.docker()
     }
-}
 
-#[async_trait]
-impl DesktopDialer for DockerExecDialer {
-    async fn dial(&self, session: SessionId) -> Result<DesktopConnection, DesktopError> {
+    /// A raw byte stream to the session's VNC server, and its secret.
+    async fn dial(
+        &self,
+        session: SessionId,
+    ) -> Result<(std::pin::Pin<Box<dyn DesktopIo>>, Secret), DesktopError> {
         let secret = self
             .launcher
             .vnc_secret(session)
             .ok_or(DesktopError::Unknown)?;
+        metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
         let unreachable = |what: &str, err: bollard::errors::Error| {
             DesktopError::Unreachable(format!("{what}: {err}"))
         };
@@ -101,9 +131,64 @@ impl DesktopDialer for DockerExecDialer {
             };
             futures::future::ready(chunk)
         });
-        Ok(DesktopConnection {
-            stream: Box::pin(tokio::io::join(StreamReader::new(stdout), input)),
-            secret,
+        let stream: std::pin::Pin<Box<dyn DesktopIo>> =
+            Box::pin(tokio::io::join(StreamReader::new(stdout), input));
+        Ok((stream, secret))
+    }
+}
+
+#[async_trait]
+impl DesktopMedia for DockerDesktops {
+    async fn open_vnc(&self, desktop: DesktopRef) -> Result<AuthenticatedRfb, DesktopError> {
+        let (stream, secret) = self.dial(desktop.session).await?;
+        let handshake = deskgate_media::authenticate(stream, secret.expose().as_bytes());
+        tokio::time::timeout(DESKTOP_HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| DesktopError::Unreachable("the desktop's RFB handshake timed out".into()))?
+            .map_err(|err| DesktopError::Unreachable(err.to_string()))
+    }
+
+    async fn answer_webrtc(
+        &self,
+        desktop: DesktopRef,
+        request: WebRtcRequest,
+    ) -> Result<WebRtcStream, DesktopError> {
+        let video = self.webrtc.video;
+        let encoder = Vp8Encoder::new(video).map_err(|err| {
+            tracing::error!(error = %err, "the video encoder cannot start");
+            DesktopError::VideoUnavailable(err.to_string())
+        })?;
+        // Before the desktop is dialled: garbage, or no codec in common.
+        deskgate_media::webrtc_peer::check_offer(&request.offer, encoder.mime_type())
+            .map_err(peer_error)?;
+        let rfb = self.open_vnc(desktop).await?;
+        let settings = PeerSettings {
+            ice_servers: request.ice_servers,
+            udp_ip: self.webrtc.udp_ip,
+            gather_timeout: ICE_GATHER_TIMEOUT,
+        };
+        let (answer, peer) =
+            deskgate_media::answer_offer(request.offer, encoder.mime_type(), &settings)
+                .await
+                .map_err(peer_error)?;
+        let counters = Arc::new(StreamCounters::default());
+        let stream_counters = counters.clone();
+        let run = Box::pin(async move {
+            deskgate_media::stream_desktop(rfb, peer, Box::new(encoder), video, &stream_counters)
+                .await
+                .map_err(|err| err.to_string())
+        });
+        Ok(WebRtcStream {
+            answer,
+            counters,
+            run,
         })
+    }
+}
+
+fn peer_error(err: PeerError) -> DesktopError {
+    match err {
+        PeerError::BadOffer(_) | PeerError::NoVideo(_) => DesktopError::BadOffer(err.to_string()),
+        PeerError::Stack(detail) => DesktopError::Failed(detail),
     }
 }

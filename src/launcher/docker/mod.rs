@@ -90,7 +90,7 @@ mod events;
 mod settings;
 
 pub use client::connect;
-pub use desktop::{DESKTOP_VNC_BRIDGE, DockerExecDialer};
+pub use desktop::{DESKTOP_VNC_BRIDGE, DockerDesktops, WebRtcSettings};
 use events::watch_events;
 pub use settings::LauncherSettings;
 use settings::VNC_SECRET_BYTES;

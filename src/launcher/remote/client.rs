@@ -133,16 +133,27 @@ impl RemoteLauncher {
         &self,
         since_ms: u64,
     ) -> Result<tungstenite::handshake::client::Request, LaunchError> {
-        let mut url = self.url("v1/events")?;
+        self.socket_request("v1/events", &[("since", &since_ms.to_string())])
+    }
+
+    /// A WebSocket handshake to `path` (`ws://` or `wss://` after the base's
+    /// scheme) with `query`, carrying the token in its header.
+    pub(crate) fn socket_request(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<tungstenite::handshake::client::Request, LaunchError> {
+        let mut url = self.url(path)?;
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         url.set_scheme(scheme)
             .map_err(|()| LaunchError(format!("launcher URL {} cannot be a socket", self.base)))?;
-        url.query_pairs_mut()
-            .append_pair("since", &since_ms.to_string());
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut request = url
             .as_str()
             .into_client_request()
-            .map_err(|e| LaunchError(format!("events socket of {}: {e}", self.base)))?;
+            .map_err(|e| LaunchError(format!("socket {path} of {}: {e}", self.base)))?;
         let bearer = HeaderValue::from_str(&self.bearer())
             .map_err(|_| LaunchError("the launcher token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", bearer);

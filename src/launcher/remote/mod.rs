@@ -1,9 +1,12 @@
 //! The remote launcher backend: a `deskgate launcher` service on each GPU
 //! host ([`service`]), the gate's client for one of them ([`client`]) and the
-//! pool that routes each session to its host ([`pool`]). [`wire`] holds the
+//! pool that routes each session to its host ([`pool`]), and the gate's
+//! way to those hosts' desktops ([`media`], over [`splice`]). [`wire`] holds the
 //! JSON both sides speak, so neither can drift from the other.
 
 pub mod client;
+pub mod media;
 pub mod pool;
 pub mod service;
+pub mod splice;
 pub mod wire;

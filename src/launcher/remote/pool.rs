@@ -32,6 +32,7 @@ use url::Url;
 
 use crate::launcher::gpu::GpuHealth;
 use crate::launcher::remote::client::RemoteLauncher;
+use crate::launcher::remote::media::RemoteDesktops;
 use crate::platform::secret::Secret;
 
 /// Why a pool could not be built.
@@ -76,6 +77,8 @@ pub struct Discovered {
     pub gpus: Vec<GpuAddr>,
     /// The GPUs their launcher reported unhealthy, and why.
     pub unhealthy: Vec<(GpuAddr, String)>,
+    /// The same launchers' desktops, for the media routes.
+    pub desktops: RemoteDesktops,
 }
 
 /// Builds a [`RemoteLauncher`] for each URL (host = position) with `token`
@@ -126,6 +129,7 @@ pub async fn discover(urls: &[Url], token: &Secret) -> Result<Discovered, PoolEr
     }
     gpus.sort_unstable();
     gpus.dedup();
+    let desktops = RemoteDesktops::new(remotes.clone());
     let launchers = remotes
         .into_iter()
         .map(|r| Arc::new(r) as Arc<dyn Launcher>)
@@ -134,6 +138,7 @@ pub async fn discover(urls: &[Url], token: &Secret) -> Result<Discovered, PoolEr
         pool: LauncherPool::new(launchers)?,
         gpus,
         unhealthy,
+        desktops,
     })
 }
 
@@ -479,6 +484,7 @@ mod tests {
             gpu_indices: (0..gpus).collect(),
             launcher: Arc::new(FakeLauncher::new()),
             exits: Arc::new(ExitLog::default()),
+            desktops: Arc::new(crate::launcher::desktop::NoDesktops),
         });
         let app = router(
             state,

@@ -1,11 +1,14 @@
 //! What a gate and a `deskgate launcher` say to each other, as JSON: the
-//! launch request and its answer, a running container, an exit event. Both
+//! launch request and its answer, a running container, an exit event, and
+//! the messages of a desktop's WebRTC socket. Both
 //! sides use these types, so a field renamed on one side is renamed on both;
 //! requests deny unknown fields (see [`super::service`] for why).
 
 use deskgate_actors::ports::{ContainerExit, SessionId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::launcher::desktop::DesktopError;
 
 /// What a gate asks the launcher to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,5 +61,136 @@ impl ExitEvent {
             code: self.code,
             oom: self.oom,
         }
+    }
+}
+
+/// The gate's first (and only) message on a launcher's WebRTC socket
+/// (`GET /v1/sessions/{id}/webrtc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcOfferMsg {
+    /// The browser's offer SDP.
+    pub offer: String,
+    /// ICE servers the launcher's peer may use.
+    pub ice_servers: Vec<WireIceServer>,
+}
+
+/// One ICE server as sent to a launcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireIceServer {
+    /// `stun:`/`turn:`/`turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (empty for STUN).
+    pub username: String,
+    /// TURN credential (empty for STUN).
+    pub credential: String,
+}
+
+/// What a launcher says on a WebRTC socket: the answer (or a refusal), then
+/// counts while the stream runs, then how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WebRtcReport {
+    /// The answer for the browser; the stream runs from now on.
+    Answer {
+        /// Answer SDP.
+        sdp: String,
+    },
+    /// The offer was not answered.
+    Refused {
+        /// What went wrong (a [`MediaRefusal`]).
+        refusal: MediaRefusal,
+        /// Why, for the gate's log.
+        detail: String,
+    },
+    /// The stream's counts so far (sent when they change, at most once a second).
+    Counts {
+        /// Key events from the browser.
+        keys: u64,
+        /// Pointer events from the browser.
+        pointer: u64,
+        /// Bytes from the browser.
+        bytes_up: u64,
+        /// Bytes to the browser.
+        bytes_down: u64,
+    },
+    /// The stream ended; the socket closes after this.
+    Ended {
+        /// `browser`, `desktop`, or the error that ended it.
+        reason: String,
+    },
+}
+
+/// Why a launcher refused to serve a desktop (a closed set, so that each
+/// side maps it to the same problem).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaRefusal {
+    /// The launcher runs no such session.
+    UnknownSession,
+    /// The desktop's VNC server did not answer.
+    DesktopUnreachable,
+    /// The offer cannot be answered.
+    BadOffer,
+    /// No video encoder on this host.
+    VideoUnavailable,
+    /// The WebRTC stack failed.
+    WebrtcFailed,
+}
+
+impl MediaRefusal {
+    /// The refusal that says `error`.
+    pub fn of(error: &DesktopError) -> Self {
+        match error {
+            DesktopError::Unknown => Self::UnknownSession,
+            DesktopError::Unreachable(_) => Self::DesktopUnreachable,
+            DesktopError::BadOffer(_) => Self::BadOffer,
+            DesktopError::VideoUnavailable(_) => Self::VideoUnavailable,
+            DesktopError::Failed(_) => Self::WebrtcFailed,
+        }
+    }
+
+    /// The error this refusal stands for, with the launcher's `detail`.
+    pub fn to_error(self, detail: String) -> DesktopError {
+        match self {
+            Self::UnknownSession => DesktopError::Unknown,
+            Self::DesktopUnreachable => DesktopError::Unreachable(detail),
+            Self::BadOffer => DesktopError::BadOffer(detail),
+            Self::VideoUnavailable => DesktopError::VideoUnavailable(detail),
+            Self::WebrtcFailed => DesktopError::Failed(detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_round_trips_through_its_error() {
+        for refusal in [
+            MediaRefusal::UnknownSession,
+            MediaRefusal::DesktopUnreachable,
+            MediaRefusal::BadOffer,
+            MediaRefusal::VideoUnavailable,
+            MediaRefusal::WebrtcFailed,
+        ] {
+            assert_eq!(MediaRefusal::of(&refusal.to_error("x".into())), refusal);
+        }
+    }
+
+    #[test]
+    fn reports_are_tagged_json() {
+        let report = WebRtcReport::Refused {
+            refusal: MediaRefusal::BadOffer,
+            detail: "no VP8".into(),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"refused","refusal":"bad_offer","detail":"no VP8"}"#
+        );
+        assert_eq!(serde_json::from_str::<WebRtcReport>(&text).unwrap(), report);
     }
 }

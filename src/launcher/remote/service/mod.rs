@@ -9,6 +9,7 @@
 //! | `POST /v1/sessions` | launch: `{session, host, gpu_indices}` |
 //! | `DELETE /v1/sessions/{id}` | stop and remove (idempotent) |
 //! | `GET /v1/events?since=<unix ms>` | WebSocket of container exits, JSON text frames |
+//! | `GET /v1/sessions/{id}/vnc`, `…/webrtc` | the session's desktop, see [`media`] |
 //!
 //! The launch spec names *what* to run, never *how*: user, capabilities,
 //! mounts, devices, network and limits are the launcher's own settings. A spec
@@ -19,6 +20,8 @@
 //! Exits go through one watcher into an [`ExitLog`]: a broadcast for live
 //! sockets plus the most recent exits, which a client reconnecting with
 //! `since` gets replayed first, so a dropped socket loses nothing.
+
+mod media;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,7 @@ use uuid::Uuid;
 use crate::config::GpuSelection;
 use crate::http::extract::bearer_token;
 use crate::http::{self, Limits, Problem};
+use crate::launcher::desktop::DesktopMedia;
 use crate::launcher::gpu;
 use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
 use crate::platform::clock;
@@ -148,6 +152,8 @@ pub struct LauncherState {
     pub launcher: Arc<dyn Launcher>,
     /// Exits for `/v1/events`.
     pub exits: Arc<ExitLog>,
+    /// This host's desktops, for the media routes.
+    pub desktops: Arc<dyn DesktopMedia>,
 }
 
 impl std::fmt::Debug for LauncherState {
@@ -166,6 +172,7 @@ pub fn router(state: Arc<LauncherState>, limits: Limits) -> Router {
         .route("/v1/sessions", get(list_sessions).post(launch))
         .route("/v1/sessions/{id}", delete(stop))
         .route("/v1/events", get(events))
+        .merge(media::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let routes = Router::new()
@@ -395,6 +402,7 @@ async fn send_event(socket: &mut WebSocket, event: &ExitEvent) -> Result<(), axu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launcher::desktop::NoDesktops;
     use axum::body::Body;
     use axum::http::header;
     use deskgate_actors::testing::FakeLauncher;
@@ -410,6 +418,7 @@ mod tests {
             gpu_indices: BTreeSet::from([0, 1]),
             launcher,
             exits: Arc::new(ExitLog::default()),
+            desktops: Arc::new(NoDesktops),
         });
         router(
             state,
@@ -466,6 +475,14 @@ mod tests {
                 "/v1/sessions/7d3c6f1e-0000-4000-8000-000000000000",
             ),
             ("GET", "/v1/events"),
+            (
+                "GET",
+                "/v1/sessions/7d3c6f1e-0000-4000-8000-000000000000/vnc",
+            ),
+            (
+                "GET",
+                "/v1/sessions/7d3c6f1e-0000-4000-8000-000000000000/webrtc",
+            ),
         ] {
             for auth in [
                 None,
