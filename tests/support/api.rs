@@ -241,6 +241,11 @@ impl GateProcess {
         process.kill_hard();
     }
 
+    /// The running process's id (for signals, or its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the gate is running").pid()
+    }
+
     /// Everything the gate printed, across restarts.
     pub fn output(&self) -> String {
         let current = self.process.as_ref().map(Deskgate::output);

@@ -5,7 +5,7 @@
 //! for the test's word on stdin where the test must check something.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,7 +38,12 @@ pub struct PageStage {
 impl PageStage {
     /// Starts a [`desktop_stage`] named `tag` with `settings` on top.
     pub async fn start(tag: &str, settings: &[(&'static str, &str)]) -> Self {
-        let netns = NetNs::create();
+        Self::start_in(NetNs::create(), tag, settings).await
+    }
+
+    /// [`PageStage::start`] for a browser in `netns`, a namespace the test
+    /// made (and maybe linked to others) beforehand.
+    pub async fn start_in(netns: NetNs, tag: &str, settings: &[(&'static str, &str)]) -> Self {
         let host_ip = netns.host_ip.to_string();
         let public = SocketAddr::new(netns.host_ip.into(), free_port());
         let public_url = format!("http://{public}");
@@ -66,6 +71,8 @@ pub struct PageDriver {
     log: tokio::task::JoinHandle<String>,
     /// The stages reported so far, in order.
     pub reached: Vec<String>,
+    /// Where its screenshots go.
+    shots: PathBuf,
 }
 
 impl PageDriver {
@@ -73,13 +80,18 @@ impl PageDriver {
     /// the screenshot directory and `extra` as arguments, Chromium in the
     /// page's namespace.
     pub fn spawn(script: &str, page: &PageStage, extra: &[&str]) -> Self {
+        Self::spawn_with_shots(script, page, &shots_dir(), extra)
+    }
+
+    /// [`PageDriver::spawn`] with its screenshots in `shots`.
+    pub fn spawn_with_shots(script: &str, page: &PageStage, shots: &Path, extra: &[&str]) -> Self {
         let chromium = page
             .netns
             .chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
         let mut child = tokio::process::Command::new("node")
             .arg(repo_root().join("tests/browser").join(script))
             .args([&page.public_url, &page.stage.anvil.url])
-            .arg(shots_dir())
+            .arg(shots)
             .args(extra)
             .env(
                 "NODE_PATH",
@@ -106,6 +118,7 @@ impl PageDriver {
             stages,
             log,
             reached: Vec::new(),
+            shots: shots.to_path_buf(),
         }
     }
 
@@ -153,7 +166,7 @@ impl PageDriver {
             panic!(
                 "{why}\nstages reached: {:?}\nscreenshots: {}\ndriver log:\n{log}\ngate log:\n{}",
                 self.reached,
-                shots_dir().display(),
+                self.shots.display(),
                 page.stage.gate.output()
             );
         }

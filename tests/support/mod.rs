@@ -93,6 +93,27 @@ pub async fn spawn_launcher(port: u16, env: &[(&str, String)]) -> (Deskgate, url
     (process, url)
 }
 
+/// Starts `deskgate launcher` with `env` inside network namespace `netns`,
+/// listening on `addr` (an address of that namespace, which `env` names as
+/// `DESKGATE_LAUNCHER_BIND`), and waits until it answers there from the
+/// test's namespace; returns it and its base URL.
+pub async fn spawn_launcher_in(
+    netns: &netns::NetNs,
+    addr: SocketAddr,
+    env: &[(&str, String)],
+) -> (Deskgate, url::Url) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut process = Deskgate::spawn_command(deskgate_command_in(netns, &["launcher"], &env));
+    let url = url::Url::parse(&format!("http://{addr}/")).unwrap();
+    process
+        .wait_ready(
+            &reqwest::Client::new(),
+            url.join("healthz").unwrap().as_str(),
+        )
+        .await;
+    (process, url)
+}
+
 /// The next exit of `session` from `rx` within `within` (other sessions'
 /// exits are passed over).
 pub async fn next_exit(
@@ -126,6 +147,22 @@ pub async fn scrape_metrics(addr: &str) -> String {
 pub fn deskgate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_deskgate"));
     command.args(args);
+    only_these_settings(&mut command, env);
+    command
+}
+
+/// [`deskgate_command`] run inside network namespace `netns` (through `ip
+/// netns exec`, which execs it: the child's pid is deskgate's).
+pub fn deskgate_command_in(netns: &netns::NetNs, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = netns.command(env!("CARGO_BIN_EXE_deskgate"));
+    command.args(args);
+    only_these_settings(&mut command, env);
+    command
+}
+
+/// Gives `command` exactly `env` as its `DESKGATE_*` settings, `RUST_LOG=info`
+/// unless `env` says otherwise, and no stdin.
+fn only_these_settings(command: &mut Command, env: &[(&str, &str)]) {
     for (name, _) in std::env::vars() {
         if name.starts_with("DESKGATE_") {
             command.env_remove(name);
@@ -134,7 +171,6 @@ pub fn deskgate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     command.env("RUST_LOG", "info");
     command.envs(env.iter().copied());
     command.stdin(Stdio::null());
-    command
 }
 
 /// Runs `deskgate ARGS` to completion; returns its status and everything it

@@ -15,6 +15,11 @@
 //! missing one fails the test with what to install, never a skip. Dropping it
 //! kills what still runs inside and removes both; a namespace whose test
 //! process died is removed (likewise) by the next one made.
+//!
+//! Several namespaces can also share one segment ([`NetNs::lan`]): "hosts"
+//! that reach each other directly (a browser and the GPU hosts whose WebRTC
+//! peers it talks to), each still linked to the test's namespace by its own
+//! pair.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -254,6 +259,92 @@ impl NetNs {
     /// Whether the namespace is still listed.
     pub fn exists(name: &str) -> bool {
         namespaces().iter().any(|n| n == name)
+    }
+}
+
+/// Namespaces on one Ethernet segment: a bridge in a hub namespace and a
+/// veth from it to each member ([`NetNs::lan`]). Packets between them never
+/// pass through the test's own namespace, whose firewall may not forward
+/// (Docker sets the FORWARD policy to DROP).
+#[derive(Debug, Clone)]
+pub struct Lan {
+    /// The hub's address on the segment (its bridge).
+    pub hub_ip: Ipv4Addr,
+    /// Each member's address on the segment, in the order given.
+    pub member_ips: Vec<Ipv4Addr>,
+}
+
+/// The segment's /24. Its addresses exist only inside the namespaces on it,
+/// never in the test's own, so tests in parallel may all use it.
+const LAN_PREFIX: [u8; 3] = [10, 214, 0];
+
+impl NetNs {
+    /// Puts this namespace (the hub) and `members` on one segment: a bridge
+    /// `dglan` here with `10.214.0.1/24`, and a veth from it into each member
+    /// (`dglan` there too) with `10.214.0.2`, `.3`, ... The hub's default
+    /// route moves to the segment, so a browser here picks the segment's
+    /// address as its own. Everything is removed with the namespaces.
+    pub fn lan(&self, members: &[&NetNs]) -> Lan {
+        assert!(members.len() < 250, "a /24 segment");
+        let [a, b, c] = LAN_PREFIX;
+        let hub_ip = Ipv4Addr::new(a, b, c, 1);
+        let hub = self.name.as_str();
+        ip_setup(&["-n", hub, "link", "add", "dglan", "type", "bridge"]);
+        ip_setup(&[
+            "-n",
+            hub,
+            "addr",
+            "add",
+            &format!("{hub_ip}/24"),
+            "dev",
+            "dglan",
+        ]);
+        ip_setup(&["-n", hub, "link", "set", "dglan", "up"]);
+        let mut member_ips = Vec::new();
+        for (i, member) in (0u8..).zip(members) {
+            let port = format!("dglan{i}");
+            let member_ip = Ipv4Addr::new(a, b, c, 2 + i);
+            ip_setup(&[
+                "-n",
+                hub,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "dglan",
+                "netns",
+                &member.name,
+            ]);
+            ip_setup(&["-n", hub, "link", "set", &port, "master", "dglan"]);
+            ip_setup(&["-n", hub, "link", "set", &port, "up"]);
+            ip_setup(&[
+                "-n",
+                &member.name,
+                "addr",
+                "add",
+                &format!("{member_ip}/24"),
+                "dev",
+                "dglan",
+            ]);
+            ip_setup(&["-n", &member.name, "link", "set", "dglan", "up"]);
+            member_ips.push(member_ip);
+        }
+        ip_setup(&["-n", hub, "route", "replace", "default", "dev", "dglan"]);
+        Lan { hub_ip, member_ips }
+    }
+
+    /// `ip netns exec NAME PROGRAM ARGS` as a command to configure and
+    /// spawn: `ip` execs the program, so the child's pid is the program's.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name])
+            .arg(program)
+            .stdin(Stdio::null());
+        command
     }
 }
 
