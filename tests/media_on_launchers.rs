@@ -356,7 +356,9 @@ async fn vnc_handshake_status(page: &PageStage, desk: &Desk) -> Result<u16, Stri
 }
 
 /// Swaps the checkerboard's colours every 100 ms for `seconds` on the
-/// session's display (a desktop that changes all over), in the background.
+/// session's display (a desktop that changes all over), in the background;
+/// the loop in the container stops at its deadline, not when the child is
+/// killed.
 fn animate(session: &str, seconds: u32) -> tokio::process::Child {
     let script = format!(
         "end=$(( $(date +%s) + {seconds} )); i=0; \
@@ -511,7 +513,7 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
             open_viewer(&mut driver, stage, &name, "webrtc", desk, launcher).await?;
         }
         let viewers = ["rtc-0", "rtc-0-b", "rtc-1", "rtc-1-b"];
-        let mut animations: Vec<_> = desks.iter().map(|d| animate(&d.id, 14)).collect();
+        let mut animations: Vec<_> = desks.iter().map(|d| animate(&d.id, 13)).collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut decoded_before = Vec::new();
         for viewer in viewers {
@@ -531,8 +533,13 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
                     .saturating_sub(before),
             );
         }
+        // Killing `docker exec` would leave the loop running in the
+        // container: it ends on its own, and the desktop is then still.
         for animation in &mut animations {
-            let _ = animation.kill().await;
+            let waited = tokio::time::timeout(Duration::from_secs(15), animation.wait()).await;
+            ensure(matches!(waited, Ok(Ok(_))), || {
+                format!("the animation did not end: {waited:?}")
+            })?;
         }
         let tick = ticks_per_second();
         let spent: Vec<f64> = before
