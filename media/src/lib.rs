@@ -12,7 +12,8 @@
 //! - [`rfb_client`]: the RFB client that keeps that framebuffer up to date
 //!   (Raw, CopyRect, ZRLE, DesktopSize) and sends input to the desktop.
 //! - [`desktop_video`]: the WebRTC stream of a desktop: framebuffer damage
-//!   encoded by a [`VideoEncoder`] ([`vp8`] on libvpx) and sent to a
+//!   encoded by a [`VideoEncoder`] ([`vp8`] on libvpx, or [`h264`] on NVENC
+//!   where the host has it; [`video::host_encoder`] picks) and sent to a
 //!   [`VideoPeer`] ([`webrtc_peer`] on the `webrtc` crate), with input
 //!   ([`input`]) from the browser's data channel going back to the desktop.
 //!
@@ -20,8 +21,10 @@
 //! logs: the gate hands it an authorised browser stream and a connection to
 //! the desktop.
 
+mod av;
 pub mod desktop_video;
 pub mod framebuffer;
+pub mod h264;
 pub mod input;
 pub mod media_actor;
 pub mod relay;
@@ -30,6 +33,7 @@ pub mod rfb_client;
 pub mod video;
 pub mod vp8;
 pub mod webrtc_peer;
+mod yuv420;
 
 pub use desktop_video::{StreamError, stream_desktop};
 pub use framebuffer::{Framebuffer, Rect};
@@ -38,7 +42,10 @@ pub use media_actor::{MediaActor, MediaArgs, MediaMsg, StreamOutcome};
 pub use relay::{CounterSnapshot, MediaPath, RelayEnd, RelayLimits, StreamCounters, relay_vnc};
 pub use rfb::{RfbError, authenticate};
 pub use rfb_client::{FrameUpdate, RfbClient, RfbClientError};
-pub use video::{EncodeError, EncodedFrame, VideoEncoder, VideoSettings};
+pub use video::{
+    EncodeError, EncodedFrame, EncoderChoice, VideoEncoder, VideoSettings, encoder_for_offer,
+    host_encoder,
+};
 pub use webrtc_peer::{
     IceServer, PeerError, PeerEvent, PeerSettings, VideoPeer, WebRtcPeer, answer_offer,
 };

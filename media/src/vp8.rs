@@ -1,80 +1,140 @@
 //! The VP8 adapter of the [`VideoEncoder`] port: libavcodec's "libvpx"
-//! encoder (Debian's libavcodec linked to libvpx) through `ffmpeg-next`'s
-//! safe API, set up for real-time screen streaming.
+//! encoder (Debian's libavcodec linked to libvpx 1.12) through
+//! `ffmpeg-next`'s safe API, set up for real-time desktop streaming on a
+//! small host.
 //!
 //! Per frame: the framebuffer's `0x00RRGGBB` words are converted to I420
-//! (BT.601, limited range: what a browser assumes for VP8, which carries no
-//! colour description) into reused buffers, copied into the encoder's frame
-//! and encoded. The libavcodec encoder is opened on the first frame and again
-//! whenever the size changes; the first frame of each stream is a keyframe.
-//! See `docs/webrtc-choice.md` for why this encoder and these settings.
+//! ([`crate::yuv420`]), handed to libvpx with a timestamp, and the one
+//! packet it returns (or none: rate control dropped the frame) comes back.
+//! The libavcodec encoder is opened on the first frame and again whenever
+//! the size changes; the first frame of each stream is a keyframe.
+//!
+//! Bitrate adaptation without a keyframe: libavcodec's libvpx wrapper cannot
+//! change the bitrate of an open encoder, so the encoder is opened at the
+//! stream's cap ([`VideoSettings::cap_bitrate`]) and runs on a virtual
+//! clock. libvpx sizes a frame as bitrate × the time since the last one; the
+//! timestamps it is given advance by the real gap × target / cap, so it
+//! hands out target / cap of the cap's bits per real second — the target —
+//! with its buffer model and frame dropping scaled alike. The RTP
+//! timestamps the browser sees come from the capture clock, not from these.
+//!
+//! See `docs/webrtc-choice.md` for why this encoder and these settings
+//! (measured with `cargo bench -p deskgate-media --bench video_encode`).
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Instant;
 
-use bytes::Bytes;
 use ff::codec;
 use ff::format::Pixel;
-use ff::{Codec, Dictionary, Packet, Rational, frame, picture};
+use ff::{Codec, Dictionary, Packet, Rational, picture};
 use ffmpeg_next as ff;
 use tracing::{debug, warn};
-use yuv::{
-    BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix,
-    bgra_to_yuv420,
-};
 
-use crate::video::{EncodeError, EncodedFrame, VideoEncoder, VideoSettings};
-
-// The framebuffer's `0x00RRGGBB` words are read as B,G,R,X bytes, which holds
-// on little-endian hosts only.
-const _: () = assert!(
-    cfg!(target_endian = "little"),
-    "the BGRA view of the framebuffer assumes a little-endian host"
-);
+use crate::av;
+use crate::video::{EncodeError, EncodedFrame, MIN_BITRATE_BPS, VideoEncoder, VideoSettings};
+use crate::yuv420::{Planes, check_size};
 
 /// libavcodec's name for its libvpx-based VP8 encoder.
 const ENCODER_NAME: &str = "libvpx";
 
-/// Presentation timestamps are in milliseconds.
-const TIME_BASE: (i32, i32) = (1, 1000);
+/// Timestamps count the 90 kHz clock, fine enough for the virtual clock's
+/// scaled gaps.
+const TIME_BASE: (i32, i32) = (1, 90_000);
+const TICKS_PER_SECOND: f64 = 90_000.0;
+/// The smallest share of the cap the virtual clock goes down to.
+const MIN_RATE_SCALE: f64 = 0.02;
 
-/// Quantiser bounds (libvpx's 0–63 scale). 4 keeps a static picture from
-/// being refined byte-hungrily towards lossless; 56 (WebRTC's VP8 default)
-/// bounds how blurred heavy changes get, at the price that CBR overshoots on
-/// them unless frames are dropped (see [`DROP_FRAME_THRESHOLD`]).
-const QMIN: i32 = 4;
-const QMAX: i32 = 56;
+/// Quantiser bounds (libvpx's 0–63 scale). A floor of 12 is libwebrtc's for
+/// screen sharing: a static picture stops being refined there instead of
+/// spending the whole CBR budget (and encode time) on invisible detail. The
+/// ceiling is the scale's end: under heavy motion a coarser frame is better
+/// than a dropped one, and once the motion stops the picture is refined
+/// again.
+const QMIN: i32 = 12;
+const QMAX: i32 = 63;
 
 /// libvpx VP8 takes `cpu-used` in -16..=16. In real-time mode a negative
 /// value pins the speed to its magnitude (a positive one makes libvpx pick
-/// the speed from a CPU budget): -10 is fast and predictable, and keeps 720p
-/// within a frame slot on a loaded 2-core host.
-const CPU_USED: &str = "-10";
+/// it from a CPU budget, which wanders on a loaded host): -16 is the fastest.
+const CPU_USED: &str = "-16";
 
 /// libvpx drops a frame when its rate-control buffer falls below this
-/// percentage, so heavy motion costs frames rather than bandwidth: without it
-/// a 2.5 Mbit/s stream ran at 5 Mbit/s for a moving window and 10–15 Mbit/s
-/// for full-screen changes. The caller encodes the picture again at its next
-/// frame slot, so a dropped change still arrives.
+/// percentage, so heavy motion costs frames rather than bandwidth. The
+/// caller encodes the picture again at its next frame slot, so a dropped
+/// change still arrives.
 const DROP_FRAME_THRESHOLD: &str = "30";
 
-/// libvpx codes no residual for a macroblock whose prediction error is below
-/// this (its "encode breakout"), so unchanged areas cost next to nothing; the
-/// decision record's figures were measured with it.
-const STATIC_THRESH: &str = "100";
+/// libvpx codes no residual for a macroblock whose 16×16 prediction error
+/// (sum of squares) is below this (its "encode breakout"): unchanged areas
+/// cost next to nothing, and refining an area stops once it is within about
+/// two levels of the source.
+const STATIC_THRESH: &str = "1000";
 
-/// Initialises libav once per process: error-code tables, and its logging cut
-/// down to errors so the encoder does not chatter on stderr.
-fn init_libav() -> Result<(), EncodeError> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| {
-        ff::init().map_err(|e| e.to_string())?;
-        ff::util::log::set_level(ff::util::log::Level::Error);
-        Ok(())
-    })
-    .clone()
-    .map_err(|e| EncodeError::Open(format!("cannot initialise libavcodec: {e}")))
+// No `max-intra-rate`: libvpx takes the first frame's rate from the time
+// base (90 kHz here, so 90 000 fps), which capped the first keyframe at a
+// few bytes, and a blurred keyframe of an idle desktop is never refined
+// (nothing more is encoded until something changes). Keyframes are sized by
+// the rate-control buffer instead.
+
+/// Encoder threads for a `width`×`height` stream on this host, libwebrtc's
+/// rule: VP8's row threads wait on each other by spinning, and on a 2-core
+/// host at load 2 a second thread made encodes stall for 100–300 ms, so more
+/// than one thread only with cores to spare.
+fn threads_for(width: u16, height: u16) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pixels = usize::from(width) * usize::from(height);
+    match pixels {
+        p if p >= 1920 * 1080 && cores > 8 => 4,
+        p if p >= 1280 * 720 && cores > 6 => 3,
+        p if p >= 640 * 480 && cores > 3 => 2,
+        _ => 1,
+    }
+}
+
+/// The libavcodec options (`key`, `value`) the encoder of a `width`×`height`
+/// stream is opened with, besides size, pixel format and time base. Their
+/// names are the `ffmpeg` command line's too (`-key value`), which is how the
+/// bench runs the CLI with the same settings.
+pub fn libvpx_options(
+    settings: &VideoSettings,
+    width: u16,
+    height: u16,
+) -> Vec<(&'static str, String)> {
+    let bitrate = settings.cap_bitrate(width, height);
+    let threads = threads_for(width, height).to_string();
+    vec![
+        // minrate == maxrate == b is how libavcodec selects libvpx CBR.
+        ("b", bitrate.to_string()),
+        ("minrate", bitrate.to_string()),
+        ("maxrate", bitrate.to_string()),
+        // A 1 s buffer starting half full, WebRTC's choice for real-time VP8.
+        ("bufsize", bitrate.to_string()),
+        ("rc_init_occupancy", (bitrate / 2).to_string()),
+        // libvpx's kf_max_dist; 0 would mean a keyframe every frame anyway.
+        ("g", settings.keyframe_interval.max(1).to_string()),
+        ("qmin", QMIN.to_string()),
+        ("qmax", QMAX.to_string()),
+        ("deadline", "realtime".into()),
+        ("cpu-used", CPU_USED.into()),
+        // No look-ahead: every frame comes out of the call that sent it.
+        ("lag-in-frames", "0".into()),
+        ("auto-alt-ref", "0".into()),
+        // No entropy-context updates carried across frames, so a lost packet
+        // damages less of what follows.
+        ("error-resilient", "default".into()),
+        ("static-thresh", STATIC_THRESH.into()),
+        // Desktops have no camera noise to filter.
+        ("noise-sensitivity", "0".into()),
+        ("threads", threads.clone()),
+        // One token partition per thread (libvpx packs them in parallel);
+        // libavcodec passes `slices` on as VP8E_SET_TOKEN_PARTITIONS.
+        ("slices", threads),
+        ("drop-threshold", DROP_FRAME_THRESHOLD.into()),
+        // libwebrtc's rate-control tolerances: frames may come in well under
+        // the target, and over it by 15 %.
+        ("undershoot-pct", "100".into()),
+        ("overshoot-pct", "15".into()),
+    ]
 }
 
 /// VP8 encoder on libavcodec's libvpx wrapper.
@@ -86,10 +146,11 @@ fn init_libav() -> Result<(), EncodeError> {
 pub struct Vp8Encoder {
     settings: VideoSettings,
     codec: Codec,
-    /// Origin of the millisecond clock the timestamps come from.
-    clock: Instant,
-    /// The last timestamp given, so the next one is strictly greater.
-    last_pts: Option<i64>,
+    /// When the last frame was given, and the timestamp it got.
+    last: Option<(Instant, i64)>,
+    /// The target from [`VideoEncoder::set_bitrate`]; until then the
+    /// stream's starting bitrate.
+    target_bps: Option<u32>,
     /// The open encoder and its buffers for the current size, if any.
     stream: Option<Stream>,
     /// Reused for every packet the encoder returns.
@@ -101,7 +162,8 @@ impl fmt::Debug for Vp8Encoder {
         f.debug_struct("Vp8Encoder")
             .field("settings", &self.settings)
             .field("stream", &self.stream.as_ref().map(|s| (s.width, s.height)))
-            .field("last_pts", &self.last_pts)
+            .field("target_bps", &self.target_bps)
+            .field("last", &self.last)
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +174,7 @@ impl Vp8Encoder {
     /// Fails with [`EncodeError::Open`] when libavcodec was built without
     /// its libvpx VP8 encoder.
     pub fn new(settings: VideoSettings) -> Result<Self, EncodeError> {
-        init_libav()?;
+        av::init()?;
         let codec = ff::encoder::find_by_name(ENCODER_NAME)
             .filter(|c| c.id() == codec::Id::VP8)
             .ok_or_else(|| {
@@ -124,24 +186,34 @@ impl Vp8Encoder {
         Ok(Self {
             settings,
             codec,
-            clock: Instant::now(),
-            last_pts: None,
+            last: None,
+            target_bps: None,
             stream: None,
             packet: Packet::empty(),
         })
     }
 
-    /// The next timestamp: milliseconds since creation, and always past the
-    /// last one, even for frames less than a millisecond apart. libvpx's rate
-    /// control takes the frame rate from these, so they follow the real clock
-    /// rather than a frame counter.
-    fn next_pts(&mut self) -> i64 {
-        let now = i64::try_from(self.clock.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let pts = match self.last_pts {
-            Some(last) if now <= last => last + 1,
-            _ => now,
+    /// The share of the open encoder's bitrate (the cap) the target is.
+    fn rate_scale(&self, width: u16, height: u16) -> f64 {
+        let cap = self.settings.cap_bitrate(width, height);
+        let target = self
+            .target_bps
+            .unwrap_or_else(|| self.settings.start_bitrate(width, height))
+            .clamp(MIN_BITRATE_BPS.min(cap), cap);
+        (f64::from(target) / f64::from(cap.max(1))).clamp(MIN_RATE_SCALE, 1.0)
+    }
+
+    /// The timestamp of a frame given at `now`: the last one plus the real
+    /// gap times `scale`, and always past the last one.
+    fn next_pts(&mut self, now: Instant, scale: f64) -> i64 {
+        let pts = match self.last {
+            None => 0,
+            Some((at, pts)) => {
+                let gap = now.saturating_duration_since(at).as_secs_f64();
+                pts + ((gap * scale * TICKS_PER_SECOND).round() as i64).max(1)
+            }
         };
-        self.last_pts = Some(pts);
+        self.last = Some((now, pts));
         pts
     }
 }
@@ -149,11 +221,7 @@ impl Vp8Encoder {
 /// One open encoder: a stream of frames of one size.
 struct Stream {
     encoder: ff::encoder::Video,
-    /// The frame handed to the encoder, reused (the encoder has released it
-    /// by the time `receive_packet` has drained).
-    frame: frame::Video,
-    /// I420 planes the conversion writes, with the frame's strides.
-    planes: [Vec<u8>; 3],
+    planes: Planes,
     width: u16,
     height: u16,
     /// No frame sent yet: the next one must be a keyframe.
@@ -161,8 +229,8 @@ struct Stream {
 }
 
 impl Stream {
-    /// Opens a libvpx encoder for `width` × `height` with the real-time
-    /// settings.
+    /// Opens a libvpx encoder for `width` × `height` at the settings' cap
+    /// with the real-time settings.
     fn open(
         codec: Codec,
         settings: &VideoSettings,
@@ -176,93 +244,38 @@ impl Stream {
             .encoder()
             .video()
             .map_err(open_err)?;
-        let bitrate = settings.bitrate_bps;
+        let bitrate = settings.cap_bitrate(width, height);
+        let threads = threads_for(width, height);
         enc.set_width(u32::from(width));
         enc.set_height(u32::from(height));
         enc.set_format(Pixel::YUV420P);
         enc.set_time_base(Rational::from(TIME_BASE));
         enc.set_colorspace(ff::color::Space::BT470BG);
         enc.set_color_range(ff::color::Range::MPEG);
-        enc.set_bit_rate(bitrate as usize);
-        enc.set_max_bit_rate(bitrate as usize);
-        // libvpx's kf_max_dist; 0 would mean a keyframe every frame anyway.
-        enc.set_gop(settings.keyframe_interval.max(1));
-        enc.set_qmin(QMIN);
-        enc.set_qmax(QMAX);
-
         let mut opts = Dictionary::new();
-        opts.set("deadline", "realtime");
-        opts.set("cpu-used", CPU_USED);
-        // No look-ahead: every frame comes out of the call that sent it.
-        opts.set("lag-in-frames", "0");
-        // No entropy-context updates carried across frames, so a lost packet
-        // damages less of what follows.
-        opts.set("error-resilient", "default");
-        opts.set("static-thresh", STATIC_THRESH);
-        // More threads stalled on the loaded 2-core host (decision record).
-        opts.set("threads", "1");
-        // minrate == maxrate == bitrate is how libavcodec selects libvpx CBR.
-        let rate = bitrate.to_string();
-        opts.set("minrate", &rate);
-        // A 1 s buffer starting half full, WebRTC's choice for real-time VP8.
-        opts.set("bufsize", &rate);
-        opts.set("rc_init_occupancy", &(bitrate / 2).to_string());
-        opts.set("drop-threshold", DROP_FRAME_THRESHOLD);
+        for (key, value) in libvpx_options(settings, width, height) {
+            opts.set(key, &value);
+        }
 
         let encoder = enc.open_as_with(codec, opts).map_err(open_err)?;
-        let frame = frame::Video::new(Pixel::YUV420P, u32::from(width), u32::from(height));
-        // Conversion buffers laid out like the frame's planes (same strides),
-        // so each plane goes over in one copy.
-        let planes = [0, 1, 2].map(|i| vec![0u8; frame.stride(i) * frame.plane_height(i) as usize]);
-        debug!(width, height, bitrate, "opened the VP8 encoder");
+        debug!(width, height, bitrate, threads, "opened the VP8 encoder");
         Ok(Self {
             encoder,
-            frame,
-            planes,
+            planes: Planes::new(width, height),
             width,
             height,
             fresh: true,
         })
     }
-
-    /// Converts `pixels` (exactly `width` × `height` words) into the frame.
-    fn load(&mut self, pixels: &[u32]) -> Result<(), EncodeError> {
-        let [y, u, v] = &mut self.planes;
-        let mut image = YuvPlanarImageMut {
-            y_plane: BufferStoreMut::Borrowed(y),
-            y_stride: stride_u32(self.frame.stride(0))?,
-            u_plane: BufferStoreMut::Borrowed(u),
-            u_stride: stride_u32(self.frame.stride(1))?,
-            v_plane: BufferStoreMut::Borrowed(v),
-            v_stride: stride_u32(self.frame.stride(2))?,
-            width: u32::from(self.width),
-            height: u32::from(self.height),
-        };
-        // Odd sizes need nothing special: VP8 codes any size, and `yuv`
-        // gives the last column / row a chroma sample of its own.
-        bgra_to_yuv420(
-            &mut image,
-            bytemuck::cast_slice(pixels),
-            u32::from(self.width) * 4,
-            YuvRange::Limited,
-            YuvStandardMatrix::Bt601,
-            YuvConversionMode::Balanced,
-        )
-        .map_err(|e| EncodeError::Encode(format!("colour conversion: {e}")))?;
-        for (i, plane) in self.planes.iter().enumerate() {
-            self.frame.data_mut(i).copy_from_slice(plane);
-        }
-        Ok(())
-    }
-}
-
-fn stride_u32(stride: usize) -> Result<u32, EncodeError> {
-    u32::try_from(stride).map_err(|_| EncodeError::Encode(format!("plane stride {stride}")))
 }
 
 impl VideoEncoder for Vp8Encoder {
     fn mime_type(&self) -> &'static str {
         "video/VP8"
+    }
+
+    fn set_bitrate(&mut self, bps: u32) {
+        self.target_bps = Some(bps);
     }
 
     fn encode(
@@ -272,18 +285,23 @@ impl VideoEncoder for Vp8Encoder {
         height: u16,
         keyframe: bool,
     ) -> Result<Option<EncodedFrame>, EncodeError> {
-        if width == 0 || height == 0 {
-            return Err(EncodeError::Encode(format!("empty frame {width}x{height}")));
-        }
-        let expected = usize::from(width) * usize::from(height);
-        if pixels.len() != expected {
-            return Err(EncodeError::Encode(format!(
-                "{} pixels for a {width}x{height} frame (expected {expected})",
-                pixels.len()
-            )));
-        }
+        self.encode_at(pixels, width, height, keyframe, Instant::now())
+    }
+}
 
-        let pts = self.next_pts();
+impl Vp8Encoder {
+    /// [`VideoEncoder::encode`] of a picture given at `now`.
+    fn encode_at(
+        &mut self,
+        pixels: &[u32],
+        width: u16,
+        height: u16,
+        keyframe: bool,
+        now: Instant,
+    ) -> Result<Option<EncodedFrame>, EncodeError> {
+        check_size(pixels, width, height)?;
+        let scale = self.rate_scale(width, height);
+        let pts = self.next_pts(now, scale);
         let stream = match &mut self.stream {
             Some(s) if (s.width, s.height) == (width, height) => s,
             slot => {
@@ -319,47 +337,27 @@ fn encode_frame(
     pts: i64,
     keyframe: bool,
 ) -> Result<Option<EncodedFrame>, EncodeError> {
-    stream.load(pixels)?;
-    stream.frame.set_pts(Some(pts));
+    stream.planes.load(pixels)?;
+    let frame = &mut stream.planes.frame;
+    frame.set_pts(Some(pts));
     // The frame is reused, so the type is set every time: I forces a
     // keyframe (VPX_EFLAG_FORCE_KF), None lets the encoder decide.
-    stream.frame.set_kind(if keyframe || stream.fresh {
+    frame.set_kind(if keyframe || stream.fresh {
         picture::Type::I
     } else {
         picture::Type::None
     });
     stream
         .encoder
-        .send_frame(&stream.frame)
+        .send_frame(frame)
         .map_err(|e| EncodeError::Encode(format!("libvpx refused the frame: {e}")))?;
-
-    // With lag-in-frames=0 and no alt-ref, one frame in gives at most one
-    // packet out (none when rate control dropped it).
-    let mut out: Option<EncodedFrame> = None;
-    loop {
-        match stream.encoder.receive_packet(packet) {
-            Ok(()) => {
-                if out.is_some() {
-                    return Err(EncodeError::Encode(
-                        "libvpx returned more than one packet for a frame".into(),
-                    ));
-                }
-                out = Some(EncodedFrame {
-                    data: Bytes::copy_from_slice(packet.data().unwrap_or_default()),
-                    keyframe: packet.is_key(),
-                });
-            }
-            Err(ff::Error::Other { errno }) if errno == ff::error::EAGAIN => break,
-            Err(ff::Error::Eof) => break,
-            Err(e) => return Err(EncodeError::Encode(format!("libvpx: {e}"))),
-        }
-    }
-    Ok(out)
+    av::receive_one(&mut stream.encoder, packet, "libvpx")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ff::frame;
 
     /// Decodes a sequence of VP8 frames with libavcodec's own (native) VP8
     /// decoder, not libvpx, so the bitstream is checked by a second
@@ -368,7 +366,7 @@ mod tests {
 
     impl Decoder {
         fn new() -> Self {
-            init_libav().unwrap();
+            crate::av::init().unwrap();
             let codec = ff::decoder::find(codec::Id::VP8).expect("libavcodec VP8 decoder");
             let dec = codec::context::Context::new_with_codec(codec)
                 .decoder()
@@ -550,10 +548,69 @@ mod tests {
         assert!(out.keyframe);
     }
 
+    /// Bytes of `frames` frames of a scrolling pattern at 30 fps (on a
+    /// made-up clock) after `target` was set.
+    fn bytes_at(target: Option<u32>, frames: u32) -> (usize, usize) {
+        let (w, h) = (640u16, 360u16);
+        let mut enc = encoder();
+        if let Some(bps) = target {
+            enc.set_bitrate(bps);
+        }
+        let start = Instant::now();
+        let (mut bytes, mut sent) = (0, 0);
+        for f in 0..frames {
+            let pixels: Vec<u32> = (0..u32::from(w) * u32::from(h))
+                .map(|i| {
+                    let (x, y) = (i % u32::from(w), i / u32::from(w));
+                    ((x * 7 + y * 13 + f * 5) ^ (x * y + f)).wrapping_mul(0x0001_0101) & 0x00ff_ffff
+                })
+                .collect();
+            let at = start + std::time::Duration::from_millis(u64::from(f) * 1000 / 30);
+            if let Some(out) = enc.encode_at(&pixels, w, h, false, at).unwrap()
+                && f >= 30
+            {
+                bytes += out.data.len();
+                sent += 1;
+            }
+        }
+        (bytes, sent)
+    }
+
+    #[test]
+    fn a_lower_target_lowers_the_bitrate_without_a_keyframe() {
+        let cap = VideoSettings::default().cap_bitrate(640, 360);
+        let (full, full_sent) = bytes_at(None, 90);
+        let (quarter, quarter_sent) = bytes_at(Some(cap / 4), 90);
+        // 60 frames (2 s) measured after the first second.
+        let full_bps = full * 8 / 2;
+        let quarter_bps = quarter * 8 / 2;
+        assert!(
+            quarter_bps < full_bps / 2,
+            "a quarter of the cap gave {quarter_bps} bit/s against {full_bps} ({quarter_sent} and {full_sent} frames)"
+        );
+        assert!(
+            quarter_bps < cap as usize / 4 * 3 / 2,
+            "{quarter_bps} bit/s for a target of {}",
+            cap / 4
+        );
+        // Changing the target mid-stream costs no keyframe.
+        let mut enc = encoder();
+        let pixels = solid(320, 240, 0x0040_8020);
+        assert!(
+            enc.encode(&pixels, 320, 240, false)
+                .unwrap()
+                .unwrap()
+                .keyframe
+        );
+        enc.set_bitrate(400_000);
+        let next = enc.encode(&solid(320, 240, 0x0041_8020), 320, 240, false);
+        assert!(!next.unwrap().unwrap().keyframe);
+    }
+
     #[test]
     fn timestamps_strictly_increase() {
         let mut enc = encoder();
-        let pts: Vec<i64> = (0..50).map(|_| enc.next_pts()).collect();
+        let pts: Vec<i64> = (0..50).map(|_| enc.next_pts(Instant::now(), 1.0)).collect();
         assert!(pts.windows(2).all(|p| p[1] > p[0]), "{pts:?}");
     }
 }
