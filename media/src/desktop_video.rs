@@ -13,8 +13,9 @@
 //! - the **desktop writer** sends whole RFB messages (update requests and
 //!   input) to the desktop through one queue, so they never interleave;
 //! - the **loop** reacts to the peer (connected, input — pointer, keys,
-//!   clipboard, resize —, keyframe requests, closed) and encodes the shared
-//!   frame when it changed. An idle desktop
+//!   clipboard, resize —, keyframe requests, congestion feedback, failed,
+//!   closed) and encodes the shared frame when it changed; the feedback
+//!   moves the encoder's bitrate ([`crate::bitrate`]). An idle desktop
 //!   answers no update request, so nothing is encoded and no frame is sent;
 //!   a keyframe request is answered unless the last frame sent was a
 //!   keyframe and nothing changed since.
@@ -35,12 +36,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::PollSender;
 
+use crate::bitrate::BitrateController;
 use crate::framebuffer::Rect;
 use crate::input::InputEvent;
 use crate::relay::{MediaPath, RelayEnd, StreamCounters};
 use crate::rfb_client::{RfbClient, RfbClientError, ServerMessage};
-use crate::video::{EncodeError, VideoEncoder, VideoSettings};
-use crate::webrtc_peer::{PeerError, PeerEvent, VideoPeer};
+use crate::video::{EncodeError, MIN_BITRATE_BPS, VideoEncoder, VideoSettings};
+use crate::webrtc_peer::{IceFailure, PeerError, PeerEvent, VideoPeer};
 
 /// RFB messages queued towards the desktop.
 const DESKTOP_QUEUE: usize = 64;
@@ -70,6 +72,9 @@ pub enum StreamError {
     /// The peer connection failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// The connection to the browser failed (logged and counted by the peer).
+    #[error("ICE failed ({0})")]
+    IceFailed(IceFailure),
     /// The browser (or the desktop's RFB set-up) did not connect in time.
     #[error("the stream did not start within {0:?}")]
     NotConnected(Duration),
@@ -170,10 +175,21 @@ where
     // The last frame sent, if it was a keyframe: when it was sent.
     let mut last_keyframe: Option<Instant> = None;
     let mut idle_keyframe_wait = IDLE_KEYFRAME_WAIT;
+    // Set up with the first frame's size; its changes reach the encoder
+    // with the next frame.
+    let mut bitrate: Option<(BitrateController, (u16, u16))> = None;
+    let mut new_bitrate: Option<u32> = None;
     loop {
         tokio::select! {
             event = peer.next_event() => match event {
                 None | Some(PeerEvent::Closed) => return Ok(RelayEnd::BrowserClosed),
+                Some(PeerEvent::Failed(reason)) => return Err(StreamError::IceFailed(reason)),
+                Some(PeerEvent::Feedback(feedback)) => {
+                    if let Some((controller, _)) = &mut bitrate {
+                        let now = Instant::now().into_std();
+                        new_bitrate = controller.on_feedback(feedback, now).or(new_bitrate);
+                    }
+                }
                 Some(PeerEvent::Connected) => {
                     connected = true;
                     pending = true;
@@ -255,11 +271,28 @@ where
                 };
                 let started = Instant::now();
                 next_slot = started + interval;
+                let (floor, cap) = (MIN_BITRATE_BPS, settings.cap_bitrate(width, height));
+                match &mut bitrate {
+                    None => {
+                        let start = settings.start_bitrate(width, height);
+                        let controller = BitrateController::new(start, floor, cap, started.into_std());
+                        bitrate = Some((controller, (width, height)));
+                    }
+                    Some((controller, size)) if *size != (width, height) => {
+                        *size = (width, height);
+                        new_bitrate = controller.set_bounds(floor, cap, started.into_std()).or(new_bitrate);
+                    }
+                    Some(_) => {}
+                }
                 let force = keyframe;
+                let set_bitrate = new_bitrate.take();
                 let encoding = job.clone();
                 let encoded = tokio::task::spawn_blocking(move || {
                     let mut job = lock(&encoding);
                     let EncodeJob { encoder, pixels } = &mut *job;
+                    if let Some(bps) = set_bitrate {
+                        encoder.set_bitrate(bps);
+                    }
                     encoder.encode(pixels, width, height, force)
                 })
                 .await
@@ -433,6 +466,8 @@ mod tests {
         keyframes: Arc<Mutex<Vec<bool>>>,
         /// Frames still to drop, as rate control would.
         drops: Arc<AtomicUsize>,
+        /// The bitrates it was set to.
+        bitrates: Arc<Mutex<Vec<u32>>>,
     }
 
     impl VideoEncoder for FakeEncoder {
@@ -461,6 +496,10 @@ mod tests {
                 data: Bytes::copy_from_slice(&pixels[0].to_be_bytes()),
                 keyframe,
             }))
+        }
+
+        fn set_bitrate(&mut self, bps: u32) {
+            self.bitrates.lock().unwrap().push(bps);
         }
     }
 
@@ -563,21 +602,27 @@ mod tests {
         encodes: Arc<AtomicUsize>,
         keyframes: Arc<Mutex<Vec<bool>>>,
         drops: Arc<AtomicUsize>,
+        bitrates: Arc<Mutex<Vec<u32>>>,
         counters: Arc<StreamCounters>,
         stream: tokio::task::JoinHandle<Result<RelayEnd, StreamError>>,
     }
 
     /// Starts a stream at `max_fps` and completes the RFB set-up.
     async fn start(max_fps: u32) -> Harness {
+        start_with(VideoSettings {
+            max_fps,
+            ..VideoSettings::default()
+        })
+        .await
+    }
+
+    /// Starts a stream with `settings` and completes the RFB set-up.
+    async fn start_with(settings: VideoSettings) -> Harness {
         let (gate_end, desktop_end) = tokio::io::duplex(64 * 1024);
         let (events, peer_events) = mpsc::channel(16);
         let (sent_tx, sent) = mpsc::unbounded_channel();
         let encodes = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(StreamCounters::default());
-        let settings = VideoSettings {
-            max_fps,
-            ..VideoSettings::default()
-        };
         let (texts_tx, texts) = mpsc::unbounded_channel();
         let peer = FakePeer {
             events: peer_events,
@@ -586,10 +631,12 @@ mod tests {
         };
         let keyframes = Arc::new(Mutex::new(Vec::new()));
         let drops = Arc::new(AtomicUsize::new(0));
+        let bitrates = Arc::new(Mutex::new(Vec::new()));
         let encoder = Box::new(FakeEncoder {
             calls: encodes.clone(),
             keyframes: keyframes.clone(),
             drops: drops.clone(),
+            bitrates: bitrates.clone(),
         });
         let stream_counters = counters.clone();
         let stream = tokio::spawn(async move {
@@ -605,6 +652,7 @@ mod tests {
             encodes,
             keyframes,
             drops,
+            bitrates,
             counters,
             stream,
         }
@@ -715,6 +763,45 @@ mod tests {
         assert_eq!(h.encodes.load(Ordering::SeqCst), 3);
         assert_eq!(*h.keyframes.lock().unwrap(), [true]);
         assert_eq!(h.counters.snapshot().frames, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_browsers_estimate_sets_the_bitrate_of_the_next_frame() {
+        let mut h = start_with(VideoSettings {
+            bitrate_bps: 2_000_000,
+            ..VideoSettings::default()
+        })
+        .await;
+        h.desktop.message().await;
+        h.desktop.paint(0x00ff_8000).await;
+        h.events.send(PeerEvent::Connected).await.unwrap();
+        next_frame(&mut h.sent).await;
+        assert!(
+            h.bitrates.lock().unwrap().is_empty(),
+            "the start needs no change"
+        );
+        let remb = crate::bitrate::Feedback {
+            remb_bps: Some(1_000_000),
+            fraction_lost: None,
+        };
+        h.events.send(PeerEvent::Feedback(remb)).await.unwrap();
+        h.desktop.message().await;
+        h.desktop.paint(0x0000_80ff).await;
+        next_frame(&mut h.sent).await;
+        assert_eq!(*h.bitrates.lock().unwrap(), [1_000_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_connection_ends_the_stream_with_its_reason() {
+        let h = start(30).await;
+        h.events
+            .send(PeerEvent::Failed(IceFailure::NoPair))
+            .await
+            .unwrap();
+        let ended = h.stream.await.unwrap();
+        let err = ended.expect_err("a failed connection is an error");
+        assert!(matches!(err, StreamError::IceFailed(IceFailure::NoPair)));
+        assert_eq!(err.to_string(), "ICE failed (no candidate pair succeeded)");
     }
 
     #[tokio::test(start_paused = true)]
@@ -838,6 +925,7 @@ mod tests {
             calls: Arc::default(),
             keyframes: Arc::default(),
             drops: Arc::default(),
+            bitrates: Arc::default(),
         });
         let stream = tokio::spawn(async move {
             let counters = StreamCounters::default();

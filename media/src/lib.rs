@@ -15,21 +15,27 @@
 //!   encoded by a [`VideoEncoder`] ([`vp8`] on libvpx, or [`h264`] on NVENC
 //!   where the host has it; [`video::host_encoder`] picks) and sent to a
 //!   [`VideoPeer`] ([`webrtc_peer`] on the `webrtc` crate), with input
-//!   ([`input`]) from the browser's data channel going back to the desktop.
+//!   ([`input`]) from the browser's data channel going back to the desktop
+//!   and the browser's congestion feedback setting the bitrate
+//!   ([`bitrate`]).
 //!
 //! The crate knows nothing of wallets, billing or sessions beyond an id for
 //! logs: the gate hands it an authorised browser stream and a connection to
 //! the desktop.
 
 mod av;
+pub mod bitrate;
 pub mod desktop_video;
 pub mod framebuffer;
 pub mod h264;
+pub mod ice;
 pub mod input;
 pub mod media_actor;
 pub mod relay;
 pub mod rfb;
 pub mod rfb_client;
+mod rtcp_feedback;
+mod sdp;
 pub mod video;
 pub mod vp8;
 pub mod webrtc_peer;
@@ -47,5 +53,6 @@ pub use video::{
     host_encoder,
 };
 pub use webrtc_peer::{
-    IceServer, PeerError, PeerEvent, PeerSettings, VideoPeer, WebRtcPeer, answer_offer,
+    IceFailure, IceServer, PeerError, PeerEvent, PeerOptions, PeerSettings, VideoPeer, WebRtcPeer,
+    answer_offer, answer_offer_with,
 };

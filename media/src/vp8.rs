@@ -4,7 +4,7 @@
 //! small host.
 //!
 //! Per frame: the framebuffer's `0x00RRGGBB` words are converted to I420
-//! ([`crate::yuv420`]), handed to libvpx with a timestamp, and the one
+//! (`yuv420.rs`), handed to libvpx with a timestamp, and the one
 //! packet it returns (or none: rate control dropped the frame) comes back.
 //! The libavcodec encoder is opened on the first frame and again whenever
 //! the size changes; the first frame of each stream is a keyframe.

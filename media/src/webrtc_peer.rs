@@ -3,41 +3,61 @@
 //! rest of the crate sees [`VideoPeer`]: send a frame, wait for an event.
 //!
 //! One [`WebRtcPeer`] answers one browser offer with a send-only video track
-//! (the codec of the [`crate::VideoEncoder`]) and takes the browser's `input`
-//! data channel. Signalling is not trickled: the answer is returned once ICE
-//! gathering completes, or after [`PeerSettings::gather_timeout`] with what
-//! was gathered (an unreachable TURN server never completes it).
+//! (the codec of the [`crate::VideoEncoder`]: VP8, or H.264 with
+//! packetization-mode 1) and takes the browser's `input` data channel.
+//! Signalling is not trickled: the answer is returned once ICE gathering
+//! completes, or after [`PeerSettings::gather_timeout`] with what was
+//! gathered (an unreachable TURN server never completes it).
+//!
+//! From the browser's RTCP the peer passes on keyframe requests and
+//! congestion feedback (REMB and receiver-report loss, [`crate::bitrate`];
+//! the plumbing is `rtcp_feedback.rs`);
+//! the answer negotiates `goog-remb` and no transport-wide congestion
+//! control, so Chromium estimates the bandwidth itself and reports it (see
+//! `docs/webrtc-choice.md`). A failed connection is reported with its reason
+//! ([`crate::ice`]).
+//!
+//! Addresses: a `udp_ip` of `0.0.0.0` binds one socket per host interface
+//! (the stack enumerates them) and advertises each as a host candidate;
+//! [`PeerOptions::public_ips`] adds a public address a 1:1 NAT maps to
+//! the host (`sdp.rs`).
+//!
+//! Why one file of about 780 lines: the answer, the peer and the stack's
+//! callbacks share one set of `webrtc` types that no other module should
+//! see; about 250 of the lines are tests with browser-like offers.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::bitrate::Feedback;
+pub use crate::ice::IceFailure;
+use crate::ice::{CandidateSummary, IceHistory};
 use crate::input::MAX_INPUT_MESSAGE_BYTES;
+use crate::rtcp_feedback::{FeedbackForApplication, spawn_rtcp_reader};
+use crate::sdp;
 
 /// The data channel whose messages are input (see [`crate::input`]).
 pub const INPUT_CHANNEL: &str = "input";
@@ -50,9 +70,9 @@ const INPUT_QUEUE: usize = 256;
 const RTP_MTU: usize = 1200;
 /// The RTP clock of video codecs.
 const VIDEO_CLOCK_RATE: u32 = 90_000;
-/// Where the keyframe-request interceptor sits: after every default
-/// interceptor, so they have all seen the RTCP before it picks from it.
-const KEYFRAME_REQUEST_SLOT: usize = 14_000;
+/// Where the feedback interceptor sits: after every other interceptor, so
+/// they have all seen the RTCP before it picks from it.
+const FEEDBACK_SLOT: usize = 14_000;
 
 /// One ICE server handed to the peer connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +97,19 @@ pub struct PeerSettings {
     pub gather_timeout: Duration,
 }
 
+/// What a caller may add to [`PeerSettings`] for one peer
+/// ([`answer_offer_with`]); the default adds nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// Public addresses a 1:1 NAT maps to this host, advertised as
+    /// server-reflexive candidates beside each host candidate of the same
+    /// family (the `webrtc` stack's own NAT 1:1 setting is not used by its
+    /// gatherer in 0.21).
+    pub public_ips: Vec<IpAddr>,
+    /// The stream's name in logs, such as the session id.
+    pub stream_id: String,
+}
+
 /// Why an offer could not be answered or a frame not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -92,22 +125,13 @@ pub enum PeerError {
 }
 
 /// Is `offer_sdp` a parseable SDP offer with video in `mime_type` (say
-/// `video/VP8`)? Checked before anything is set up for it.
+/// `video/VP8`, or `video/H264`, which must be offered with
+/// packetization-mode 1 and the Constrained Baseline profile)? Checked
+/// before anything is set up for it.
 pub fn check_offer(offer_sdp: &str, mime_type: &str) -> Result<(), PeerError> {
     RTCSessionDescription::offer(offer_sdp.to_owned())
         .map_err(|err| PeerError::BadOffer(err.to_string()))?;
-    // `a=rtpmap:<pt> VP8/90000`: the codec name is what follows `video/`.
-    let codec = mime_type.trim_start_matches("video/").to_ascii_lowercase();
-    let offers_codec = offer_sdp.lines().any(|line| {
-        line.strip_prefix("a=rtpmap:")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .is_some_and(|encoding| {
-                encoding
-                    .to_ascii_lowercase()
-                    .starts_with(&format!("{codec}/"))
-            })
-    });
-    if offers_codec {
+    if sdp::offers_codec(offer_sdp, mime_type) {
         Ok(())
     } else {
         Err(PeerError::NoVideo(mime_type_name(mime_type)))
@@ -118,6 +142,8 @@ pub fn check_offer(offer_sdp: &str, mime_type: &str) -> Result<(), PeerError> {
 fn mime_type_name(mime_type: &str) -> &'static str {
     if mime_type.eq_ignore_ascii_case("video/VP8") {
         "VP8"
+    } else if mime_type.eq_ignore_ascii_case(crate::h264::MIME_TYPE) {
+        "H.264 (packetization-mode 1)"
     } else {
         "the encoder's"
     }
@@ -136,7 +162,11 @@ pub enum PeerEvent {
     Input(Bytes),
     /// The browser lost a picture (PLI or FIR): send a keyframe.
     KeyframeRequested,
-    /// The connection failed or was closed.
+    /// The browser's congestion feedback on the video (REMB, loss).
+    Feedback(Feedback),
+    /// The connection failed, for this reason (already logged and counted).
+    Failed(IceFailure),
+    /// The connection was closed.
     Closed,
 }
 
@@ -173,6 +203,10 @@ pub struct WebRtcPeer {
     events: mpsc::Receiver<PeerEvent>,
     state: watch::Receiver<RTCPeerConnectionState>,
     reported: RTCPeerConnectionState,
+    /// The ICE states so far, for the reason of a failure.
+    ice: Arc<Mutex<IceHistory>>,
+    /// The stream's name in logs.
+    stream_id: String,
     /// The `input` data channel once the browser opened it: the desktop's
     /// clipboard goes back on it.
     input: InputChannel,
@@ -218,6 +252,17 @@ pub async fn answer_offer(
     mime_type: &'static str,
     settings: &PeerSettings,
 ) -> Result<(String, WebRtcPeer), PeerError> {
+    answer_offer_with(offer_sdp, mime_type, settings, &PeerOptions::default()).await
+}
+
+/// [`answer_offer`] with [`PeerOptions`]: public addresses to advertise,
+/// and the stream's name in logs.
+pub async fn answer_offer_with(
+    offer_sdp: String,
+    mime_type: &'static str,
+    settings: &PeerSettings,
+    options: &PeerOptions,
+) -> Result<(String, WebRtcPeer), PeerError> {
     let offer = RTCSessionDescription::offer(offer_sdp)
         .map_err(|err| PeerError::BadOffer(err.to_string()))?;
     let codec = video_codec(mime_type);
@@ -231,12 +276,13 @@ pub async fn answer_offer(
             RtpCodecKind::Video,
         )
         .map_err(stack)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)
-        .map_err(stack)?
-        .with(
-            Slot::from(KEYFRAME_REQUEST_SLOT),
-            KeyframeRequests::default(),
-        );
+    // The stack's default interceptors less transport-wide congestion
+    // control: Chromium sends REMB only for packets without transport-wide
+    // sequence numbers, and the stack has no sender-side estimator wired to
+    // an encoder (docs/webrtc-choice.md).
+    configure_simulcast_extension_headers(&mut media).map_err(stack)?;
+    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media))
+        .with(Slot::from(FEEDBACK_SLOT), FeedbackForApplication::default());
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(
             settings
@@ -259,9 +305,11 @@ pub async fn answer_offer(
     let (gathered_tx, mut gathered) = watch::channel(false);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
     let input = InputChannel::default();
+    let ice = Arc::new(Mutex::new(IceHistory::default()));
     let handler = Arc::new(Handler {
         gathered: gathered_tx,
         state: state_tx,
+        ice: ice.clone(),
         events: events_tx.clone(),
         input_taken: Arc::new(AtomicBool::new(false)),
         input: input.clone(),
@@ -330,7 +378,7 @@ pub async fn answer_offer(
     };
     // On an error `pc` is dropped, which closes it.
     let sender = negotiated.await?;
-    spawn_keyframe_requests(Arc::clone(&track), events_tx);
+    spawn_rtcp_reader(Arc::clone(&track), events_tx, ssrc);
 
     let gathering = tokio::time::timeout(settings.gather_timeout, async {
         while !*gathered.borrow_and_update() {
@@ -357,6 +405,8 @@ pub async fn answer_offer(
         events,
         state,
         reported: RTCPeerConnectionState::New,
+        ice,
+        stream_id: options.stream_id.clone(),
         input,
     };
     let answer = peer
@@ -365,7 +415,10 @@ pub async fn answer_offer(
         .local_description()
         .await
         .ok_or_else(|| PeerError::Stack("no local description after answering".into()))?;
-    Ok((answer.sdp, peer))
+    Ok((
+        sdp::add_public_candidates(&answer.sdp, &options.public_ips),
+        peer,
+    ))
 }
 
 impl VideoPeer for WebRtcPeer {
@@ -433,9 +486,10 @@ impl VideoPeer for WebRtcPeer {
                     self.reported = state;
                     match state {
                         RTCPeerConnectionState::Connected => return Some(PeerEvent::Connected),
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                            return Some(PeerEvent::Closed);
+                        RTCPeerConnectionState::Failed => {
+                            return Some(PeerEvent::Failed(self.failure().await));
                         }
+                        RTCPeerConnectionState::Closed => return Some(PeerEvent::Closed),
                         _ => {}
                     }
                 }
@@ -444,8 +498,25 @@ impl VideoPeer for WebRtcPeer {
     }
 }
 
+impl WebRtcPeer {
+    /// Why the connection failed; logged and counted here.
+    async fn failure(&self) -> IceFailure {
+        let history = *self.ice.lock().unwrap_or_else(PoisonError::into_inner);
+        let failure = IceFailure::classify(&history);
+        let stats = self
+            .pc
+            .0
+            .get_stats(Instant::now(), StatsSelector::None)
+            .await;
+        let candidates = CandidateSummary::from_stats(&stats);
+        crate::ice::report(failure, &history, &candidates, &self.stream_id);
+        failure
+    }
+}
+
 /// The video codec as the stack describes it, with the feedback the
-/// browser may send: retransmission requests and keyframe requests.
+/// browser may send: retransmission requests, keyframe requests, and its
+/// bandwidth estimate (`goog-remb`).
 fn video_codec(mime_type: &str) -> RTCRtpCodec {
     let feedback = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
@@ -455,8 +526,13 @@ fn video_codec(mime_type: &str) -> RTCRtpCodec {
         mime_type: mime_type.to_owned(),
         clock_rate: 90_000,
         channels: 0,
-        sdp_fmtp_line: String::new(),
+        sdp_fmtp_line: if mime_type.eq_ignore_ascii_case(crate::h264::MIME_TYPE) {
+            crate::h264::FMTP.to_owned()
+        } else {
+            String::new()
+        },
         rtcp_feedback: vec![
+            feedback("goog-remb", ""),
             feedback("nack", ""),
             feedback("nack", "pli"),
             feedback("ccm", "fir"),
@@ -472,30 +548,11 @@ fn rand_ssrc() -> u32 {
     RandomState::new().hash_one(Instant::now()) as u32
 }
 
-/// Forwards keyframe requests that arrive on the track to the stream.
-fn spawn_keyframe_requests(track: Arc<TrackLocalStaticRTP>, events: mpsc::Sender<PeerEvent>) {
-    tokio::spawn(async move {
-        // `poll` ends when the track is unbound (the connection closed).
-        while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
-            if packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-                && events.try_send(PeerEvent::KeyframeRequested).is_err()
-                && events.is_closed()
-            {
-                return;
-            }
-        }
-    });
-}
-
-fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
 /// The stack's callbacks, turned into channel messages.
 struct Handler {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
+    ice: Arc<Mutex<IceHistory>>,
     events: mpsc::Sender<PeerEvent>,
     /// An `input` channel is being read; a second one is ignored.
     input_taken: Arc<AtomicBool>,
@@ -509,6 +566,14 @@ impl PeerConnectionEventHandler for Handler {
         if state == RTCIceGatheringState::Complete {
             let _ = self.gathered.send(true);
         }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        tracing::debug!(%state, "ICE connection state");
+        self.ice
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_state(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -557,61 +622,6 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Interceptor that marks inbound PLI and FIR packets for delivery to the
-/// application: inbound RTCP otherwise ends inside the interceptor chain,
-/// and the encoder would never hear that a viewer needs a keyframe.
-#[derive(Default)]
-struct KeyframeRequests {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &message.message.packet {
-            let requests: Vec<_> = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .cloned()
-                .collect();
-            if requests.is_empty() {
-                // The interceptors before this one have acted on it.
-                return Ok(());
-            }
-            message.message.packet = Packet::Rtcp(requests);
-            message.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(message);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(message);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequests {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +659,119 @@ mod tests {
         let refused = check_offer(&offer("H264"), "video/VP8");
         assert!(
             matches!(refused, Err(PeerError::NoVideo("VP8"))),
+            "{refused:?}"
+        );
+    }
+
+    /// A Chromium-like offer: VP8 and H.264 (packetization modes 1 and 0),
+    /// each with REMB and transport-wide congestion-control feedback.
+    fn browser_offer() -> String {
+        let mut lines = vec![
+            "v=0",
+            "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 102 103",
+            "c=IN IP4 0.0.0.0",
+            "a=mid:0",
+            "a=recvonly",
+            "a=rtcp-mux",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+            "a=setup:actpass",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+            "a=rtpmap:96 VP8/90000",
+            "a=rtpmap:102 H264/90000",
+            "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            "a=rtpmap:103 H264/90000",
+            "a=fmtp:103 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+        ];
+        for pt in ["96", "102", "103"] {
+            for fb in ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"] {
+                lines.push(Box::leak(format!("a=rtcp-fb:{pt} {fb}").into_boxed_str()));
+            }
+        }
+        lines.push("");
+        lines.join("\r\n")
+    }
+
+    fn loopback_settings() -> PeerSettings {
+        PeerSettings {
+            ice_servers: Vec::new(),
+            udp_ip: IpAddr::from([127, 0, 0, 1]),
+            gather_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The payload types the answer's video line carries.
+    fn answered_pts(answer: &str) -> Vec<String> {
+        let m = answer
+            .lines()
+            .find(|l| l.starts_with("m=video"))
+            .expect("a video line");
+        m.split_whitespace().skip(3).map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn an_h264_offer_gets_h264_packetization_mode_1_with_remb_and_no_twcc() {
+        check_offer(&browser_offer(), crate::h264::MIME_TYPE).expect("H.264 pm 1 is offered");
+        let (answer, _peer) = answer_offer(
+            browser_offer(),
+            crate::h264::MIME_TYPE,
+            &loopback_settings(),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(answered_pts(&answer), ["102"], "{answer}");
+        assert!(answer.contains("a=rtpmap:102 H264/90000"), "{answer}");
+        let fmtp = answer
+            .lines()
+            .find(|l| l.starts_with("a=fmtp:102 "))
+            .expect("the H.264 format parameters");
+        assert!(fmtp.contains("packetization-mode=1"), "{fmtp}");
+        assert!(fmtp.contains("profile-level-id=42e01f"), "{fmtp}");
+        assert!(answer.contains("a=rtcp-fb:102 goog-remb"), "{answer}");
+        assert!(!answer.contains("transport-cc"), "{answer}");
+        assert!(!answer.contains("transport-wide-cc"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_vp8_answer_negotiates_remb_and_advertises_public_addresses() {
+        let options = PeerOptions {
+            public_ips: vec![IpAddr::from([203, 0, 113, 7])],
+            stream_id: "test".into(),
+        };
+        let (answer, _peer) =
+            answer_offer_with(browser_offer(), "video/VP8", &loopback_settings(), &options)
+                .await
+                .expect("answered");
+        assert_eq!(answered_pts(&answer), ["96"], "{answer}");
+        assert!(answer.contains("a=rtcp-fb:96 goog-remb"), "{answer}");
+        assert!(!answer.contains("transport-cc"), "{answer}");
+        let host = answer
+            .lines()
+            .find(|l| l.contains("127.0.0.1") && l.contains("typ host"))
+            .expect("the loopback host candidate");
+        let port = host.split_whitespace().nth(5).unwrap();
+        assert!(
+            answer.contains(&format!(
+                "203.0.113.7 {port} typ srflx raddr 127.0.0.1 rport {port}"
+            )),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn h264_offers_are_matched_by_their_format_parameters() {
+        check_offer(&browser_offer(), "video/VP8").unwrap();
+        let refused = check_offer(&offer("H264"), crate::h264::MIME_TYPE);
+        assert!(
+            matches!(
+                refused,
+                Err(PeerError::NoVideo("H.264 (packetization-mode 1)"))
+            ),
             "{refused:?}"
         );
     }
