@@ -19,8 +19,9 @@ ENV_FILE=$STATE_DIR/services.env
 
 # Debian packages the Rust build needs: pkg-config for -sys crates that probe for system libraries.
 # ffmpeg-sys-next (VP8 encoder) needs pkg-config, the libav* headers and
-# libclang for its bindgen step.
-BUILD_PACKAGES="pkg-config libavcodec-dev libavformat-dev libavutil-dev libclang-dev"
+# libclang for its bindgen step. The ffmpeg CLI is what the video encode bench
+# (cargo bench -p deskgate-media --bench video_encode) measures itself against.
+BUILD_PACKAGES="pkg-config libavcodec-dev libavformat-dev libavutil-dev libclang-dev ffmpeg"
 
 usage() {
     sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2

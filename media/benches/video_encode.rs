@@ -1,18 +1,44 @@
-//! Encode-time figures for the VP8 adapter (`cargo bench -p deskgate-media
-//! --bench video_encode`): per-frame `encode()` time (median, p95, max),
-//! colour conversion on its own, and bytes per keyframe and delta frame, at
-//! 1280×720 and 1920×1080 for three desktop scenes.
+//! Encode-time and delivered-frame figures for the VP8 path, beside the
+//! ffmpeg command line's libvpx real-time encode of the same frames
+//! (`cargo bench -p deskgate-media --bench video_encode`).
 //!
-//! Frames are paced at the settings' `max_fps`, as the media path sends them,
-//! because libvpx's rate control sizes frames from their timestamps: frames
-//! sent back to back would look like a very high frame rate and come out
-//! unrealistically small.
+//! Per scene (a small changing rectangle, a moving 480×320 window, a
+//! full-screen change) and size (1280×720, 1920×1080), at the default
+//! settings (auto bitrate), with the machine otherwise idle and again under
+//! load 2 (two busy-looping threads of this process):
+//!
+//! - ours: `encode()` wall time per frame, p50 and p95 (and the calling
+//!   thread's on-CPU time, which shows what is waiting on the CPU under
+//!   load), frames kept by rate control, frames delivered: the measured
+//!   frames libavcodec's own VP8 decoder decodes, per second of stream
+//!   time, and their mean luma PSNR against the source (what the speed
+//!   settings cost in quality);
+//! - the ffmpeg CLI (`ffmpeg -f rawvideo -pix_fmt bgr0 … -c:v libvpx` with the
+//!   same libvpx options, [`deskgate_media::vp8::libvpx_options`]): the time
+//!   from writing a frame to its stdin to reading its packet from the IVF on
+//!   its stdout (`-flush_packets 1`), which includes the pipe and swscale's
+//!   conversion as ours includes our conversion; dropped frames have no
+//!   packet and no time;
+//! - the ratio ours / ffmpeg of p50 and p95.
+//!
+//! Frames are drawn before the run and paced at `max_fps` (30), as the media
+//! path sends them: libvpx's rate control sizes frames from their
+//! timestamps. The goal (DESIGN.md §10): 1080p p95 ≤ 16 ms for the small
+//! rectangle and the moving window, and the moving window delivered at
+//! ≥ 24 fps.
+//!
+//! Knobs: `BENCH_LOADS` (default `0,2`), `BENCH_SIZES` (default
+//! `720,1080`), `BENCH_SCENES` (substrings of scene names).
 
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deskgate_media::VideoEncoder;
-use deskgate_media::VideoSettings;
-use deskgate_media::vp8::Vp8Encoder;
+use deskgate_media::vp8::{Vp8Encoder, libvpx_options};
+use deskgate_media::{EncodedFrame, VideoEncoder, VideoSettings};
+use ffmpeg_next as ff;
 use yuv::{
     BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix,
     bgra_to_yuv420,
@@ -26,6 +52,9 @@ const MEASURED: usize = 72;
 const FORCED_KEY_AT: usize = MEASURED / 2;
 /// Conversion-only repetitions per resolution.
 const CONVERSIONS: usize = 40;
+/// The goals, for the marks on the 1080p lines.
+const GOAL_P95_MS: f64 = 16.0;
+const GOAL_FPS: f64 = 24.0;
 
 const DESKTOP: u32 = 0x003a_6ea5;
 const WINDOW: u32 = 0x00f0_f0f0;
@@ -54,6 +83,7 @@ fn ink(line: u64, x: usize, y: usize, seed: u64) -> bool {
 }
 
 /// A picture being drawn: `width` × `height` words, `0x00RRGGBB`.
+#[derive(Clone)]
 struct Canvas {
     width: usize,
     height: usize,
@@ -107,12 +137,12 @@ impl Canvas {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Scene {
-    /// A 480×320 window of scrolling text sliding across the desktop.
-    MovingWindow,
     /// A 120×24 field (a clock, a status line) redrawn every frame.
     SmallRect,
+    /// A 480×320 window of scrolling text sliding across the desktop.
+    MovingWindow,
     /// A new full-screen page of text over a shifting gradient every frame.
     FullScreen,
 }
@@ -120,10 +150,15 @@ enum Scene {
 impl Scene {
     fn name(self) -> &'static str {
         match self {
-            Self::MovingWindow => "moving window 480x320",
             Self::SmallRect => "small rect 120x24",
+            Self::MovingWindow => "moving window 480x320",
             Self::FullScreen => "full-screen change",
         }
+    }
+
+    /// Whether the goal applies ("typical desktop changes").
+    fn typical(self) -> bool {
+        self != Self::FullScreen
     }
 
     /// Draws frame `f` of the scene into `canvas` (`base` is the desktop).
@@ -164,90 +199,251 @@ impl Scene {
             }
         }
     }
+
+    /// Every frame of the scene, drawn before the run.
+    fn frames(self, width: usize, height: usize) -> Vec<Vec<u32>> {
+        let base = Canvas::desktop(width, height);
+        let mut canvas = base.clone();
+        (0..WARM_UP + MEASURED)
+            .map(|f| {
+                self.draw(&mut canvas, &base, f);
+                canvas.pixels.clone()
+            })
+            .collect()
+    }
 }
 
-/// Median, 95th percentile and maximum, in milliseconds.
-fn stats(mut times: Vec<Duration>) -> (f64, f64, f64) {
+/// p50 and p95, in milliseconds (0 for no samples).
+fn percentiles(mut times: Vec<Duration>) -> (f64, f64) {
+    if times.is_empty() {
+        return (0.0, 0.0);
+    }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let n = times.len();
-    (
-        ms(times[n / 2]),
-        ms(times[(n * 95).div_ceil(100) - 1]),
-        ms(times[n - 1]),
-    )
+    (ms(times[n / 2]), ms(times[(n * 95).div_ceil(100) - 1]))
 }
 
-fn median(mut v: Vec<usize>) -> usize {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
+/// Nanoseconds this thread has run on a CPU (Linux schedstat).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
-/// Runs one scene at one size; prints one line.
-fn run_scene(settings: VideoSettings, width: u16, height: u16, scene: Scene) {
-    let (w, h) = (usize::from(width), usize::from(height));
-    let base = Canvas::desktop(w, h);
-    let mut canvas = Canvas::desktop(w, h);
+/// Sleeps until `slot`, then returns the next frame's slot.
+fn pace(slot: Instant, interval: Duration) -> Instant {
+    let now = Instant::now();
+    if slot > now {
+        std::thread::sleep(slot - now);
+    }
+    Instant::now().max(slot) + interval
+}
+
+struct Ours {
+    p50: f64,
+    p95: f64,
+    cpu_p50: f64,
+    cpu_p95: f64,
+    kept: usize,
+    delivered_fps: f64,
+    kbps: f64,
+    /// Mean luma PSNR of the delivered measured frames, dB.
+    psnr: f64,
+}
+
+/// Our encoder over `frames`, paced at `max_fps`.
+fn run_ours(settings: VideoSettings, width: u16, height: u16, frames: &[Vec<u32>]) -> Ours {
     let mut enc = Vp8Encoder::new(settings).expect("libvpx VP8 encoder");
-    let slot = Duration::from_secs(1) / settings.max_fps.max(1);
-
-    let (mut times, mut key_bytes, mut delta_bytes) = (Vec::new(), Vec::new(), Vec::new());
-    let mut dropped = 0;
-    let mut measured_bytes = 0usize;
+    let interval = Duration::from_secs(1) / settings.max_fps.max(1);
+    let (mut times, mut cpu, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slot = Instant::now();
     let mut measure_start = Instant::now();
-    let mut next_slot = Instant::now();
-    for f in 0..WARM_UP + MEASURED {
-        scene.draw(&mut canvas, &base, f);
-        // Wait for the frame's slot, as the media path's max_fps pacing does.
-        let now = Instant::now();
-        if next_slot > now {
-            std::thread::sleep(next_slot - now);
-        }
-        next_slot = Instant::now().max(next_slot) + slot;
-
+    for (f, pixels) in frames.iter().enumerate() {
+        slot = pace(slot, interval);
         if f == WARM_UP {
             measure_start = Instant::now();
         }
         let force = f == WARM_UP + FORCED_KEY_AT;
-        let t = Instant::now();
-        let out = enc
-            .encode(&canvas.pixels, width, height, force)
-            .expect("encode");
-        let took = t.elapsed();
-        let out_len = out.as_ref().map_or(0, |frame| frame.data.len());
-        match out {
-            Some(frame) if frame.keyframe => key_bytes.push(frame.data.len()),
-            Some(frame) if f >= WARM_UP => delta_bytes.push(frame.data.len()),
-            Some(_) => {}
-            None => dropped += 1,
-        }
+        let (t, c) = (Instant::now(), thread_cpu());
+        let frame = enc.encode(pixels, width, height, force).expect("encode");
         if f >= WARM_UP {
-            times.push(took);
-            measured_bytes += out_len;
+            times.push(t.elapsed());
+            cpu.push(thread_cpu().saturating_sub(c));
         }
+        out.push(frame);
     }
-
-    let wall = measure_start.elapsed().as_secs_f64();
-    let fps = MEASURED as f64 / wall;
-    let kbps = measured_bytes as f64 * 8.0 / wall / 1000.0;
-    let (med, p95, max) = stats(times);
-    let mean_delta = delta_bytes.iter().sum::<usize>() / delta_bytes.len().max(1);
-    println!(
-        "{width}x{height} {:<22} encode ms med {med:6.2} p95 {p95:6.2} max {max:6.2} | \
-         delta B med {:>6} mean {mean_delta:>6} | key B {key_bytes:?} | \
-         {fps:4.1} fps {kbps:5.0} kbit/s{}",
-        scene.name(),
-        median(delta_bytes),
-        if dropped > 0 {
-            format!(" | dropped {dropped}")
-        } else {
-            String::new()
-        },
-    );
+    // Stream time of the measured frames: their slots.
+    let wall = (Instant::now().max(slot) - measure_start).as_secs_f64();
+    let measured = &out[WARM_UP..];
+    let kept = measured.iter().flatten().count();
+    let bytes: usize = measured.iter().flatten().map(|f| f.data.len()).sum();
+    let (delivered, psnr) = decodable(&out, frames, width);
+    let (p50, p95) = percentiles(times);
+    let (cpu_p50, cpu_p95) = percentiles(cpu);
+    Ours {
+        p50,
+        p95,
+        cpu_p50,
+        cpu_p95,
+        kept,
+        delivered_fps: delivered as f64 / wall,
+        kbps: bytes as f64 * 8.0 / wall / 1e3,
+        psnr,
+    }
 }
 
-/// Times the BGRA → I420 conversion alone (same call and parameters as the
-/// encoder's), into reused planes.
+/// How many of the measured frames libavcodec's (native) VP8 decoder
+/// decodes, fed the whole stream in order as a browser would be.
+fn decodable(frames: &[Option<EncodedFrame>], sources: &[Vec<u32>], width: u16) -> (usize, f64) {
+    let codec = ff::decoder::find(ff::codec::Id::VP8).expect("a VP8 decoder");
+    let mut dec = ff::codec::context::Context::new_with_codec(codec)
+        .decoder()
+        .video()
+        .expect("open the VP8 decoder");
+    let (mut decoded, mut psnr_sum) = (0, 0.0);
+    let mut picture = ff::frame::Video::empty();
+    for (f, frame) in frames.iter().enumerate() {
+        let Some(frame) = frame else { continue };
+        if dec.send_packet(&ff::Packet::copy(&frame.data)).is_err() {
+            continue;
+        }
+        while dec.receive_frame(&mut picture).is_ok() {
+            if f >= WARM_UP {
+                decoded += 1;
+                psnr_sum += luma_psnr(&picture, &sources[f], usize::from(width));
+            }
+        }
+    }
+    (decoded, psnr_sum / decoded.max(1) as f64)
+}
+
+/// PSNR of a decoded picture's luma against the source's BT.601
+/// limited-range luma, in dB (capped at 99 for an exact match).
+fn luma_psnr(picture: &ff::frame::Video, source: &[u32], width: usize) -> f64 {
+    let (stride, luma) = (picture.stride(0), picture.data(0));
+    let mut sse = 0f64;
+    for (i, &p) in source.iter().enumerate() {
+        let (x, y) = (i % width, i / width);
+        let [r, g, b] = [(p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff].map(f64::from);
+        let want = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
+        let diff = f64::from(luma[y * stride + x]) - want;
+        sse += diff * diff;
+    }
+    let mse = sse / source.len() as f64;
+    if mse <= 1e-10 {
+        99.0
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
+struct Cli {
+    p50: f64,
+    p95: f64,
+    kept: usize,
+}
+
+/// The ffmpeg command line for `width`×`height` frames with our options.
+fn ffmpeg_command(settings: &VideoSettings, width: u16, height: u16) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr0",
+        "-s",
+        &format!("{width}x{height}"),
+        "-framerate",
+        &settings.max_fps.to_string(),
+        "-i",
+        "pipe:0",
+        "-c:v",
+        "libvpx",
+        "-pix_fmt",
+        "yuv420p",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for (key, value) in libvpx_options(settings, width, height) {
+        args.push(format!("-{key}"));
+        args.push(value);
+    }
+    args.extend(
+        [
+            "-force_key_frames",
+            &format!("expr:eq(n,{})", WARM_UP + FORCED_KEY_AT),
+            "-flush_packets",
+            "1",
+            "-f",
+            "ivf",
+            "pipe:1",
+        ]
+        .map(str::to_owned),
+    );
+    args
+}
+
+/// The ffmpeg CLI over `frames`, paced at `max_fps`.
+fn run_ffmpeg(settings: VideoSettings, width: u16, height: u16, frames: &[Vec<u32>]) -> Cli {
+    let mut child = Command::new("ffmpeg")
+        .args(ffmpeg_command(&settings, width, height))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ffmpeg");
+    let mut stdout = child.stdout.take().expect("ffmpeg's stdout");
+    // The reader notes when each packet (by its frame number) arrives.
+    let reader = std::thread::spawn(move || {
+        let mut arrivals = Vec::new();
+        let mut header = [0u8; 32];
+        if stdout.read_exact(&mut header).is_err() {
+            return arrivals;
+        }
+        let mut frame_header = [0u8; 12];
+        let mut data = Vec::new();
+        while stdout.read_exact(&mut frame_header).is_ok() {
+            let size = u32::from_le_bytes(frame_header[..4].try_into().unwrap()) as usize;
+            let pts = u64::from_le_bytes(frame_header[4..].try_into().unwrap());
+            data.resize(size, 0);
+            if stdout.read_exact(&mut data).is_err() {
+                break;
+            }
+            arrivals.push((pts as usize, Instant::now()));
+        }
+        arrivals
+    });
+    let mut stdin = child.stdin.take().expect("ffmpeg's stdin");
+    let interval = Duration::from_secs(1) / settings.max_fps.max(1);
+    let mut written = Vec::with_capacity(frames.len());
+    let mut slot = Instant::now();
+    for pixels in frames {
+        slot = pace(slot, interval);
+        written.push(Instant::now());
+        stdin
+            .write_all(bytemuck::cast_slice(pixels))
+            .expect("write a frame to ffmpeg");
+    }
+    drop(stdin);
+    let arrivals = reader.join().expect("the IVF reader");
+    let status = child.wait().expect("ffmpeg ran");
+    assert!(status.success(), "ffmpeg failed: {status}");
+    let measured: Vec<_> = arrivals
+        .iter()
+        .filter(|(f, _)| (WARM_UP..WARM_UP + MEASURED).contains(f))
+        .map(|&(f, at)| at.saturating_duration_since(written[f]))
+        .collect();
+    let kept = measured.len();
+    let (p50, p95) = percentiles(measured);
+    Cli { p50, p95, kept }
+}
+
+/// Times the BGRA → I420 conversion alone (the encoders' call and
+/// parameters), into reused planes.
 fn run_conversion(width: u16, height: u16) {
     let (w, h) = (usize::from(width), usize::from(height));
     let canvas = Canvas::desktop(w, h);
@@ -279,39 +475,156 @@ fn run_conversion(width: u16, height: u16) {
             times.push(t.elapsed());
         }
     }
-    let (med, p95, max) = stats(times);
-    println!(
-        "{width}x{height} {:<22} conv   ms med {med:6.2} p95 {p95:6.2} max {max:6.2}",
-        "BGRA->I420 (yuv crate)"
-    );
+    let (p50, p95) = percentiles(times);
+    println!("{width}x{height} BGRA->I420 conversion alone: p50 {p50:.2} ms, p95 {p95:.2} ms");
+}
+
+/// `threads` threads spinning until dropped: the "load 2" of the issue.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn new(threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn list(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn main() {
     let started = Instant::now();
+    match Command::new("ffmpeg").arg("-version").output() {
+        Ok(out) if out.status.success() => {}
+        _ => panic!(
+            "the ffmpeg command line is not installed; the bench compares against it. \
+             Install it with `scripts/services.sh up` (Debian package ffmpeg) or \
+             `apt-get install ffmpeg`"
+        ),
+    }
+    ff::init().expect("libav");
     let settings = VideoSettings::default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into());
-    println!("deskgate-media VP8 encode benchmark");
-    println!("machine: {cores} cores, load average (1 min) {load}");
+    let loads: Vec<usize> = list("BENCH_LOADS", "0,2")
+        .iter()
+        .map(|l| l.parse().expect("BENCH_LOADS: numbers"))
+        .collect();
+    let sizes: Vec<(u16, u16)> = list("BENCH_SIZES", "720,1080")
+        .iter()
+        .map(|s| match s.as_str() {
+            "720" => (1280, 720),
+            "1080" => (1920, 1080),
+            other => panic!("BENCH_SIZES: 720 or 1080, not {other}"),
+        })
+        .collect();
+    let scene_filter = list("BENCH_SCENES", "");
+    let scenes: Vec<Scene> = [Scene::SmallRect, Scene::MovingWindow, Scene::FullScreen]
+        .into_iter()
+        .filter(|s| scene_filter.is_empty() || scene_filter.iter().any(|f| s.name().contains(f)))
+        .collect();
+
+    println!("deskgate-media VP8 encode benchmark: ours beside the ffmpeg CLI on the same frames");
     println!(
-        "settings: {} bit/s CBR, max {} fps (frames paced at that rate), keyframe every {} frames",
-        settings.bitrate_bps, settings.max_fps, settings.keyframe_interval
+        "machine: {cores} cores, load average (1 min) {} at start",
+        load_average()
     );
     println!(
-        "encoder: libavcodec libvpx VP8, deadline=realtime cpu-used=-10 threads=1 \
-         lag-in-frames=0 error-resilient static-thresh=100 q 4-56, 1 s buffer"
+        "per scene: {WARM_UP} warm-up frames, {MEASURED} measured, paced at {} fps, keyframe forced at measured frame {FORCED_KEY_AT}",
+        settings.max_fps
     );
     println!(
-        "per scene: {WARM_UP} warm-up frames (stream keyframe) not timed, {MEASURED} timed, \
-         keyframe forced at timed frame {FORCED_KEY_AT}; encode = encode() incl. conversion"
+        "ours: encode() wall time incl. conversion (cpu: on-CPU time of the calling thread); delivered = measured frames that decode, per second"
     );
-    for (width, height) in [(1280, 720), (1920, 1080)] {
+    println!(
+        "ffmpeg CLI: write of the frame to stdin → its IVF packet on stdout (pipe + swscale + libvpx); frames it dropped have no time"
+    );
+    for &(width, height) in &sizes {
+        let bitrate = settings.start_bitrate(width, height);
+        println!(
+            "{width}x{height}: default bitrate {:.2} Mbit/s (auto); ffmpeg {}",
+            f64::from(bitrate) / 1e6,
+            ffmpeg_command(&settings, width, height).join(" ")
+        );
         run_conversion(width, height);
-        for scene in [Scene::MovingWindow, Scene::SmallRect, Scene::FullScreen] {
-            run_scene(settings, width, height, scene);
+    }
+
+    for &load in &loads {
+        println!();
+        let _load = (load > 0).then(|| Load::new(load));
+        if load > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        println!(
+            "== load {load} ({} busy threads; load average now {})",
+            load,
+            load_average()
+        );
+        for &(width, height) in &sizes {
+            for &scene in &scenes {
+                let frames = scene.frames(usize::from(width), usize::from(height));
+                let ours = run_ours(settings, width, height, &frames);
+                let cli = run_ffmpeg(settings, width, height, &frames);
+                let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+                let goal = if width == 1920 && scene.typical() {
+                    let met = ours.p95 <= GOAL_P95_MS
+                        && (scene != Scene::MovingWindow || ours.delivered_fps >= GOAL_FPS);
+                    if met { " | goal met" } else { " | GOAL MISSED" }
+                } else {
+                    ""
+                };
+                println!(
+                    "{width}x{height} {:<22} ours p50 {:5.2} p95 {:5.2} ms (cpu {:5.2}/{:5.2}) kept {:2}/{MEASURED} delivered {:4.1} fps {:5.0} kbit/s {:4.1} dB | ffmpeg CLI p50 {:5.2} p95 {:5.2} ms kept {:2}/{MEASURED} | ours/ffmpeg p50 {:4.2} p95 {:4.2}{goal}",
+                    scene.name(),
+                    ours.p50,
+                    ours.p95,
+                    ours.cpu_p50,
+                    ours.cpu_p95,
+                    ours.kept,
+                    ours.delivered_fps,
+                    ours.kbps,
+                    ours.psnr,
+                    cli.p50,
+                    cli.p95,
+                    cli.kept,
+                    ratio(ours.p50, cli.p50),
+                    ratio(ours.p95, cli.p95),
+                );
+            }
         }
     }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
