@@ -12,6 +12,12 @@
 //!   back, then counts (the gate's presence) and the end. The stream lives as
 //!   long as that socket: dropping [`WebRtcStream::run`] closes it, and the
 //!   launcher stops the stream.
+//!
+//! Invariant: a host that vanishes without closing its sockets (power cut,
+//! partition) is noticed within [`DEAD_PEER_AFTER`]: each socket has a
+//! connect and handshake deadline, TCP keepalive and a TCP user timeout, so a
+//! frozen stream ends with a reason instead of holding a viewer place for the
+//! minutes TCP would retransmit.
 
 use std::io;
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use bytes::Bytes;
 use deskgate_media::rfb::InputCount;
 use deskgate_media::{MediaPath, RelayEnd, StreamCounters, StreamOutcome};
 use futures::{SinkExt, StreamExt, future};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -33,6 +40,16 @@ use crate::launcher::desktop::{
     AuthenticatedRfb, DesktopError, DesktopMedia, DesktopRef, WebRtcRequest, WebRtcStream,
 };
 
+/// How long reaching a launcher may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a launcher may take to accept a media socket: its VNC route
+/// reaches and authenticates the desktop first (up to 10 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A launcher that acknowledges nothing for this long is gone: unacknowledged
+/// data (TCP user timeout) or unanswered keepalive probes on an idle socket
+/// (5 s idle, then 3 probes 2 s apart) end the socket.
+pub const DEAD_PEER_AFTER: Duration = Duration::from_secs(12);
+
 /// Bytes buffered in the pipe between the launcher's socket and the relay.
 const PIPE_BYTES: usize = 256 * 1024;
 /// Longest message a launcher may send: a frame update's worth of RFB.
@@ -41,7 +58,30 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// (up to 10 s) and gathers its ICE candidates (up to 3 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A TCP connection to `request`'s host that notices a vanished peer (see
+/// the module docs).
+async fn dial(request: &tungstenite::handshake::client::Request) -> io::Result<TcpStream> {
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no connection within 3 s"))??;
+    tcp.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(&tcp);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3),
+    )?;
+    socket.set_tcp_user_timeout(Some(DEAD_PEER_AFTER))?;
+    Ok(tcp)
+}
 
 /// The desktops of every host's launcher, by host number.
 #[derive(Clone, Debug)]
@@ -71,7 +111,19 @@ impl RemoteDesktops {
             .map_err(|e| DesktopError::Unreachable(e.0))?;
         let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
         metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
-        match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+        let unreachable = |why: String| {
+            DesktopError::Unreachable(format!(
+                "the session's host {} did not answer: {why}",
+                remote.base()
+            ))
+        };
+        let tcp = dial(&request).await.map_err(|e| unreachable(e.to_string()))?;
+        let handshake =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None);
+        let answered = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| unreachable("no answer within 15 s".into()))?;
+        match answered {
             Ok((socket, _)) => Ok(socket),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status();
@@ -90,10 +142,7 @@ impl RemoteDesktops {
                     )),
                 })
             }
-            Err(err) => Err(DesktopError::Unreachable(format!(
-                "the session's host {} did not answer: {err}",
-                remote.base()
-            ))),
+            Err(err) => Err(unreachable(err.to_string())),
         }
     }
 }

@@ -43,6 +43,11 @@ const OFFER_MAX_BYTES: usize = 256 * 1024;
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a stream's counts are reported (when they changed).
 const COUNTS_EVERY: Duration = Duration::from_secs(1);
+/// How often the gate is pinged on a WebRTC socket, and how long it may stay
+/// silent (no pong, no message) before the stream is stopped: a gate cut off
+/// from this host can no longer close the stream itself.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const GATE_SILENT_LIMIT: Duration = Duration::from_secs(15);
 
 /// The media routes, for the token-guarded part of the router.
 pub(super) fn routes() -> Router<Arc<LauncherState>> {
@@ -179,6 +184,8 @@ async fn serve_webrtc(mut socket: WebSocket, state: Arc<LauncherState>, desktop:
     let counters = stream.counters;
     let mut run = stream.run;
     let mut ticker = tokio::time::interval(COUNTS_EVERY);
+    let mut pinger = tokio::time::interval(PING_EVERY);
+    let mut heard = tokio::time::Instant::now();
     let mut reported = counters.snapshot();
     loop {
         tokio::select! {
@@ -207,13 +214,22 @@ async fn serve_webrtc(mut socket: WebSocket, state: Arc<LauncherState>, desktop:
                     }
                 }
             }
+            _ = pinger.tick() => {
+                if heard.elapsed() > GATE_SILENT_LIMIT {
+                    tracing::warn!(session = %desktop.session, "the gate went silent; WebRTC stream stopped");
+                    return;
+                }
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
                     // Dropping `run` closes the peer connection.
                     tracing::info!(session = %desktop.session, "the gate closed the WebRTC stream");
                     return;
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
         }
     }
