@@ -333,7 +333,7 @@ async fn local_docker_tree(
         .collect();
     let launcher = Arc::new(docker_launcher(config).await?);
     let desktops: Arc<dyn DesktopMedia> =
-        Arc::new(docker_desktops(config, launcher.clone(), Role::Serve));
+        Arc::new(docker_desktops(config, launcher.clone(), Role::Serve)?);
     let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
     let health_tree = tree.clone();
     gpu::spawn_health_feed(

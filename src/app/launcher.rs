@@ -40,7 +40,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     for exit in &recovered.exited {
         exits.record(exit);
     }
-    let desktops = Arc::new(docker_desktops(&config, launcher.clone(), Role::Launcher));
+    let desktops = Arc::new(docker_desktops(&config, launcher.clone(), Role::Launcher)?);
     let state = Arc::new(LauncherState {
         token,
         gpus: config.launcher.gpus.clone(),

@@ -26,7 +26,7 @@ use crate::launcher::docker::{DockerDesktops, DockerLauncher, LauncherSettings, 
 use crate::launcher::gpu;
 use crate::platform::server::{self, Service};
 use crate::platform::telemetry;
-use deskgate_media::VideoSettings;
+use deskgate_media::{EncoderChoice, VideoSettings};
 
 /// Any error, boxed, as the sources of an [`AppError`].
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -129,17 +129,40 @@ async fn log_inventory(config: &Config) -> Result<Vec<gpu::GpuInfo>, AppError> {
 }
 
 /// The desktops of the local Docker `launcher`, served in this process with
-/// the WebRTC settings of `config` for `role`.
-fn docker_desktops(config: &Config, launcher: Arc<DockerLauncher>, role: Role) -> DockerDesktops {
+/// the WebRTC settings of `config` for `role`. Says which video encoder
+/// viewers will get; an NVENC asked for by name but not usable here is
+/// refused now rather than at every viewer.
+fn docker_desktops(
+    config: &Config,
+    launcher: Arc<DockerLauncher>,
+    role: Role,
+) -> Result<DockerDesktops, AppError> {
+    let nvenc = deskgate_media::h264::nvenc_available();
+    if config.media.encoder == EncoderChoice::H264Nvenc && !nvenc {
+        return Err(AppError::Part(
+            "DESKGATE_WEBRTC_ENCODER=h264-nvenc, but NVENC cannot open on this host \
+             (no NVIDIA GPU, driver or libnvidia-encode); use auto or vp8"
+                .into(),
+        ));
+    }
+    tracing::info!(
+        encoder = %config.media.encoder,
+        nvenc,
+        udp_ip = %config.media.udp_ip(role),
+        "desktops served here; video encoded on this host"
+    );
     let webrtc = WebRtcSettings {
         udp_ip: config.media.udp_ip(role),
+        public_ips: config.media.public_ips.clone(),
         video: VideoSettings {
             bitrate_bps: config.media.bitrate_bps,
+            max_bitrate_bps: config.media.max_bitrate_bps,
             max_fps: config.media.max_fps,
+            encoder: config.media.encoder,
             ..VideoSettings::default()
         },
     };
-    DockerDesktops::new(launcher, webrtc)
+    Ok(DockerDesktops::new(launcher, webrtc))
 }
 
 /// The local Docker launcher with the session settings of `config`, once the

@@ -281,8 +281,26 @@ pub const KEYS: &[Key] = &[
     key!(
         "WEBRTC_BITRATE_KBPS",
         Plain,
-        Some("2500"),
-        "WebRTC video bitrate in kbit/s (100 to 50000)"
+        None,
+        "WebRTC video bitrate to start at in kbit/s (100 to 50000); unset = by resolution (about 6000 at 1080p30)"
+    ),
+    key!(
+        "WEBRTC_MAX_BITRATE_KBPS",
+        Plain,
+        None,
+        "most the bitrate may rise to as the browser's feedback allows, kbit/s (100 to 50000); unset = the starting bitrate"
+    ),
+    key!(
+        "WEBRTC_ENCODER",
+        Plain,
+        Some("auto"),
+        "video encoder: auto (H.264 on NVENC where the GPU has it and the browser takes it, else VP8), vp8 or h264-nvenc"
+    ),
+    key!(
+        "WEBRTC_PUBLIC_IPS",
+        Plain,
+        None,
+        "comma-separated public IPs a 1:1 NAT maps to this host, advertised to browsers beside its own addresses"
     ),
     key!(
         "TRUSTED_PROXIES",
@@ -426,6 +444,9 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "WEBRTC_UDP_IP",
     "WEBRTC_MAX_FPS",
     "WEBRTC_BITRATE_KBPS",
+    "WEBRTC_MAX_BITRATE_KBPS",
+    "WEBRTC_ENCODER",
+    "WEBRTC_PUBLIC_IPS",
     "GPUS",
     "BILLING_INTERVAL_SECONDS",
     "PRESENCE_TIMEOUT_SECONDS",

@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use deskgate_media::EncoderChoice;
+
 use super::parse::{comma_list, parse_key, secret};
 use super::raw::RawSettings;
 use super::{Problem, Role};
@@ -28,8 +30,14 @@ pub struct MediaConfig {
     gate_ip: IpAddr,
     /// Most video frames per second to a WebRTC viewer.
     pub max_fps: u32,
-    /// WebRTC video bitrate, bits per second.
+    /// WebRTC video bitrate to start at, bits per second; 0 = by resolution.
     pub bitrate_bps: u32,
+    /// Most the bitrate may rise to, bits per second; 0 = the starting one.
+    pub max_bitrate_bps: u32,
+    /// Which video encoder.
+    pub encoder: EncoderChoice,
+    /// Public IPs a 1:1 NAT maps to this host.
+    pub public_ips: Vec<IpAddr>,
 }
 
 impl MediaConfig {
@@ -50,10 +58,25 @@ impl MediaConfig {
             Ok(n @ 1..=60) => Ok(n),
             _ => Err(format!("`{t}` is not a frame rate from 1 to 60")),
         });
-        let bitrate_kbps = parse_key(raw, "WEBRTC_BITRATE_KBPS", p, |t| match t.parse::<u32>() {
+        let kbps = |t: &str| match t.parse::<u32>() {
             Ok(n @ 100..=50_000) => Ok(n),
             _ => Err(format!("`{t}` is not a bitrate from 100 to 50000 kbit/s")),
+        };
+        let bitrate_kbps = parse_key(raw, "WEBRTC_BITRATE_KBPS", p, kbps);
+        let max_bitrate_kbps = parse_key(raw, "WEBRTC_MAX_BITRATE_KBPS", p, kbps);
+        let encoder = parse_key(raw, "WEBRTC_ENCODER", p, |t| {
+            t.parse::<EncoderChoice>()
+                .map_err(|_| format!("`{t}` is not auto, vp8 or h264-nvenc"))
         });
+        let public_ips = parse_key(raw, "WEBRTC_PUBLIC_IPS", p, |t| {
+            comma_list(t)
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| format!("`{ip}` is not an IP address such as 203.0.113.7"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
         let turn_urls = parse_key(raw, "TURN_URLS", p, |t| {
             comma_list(t)
                 .map(|u| {
@@ -78,7 +101,10 @@ impl MediaConfig {
             udp_ip,
             gate_ip: bind.map_or(IpAddr::from([127, 0, 0, 1]), |b| b.ip()),
             max_fps: max_fps?,
-            bitrate_bps: bitrate_kbps? * 1000,
+            bitrate_bps: bitrate_kbps.map_or(0, |k| k * 1000),
+            max_bitrate_bps: max_bitrate_kbps.map_or(0, |k| k * 1000),
+            encoder: encoder?,
+            public_ips,
         })
     }
 }
@@ -112,8 +138,11 @@ mod tests {
         );
         assert_eq!(
             (config.media.max_fps, config.media.bitrate_bps),
-            (30, 2_500_000)
+            (30, 0),
+            "the bitrate follows the resolution unless set"
         );
+        assert_eq!(config.media.encoder, EncoderChoice::Auto);
+        assert!(config.media.public_ips.is_empty());
         let config = load(
             None,
             env(&[
@@ -137,6 +166,9 @@ mod tests {
                 ("DESKGATE_WEBRTC_UDP_IP", "localhost"),
                 ("DESKGATE_WEBRTC_MAX_FPS", "0"),
                 ("DESKGATE_WEBRTC_BITRATE_KBPS", "99"),
+                ("DESKGATE_WEBRTC_MAX_BITRATE_KBPS", "50001"),
+                ("DESKGATE_WEBRTC_ENCODER", "h265"),
+                ("DESKGATE_WEBRTC_PUBLIC_IPS", "203.0.113.7, gateway"),
             ]),
             Role::Serve,
         );
@@ -150,7 +182,30 @@ mod tests {
             [
                 "DESKGATE_WEBRTC_UDP_IP",
                 "DESKGATE_WEBRTC_MAX_FPS",
-                "DESKGATE_WEBRTC_BITRATE_KBPS"
+                "DESKGATE_WEBRTC_BITRATE_KBPS",
+                "DESKGATE_WEBRTC_MAX_BITRATE_KBPS",
+                "DESKGATE_WEBRTC_ENCODER",
+                "DESKGATE_WEBRTC_PUBLIC_IPS",
+            ]
+        );
+        let config = load(
+            None,
+            env(&[
+                ("DESKGATE_WEBRTC_MAX_BITRATE_KBPS", "12000"),
+                ("DESKGATE_WEBRTC_ENCODER", "vp8"),
+                ("DESKGATE_WEBRTC_PUBLIC_IPS", "203.0.113.7, 2001:db8::7"),
+            ]),
+            Role::Launcher,
+        )
+        .config
+        .expect("config");
+        assert_eq!(config.media.max_bitrate_bps, 12_000_000);
+        assert_eq!(config.media.encoder, EncoderChoice::Vp8);
+        assert_eq!(
+            config.media.public_ips,
+            [
+                "203.0.113.7".parse::<IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
             ]
         );
     }

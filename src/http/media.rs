@@ -223,7 +223,9 @@ async fn webrtc(
         .map_err(|err| desktop_problem(id, err))?;
     let answer = served.answer;
     let counters = served.counters;
-    let stream = served.run;
+    let run = served.run;
+    let stream: BoxFuture<'static, StreamOutcome> =
+        Box::pin(async move { run.await.map_err(|failure| failure.detail) });
     tokio::spawn(run_stream(
         MediaPath::WebRtc,
         stream,

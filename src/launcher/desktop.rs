@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deskgate_actors::ports::SessionId;
-use deskgate_media::{IceServer, StreamCounters, StreamOutcome};
+use deskgate_media::{IceFailure, IceServer, RelayEnd, StreamCounters};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -55,6 +55,25 @@ pub struct WebRtcRequest {
     pub ice_servers: Vec<IceServer>,
 }
 
+/// Why a served stream failed: the ICE reason when ICE failed (a closed set,
+/// for metrics), and the whole story for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamFailure {
+    /// Set when the peer connection's ICE (or DTLS) failed.
+    pub ice: Option<IceFailure>,
+    /// What happened.
+    pub detail: String,
+}
+
+impl std::fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// How a served stream ended: which side left, or why it failed.
+pub type ServedOutcome = Result<RelayEnd, StreamFailure>;
+
 /// A desktop's WebRTC stream to one browser, answered and ready to run.
 pub struct WebRtcStream {
     /// The answer SDP for the browser.
@@ -63,7 +82,7 @@ pub struct WebRtcStream {
     pub counters: Arc<StreamCounters>,
     /// Runs the stream until the browser or the desktop leaves; dropping it
     /// closes the stream wherever it is served.
-    pub run: BoxFuture<'static, StreamOutcome>,
+    pub run: BoxFuture<'static, ServedOutcome>,
 }
 
 impl std::fmt::Debug for WebRtcStream {

@@ -20,15 +20,16 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use deskgate_actors::ports::SessionId;
-use deskgate_media::vp8::Vp8Encoder;
-use deskgate_media::{PeerError, PeerSettings, StreamCounters, VideoEncoder, VideoSettings};
+use deskgate_media::{
+    PeerError, PeerOptions, PeerSettings, StreamCounters, StreamError, VideoSettings,
+};
 use futures::StreamExt;
 use tokio_util::io::StreamReader;
 
 use super::{DockerLauncher, container_name};
 use crate::launcher::desktop::{
-    AuthenticatedRfb, DesktopError, DesktopIo, DesktopMedia, DesktopRef, WebRtcRequest,
-    WebRtcStream,
+    AuthenticatedRfb, DesktopError, DesktopIo, DesktopMedia, DesktopRef, StreamFailure,
+    WebRtcRequest, WebRtcStream,
 };
 use crate::platform::secret::Secret;
 
@@ -47,7 +48,10 @@ const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct WebRtcSettings {
     /// The IP the media UDP sockets bind; `0.0.0.0` = every interface.
     pub udp_ip: IpAddr,
-    /// Video frame rate and bitrate.
+    /// Public addresses a 1:1 NAT maps to this host, advertised beside its
+    /// own (`DESKGATE_WEBRTC_PUBLIC_IPS`).
+    pub public_ips: Vec<IpAddr>,
+    /// Video frame rate, bitrate and encoder.
     pub video: VideoSettings,
 }
 
@@ -154,7 +158,9 @@ impl DesktopMedia for DockerDesktops {
         request: WebRtcRequest,
     ) -> Result<WebRtcStream, DesktopError> {
         let video = self.webrtc.video;
-        let encoder = Vp8Encoder::new(video).map_err(|err| {
+        // H.264 on NVENC where the host has it and the browser takes it,
+        // else VP8 (or what DESKGATE_WEBRTC_ENCODER forces).
+        let encoder = deskgate_media::encoder_for_offer(video, &request.offer).map_err(|err| {
             tracing::error!(error = %err, "the video encoder cannot start");
             DesktopError::VideoUnavailable(err.to_string())
         })?;
@@ -167,16 +173,30 @@ impl DesktopMedia for DockerDesktops {
             udp_ip: self.webrtc.udp_ip,
             gather_timeout: ICE_GATHER_TIMEOUT,
         };
-        let (answer, peer) =
-            deskgate_media::answer_offer(request.offer, encoder.mime_type(), &settings)
-                .await
-                .map_err(peer_error)?;
+        let options = PeerOptions {
+            public_ips: self.webrtc.public_ips.clone(),
+            stream_id: desktop.session.to_string(),
+        };
+        let (answer, peer) = deskgate_media::answer_offer_with(
+            request.offer,
+            encoder.mime_type(),
+            &settings,
+            &options,
+        )
+        .await
+        .map_err(peer_error)?;
         let counters = Arc::new(StreamCounters::default());
         let stream_counters = counters.clone();
         let run = Box::pin(async move {
-            deskgate_media::stream_desktop(rfb, peer, Box::new(encoder), video, &stream_counters)
+            deskgate_media::stream_desktop(rfb, peer, encoder, video, &stream_counters)
                 .await
-                .map_err(|err| err.to_string())
+                .map_err(|err| StreamFailure {
+                    ice: match err {
+                        StreamError::IceFailed(reason) => Some(reason),
+                        _ => None,
+                    },
+                    detail: err.to_string(),
+                })
         });
         Ok(WebRtcStream {
             answer,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use deskgate_media::rfb::InputCount;
-use deskgate_media::{MediaPath, RelayEnd, StreamCounters, StreamOutcome};
+use deskgate_media::{MediaPath, RelayEnd, StreamCounters};
 use futures::{SinkExt, StreamExt, future};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -35,9 +35,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::client::RemoteLauncher;
 use super::splice::splice;
-use super::wire::{WebRtcOfferMsg, WebRtcReport, WireIceServer};
+use super::wire::{WebRtcOfferMsg, WebRtcReport, WireIceServer, ice_failure_of};
 use crate::launcher::desktop::{
-    AuthenticatedRfb, DesktopError, DesktopMedia, DesktopRef, WebRtcRequest, WebRtcStream,
+    AuthenticatedRfb, DesktopError, DesktopMedia, DesktopRef, ServedOutcome, StreamFailure,
+    WebRtcRequest, WebRtcStream,
 };
 
 /// How long reaching a launcher may take.
@@ -67,7 +68,11 @@ async fn dial(request: &tungstenite::handshake::client::Request) -> io::Result<T
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri
         .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no connection within 3 s"))??;
@@ -117,7 +122,9 @@ impl RemoteDesktops {
                 remote.base()
             ))
         };
-        let tcp = dial(&request).await.map_err(|e| unreachable(e.to_string()))?;
+        let tcp = dial(&request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let handshake =
             tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None);
         let answered = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -214,7 +221,7 @@ impl DesktopMedia for RemoteDesktops {
             }
         };
         let counters = Arc::new(StreamCounters::default());
-        let run = Box::pin(follow_stream(socket, counters.clone()));
+        let run = Box::pin(follow_stream(socket, counters.clone(), desktop));
         Ok(WebRtcStream {
             answer,
             counters,
@@ -241,12 +248,18 @@ async fn next_report(socket: &mut Socket) -> Result<WebRtcReport, String> {
     }
 }
 
-/// Follows a running stream's reports into `counters` until it ends.
-async fn follow_stream(mut socket: Socket, counters: Arc<StreamCounters>) -> StreamOutcome {
+/// Follows a running stream's reports into `counters` until it ends; an ICE
+/// failure on the launcher is logged and counted here too, with its reason.
+async fn follow_stream(
+    mut socket: Socket,
+    counters: Arc<StreamCounters>,
+    desktop: DesktopRef,
+) -> ServedOutcome {
+    let lost = |detail: String| StreamFailure { ice: None, detail };
     let path = MediaPath::WebRtc;
     let mut seen = deskgate_media::CounterSnapshot::default();
     loop {
-        match next_report(&mut socket).await? {
+        match next_report(&mut socket).await.map_err(lost)? {
             WebRtcReport::Counts {
                 keys,
                 pointer,
@@ -277,15 +290,33 @@ async fn follow_stream(mut socket: Socket, counters: Arc<StreamCounters>) -> Str
                     frames: 0,
                 };
             }
-            WebRtcReport::Ended { reason } => {
+            WebRtcReport::Ended {
+                reason,
+                ice_failure,
+            } => {
                 let _ = socket.close(None).await;
+                let ice = ice_failure.as_deref().and_then(ice_failure_of);
+                if let Some(failure) = ice {
+                    metrics::counter!("deskgate_media_ice_failures_total", "reason" => failure.label())
+                        .increment(1);
+                    tracing::warn!(
+                        session = %desktop.session,
+                        host = desktop.host,
+                        reason = failure.label(),
+                        detail = %reason,
+                        "a browser's WebRTC connection to the session's host failed"
+                    );
+                }
                 return match reason.as_str() {
                     "browser" => Ok(RelayEnd::BrowserClosed),
                     "desktop" => Ok(RelayEnd::DesktopClosed),
-                    _ => Err(reason),
+                    _ => Err(StreamFailure {
+                        ice,
+                        detail: reason,
+                    }),
                 };
             }
-            other => return Err(format!("the launcher sent {other:?} mid-stream")),
+            other => return Err(lost(format!("the launcher sent {other:?} mid-stream"))),
         }
     }
 }
@@ -316,7 +347,7 @@ mod tests {
     struct FakeDesktops {
         known: Mutex<Option<SessionId>>,
         desktop_ends: Mutex<Option<mpsc::UnboundedSender<DuplexStream>>>,
-        webrtc: Mutex<Option<(Arc<StreamCounters>, oneshot::Receiver<StreamOutcome>)>>,
+        webrtc: Mutex<Option<(Arc<StreamCounters>, oneshot::Receiver<ServedOutcome>)>>,
         webrtc_dropped: Arc<AtomicBool>,
     }
 
@@ -354,7 +385,10 @@ mod tests {
             let dropped = SetOnDrop(self.webrtc_dropped.clone());
             let run = Box::pin(async move {
                 let _dropped = dropped;
-                ended.await.unwrap_or(Err("abandoned".into()))
+                ended.await.unwrap_or(Err(StreamFailure {
+                    ice: None,
+                    detail: "abandoned".into(),
+                }))
             });
             let turn = request.ice_servers.first().map(|s| s.username.clone());
             Ok(WebRtcStream {
@@ -472,6 +506,31 @@ mod tests {
             matches!(outcome, Ok(Ok(RelayEnd::BrowserClosed))),
             "{outcome:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_ice_failure_on_the_launcher_reaches_the_gate_with_its_reason() {
+        let session = SessionId::new();
+        let desktops = Arc::new(FakeDesktops::default());
+        *desktops.known.lock().unwrap() = Some(session);
+        let (end, ended) = oneshot::channel();
+        *desktops.webrtc.lock().unwrap() = Some((Arc::default(), ended));
+        let remote = launcher_with(desktops).await;
+        let request = WebRtcRequest {
+            offer: "v=0".into(),
+            ice_servers: Vec::new(),
+        };
+        let stream = remote
+            .answer_webrtc(on_host_0(session), request)
+            .await
+            .unwrap();
+        let failure = StreamFailure {
+            ice: Some(deskgate_media::IceFailure::NoPair),
+            detail: "ICE failed (no candidate pair succeeded)".into(),
+        };
+        end.send(Err(failure.clone())).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), stream.run).await;
+        assert_eq!(outcome.expect("the end arrives"), Err(failure));
     }
 
     #[tokio::test]

@@ -8,7 +8,20 @@ use deskgate_actors::ports::{ContainerExit, SessionId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use deskgate_media::IceFailure;
+
 use crate::launcher::desktop::DesktopError;
+
+/// The ICE failure whose label is `label` (the labels are a closed set).
+pub fn ice_failure_of(label: &str) -> Option<IceFailure> {
+    [
+        IceFailure::NoPair,
+        IceFailure::ConsentLost,
+        IceFailure::Dtls,
+    ]
+    .into_iter()
+    .find(|f| f.label() == label)
+}
 
 /// What a gate asks the launcher to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +132,9 @@ pub enum WebRtcReport {
     Ended {
         /// `browser`, `desktop`, or the error that ended it.
         reason: String,
+        /// When ICE failed, why: an [`IceFailure`] label.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_failure: Option<String>,
     },
 }
 
@@ -178,6 +194,18 @@ mod tests {
         ] {
             assert_eq!(MediaRefusal::of(&refusal.to_error("x".into())), refusal);
         }
+    }
+
+    #[test]
+    fn ice_failures_round_trip_through_their_labels() {
+        for failure in [
+            IceFailure::NoPair,
+            IceFailure::ConsentLost,
+            IceFailure::Dtls,
+        ] {
+            assert_eq!(ice_failure_of(failure.label()), Some(failure));
+        }
+        assert_eq!(ice_failure_of("made_up"), None);
     }
 
     #[test]

@@ -192,13 +192,14 @@ async fn serve_webrtc(mut socket: WebSocket, state: Arc<LauncherState>, desktop:
             outcome = &mut run => {
                 let counts = counts_report(&counters);
                 let _ = send_report(&mut socket, &counts).await;
-                let reason = match outcome {
-                    Ok(RelayEnd::BrowserClosed) => "browser".to_string(),
-                    Ok(RelayEnd::DesktopClosed) => "desktop".to_string(),
-                    Err(error) => error,
+                let (reason, ice_failure) = match outcome {
+                    Ok(RelayEnd::BrowserClosed) => ("browser".to_string(), None),
+                    Ok(RelayEnd::DesktopClosed) => ("desktop".to_string(), None),
+                    Err(failure) => (failure.detail, failure.ice.map(|f| f.label().to_string())),
                 };
                 tracing::info!(session = %desktop.session, %reason, "WebRTC stream ended");
-                let _ = send_report(&mut socket, &WebRtcReport::Ended { reason }).await;
+                let ended = WebRtcReport::Ended { reason, ice_failure };
+                let _ = send_report(&mut socket, &ended).await;
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame { code: 1000, reason: "stream ended".into() })))
                     .await;
