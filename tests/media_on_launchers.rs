@@ -15,6 +15,12 @@
 //!   the other host's viewers are untouched, a new ticket is refused with 502
 //!   while the host is away and, once the launcher is back on the same
 //!   address, a new ticket shows the desktop again;
+//! - a launcher gone silent (its namespace drops every packet, the gate's and
+//!   the browser's, resetting nothing): its noVNC stream ends within 25 s with
+//!   4001 and a reason, a new ticket is refused with 502 in seconds (not 408
+//!   after 30 s), its WebRTC viewer ends and the launcher stops that stream;
+//!   the session keeps running and being billed, and once packets flow again
+//!   a new ticket shows the desktop (the times are printed);
 //! - ending a session closes both of its streams.
 //!
 //! The browser's namespace and the launchers' share one segment
@@ -292,6 +298,35 @@ async fn ended(driver: &mut PageDriver, name: &str, within: Duration) -> Result<
     Ok(answer["report"].clone())
 }
 
+/// Waits until viewer `name`'s stream ended, up to `within` after `since`;
+/// returns what its page saw and when the end was seen, counted from
+/// `since`: "after N s" when the wait saw it, "by N s" when it had ended
+/// before the wait began.
+async fn ended_since(
+    driver: &mut PageDriver,
+    name: &str,
+    since: Instant,
+    within: Duration,
+) -> Result<(Value, String), String> {
+    let left = within.saturating_sub(since.elapsed());
+    let command = json!({ "do": "ended", "name": name, "within_ms": left.as_millis() as u64 });
+    let answer = ask_ok(
+        driver,
+        command,
+        &format!("{name}: the stream did not end within {within:?}"),
+    )
+    .await?;
+    let seen = since.elapsed().as_secs_f64();
+    let waited = answer["ms"].as_u64().unwrap_or_default();
+    let when = if waited < 200 {
+        format!("by {seen:.1} s")
+    } else {
+        format!("after {seen:.1} s")
+    };
+    eprintln!("{name}: ended {when}: {}", answer["report"]);
+    Ok((answer["report"].clone(), when))
+}
+
 /// What viewer `name`'s page knows now.
 async fn state(driver: &mut PageDriver, name: &str) -> Result<Value, String> {
     let answer = ask(driver, json!({ "do": "state", "name": name })).await?;
@@ -331,9 +366,19 @@ async fn session_state(stage: &Stage, desk: &Desk) -> Value {
     body
 }
 
+/// How the gate answered a VNC handshake.
+struct Handshake {
+    /// 101, or the HTTP status of the refusal.
+    status: u16,
+    /// The refusal's body (a problem document).
+    body: String,
+    /// From the request to the answer (the ticket's issue not counted).
+    took: Duration,
+}
+
 /// Opens the VNC socket from the test's namespace with a fresh ticket (and
-/// the gate's public Origin); the HTTP status of a refused handshake.
-async fn vnc_handshake_status(page: &PageStage, desk: &Desk) -> Result<u16, String> {
+/// the gate's public Origin): what the gate answered, within 40 s.
+async fn vnc_handshake(page: &PageStage, desk: &Desk) -> Result<Handshake, String> {
     let ticket = ticket(&page.stage, &desk.token, &desk.id, "vnc").await;
     let mut request = format!(
         "ws://127.0.0.1:{}/api/v1/sessions/{}/vnc?ticket={ticket}",
@@ -344,14 +389,92 @@ async fn vnc_handshake_status(page: &PageStage, desk: &Desk) -> Result<u16, Stri
     request
         .headers_mut()
         .insert("origin", page.public_url.parse().unwrap());
+    let asked = Instant::now();
     let connect = tokio_tungstenite::connect_async(request);
-    match tokio::time::timeout(Duration::from_secs(20), connect).await {
-        Err(_) => Err("the VNC handshake hung for 20 s".into()),
-        Ok(Ok(_)) => Ok(101),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            Ok(response.status().as_u16())
+    let (status, body) = match tokio::time::timeout(Duration::from_secs(40), connect).await {
+        Err(_) => return Err("the VNC handshake hung for 40 s".into()),
+        Ok(Ok(_)) => (101, String::new()),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Ok(Err(other)) => return Err(format!("the VNC handshake failed: {other}")),
+    };
+    Ok(Handshake {
+        status,
+        body,
+        took: asked.elapsed(),
+    })
+}
+
+/// The handshake was refused with 502 `desktop-unreachable` within `within`.
+fn refused_unreachable(answer: &Handshake, within: Duration) -> Result<(), String> {
+    let problem: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+    ensure(
+        answer.status == 502
+            && problem["type"] == "urn:deskgate:problem:desktop-unreachable"
+            && answer.took < within,
+        || {
+            format!(
+                "a VNC ticket for the unreachable host's session got {} after {:?} \
+                 (wanted 502 desktop-unreachable within {within:?}): {}",
+                answer.status, answer.took, answer.body
+            )
+        },
+    )
+}
+
+/// A launcher's namespace silently dropping every packet from and to the
+/// outside (the gate's, the browser's; loopback spared), as a host behind a
+/// pulled cable: nothing is reset. Undone by [`Silenced::restore`] or on drop.
+struct Silenced<'a> {
+    netns: &'a NetNs,
+    on: bool,
+}
+
+/// The rules: each chain and its interface match (not loopback).
+const SILENCE: [[&str; 2]; 2] = [["INPUT", "-i"], ["OUTPUT", "-o"]];
+
+impl<'a> Silenced<'a> {
+    fn start(netns: &'a NetNs) -> Result<Self, String> {
+        let mut silenced = Self { netns, on: true };
+        for [chain, interface] in SILENCE {
+            silenced.iptables(&["-I", chain, "1", "!", interface, "lo", "-j", "DROP"])?;
         }
-        Ok(Err(other)) => Err(format!("the VNC handshake failed: {other}")),
+        Ok(silenced)
+    }
+
+    fn iptables(&mut self, args: &[&str]) -> Result<(), String> {
+        let out = self.netns.exec("iptables", args);
+        ensure(out.status.success(), || {
+            format!(
+                "`ip netns exec {} iptables {}` failed (the test needs iptables): {}",
+                self.netns.name,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+    }
+
+    /// Packets flow again.
+    fn restore(mut self) -> Result<(), String> {
+        self.undo()
+    }
+
+    fn undo(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.on) {
+            return Ok(());
+        }
+        for [chain, interface] in SILENCE {
+            self.iptables(&["-D", chain, "!", interface, "lo", "-j", "DROP"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Silenced<'_> {
+    fn drop(&mut self) {
+        let _ = self.undo();
     }
 }
 
@@ -490,6 +613,7 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
     let mut driver =
         PageDriver::spawn_with_shots("media_on_launchers.js", &page, &shots, &[&novnc]);
     let mut figures = None;
+    let mut silent_figures = None;
     let outcome: Result<(), String> = async {
         match driver.next().await? {
             Some((first, ..)) if first == "ready" => {}
@@ -618,10 +742,8 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
         // Host 0's viewers go on; the lost host's session runs and is billed.
         still_streaming(&mut driver, "vnc-0").await?;
         still_streaming(&mut driver, "rtc-0").await?;
-        let refused = vnc_handshake_status(&page, lost).await?;
-        ensure(refused == 502, || {
-            format!("a VNC ticket for the lost host's session got {refused}, not 502")
-        })?;
+        let refused = vnc_handshake(&page, lost).await?;
+        refused_unreachable(&refused, Duration::from_secs(8))?;
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut credit_now = credit(stage, lost).await;
         while credit_now >= credit_before && Instant::now() < deadline {
@@ -668,10 +790,122 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
         pattern(&mut driver, "rtc-1-again", "host1-webrtc-after-restart").await?;
         point(&mut driver, "rtc-1-again", lost, (123, 456)).await?;
 
+        // Host 0's launcher goes silent: its namespace drops every packet,
+        // the gate's and the browser's alike, and resets nothing.
+        let silent = &desks[0];
+        still_streaming(&mut driver, "vnc-0").await?;
+        still_streaming(&mut driver, "rtc-0").await?;
+        let credit_before = credit(stage, silent).await;
+        let log_before = launchers[0].output().len();
+        let cut = Instant::now();
+        let silenced = Silenced::start(&launchers[0].netns)?;
+        // At once: a new ticket, while the gate may still believe the VNC
+        // stream alive, and the end of the WebRTC viewer (the browser sees
+        // its peer fall silent); then the end of the noVNC stream.
+        let (rtc_ended, refused) = tokio::join!(
+            ended_since(&mut driver, "rtc-0", cut, Duration::from_secs(40)),
+            vnc_handshake(&page, silent),
+        );
+        let (_, rtc_ended_after) = rtc_ended?;
+        let refused = refused?;
+        refused_unreachable(&refused, Duration::from_secs(8))?;
+        let (closed, vnc_ended_after) =
+            ended_since(&mut driver, "vnc-0", cut, Duration::from_secs(25)).await?;
+        let reason = closed["closed"]["reason"].as_str().unwrap_or_default();
+        ensure(
+            closed["closed"]["code"] == 4001 && !reason.is_empty(),
+            || {
+                format!(
+                    "the silent host's VNC socket did not close with 4001 and a reason: {closed}"
+                )
+            },
+        )?;
+        eprintln!(
+            "launcher 0 silent: a new VNC ticket got {} after {:?}; WebRTC ended {rtc_ended_after}; \
+             noVNC closed {vnc_ended_after} with {} {reason:?}",
+            refused.status,
+            refused.took,
+            closed["closed"]["code"]
+        );
+        // The other host's viewers go on; the silent host's session runs and
+        // is billed; its launcher stops the stream whose gate went silent.
+        still_streaming(&mut driver, "vnc-1-again").await?;
+        still_streaming(&mut driver, "rtc-1-again").await?;
+        let during = session_state(stage, silent).await;
+        ensure(during["state"] == "running", || {
+            format!("the silent host's session did not keep running: {during}")
+        })?;
+        let stopped_line = |output: &str| {
+            output[log_before.min(output.len())..]
+                .lines()
+                .find(|l| {
+                    l.contains(&silent.id)
+                        && (l.contains("the gate went silent")
+                            || l.contains("WebRTC stream ended")
+                            || l.contains("stream stopped"))
+                })
+                .map(str::to_string)
+        };
+        let deadline = cut + Duration::from_secs(30);
+        let mut stopped = stopped_line(&launchers[0].output());
+        while stopped.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            stopped = stopped_line(&launchers[0].output());
+        }
+        let rtc_stopped_after = cut.elapsed();
+        let stopped = stopped.ok_or_else(|| {
+            "launcher 0 did not stop its WebRTC stream within 30 s of going silent".to_string()
+        })?;
+        eprintln!(
+            "launcher 0 silent: it stopped its WebRTC stream after {rtc_stopped_after:?}: {stopped}"
+        );
+        let credit_now = credit(stage, silent).await;
+        ensure(credit_now < credit_before, || {
+            format!("no billing while the host was silent: {credit_before} -> {credit_now}")
+        })?;
+        let during = session_state(stage, silent).await;
+        ensure(during["state"] == "running", || {
+            format!("the silent host's session did not keep running: {during}")
+        })?;
+        silenced.restore()?;
+        let silent_for = cut.elapsed();
+        silent_figures = Some(format!(
+            "silent launcher: noVNC stream ended {vnc_ended_after} (code {}, reason {reason:?}); \
+             a new VNC ticket got {} after {:.2} s; WebRTC viewer ended {rtc_ended_after}; \
+             the launcher stopped its WebRTC stream after {:.1} s; session {} and billed \
+             ({credit_before} -> {credit_now}) through {:.1} s of silence",
+            closed["closed"]["code"],
+            refused.status,
+            refused.took.as_secs_f64(),
+            rtc_stopped_after.as_secs_f64(),
+            during["state"],
+            silent_for.as_secs_f64(),
+        ));
+        eprintln!("{}", silent_figures.as_deref().unwrap_or_default());
+        for viewer in ["vnc-0", "rtc-0"] {
+            ask_ok(
+                &mut driver,
+                json!({ "do": "close", "name": viewer }),
+                "close",
+            )
+            .await?;
+        }
+
+        // Packets flow again: a new ticket shows the desktop again, on both
+        // paths.
+        let back = &launchers[0];
+        open_viewer(&mut driver, stage, "vnc-0-back", "vnc", silent, back).await?;
+        pattern(&mut driver, "vnc-0-back", "host0-novnc-after-silence").await?;
+        point(&mut driver, "vnc-0-back", silent, (222, 444)).await?;
+        open_viewer(&mut driver, stage, "rtc-0-back", "webrtc", silent, back).await?;
+        pattern(&mut driver, "rtc-0-back", "host0-webrtc-after-silence").await?;
+        point(&mut driver, "rtc-0-back", silent, (456, 123)).await?;
+        eprintln!("launcher 0 back after {:?} of silence", silent_for);
+
         // Ending a session closes both of its streams.
         for (desk, viewers) in desks
             .iter()
-            .zip([["vnc-0", "rtc-0"], ["vnc-1-again", "rtc-1-again"]])
+            .zip([["vnc-0-back", "rtc-0-back"], ["vnc-1-again", "rtc-1-again"]])
         {
             let (status, body) = gate
                 .delete(&session_path(&json!({ "id": desk.id })), &desk.token)
@@ -718,7 +952,7 @@ async fn launchers_serve_the_media_of_their_desktops_through_a_gate_without_dock
         !page.stage.gate.output().contains(TOKEN),
         "the token is in the gate's log"
     );
-    if let Some(figures) = figures {
+    for figures in [figures, silent_figures].into_iter().flatten() {
         eprintln!("{figures}");
     }
     page.stage.finish().await;
