@@ -39,6 +39,13 @@ enum Command {
     Migrate,
     /// Print this host's GPU inventory.
     Gpus,
+    /// Ask this host's running gate (or launcher) for /healthz; exit 0 when
+    /// it answers 200 (a container HEALTHCHECK that needs no curl).
+    Healthcheck {
+        /// Which program to ask.
+        #[arg(long = "for", value_enum, default_value = "serve")]
+        role: Role,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -71,6 +78,13 @@ fn main() -> ExitCode {
             ExitCode::from(u8::from(!loaded.problems.is_empty()))
         }
         Command::Gpus => gpus(load(Role::Serve)),
+        Command::Healthcheck { role } => {
+            let loaded = load(role);
+            match loaded.config {
+                Some(config) => printed(commands::healthcheck(&config, role)),
+                None => refuse(&loaded.problems),
+            }
+        }
         Command::Migrate => migrate(load(Role::Serve)),
         Command::Serve => run(load(Role::Serve), Role::Serve),
         Command::Launcher => run(load(Role::Launcher), Role::Launcher),

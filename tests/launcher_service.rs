@@ -21,7 +21,7 @@ use url::Url;
 
 use support::{
     Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit,
-    service_env, sleeper_image, spawn_launcher,
+    run_deskgate, service_env, sleeper_image, spawn_launcher,
 };
 
 const TOKEN: &str = "5b1e9c7d3a2f4e6081c9d7b5a3f1e2d4c6b8a0f9e7d5c3b1a2f4e6d8c0b9a7e5";
@@ -373,4 +373,33 @@ async fn a_launcher_killed_with_sigkill_adopts_running_containers_and_removes_or
     assert!(!network_exists(&docker, survivor).await);
     let output = second.process.output();
     assert!(output.contains("session containers recovered"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deskgate_healthcheck_exits_0_for_a_running_launcher_and_1_once_it_is_gone() {
+    let _shared = RECOVERY.read().await;
+    let _docker = docker().await;
+    let launcher = LauncherProcess::start().await;
+    let bind = format!("0.0.0.0:{}", launcher.port);
+    let env = [
+        ("DESKGATE_LAUNCHER_BIND", bind.as_str()),
+        ("DESKGATE_ALLOW_PUBLIC_BIND", "true"),
+        ("DESKGATE_LAUNCHER_TOKEN", TOKEN),
+    ];
+    let asked = format!("http://127.0.0.1:{}/healthz", launcher.port);
+    let healthcheck = || run_deskgate(&["healthcheck", "--for", "launcher"], &env);
+    let (status, output) = healthcheck();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains(&asked) && output.contains("200"),
+        "{output}"
+    );
+
+    launcher.process.kill_hard();
+    let (status, output) = healthcheck();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains(&asked) && output.contains("did not answer"),
+        "{output}"
+    );
 }

@@ -51,7 +51,7 @@ mod raw;
 mod server;
 mod sessions;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -13,7 +13,7 @@ pub(super) const PINNED_IMAGE: &str =
     "deskgate/desktop@sha256:4f2c4e1ab37d58e06c9b1f4a2d7e3c8b5a6f0e1d2c3b4a59687766554433221f";
 
 /// `pairs` as an environment, after a database and an RPC URL.
-pub(super) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut all = vec![
         (
             "DESKGATE_DATABASE_URL".to_string(),
