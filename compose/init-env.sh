@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Writes compose/.env for the docker compose stack: every secret of .env.example
+# ("change-me-…") replaced by 32 random bytes in hex, as `openssl rand -hex 32` makes.
+#
+#   compose/init-env.sh [--public-url URL] [--file PATH] [--force]
+#
+# --public-url  the address browsers open (DESKGATE_PUBLIC_URL); default: keep the example's
+# --file        where to write (default: compose/.env next to this script)
+# --force       replace an existing file (its secrets are lost: a running stack's database
+#               password and tokens then no longer match)
+#
+# The file is created with mode 600. Nothing secret is printed.
+set -euo pipefail
+
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+TEMPLATE=$HERE/.env.example
+TARGET=$HERE/.env
+PUBLIC_URL=
+FORCE=0
+
+die() {
+    printf '[init-env] error: %s\n' "$*" >&2
+    exit 1
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --public-url) PUBLIC_URL=${2:?--public-url needs a URL}; shift 2 ;;
+        --file) TARGET=${2:?--file needs a path}; shift 2 ;;
+        --force) FORCE=1; shift ;;
+        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+
+[[ -r $TEMPLATE ]] || die "cannot read $TEMPLATE"
+if [[ -e $TARGET && $FORCE -eq 0 ]]; then
+    die "$TARGET exists; keep it, or pass --force to replace its secrets"
+fi
+if [[ -n $PUBLIC_URL && ! $PUBLIC_URL =~ ^https?://[^/[:space:]]+/?$ ]]; then
+    die "--public-url must be http(s)://host[:port], got $PUBLIC_URL"
+fi
+
+# 32 bytes from the kernel's CSPRNG, in hex (no openssl needed).
+random_hex() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+
+umask 077
+tmp=$(mktemp "$TARGET.XXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
+while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ ^([A-Z0-9_]+)=change-me ]]; then
+        printf '%s=%s\n' "${BASH_REMATCH[1]}" "$(random_hex)"
+    elif [[ -n $PUBLIC_URL && $line =~ ^DESKGATE_PUBLIC_URL= ]]; then
+        printf 'DESKGATE_PUBLIC_URL=%s\n' "${PUBLIC_URL%/}"
+    else
+        printf '%s\n' "$line"
+    fi
+done < "$TEMPLATE" > "$tmp"
+chmod 600 -- "$tmp"
+mv -f -- "$tmp" "$TARGET"
+trap - EXIT
+printf '[init-env] wrote %s (mode 600) with fresh secrets\n' "$TARGET" >&2
