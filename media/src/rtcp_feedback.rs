@@ -39,7 +39,13 @@ pub(crate) fn spawn_rtcp_reader(
                 .iter()
                 .any(|p| is_keyframe_request(p.as_ref()))
                 .then_some(PeerEvent::KeyframeRequested);
-            let feedback = Feedback::from_rtcp(&packets, ssrc).map(PeerEvent::Feedback);
+            let feedback = Feedback::from_rtcp(&packets, ssrc);
+            if feedback.is_some_and(|f| f.remb_bps.is_some()) {
+                // The browser's estimate arrives: the proof, from outside,
+                // that the negotiated `goog-remb` is in use.
+                metrics::counter!("deskgate_media_remb_received_total").increment(1);
+            }
+            let feedback = feedback.map(PeerEvent::Feedback);
             // A full queue drops the message: another request or report
             // follows soon enough.
             for event in [keyframe, feedback].into_iter().flatten() {

@@ -23,7 +23,12 @@
 // the stream to close, and prints the report.
 //
 // Optional: DESKGATE_ICE_SERVERS, the ticket's ice_servers as JSON (default []).
-// Every wait is bounded; the whole run stays under 60 s.
+// DESKGATE_MOTION=WIDTHxHEIGHT adds a motion phase after the pointer message: the page
+// asks for that desktop size on the data channel ({"type":"resize"}), waits for video
+// of that size, logs "ready for motion" and then takes stdin lines: "sample NAME"
+// stores getStats() (inbound-rtp video with its timestamp, and the presented frame
+// count) as report.motion.NAME and logs "sampled NAME"; "done" ends the phase.
+// Every wait is bounded; the whole run stays under 90 s.
 const readline = require('readline');
 const { chromium } = require('playwright-core');
 
@@ -35,6 +40,7 @@ if (!origin || !session || ticket === undefined || !out) {
 const points = JSON.parse(pointsArg || '[[16,16],[48,16],[640,360]]');
 const iceServers = JSON.parse(process.env.DESKGATE_ICE_SERVERS || '[]');
 const idleMs = Number(process.env.DESKGATE_IDLE_MS || 5000);
+const motion = (process.env.DESKGATE_MOTION || '').split('x').map(Number);
 const offerPath = `/api/v1/sessions/${session}/webrtc`;
 const started = Date.now();
 const log = (m) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${m}`);
@@ -104,8 +110,16 @@ window.videoStats = async () => {
         frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0,
         bytesReceived: s.bytesReceived || 0, packetsLost: s.packetsLost || 0,
         pliCount: s.pliCount || 0, firCount: s.firCount || 0, nackCount: s.nackCount || 0,
+        totalDecodeTime: s.totalDecodeTime || 0, framesPerSecond: s.framesPerSecond || 0,
+        timestamp: s.timestamp, presented: report.videoFrames,
         codec: codec ? codec.mimeType : null,
       };
+    }
+  });
+  stats.forEach((s) => {
+    if (found && s.type === 'remote-outbound-rtp' && s.kind === 'video') {
+      found.remoteBytesSent = s.bytesSent || 0;
+      found.remotePacketsSent = s.packetsSent || 0;
     }
   });
   return found;
@@ -122,15 +136,34 @@ window.samplePixels = (points) => {
 const report = { error: null };
 let browser;
 
-// A line on stdin, or its end, or `ms` passing: the caller ended the session.
-function callerSaysEnded(ms) {
+// The caller's lines on stdin, read from the start so none is lost between waits.
+const stdinLines = [];
+let stdinEnded = false;
+let stdinWake = () => {};
+readline.createInterface({ input: process.stdin })
+  .on('line', (line) => { stdinLines.push(line); stdinWake(); })
+  .on('close', () => { stdinEnded = true; stdinWake(); });
+
+// The caller's next line, or 'eof' at the end of stdin, or 'timeout' after `ms`.
+function nextLine(ms) {
   return new Promise((resolve) => {
     const timer = setTimeout(() => resolve('timeout'), ms);
-    const lines = readline.createInterface({ input: process.stdin });
-    const done = (why) => { clearTimeout(timer); resolve(why); lines.close(); };
-    lines.once('line', () => done('line'));
-    lines.once('close', () => done('eof'));
+    const check = () => {
+      if (stdinLines.length) resolve(stdinLines.shift());
+      else if (stdinEnded) resolve('eof');
+      else return;
+      clearTimeout(timer);
+      stdinWake = () => {};
+    };
+    stdinWake = check;
+    check();
   });
+}
+
+// A line on stdin, or its end, or `ms` passing: the caller ended the session.
+async function callerSaysEnded(ms) {
+  const line = await nextLine(ms);
+  return ['eof', 'timeout'].includes(line) ? line : 'line';
 }
 
 async function finish(code) {
@@ -142,9 +175,9 @@ async function finish(code) {
 
 // The whole run is bounded whatever hangs.
 setTimeout(() => {
-  report.error = report.error || 'the viewer ran out of its 58 s';
+  report.error = report.error || 'the viewer ran out of its 88 s';
   finish(1);
-}, 58000).unref();
+}, 88000).unref();
 
 (async () => {
   browser = await chromium.launch({
@@ -181,9 +214,9 @@ setTimeout(() => {
     }
   });
 
-  const wait = async (what, fn, ms) => {
+  const wait = async (what, fn, ms, arg = null) => {
     try {
-      await page.waitForFunction(fn, null, { timeout: ms, polling: 100 });
+      await page.waitForFunction(fn, arg, { timeout: ms, polling: 100 });
       return true;
     } catch (e) {
       report.error = report.error || `${what} within ${ms / 1000} s`;
@@ -231,6 +264,35 @@ setTimeout(() => {
   await page.waitForTimeout(1000);
   report.afterPointer = await page.evaluate(() => window.videoStats());
   await page.screenshot({ path: out });
+  if (motion.length === 2 && motion.every((n) => n > 0)) {
+    const [width, height] = motion;
+    report.resizeSent = await page.evaluate(([width, height]) => {
+      if (window.dc.readyState !== 'open') return false;
+      window.dc.send(JSON.stringify({ type: 'resize', width, height }));
+      return true;
+    }, motion);
+    if (!await wait(`no ${width}x${height} video after the resize`, ([w, h]) => {
+      const v = document.getElementById('v');
+      return v.videoWidth === w && v.videoHeight === h;
+    }, 15000, motion)) {
+      await collect();
+      return finish(1);
+    }
+    report.motion = {};
+    log('ready for motion (stdin: "sample NAME" ..., "done")');
+    for (;;) {
+      const line = await nextLine(30000);
+      if (line === 'done') break;
+      if (!line.startsWith('sample ')) {
+        report.error = `the motion phase ended with ${JSON.stringify(line)}`;
+        await collect();
+        return finish(1);
+      }
+      const name = line.slice('sample '.length);
+      report.motion[name] = await page.evaluate(() => window.videoStats());
+      log(`sampled ${name}: ${JSON.stringify(report.motion[name])}`);
+    }
+  }
   await collect();
   // Still streaming when the caller ends the session (so a close seen later is its doing).
   report.openBeforeEnd = await page.evaluate(() => window.pc.connectionState === 'connected' && window.dc.readyState === 'open');
