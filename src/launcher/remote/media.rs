@@ -195,11 +195,7 @@ impl DesktopMedia for RemoteDesktops {
             ice_servers: request
                 .ice_servers
                 .into_iter()
-                .map(|s| WireIceServer {
-                    urls: s.urls,
-                    username: s.username,
-                    credential: s.credential,
-                })
+                .map(WireIceServer::from)
                 .collect(),
         };
         let text = serde_json::to_string(&offer).unwrap_or_default();

@@ -8,7 +8,7 @@ use deskgate_actors::ports::{ContainerExit, SessionId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use deskgate_media::IceFailure;
+use deskgate_media::{IceFailure, IceServer};
 
 use crate::launcher::desktop::DesktopError;
 
@@ -98,6 +98,26 @@ pub struct WireIceServer {
     pub username: String,
     /// TURN credential (empty for STUN).
     pub credential: String,
+}
+
+impl From<IceServer> for WireIceServer {
+    fn from(s: IceServer) -> Self {
+        Self {
+            urls: s.urls,
+            username: s.username,
+            credential: s.credential,
+        }
+    }
+}
+
+impl From<WireIceServer> for IceServer {
+    fn from(s: WireIceServer) -> Self {
+        Self {
+            urls: s.urls,
+            username: s.username,
+            credential: s.credential,
+        }
+    }
 }
 
 /// What a launcher says on a WebRTC socket: the answer (or a refusal), then

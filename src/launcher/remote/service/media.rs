@@ -247,15 +247,7 @@ async fn read_offer(socket: &mut WebSocket) -> Result<WebRtcRequest, String> {
         serde_json::from_str(&text).map_err(|e| format!("unreadable offer message: {e}"))?;
     Ok(WebRtcRequest {
         offer: offer.offer,
-        ice_servers: offer
-            .ice_servers
-            .into_iter()
-            .map(|s| IceServer {
-                urls: s.urls,
-                username: s.username,
-                credential: s.credential,
-            })
-            .collect(),
+        ice_servers: offer.ice_servers.into_iter().map(IceServer::from).collect(),
     })
 }
 
