@@ -15,8 +15,10 @@
 //!   allowlisted extras;
 //! - GPUs by explicit device id only (`DeviceRequest` with the `nvidia`
 //!   driver), and only when [`LauncherSettings::gpu_runtime`] is on: without
-//!   the NVIDIA runtime Docker refuses to start such a container. The leased
-//!   ids are recorded in the labels and `DESKGATE_GPUS` either way;
+//!   the NVIDIA runtime Docker refuses to start such a container. A desktop
+//!   asks for every driver capability it uses ([`GPU_CAPABILITIES`]: GL,
+//!   display, NVENC/NVDEC, CUDA, `nvidia-smi`). The leased ids are recorded
+//!   in the labels and `DESKGATE_GPUS` either way;
 //! - image pinned by digest when [`LauncherSettings::image_digest`] is set.
 //!
 //! # Network isolation (decision)
@@ -101,6 +103,12 @@ pub const LABEL_SESSION: &str = "deskgate.session";
 pub const LABEL_GPUS: &str = "deskgate.gpus";
 /// Label holding the host number.
 pub const LABEL_HOST: &str = "deskgate.host";
+/// The NVIDIA driver capabilities a session's GPUs come with (the NVIDIA
+/// Container Toolkit maps them to `NVIDIA_DRIVER_CAPABILITIES`): `gpu` selects
+/// the devices; `graphics` and `display` bring GL/EGL/Vulkan, `video`
+/// NVENC/NVDEC, `compute` CUDA and `utility` `nvidia-smi`/NVML.
+pub const GPU_CAPABILITIES: [&str; 6] =
+    ["gpu", "compute", "utility", "video", "graphics", "display"];
 
 /// The container name of a session.
 pub fn container_name(session: SessionId) -> String {
@@ -275,7 +283,9 @@ impl DockerLauncher {
             vec![DeviceRequest {
                 driver: Some("nvidia".into()),
                 device_ids: Some(gpus.clone()),
-                capabilities: Some(vec![vec!["gpu".into()]]),
+                capabilities: Some(vec![
+                    GPU_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                ]),
                 ..Default::default()
             }]
         });
@@ -732,5 +742,13 @@ mod tests {
         let requests = config.host_config.unwrap().device_requests.unwrap();
         assert_eq!(requests[0].device_ids, Some(vec!["1".into(), "3".into()]));
         assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
+        let capabilities = requests[0].capabilities.clone().unwrap();
+        assert_eq!(capabilities.len(), 1, "one AND-list of capabilities");
+        for needed in ["gpu", "graphics", "display", "video", "utility"] {
+            assert!(
+                capabilities[0].iter().any(|c| c == needed),
+                "{needed} missing"
+            );
+        }
     }
 }
