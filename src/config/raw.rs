@@ -24,7 +24,8 @@ pub struct RawSettings {
 impl RawSettings {
     /// Gathers settings from an optional TOML file and then the environment
     /// (`env` is normally `std::env::vars()`); problems with the file itself
-    /// are returned alongside.
+    /// are returned alongside. An empty environment variable counts as unset
+    /// (compose files pass optional settings as `${NAME:-}`).
     pub fn gather(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -40,7 +41,9 @@ impl RawSettings {
             };
             // Unknown DESKGATE_* variables are tolerated: test harnesses and
             // scripts share the prefix.
-            if let Some(key) = key_info(short) {
+            if let Some(key) = key_info(short)
+                && !value.trim().is_empty()
+            {
                 raw.values.insert(key.name, (value, Source::Env));
             }
         }
@@ -197,6 +200,36 @@ mod tests {
             panic!("launcher_urls in the file must mean remote launchers");
         };
         assert_eq!(urls.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_environment_variable_counts_as_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deskgate.toml");
+        std::fs::write(&path, "chain_id = 31337\n").unwrap();
+        let loaded = load(
+            Some(&path),
+            env(&[
+                ("DESKGATE_TOKEN_ADDRESS", ""),
+                ("DESKGATE_TLS_CERT", " "),
+                ("DESKGATE_CHAIN_ID", ""),
+            ]),
+            Role::Serve,
+        );
+        assert!(
+            !loaded
+                .problems
+                .iter()
+                .any(|p| p.variable.contains("TOKEN_ADDRESS")),
+            "{:?}",
+            loaded.problems
+        );
+        let config = loaded.config.expect("empty values are not problems");
+        assert_eq!(
+            config.chain.id, 31337,
+            "an empty variable overrode the file"
+        );
+        assert!(!config.is_tls());
     }
 
     #[test]
