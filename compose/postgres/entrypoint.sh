@@ -18,10 +18,11 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
     rm -rf "$tmp"
     echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
-    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/tmp" -w start >/dev/null
     if [ "$POSTGRES_DB" != postgres ]; then
-        createdb -U "$POSTGRES_USER" "$POSTGRES_DB"
+        createdb -h /tmp -U "$POSTGRES_USER" "$POSTGRES_DB"
     fi
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*'
+# The socket in /tmp: with a read-only root, /tmp is the tmpfs postgres can write.
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/tmp
