@@ -276,9 +276,15 @@ async fn gpu_device_requests_name_the_leased_ids_when_the_runtime_is_on() {
         requests[0].device_ids,
         Some(vec!["1".to_string(), "3".to_string()])
     );
+    // One AND-list: the devices plus every driver capability a desktop uses.
     assert_eq!(
         requests[0].capabilities,
-        Some(vec![vec!["gpu".to_string()]])
+        Some(vec![
+            deskgate::launcher::docker::GPU_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        ])
     );
     assert!(requests[0].count.unwrap_or(0) == 0, "never 'all GPUs'");
     launcher.stop(session).await.expect("stop");
