@@ -21,14 +21,16 @@ ifeq ($(shell command -v cargo 2>/dev/null),)
   endif
 endif
 
-.PHONY: help services services-down web test run bench fmt clippy check-cargo check-rustfmt check-clippy
+.PHONY: help services services-down web compose-images test run bench fmt clippy check-cargo check-rustfmt check-clippy
 
 help:
 	@echo 'deskgate make targets:'
 	@echo '  services       start PostgreSQL, Docker (+ test image) and anvil; write .deskgate/services.env'
 	@echo '  services-down  stop them (dockerd only if the scripts started it)'
 	@echo '  web            build the web client (web/ -> web/dist, embedded by the gate)'
-	@echo '  test           services and web, then cargo fmt --check, clippy -D warnings, cargo test, the page tests (what CI runs)'
+	@echo '  compose-images build the docker compose stack images on local Debian bases (~15 min cold)'
+	@echo '  test           services and web, then cargo fmt --check, clippy -D warnings, the page tests,'
+	@echo '                 the compose images, cargo test (what CI runs)'
 	@echo '  run            services, then the gate on http://127.0.0.1:8080 (DESKGATE_* in your env win)'
 	@echo '  bench          services, then cargo bench --workspace'
 	@echo '  fmt            cargo fmt --all'
@@ -57,10 +59,14 @@ services-down:
 web:
 	scripts/web.sh build
 
+compose-images: services
+	scripts/compose-stack.sh build
+
 test: check-rustfmt check-clippy services web
 	$(WITH_ENV) cargo fmt --all -- $(FMT_CHECK)
 	$(WITH_ENV) cargo clippy --workspace --all-targets --locked -- -D warnings
 	scripts/web.sh test
+	scripts/compose-stack.sh build
 	$(WITH_ENV) cargo test --workspace --locked
 
 run: check-cargo services web

@@ -88,16 +88,32 @@ impl PageDriver {
         let chromium = page
             .netns
             .chromium_wrapper(&service_env("DESKGATE_CHROMIUM"));
+        let mut args = vec![page.public_url.as_str(), page.stage.anvil.url.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn_at(script, &chromium, shots, &args)
+    }
+
+    /// Runs `script` with `args` (its public URL and wallet RPC first) and
+    /// `shots` as its third argument, with `chromium` as the browser to
+    /// launch (Debian's Chromium on this host, or a wrapper that runs it in
+    /// a namespace).
+    pub fn spawn_at(
+        script: &str,
+        chromium: impl AsRef<std::ffi::OsStr>,
+        shots: &Path,
+        args: &[&str],
+    ) -> Self {
+        let (urls, extra) = args.split_at(2.min(args.len()));
         let mut child = tokio::process::Command::new("node")
             .arg(repo_root().join("tests/browser").join(script))
-            .args([&page.public_url, &page.stage.anvil.url])
+            .args(urls)
             .arg(shots)
             .args(extra)
             .env(
                 "NODE_PATH",
                 format!("{}/node_modules", service_env("DESKGATE_PLAYWRIGHT_DIR")),
             )
-            .env("DESKGATE_CHROMIUM", &chromium)
+            .env("DESKGATE_CHROMIUM", chromium.as_ref())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -159,7 +175,18 @@ impl PageDriver {
     /// Waits for the driver's exit; fails with everything there is to know
     /// if `outcome` is an error or the driver did not exit cleanly, and if
     /// any of `wanted` was never reached.
-    pub async fn finish(mut self, outcome: Result<(), String>, page: &PageStage, wanted: &[&str]) {
+    pub async fn finish(self, outcome: Result<(), String>, page: &PageStage, wanted: &[&str]) {
+        self.finish_with(outcome, || page.stage.gate.output(), wanted)
+            .await;
+    }
+
+    /// [`PageDriver::finish`] for a gate whose log `gate_log` tells.
+    pub async fn finish_with(
+        mut self,
+        outcome: Result<(), String>,
+        gate_log: impl FnOnce() -> String,
+        wanted: &[&str],
+    ) {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
         let log = self.log.await.unwrap_or_default();
         if let Err(why) = outcome {
@@ -167,7 +194,7 @@ impl PageDriver {
                 "{why}\nstages reached: {:?}\nscreenshots: {}\ndriver log:\n{log}\ngate log:\n{}",
                 self.reached,
                 self.shots.display(),
-                page.stage.gate.output()
+                gate_log()
             );
         }
         assert!(
