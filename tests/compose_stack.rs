@@ -633,29 +633,44 @@ async fn a_self_hoster_brings_up_the_stack_and_a_browser_user_gets_an_xfce_deskt
     let (status, body) = gate.post(&heartbeat, Some(&token), Value::Null).await;
     assert_eq!(status, 200, "heartbeat: {body}");
 
-    // A restart of every service with the desktop running: adopted, not relaunched.
+    // A restart of every service, then a down and up, with the desktop
+    // running: each time it is adopted with its container, not relaunched.
+    // (down leaves running desktops to the next up, as the README says.)
     let started_at = |c: &str| docker_cli(&["inspect", "--format", "{{.State.StartedAt}}", c]);
     let container_started = started_at(&container);
-    let before = stack.money_and_history();
-    stack.compose(&["restart"]);
-    stack.wait_ready(Duration::from_secs(120)).await;
-    let (status, body) = gate.post(&heartbeat, Some(&token), Value::Null).await;
-    assert_eq!(status, 200, "heartbeat after the restart: {body}");
-    let state = stack.sql(&format!(
-        "SELECT state FROM sessions WHERE id = '{session}'"
-    ));
-    assert_eq!(state, "running", "the running session after a restart");
-    assert_eq!(
-        started_at(&container),
-        container_started,
-        "the desktop container was restarted"
-    );
-    stack.assert_ledger_holds();
-    let after = stack.money_and_history();
-    assert!(
-        after.contains(&session),
-        "the session's history is gone: {before} → {after}"
-    );
+    for disruption in [
+        &[&["restart"][..]][..],
+        &[&["down"][..], &["up", "-d", "--no-build"][..]][..],
+    ] {
+        let before = stack.money_and_history();
+        for command in disruption {
+            stack.compose(command);
+            if command[0] == "down" {
+                assert!(stack.containers().is_empty(), "containers left after down");
+                let running =
+                    docker_cli(&["inspect", "--format", "{{.State.Running}}", &container]);
+                assert_eq!(running, "true", "down stopped the running desktop");
+            }
+        }
+        stack.wait_ready(Duration::from_secs(120)).await;
+        let (status, body) = gate.post(&heartbeat, Some(&token), Value::Null).await;
+        assert_eq!(status, 200, "heartbeat after {disruption:?}: {body}");
+        let state = stack.sql(&format!(
+            "SELECT state FROM sessions WHERE id = '{session}'"
+        ));
+        assert_eq!(state, "running", "the running session after {disruption:?}");
+        assert_eq!(
+            started_at(&container),
+            container_started,
+            "the desktop container was restarted by {disruption:?}"
+        );
+        stack.assert_ledger_holds();
+        let after = stack.money_and_history();
+        assert!(
+            after.contains(&session),
+            "the session's history is gone after {disruption:?}: {before} → {after}"
+        );
+    }
 
     // The user stops it.
     let (status, body) = gate
