@@ -12,7 +12,8 @@
 #               password and tokens then no longer match)
 #
 # It also records the group that owns this host's Docker socket (DESKGATE_DOCKER_GID),
-# which the launcher joins. The file is created with mode 600. Nothing secret is printed.
+# which the launcher joins, and the stack's TURN server at the public URL's host
+# (DESKGATE_TURN_URLS, port 3478, UDP and TCP). The file is created with mode 600. Nothing secret is printed.
 set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -85,6 +86,17 @@ done < "$TEMPLATE" > "$tmp"
         printf 'DESKGATE_DOCKER_GID=%s\n' "$(stat -c %g -- "$DOCKER_SOCKET")"
     else
         printf '[init-env] warning: no Docker socket at %s; set DESKGATE_DOCKER_GID yourself\n' "$DOCKER_SOCKET" >&2
+    fi
+    # Browsers reach the stack's TURN server where they reach the gate.
+    if ! grep -q '^DESKGATE_TURN_URLS=' "$tmp"; then
+        public=$(sed -n 's/^DESKGATE_PUBLIC_URL=//p' "$tmp" | tail -n 1)
+        host=${public#*://}
+        host=${host%%/*}
+        case $host in
+            \[*) host="${host%%]*}]" ;;
+            *) host=${host%%:*} ;;
+        esac
+        printf 'DESKGATE_TURN_URLS=turn:%s:3478?transport=udp,turn:%s:3478?transport=tcp\n' "$host" "$host"
     fi
     if ((DEV)); then
         for key in "${!DEV_VALUES[@]}"; do

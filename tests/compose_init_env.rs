@@ -44,6 +44,14 @@ fn init_env_writes_fresh_private_secrets_and_keeps_an_existing_file() {
     let text = std::fs::read_to_string(&target).unwrap();
     assert!(!text.contains("=change-me"), "{text}");
     assert!(text.contains("\nDESKGATE_PUBLIC_URL=https://desk.example.net\n"));
+    // Browsers find the stack's TURN server where they find the gate.
+    assert!(
+        text.contains(
+            "\nDESKGATE_TURN_URLS=turn:desk.example.net:3478?transport=udp,\
+             turn:desk.example.net:3478?transport=tcp\n"
+        ),
+        "{text}"
+    );
     let first = secrets(&text);
     let values: HashSet<&str> = first.iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(values.len(), first.len(), "every secret differs");

@@ -1,21 +1,24 @@
 // A browser user of the docker compose stack (tests/compose_stack.rs): Debian's headless
 // Chromium opens the gate at its published port, connects the test wallet, signs in,
 // deposits on the stack's anvil, starts `small`, watches the XFCE desktop arrive over
-// noVNC, opens a terminal with the keyboard and types a command into it.
+// WebRTC (the page's own choice; the video comes from the launcher through the stack's
+// TURN server), then over noVNC, opens a terminal with the keyboard and types a command
+// into it.
 //
 //   NODE_PATH=$DESKGATE_PLAYWRIGHT_DIR/node_modules \
 //       node compose_stack.js PUBLIC_URL WALLET_RPC SHOTS_DIR TYPED
 //
-// The desktop is picked over noVNC in the page's Connection menu: the stack's
-// launcher sits on an internal network, so WebRTC needs the stack's TURN server, which
-// this test does not configure. TYPED is the shell command typed into the terminal.
+// TYPED is the shell command typed into the terminal.
 //
 // Stages (JSON lines on stdout; the driver waits for a line on stdin after those marked *):
 //   page {status}, signed-in, credited {credit}, started,
-//   desktop* {ms, size, colours, dominant}   the first frame that is not blank: ms from the
-//       click on "Start small"; colours: distinct colours on a sampling grid; dominant:
-//       the share of the commonest one. Shot: xfce-desktop.png. The caller checks the
-//       desktop's panel from the outside, then answers.
+//   webrtc {ms, size, colours, dominant, candidate}   the first WebRTC frame that is not
+//       blank: ms from the click on "Start small"; colours: distinct colours on a
+//       sampling grid; dominant: the share of the commonest one; candidate: the type of
+//       the browser's end of the ICE pair in use. Shot: xfce-desktop-webrtc.png.
+//   desktop* {ms, size, colours, dominant}   the same over noVNC, ms from picking it in
+//       the Connection menu. Shot: xfce-desktop.png. The caller checks the desktop's
+//       panel from the outside, then answers.
 //   typed* {text}   the terminal is open (Ctrl+Alt+T, XFCE's shortcut) and TYPED + Return
 //       was typed into it; the caller answers once the desktop ran it. Shot: xfce-terminal.png.
 //   holding   the session is left running; the browser closes.
@@ -27,11 +30,21 @@ const { args, log, stage, nextLine, launch, run } = pageDriver('compose_stack.js
   ['PUBLIC_URL', 'WALLET_RPC', 'SHOTS_DIR', 'TYPED'], 240000);
 const { PUBLIC_URL: publicUrl, WALLET_RPC: walletRpc, SHOTS_DIR: shots, TYPED: typed } = args;
 
-/** Distinct colours on a 32-pixel grid of the noVNC canvas, and the commonest one's share. */
+/** Distinct colours on a 32-pixel grid of the view (video or noVNC canvas), and the commonest one's share. */
 const frameStats = () => {
-  const c = document.querySelector('.desktop-vnc canvas');
-  if (!c || !c.width || !c.height) return null;
-  const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const video = document.querySelector('.desktop-video');
+  const vnc = document.querySelector('.desktop-vnc canvas');
+  const source = video || vnc;
+  if (!source) return null;
+  const w = video ? video.videoWidth : vnc.width;
+  const h = video ? video.videoHeight : vnc.height;
+  if (!w || !h) return null;
+  const c = document.createElement('canvas');
+  c.width = w;
+  c.height = h;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(source, 0, 0, w, h);
+  const data = ctx.getImageData(0, 0, w, h).data;
   const counts = new Map();
   let n = 0;
   for (let y = 0; y < c.height; y += 32) {
@@ -50,6 +63,18 @@ run(async () => {
   const browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
   await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log, { knowsChain: false });
+  // Keep the page's peer connections within reach, to read which candidates carry
+  // the video (the page itself does not expose them).
+  await context.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.__peers = [];
+    window.RTCPeerConnection = function (...a) {
+      const pc = new Native(...a);
+      window.__peers.push(pc);
+      return pc;
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+  });
   const page = await context.newPage();
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`page error: ${e}`));
@@ -69,25 +94,48 @@ run(async () => {
   await page.getByTestId('deposit-status').filter({ hasText: 'Credited' }).waitFor({ timeout: 60000 });
   stage('credited', { credit: await page.getByTestId('credit').textContent() });
 
+  /** Waits for a frame that is not blank (XFCE paints its wallpaper, panel and icons). */
+  const firstFrame = async (what) => {
+    const deadline = Date.now() + 90000;
+    let stats;
+    for (;;) {
+      stats = await page.evaluate(frameStats);
+      if (stats && stats.colours >= 8 && stats.dominant < 0.95) return stats;
+      if (Date.now() > deadline) throw new Error(`no ${what} frame within 90 s: ${JSON.stringify(stats)}`);
+      await page.waitForTimeout(50);
+    }
+  };
+
   const clicked = Date.now();
   await page.getByRole('button', { name: 'Start small' }).click();
   stage('started');
-  await page.getByLabel('Connection').selectOption('vnc', { timeout: 60000 });
-  await page.getByTestId('desktop-path').filter({ hasText: 'noVNC' }).waitFor({ timeout: 60000 });
+  await page.getByTestId('desktop-path').filter({ hasText: 'WebRTC' }).waitFor({ timeout: 60000 });
+  await firstFrame('WebRTC');
+  const webrtcMs = Date.now() - clicked;
+  // Which of the browser's candidates carries the video (relay: through TURN).
+  const candidate = await page.evaluate(async () => {
+    const pc = window.__peers[window.__peers.length - 1];
+    if (!pc) return null;
+    const stats = await pc.getStats();
+    let pair;
+    stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+    if (!pair) return null;
+    const local = stats.get(pair.localCandidateId);
+    return local ? local.candidateType : null;
+  });
+  await page.waitForTimeout(2000);
+  await shot('xfce-desktop-webrtc');
+  stage('webrtc', { ms: webrtcMs, candidate, ...(await page.evaluate(frameStats)) });
 
-  // The first frame that is not blank: XFCE paints its wallpaper, panel and icons.
-  const deadline = Date.now() + 90000;
-  let stats;
-  for (;;) {
-    stats = await page.evaluate(frameStats);
-    if (stats && stats.colours >= 8 && stats.dominant < 0.95) break;
-    if (Date.now() > deadline) throw new Error(`no desktop frame within 90 s: ${JSON.stringify(stats)}`);
-    await page.waitForTimeout(50);
-  }
-  const ms = Date.now() - clicked;
+  const picked = Date.now();
+  await page.getByLabel('Connection').selectOption('vnc');
+  await page.getByTestId('desktop-path').filter({ hasText: 'noVNC' }).waitFor({ timeout: 60000 });
+  await page.locator('.desktop-vnc canvas').waitFor({ timeout: 30000 });
+  await firstFrame('noVNC');
+  const ms = Date.now() - picked;
   // Give the session a moment to finish painting before the kept screenshot.
-  await page.waitForTimeout(3000);
-  stats = await page.evaluate(frameStats);
+  await page.waitForTimeout(2000);
+  const stats = await page.evaluate(frameStats);
   await shot('xfce-desktop');
   stage('desktop', { ms, ...stats });
   await nextLine(60000);
