@@ -23,7 +23,7 @@
 //       was typed into it; the caller answers once the desktop ran it. Shot: xfce-terminal.png.
 //   holding   the session is left running; the browser closes.
 const path = require('path');
-const { pageDriver } = require('./page_driver');
+const { pageDriver, exposeDesktopFrame } = require('./page_driver');
 const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
 const { args, log, stage, nextLine, launch, run } = pageDriver('compose_stack.js',
@@ -32,37 +32,29 @@ const { PUBLIC_URL: publicUrl, WALLET_RPC: walletRpc, SHOTS_DIR: shots, TYPED: t
 
 /** Distinct colours on a 32-pixel grid of the view (video or noVNC canvas), and the commonest one's share. */
 const frameStats = () => {
-  const video = document.querySelector('.desktop-video');
-  const vnc = document.querySelector('.desktop-vnc canvas');
-  const source = video || vnc;
-  if (!source) return null;
-  const w = video ? video.videoWidth : vnc.width;
-  const h = video ? video.videoHeight : vnc.height;
-  if (!w || !h) return null;
-  const c = document.createElement('canvas');
-  c.width = w;
-  c.height = h;
-  const ctx = c.getContext('2d');
-  ctx.drawImage(source, 0, 0, w, h);
+  const frame = window.desktopFrame();
+  if (!frame) return null;
+  const { ctx, w, h } = frame;
   const data = ctx.getImageData(0, 0, w, h).data;
   const counts = new Map();
   let n = 0;
-  for (let y = 0; y < c.height; y += 32) {
-    for (let x = 0; x < c.width; x += 32) {
-      const i = (y * c.width + x) * 4;
+  for (let y = 0; y < h; y += 32) {
+    for (let x = 0; x < w; x += 32) {
+      const i = (y * w + x) * 4;
       const key = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2];
       counts.set(key, (counts.get(key) || 0) + 1);
       n += 1;
     }
   }
   const top = Math.max(...counts.values());
-  return { size: [c.width, c.height], colours: counts.size, dominant: top / n };
+  return { size: [w, h], colours: counts.size, dominant: top / n };
 };
 
 run(async () => {
   const browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1360, height: 1000 } });
   await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log, { knowsChain: false });
+  await exposeDesktopFrame(context);
   // Keep the page's peer connections within reach, to read which candidates carry
   // the video (the page itself does not expose them).
   await context.addInitScript(() => {

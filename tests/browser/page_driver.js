@@ -53,4 +53,29 @@ function pageDriver(script, names, limitMs = 280000) {
   return { args: named, log, stage, nextLine, launch, run };
 }
 
-module.exports = { pageDriver };
+/**
+ * Gives every page of `context` `window.desktopFrame()`: the desktop view's current
+ * frame (the WebRTC video or the noVNC canvas) drawn on a canvas, as {ctx, w, h}, or
+ * null before a frame shows.
+ */
+async function exposeDesktopFrame(context) {
+  await context.addInitScript(() => {
+    window.desktopFrame = () => {
+      const video = document.querySelector('.desktop-video');
+      const vnc = document.querySelector('.desktop-vnc canvas');
+      const source = video || vnc;
+      if (!source) return null;
+      const w = video ? video.videoWidth : vnc.width;
+      const h = video ? video.videoHeight : vnc.height;
+      if (!w || !h) return null;
+      const canvas = document.createElement('canvas');
+      canvas.width = w;
+      canvas.height = h;
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(source, 0, 0, w, h);
+      return { ctx, w, h };
+    };
+  });
+}
+
+module.exports = { pageDriver, exposeDesktopFrame };

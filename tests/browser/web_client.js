@@ -23,7 +23,7 @@
 // that size.
 // Every wait is bounded.
 const path = require('path');
-const { pageDriver } = require('./page_driver');
+const { pageDriver, exposeDesktopFrame } = require('./page_driver');
 const { injectWallet, DEV_ACCOUNTS } = require('./test_wallet');
 
 const { args, log, stage, nextLine, launch, run } = pageDriver('web_client.js', ['PUBLIC_URL', 'WALLET_RPC', 'SHOTS_DIR']);
@@ -43,6 +43,7 @@ run(async () => {
   // A wallet that does not know the chain yet: the page adds it (from /pricing's
   // wallet_rpc_url) and switches to it.
   await injectWallet(context, walletRpc, DEV_ACCOUNTS[0], log, { knowsChain: false });
+  await exposeDesktopFrame(context);
   const page = await context.newPage();
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`page error: ${e}`));
@@ -84,18 +85,9 @@ run(async () => {
     let pixels;
     for (;;) {
       pixels = await page.evaluate((samples) => {
-        const video = document.querySelector('.desktop-video');
-        const vnc = document.querySelector('.desktop-vnc canvas');
-        const source = video || vnc;
-        if (!source) return null;
-        const w = video ? video.videoWidth : vnc.width;
-        const h = video ? video.videoHeight : vnc.height;
-        if (!w || !h) return null;
-        const canvas = document.createElement('canvas');
-        canvas.width = w;
-        canvas.height = h;
-        const ctx = canvas.getContext('2d');
-        ctx.drawImage(source, 0, 0, w, h);
+        const frame = window.desktopFrame();
+        if (!frame) return null;
+        const { ctx, w, h } = frame;
         return { size: [w, h], at: samples.map(([x, y]) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3))) };
       }, SAMPLES);
       const tolerance = pathName === 'WebRTC' ? 24 : 8;
