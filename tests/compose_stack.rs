@@ -140,7 +140,7 @@ impl Stack {
     }
 
     /// `docker-compose … ARGS`, failing the test (with the stack's logs) if it fails.
-    fn compose(&self, args: &[&str]) -> String {
+    fn compose(&self, args: &[&str]) {
         let out = self.try_compose(args);
         assert!(
             out.status.success(),
@@ -148,7 +148,6 @@ impl Stack {
             text(&out),
             self.logs()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The last lines each service logged, for failure reports.
@@ -182,8 +181,8 @@ impl Stack {
 
     /// Waits until the long-running services run (healthy where they have a
     /// healthcheck), the desktop image's check exited 0 and `/readyz` answers
-    /// 200; returns how long that took.
-    async fn wait_ready(&self, within: Duration) -> Duration {
+    /// 200.
+    async fn wait_ready(&self, within: Duration) {
         let started = Instant::now();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -219,7 +218,7 @@ impl Stack {
             if waiting.is_empty() {
                 let ready = client.get(format!("{}/readyz", self.gate_url)).send().await;
                 match ready {
-                    Ok(r) if r.status() == 200 => return started.elapsed(),
+                    Ok(r) if r.status() == 200 => return,
                     Ok(r) => waiting.push(format!("/readyz: {}", r.status())),
                     Err(e) => waiting.push(format!("/readyz: {e}")),
                 }
