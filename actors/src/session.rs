@@ -8,8 +8,12 @@
 //! presence timeout or exhaustion), never discovered late. Every way
 //! of ending — stop, credit exhausted, presence timeout, idle timeout, container exit,
 //! launch failure, admin kill — goes through `SessionActorState::finish`,
-//! which bills, stops the container, releases the lease (through
-//! [`release_lease`]) and records why.
+//! which bills, stops the container, records why, and only then releases
+//! the lease (through [`release_lease`]). Stopping the container and
+//! recording the end are retried until they succeed: until both have, the
+//! GPUs stay with this session, so they never go to another while a
+//! container may still run on them or while the records say this session
+//! holds them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,6 +198,10 @@ pub struct SessionActorState {
 struct StateGauge(Option<&'static str>);
 
 const SESSIONS_GAUGE: &str = "deskgate_sessions_current";
+/// Delay between attempts at recording a session's end.
+const PERSIST_END_RETRY: Duration = Duration::from_secs(1);
+/// Delay between attempts at stopping a session's container.
+const STOP_RETRY: Duration = Duration::from_secs(1);
 
 impl StateGauge {
     fn set(&mut self, state: Option<SessionState>) {
@@ -556,12 +564,16 @@ impl SessionActorState {
         self.emit_state();
         let may_have_container =
             self.record.container_id.is_some() || was == SessionState::Launching;
-        if may_have_container && let Err(err) = self.args.launcher.stop(self.record.id).await {
-            tracing::warn!(session = %self.record.id, %err, "container stop failed");
+        if may_have_container {
+            self.stop_container().await;
         }
-        release_lease(&self.args.scheduler, self.record.id);
+        // The end is on record before the GPUs go back: a GPU is never on
+        // record as held by this session and by the next one at once, and a
+        // crash in between leaves an ended session, not a live one whose GPUs
+        // someone else holds.
         self.record.end(reason.clone());
-        self.persist().await;
+        self.persist_end().await;
+        release_lease(&self.args.scheduler, self.record.id);
         self.counted.set(None);
         metrics::counter!("deskgate_sessions_ended_total", "reason" => reason_label(&reason))
             .increment(1);
@@ -640,6 +652,38 @@ impl SessionActorState {
                     .saturating_duration_since(Instant::now())
                     .as_secs()
             }),
+        }
+    }
+
+    /// Stops and removes the container, retrying until its launcher says it
+    /// is gone. Until then the session stays stopping and keeps its GPUs:
+    /// a container the launcher could not be told to stop (its host cut off,
+    /// its Docker Engine restarting) may still be running on them.
+    async fn stop_container(&self) {
+        let mut failures = 0u64;
+        while let Err(err) = self.args.launcher.stop(self.record.id).await {
+            if failures % 30 == 0 {
+                tracing::warn!(session = %self.record.id, %err, failures,
+                    "container stop failed; retrying, the GPUs stay held until it is gone");
+            }
+            failures += 1;
+            tokio::time::sleep(STOP_RETRY).await;
+        }
+    }
+
+    /// Saves the ended record, retrying until the store takes it: until it
+    /// does, the GPUs stay leased to this session rather than go to another
+    /// while the record still says this one holds them.
+    async fn persist_end(&self) {
+        let mut failures = 0u64;
+        while let Err(err) = self.args.store.save(&self.record).await {
+            metrics::counter!("deskgate_session_persist_failures_total").increment(1);
+            if failures % 30 == 0 {
+                tracing::error!(session = %self.record.id, %err, failures,
+                    "cannot record the session's end; its GPUs stay held until it is");
+            }
+            failures += 1;
+            tokio::time::sleep(PERSIST_END_RETRY).await;
         }
     }
 

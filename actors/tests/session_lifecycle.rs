@@ -245,6 +245,81 @@ async fn container_exit_ends_the_session_and_frees_its_gpus() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_session_end_is_on_record_before_its_gpus_go_to_the_next_claim() {
+    // Found by the fault campaign: the GPU went to the waiter before the
+    // end was saved, so the records showed it held by both at once, and a
+    // store outage at that moment left the ended session "running" on it.
+    let tree = Tree::start(one_host(1), settings()).await;
+    let (a, b) = (wallet(21), wallet(22));
+    tree.fund(&a, 10_000);
+    tree.fund(&b, 10_000);
+    let first = tree.claim(&a, 1).await;
+    tree.wait_for(first.id, SessionState::Running).await;
+    let second = tree.claim(&b, 1).await;
+
+    tree.store.set_unavailable(true);
+    tree.actor(first.id)
+        .await
+        .cast(SessionMsg::Stop {
+            reason: EndReason::UserStopped,
+            reply: None,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(tree.launcher.stopped(first.id), "the container is stopped");
+    assert!(
+        tree.launcher.launched(second.id).is_none(),
+        "the GPU went to the next claim while the first session's end was not on record"
+    );
+
+    tree.store.set_unavailable(false);
+    tree.wait_for(second.id, SessionState::Running).await;
+    assert_eq!(tree.record(first.id).state, SessionState::Ended);
+    assert_eq!(
+        tree.record(first.id).end_reason,
+        Some(EndReason::UserStopped)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_whose_container_cannot_be_stopped_keeps_its_gpus_until_it_is() {
+    // Found by the fault campaign: a stop sent while the host was cut off
+    // failed, the session ended anyway and its container ran on, on a GPU
+    // already given to someone else.
+    let tree = Tree::start(one_host(1), settings()).await;
+    let (a, b) = (wallet(23), wallet(24));
+    tree.fund(&a, 10_000);
+    tree.fund(&b, 10_000);
+    let first = tree.claim(&a, 1).await;
+    tree.wait_for(first.id, SessionState::Running).await;
+    let second = tree.claim(&b, 1).await;
+
+    tree.launcher.set_unreachable(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tree.actor(first.id)
+        .await
+        .cast(SessionMsg::Stop {
+            reason: EndReason::UserStopped,
+            reply: None,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(tree.record(first.id).state, SessionState::Stopping);
+    assert!(
+        tree.launcher.launched(second.id).is_none(),
+        "the GPU was handed on"
+    );
+
+    tree.launcher.set_unreachable(false);
+    let (_, reason) = tree.wait_ended(first.id).await;
+    assert_eq!(reason, EndReason::UserStopped);
+    assert!(tree.launcher.stopped(first.id));
+    // Billed up to the stop, not for the time the stop took.
+    assert_eq!(tree.ledger.total_debited(first.id), 3);
+    tree.wait_for(second.id, SessionState::Running).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn launch_failure_bills_nothing_and_frees_the_gpus() {
     let tree = Tree::start(one_host(1), settings()).await;
     tree.launcher.fail_launches(Some("image not found".into()));
