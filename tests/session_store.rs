@@ -1,6 +1,7 @@
 //! `PgSessionStore` on a real PostgreSQL: records round-trip exactly, the
 //! database keeps the timestamps, recovery sees active sessions oldest
-//! first, and an ended session is final whatever a stale actor saves.
+//! first, an ended session is final whatever a stale actor saves, and the
+//! lease history (`session_leases`) follows the GPUs each save records.
 
 mod support;
 
@@ -66,6 +67,31 @@ mod sql {
             .first(&mut conn)
             .await
             .unwrap()
+    }
+
+    /// `(host, index, released)` of every lease on record for `id`.
+    pub async fn leases(pool: &DbPool, id: SessionId) -> Vec<(i32, i32, bool)> {
+        #[derive(diesel::QueryableByName)]
+        struct Lease {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            host: i32,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            gpu_index: i32,
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            released: bool,
+        }
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query(
+            "SELECT host, gpu_index, released_at IS NOT NULL AS released FROM session_leases \
+             WHERE session_id = $1 ORDER BY host, gpu_index",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(id.0)
+        .load::<Lease>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.host, l.gpu_index, l.released))
+        .collect()
     }
 
     /// Gives every session the same creation time.
@@ -337,5 +363,36 @@ async fn ended_sessions_never_change() {
     assert_eq!(stamps(&pool, ended.id).await, at_end);
     assert!(store.load_active().await.unwrap().is_empty());
 
+    teardown(db, pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lease_history_opens_with_the_gpus_and_closes_with_the_end() {
+    let (db, pool, store) = setup("store_leases").await;
+    let id = SessionId::new();
+    let mut session = record(id, ALICE, SessionState::Queued);
+    store.save(&session).await.unwrap();
+    assert_eq!(sql::leases(&pool, id).await, []);
+
+    session.state = SessionState::Launching;
+    session.gpu_addrs = vec![GpuAddr { host: 1, index: 0 }, GpuAddr { host: 1, index: 3 }];
+    store.save(&session).await.unwrap();
+    session.state = SessionState::Running;
+    store.save(&session).await.unwrap();
+    assert_eq!(
+        sql::leases(&pool, id).await,
+        [(1, 0, false), (1, 3, false)],
+        "one open lease per GPU, however often the session is saved"
+    );
+
+    session.end(EndReason::UserStopped);
+    store.save(&session).await.unwrap();
+    assert_eq!(sql::leases(&pool, id).await, [(1, 0, true), (1, 3, true)]);
+
+    // A stale save of the live session changes neither the row nor the history.
+    let mut stale = record(id, ALICE, SessionState::Running);
+    stale.gpu_addrs = vec![GpuAddr { host: 1, index: 0 }];
+    store.save(&stale).await.unwrap();
+    assert_eq!(sql::leases(&pool, id).await, [(1, 0, true), (1, 3, true)]);
     teardown(db, pool).await;
 }

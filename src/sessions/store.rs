@@ -8,6 +8,12 @@
 //! An ended row is final: the upsert's `WHERE` leaves it alone, so a save
 //! from a stale actor (one that still thinks the session runs) can never
 //! bring an ended session back. Such a save succeeds and changes nothing.
+//!
+//! The same statement keeps `session_leases`, the history of which GPUs the
+//! session held and when: a GPU in the saved row that has no open lease gets
+//! one, and an open lease on a GPU the row no longer holds (or of an ended
+//! session) is closed. So the history and the row never disagree, and an
+//! auditor can check from it that no GPU was held by two sessions at once.
 
 use async_trait::async_trait;
 use deskgate_actors::ports::{
@@ -41,8 +47,11 @@ impl PgSessionStore {
 
 /// The upsert behind [`PgSessionStore::save`]. `$4` is the new state; the
 /// insert's `started_at`/`ended_at` follow from it, and `EXCLUDED` carries
-/// them into the update.
+/// them into the update. The two CTEs after it keep `session_leases` in step
+/// with the row it wrote; the statement returns one row if the session was
+/// written, none if the row had already ended.
 const UPSERT: &str = "
+WITH saved AS (
 INSERT INTO sessions AS s (id, address, gpus, state, host, gpu_indices, container_id,
                            billed_intervals, billed_credit, billed_ms, end_reason,
                            started_at, ended_at)
@@ -63,7 +72,22 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = now(),
     started_at = COALESCE(s.started_at, EXCLUDED.started_at),
     ended_at = EXCLUDED.ended_at
-WHERE s.state <> 'ended'";
+WHERE s.state <> 'ended'
+RETURNING s.id, s.state, s.host, s.gpu_indices
+), released AS (
+    UPDATE session_leases AS l SET released_at = clock_timestamp()
+    FROM saved
+    WHERE l.session_id = saved.id AND l.released_at IS NULL
+      AND (saved.state = 'ended' OR l.host IS DISTINCT FROM saved.host
+           OR NOT (l.gpu_index = ANY (saved.gpu_indices)))
+), leased AS (
+    INSERT INTO session_leases (session_id, host, gpu_index)
+    SELECT saved.id, saved.host, g
+    FROM saved, unnest(saved.gpu_indices) AS g
+    WHERE saved.state <> 'ended' AND saved.host IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM saved";
 
 #[async_trait]
 impl SessionStore for PgSessionStore {
