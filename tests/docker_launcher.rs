@@ -589,3 +589,35 @@ async fn stop_removes_container_and_network_and_is_idempotent() {
         assert_ne!(exit.session, session, "stop reported as an exit: {exit:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_arrives_while_the_container_starts_leaves_nothing_behind() {
+    // Found by the fault campaign: the gate gave up on a launch across a
+    // partition and stopped the session; the stop reached the launcher
+    // before the container existed, found nothing, and the launch then
+    // created a container and a network that nobody would ever stop.
+    let _shared = RECONCILE.read().await;
+    let docker = docker().await;
+    let mut cleanup = Cleanup::new();
+    let launcher = std::sync::Arc::new(
+        DockerLauncher::new(docker.clone(), settings(&["sleep", "3600"])).unwrap(),
+    );
+    for delay_ms in [0u64, 5, 20, 60, 150] {
+        let session = cleanup.session();
+        let launching = {
+            let launcher = launcher.clone();
+            tokio::spawn(async move { launcher.launch(&spec(session, &[])).await })
+        };
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        launcher.stop(session).await.expect("stop");
+        let launched = launching.await.unwrap();
+        assert!(
+            !container_exists(&docker, session).await,
+            "a container outlived the stop (stop after {delay_ms} ms, launch gave {launched:?})"
+        );
+        assert!(
+            !network_exists(&docker, session).await,
+            "a network outlived the stop (stop after {delay_ms} ms)"
+        );
+    }
+}

@@ -198,6 +198,13 @@ impl Shared {
             .get(&session)
             .is_some_and(|at| at.elapsed() < STOP_MEMORY)
     }
+
+    /// Whether [`Launcher::stop`] was called for the session after `since`.
+    fn stopped_since(&self, session: SessionId, since: std::time::Instant) -> bool {
+        lock(&self.stopping)
+            .get(&session)
+            .is_some_and(|at| *at >= since)
+    }
 }
 
 /// What [`DockerLauncher::recover`] found after a restart.
@@ -563,6 +570,7 @@ impl DockerLauncher {
 impl Launcher for DockerLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let session = spec.session;
+        let began = std::time::Instant::now();
         if let Some(host) = self.settings.host
             && spec.host != host
         {
@@ -592,6 +600,15 @@ impl Launcher for DockerLauncher {
                 tracing::warn!(%session, error = %cleanup, "cleanup after a failed start failed");
             }
             return Err(err);
+        }
+        if self.shared.stopped_since(session, began) {
+            // The session was stopped while this launch was under way (its
+            // caller gave up on it, e.g. across a partition): the stop may
+            // have found nothing to remove, so the container goes now.
+            self.remove_all(session).await?;
+            return Err(LaunchError(format!(
+                "session {session} was stopped while its container started"
+            )));
         }
         tracing::info!(%session, container = %id, "session container started");
         Ok(id)
