@@ -292,6 +292,59 @@ async fn eth_and_token_deposits_are_credited_once_after_n_confirmations() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_credit_whose_transaction_fails_leaves_no_ledger_credit_behind() {
+    // Found by the fault campaign: the ledger posting committed on its own
+    // connection, then the connection that was to mark the deposit credited
+    // died, leaving a credit on the ledger for a deposit still pending (and
+    // a reorg could then remove it, credit and all).
+    let world = World::new("cw_atomic", OwnAnvil::start()).await;
+    let mut conn = AsyncPgConnection::establish(&world.db.url).await.unwrap();
+    diesel::sql_query(
+        "CREATE FUNCTION fail_credit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.status = 'credited' THEN RAISE EXCEPTION 'the connection died here'; END IF; \
+         RETURN NEW; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "CREATE TRIGGER fail_credit BEFORE UPDATE ON deposits \
+         FOR EACH ROW EXECUTE FUNCTION fail_credit()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let watcher = world.watcher(Required::Blocks(1), MANUAL).await;
+    let tx = world.send_eth(revenue(), eth(10)).await;
+    let round = status(&watcher).await;
+    let round = if round.last_error.is_none() {
+        call!(watcher, |reply| ChainWatcherMsg::Poll { reply }).unwrap()
+    } else {
+        round
+    };
+    assert!(round.last_error.is_some(), "the credit failed: {round:?}");
+    assert_eq!(world.statuses(tx).await, ["pending"]);
+    assert_eq!(
+        world.deposit_credits().await,
+        0,
+        "a credit without its deposit"
+    );
+    assert_eq!(world.balance().await, 0);
+
+    diesel::sql_query("DROP TRIGGER fail_credit ON deposits")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    poll(&watcher).await;
+    assert_eq!(world.statuses(tx).await, ["credited"]);
+    assert_eq!(world.deposit_credits().await, 1);
+    assert_eq!(world.balance().await, 36_000);
+    watcher.stop(None);
+    drop(conn);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_deposit_whose_block_is_reorged_away_is_never_credited() {
     let mut world = World::new("cw_reorg", OwnAnvil::start()).await;
     let watcher = world.watcher(Required::Blocks(4), MANUAL).await;

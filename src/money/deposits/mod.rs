@@ -5,7 +5,8 @@
 //! A deposit's credit is exactly-once twice over: the ledger applies the key
 //! `deposit:<chain>:<tx>:<log index>` at most once, and the row moves from
 //! `pending` to `credited` under a row lock in the same database transaction
-//! as that ledger call's success. The credit-seconds are fixed on the row
+//! as the ledger posting itself ([`PgLedger::post_within`]), so neither is
+//! ever on record without the other. The credit-seconds are fixed on the row
 //! before the ledger is asked, so a retry asks for the same amount even if
 //! the price (a tier discount) changed in between.
 //!
@@ -371,7 +372,6 @@ impl DepositBook for PgDepositBook {
         .await
         .map_err(db_error)?;
 
-        let ledger = &self.ledger;
         let wallet = WalletId::new(&deposit.from.to_string());
         let key = deposit.credit_key(self.chain_id);
         let credited = conn
@@ -399,8 +399,12 @@ impl DepositBook for PgDepositBook {
                     other => return Err(CreditError::NotPending(other.to_string())),
                 }
                 if amount > 0 {
-                    ledger
-                        .post(Posting {
+                    // In this transaction: a credit on the ledger and a row
+                    // still `pending` (the connection lost between two
+                    // commits) could then be reorged away, credited.
+                    PgLedger::post_within(
+                        conn,
+                        &Posting {
                             key,
                             operation: Operation::Credit {
                                 wallet: wallet.clone(),
@@ -409,8 +413,9 @@ impl DepositBook for PgDepositBook {
                             },
                             reference: Some(format!("deposit:{tx}:{log_index}")),
                             created_by: "system".into(),
-                        })
-                        .await?;
+                        },
+                    )
+                    .await?;
                 }
                 diesel::sql_query(
                     "UPDATE deposits SET status = 'credited', credited_at = now(), \

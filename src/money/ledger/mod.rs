@@ -147,6 +147,22 @@ impl PgLedger {
             .collect())
     }
 
+    /// Posts one transaction inside the caller's database transaction
+    /// (`conn` must be in one), so that it commits or rolls back together
+    /// with what the caller writes beside it: a deposit's move to
+    /// `credited`. No retry here: the caller retries its transaction whole.
+    pub async fn post_within(
+        conn: &mut diesel_async::AsyncPgConnection,
+        posting: &Posting,
+    ) -> Result<Receipt, LedgerError> {
+        posting.validate()?;
+        post_in_transaction(conn, std::slice::from_ref(posting))
+            .await
+            .map_err(|err| LedgerError::Unavailable(err.to_string()))?
+            .pop()
+            .unwrap_or_else(|| Err(LedgerError::Unavailable("empty batch outcome".into())))
+    }
+
     /// Adds credit to a wallet.
     pub async fn credit(
         &self,
