@@ -562,8 +562,10 @@ impl SessionActorState {
         self.record.state = SessionState::Stopping;
         self.persist().await;
         self.emit_state();
-        let may_have_container =
-            self.record.container_id.is_some() || was == SessionState::Launching;
+        // Any session past the queue may have a container, whether or not
+        // its id is on record (a gate that died mid-launch never learnt it);
+        // stopping one that has none is a no-op.
+        let may_have_container = was != SessionState::Queued || self.record.container_id.is_some();
         if may_have_container {
             self.stop_container().await;
         }

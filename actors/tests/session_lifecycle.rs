@@ -585,3 +585,41 @@ async fn recovery_adopts_survivors_ends_the_lost_and_removes_orphans() {
     assert_eq!(tree.ledger.total_debited(survivor.id), 12);
     assert_eq!(tree.record(survivor.id).billed_credit, 42);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_adopted_mid_launch_has_its_container_stopped_when_it_ends() {
+    // Found by the fault campaign: the gate died after recording the session
+    // as launching but before it learnt the container's id; the launcher
+    // started the container anyway, the next gate adopted it, and when the
+    // user stopped the session nothing stopped the container (no id on record).
+    let ledger = Arc::new(MemoryLedger::new());
+    let store = Arc::new(MemoryStore::new());
+    let launcher = Arc::new(FakeLauncher::new());
+    let gpus = one_host(1);
+    let owner = wallet(210);
+    ledger.deposit(&owner, 1_000);
+    let launching = SessionRecord {
+        state: SessionState::Launching,
+        gpu_addrs: vec![gpus[0]],
+        ..SessionRecord::new(deskgate_actors::ports::SessionId::new(), owner, 1)
+    };
+    store.save(&launching).await.unwrap();
+    launcher.insert_running(RunningContainer {
+        session: launching.id,
+        container_id: "started-after-the-crash".into(),
+        host: 0,
+    });
+    let tree = Tree::start_with(gpus, settings(), ledger, store, launcher).await;
+    tree.wait_for(launching.id, SessionState::Running).await;
+    assert_eq!(
+        tree.record(launching.id).container_id.as_deref(),
+        Some("started-after-the-crash")
+    );
+    assert!(tree.stop(launching.id, EndReason::UserStopped).await);
+    tree.wait_ended(launching.id).await;
+    assert!(
+        tree.launcher.stopped(launching.id),
+        "the adopted container was left running"
+    );
+    tree.assert_all_gpus_free().await;
+}

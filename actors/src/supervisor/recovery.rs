@@ -117,6 +117,14 @@ impl SupervisorState {
                     }
                 },
                 SessionState::Running | SessionState::Launching if has_container => {
+                    // A gate that died mid-launch never recorded the id of
+                    // the container its launcher went on to start.
+                    if record.container_id.is_none() {
+                        record.container_id = containers
+                            .iter()
+                            .find(|c| c.session == id)
+                            .map(|c| c.container_id.clone());
+                    }
                     if self.adopt(myself, record.clone()).await {
                         report.adopted.push(id);
                     } else {
