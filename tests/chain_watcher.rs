@@ -72,12 +72,7 @@ impl World {
         let pool = deskgate::db::pool(&Secret::new(db.url.clone())).unwrap();
         let ledger = PgLedger::new(pool.clone());
         let pricing = Pricing::new(U256::from(WEI_PER_HOUR), U256::from(TOKEN_PER_HOUR), vec![]);
-        let book = Arc::new(PgDepositBook::new(
-            pool,
-            ledger.clone(),
-            Arc::new(pricing),
-            CHAIN_ID,
-        ));
+        let book = Arc::new(PgDepositBook::new(pool, Arc::new(pricing), CHAIN_ID));
         let chain = Arc::new(AlloyChain::new(
             anvil.url.parse().unwrap(),
             revenue(),

@@ -664,7 +664,7 @@ impl SessionActorState {
     async fn stop_container(&self) {
         let mut failures = 0u64;
         while let Err(err) = self.args.launcher.stop(self.record.id).await {
-            if failures % 30 == 0 {
+            if failures.is_multiple_of(30) {
                 tracing::warn!(session = %self.record.id, %err, failures,
                     "container stop failed; retrying, the GPUs stay held until it is gone");
             }
@@ -680,7 +680,7 @@ impl SessionActorState {
         let mut failures = 0u64;
         while let Err(err) = self.args.store.save(&self.record).await {
             metrics::counter!("deskgate_session_persist_failures_total").increment(1);
-            if failures % 30 == 0 {
+            if failures.is_multiple_of(30) {
                 tracing::error!(session = %self.record.id, %err, failures,
                     "cannot record the session's end; its GPUs stay held until it is");
             }

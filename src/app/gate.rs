@@ -178,8 +178,7 @@ async fn build_deposits(
     );
     let pricer = Arc::new(TieredPricer::new(pricing, Arc::new(oracle)));
     let book = PgDepositBook::new(
-        pool.clone(),
-        PgLedger::new(pool),
+        pool,
         pricer.clone() as Arc<dyn DepositPricer>,
         config.chain.id,
     )

@@ -103,7 +103,6 @@ enum CreditError {
 #[derive(Clone)]
 pub struct PgDepositBook {
     pool: DbPool,
-    ledger: PgLedger,
     pricer: Arc<dyn DepositPricer>,
     chain_id: u64,
     on_credit: Option<CreditListener>,
@@ -122,16 +121,11 @@ impl fmt::Debug for PgDepositBook {
 }
 
 impl PgDepositBook {
-    /// A book for `chain_id` that credits through `ledger` at `pricer`'s prices.
-    pub fn new(
-        pool: DbPool,
-        ledger: PgLedger,
-        pricer: Arc<dyn DepositPricer>,
-        chain_id: u64,
-    ) -> Self {
+    /// A book for `chain_id` on `pool` that credits the ledger there (in
+    /// each deposit's own transaction) at `pricer`'s prices.
+    pub fn new(pool: DbPool, pricer: Arc<dyn DepositPricer>, chain_id: u64) -> Self {
         Self {
             pool,
-            ledger,
             pricer,
             chain_id,
             on_credit: None,
