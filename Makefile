@@ -21,7 +21,7 @@ ifeq ($(shell command -v cargo 2>/dev/null),)
   endif
 endif
 
-.PHONY: help services services-down web compose-images test run bench fmt clippy check-cargo check-rustfmt check-clippy
+.PHONY: help services services-down web compose-images test run bench chaos fmt clippy check-cargo check-rustfmt check-clippy
 
 help:
 	@echo 'deskgate make targets:'
@@ -33,6 +33,8 @@ help:
 	@echo '                 the compose images, cargo test (what CI runs)'
 	@echo '  run            services, then the gate on http://127.0.0.1:8080 (DESKGATE_* in your env win)'
 	@echo '  bench          services, then cargo bench --workspace'
+	@echo '  chaos          services, then the fault campaign: the kept seeds, then 1,000 faults'
+	@echo '                 on a new seed (FAULTS=N to change; DESKGATE_CHAOS_SEED to replay one)'
 	@echo '  fmt            cargo fmt --all'
 	@echo '  clippy         cargo clippy --workspace --all-targets -- -D warnings'
 
@@ -74,6 +76,9 @@ run: check-cargo services web
 
 bench: check-cargo services web
 	$(WITH_ENV) cargo bench --workspace
+
+chaos: check-cargo services web
+	$(WITH_ENV) scripts/chaos.sh $(or $(FAULTS),1000)
 
 fmt: check-rustfmt
 	cargo fmt --all

@@ -6,7 +6,9 @@
 #   postgres.sh start DATA_DIR PORT [CERT KEY]
 #                                    start (initdb first if needed) any cluster; idempotent;
 #                                    with CERT and KEY (PEM files): TLS on (ssl = on)
-#   postgres.sh stop DATA_DIR        stop a cluster started by `start`; no-op if stopped
+#   postgres.sh stop DATA_DIR [MODE] stop a cluster started by `start`; no-op if stopped;
+#                                    MODE is pg_ctl's shutdown mode: fast (default), smart
+#                                    or immediate (a crash: recovery from the WAL at start)
 #   postgres.sh status [DATA_DIR]    exit 0 when running
 #   postgres.sh packages             print the Debian packages that are missing
 #
@@ -234,8 +236,9 @@ cmd_start() { # DATA_DIR PORT [CERT KEY]
     log "running: postgres://$DB_ROLE:***@127.0.0.1:$port/$DB_NAME (data: $real, log: $logfile)"
 }
 
-cmd_stop() { # DATA_DIR
-    local data=$1 real
+cmd_stop() { # DATA_DIR [MODE]
+    local data=$1 mode=${2:-fast} real
+    [[ $mode =~ ^(smart|fast|immediate)$ ]] || die "shutdown mode must be smart, fast or immediate, not '$mode'"
     real=$(realpath -m -- "$data")
     if [[ ! -d $real ]]; then
         log "nothing to stop: $data does not exist"
@@ -247,8 +250,8 @@ cmd_stop() { # DATA_DIR
         log "not running: $data"
         return 0
     fi
-    log "stopping $data"
-    if ! as_owner "$PG_BINDIR/pg_ctl" -D "$real" -m fast -w -t 60 stop >/dev/null; then
+    log "stopping $data ($mode)"
+    if ! as_owner "$PG_BINDIR/pg_ctl" -D "$real" -m "$mode" -w -t 60 stop >/dev/null; then
         show_log_tail "$real/postmaster.log"
         die "could not stop PostgreSQL in $data"
     fi
@@ -271,8 +274,8 @@ start)
     cmd_start "$2" "$3" "${4:-}" "${5:-}"
     ;;
 stop)
-    (($# == 2)) || usage
-    cmd_stop "$2"
+    (($# == 2 || $# == 3)) || usage
+    cmd_stop "$2" "${3:-fast}"
     ;;
 up)
     (($# == 1)) || usage
