@@ -4,9 +4,11 @@
 //! a browser's SDP offer with a VP8 video track of the desktop and takes
 //! its `input` data channel.
 //!
-//! Order matters: the Origin is checked, then the single-use ticket is
-//! redeemed (a wrong, reused or expired ticket is refused before anything
-//! reaches the desktop), then the session must be running; only then does
+//! Order matters: the Origin is checked, then (for VNC) that the request is
+//! a WebSocket handshake at all, so that a request that could never become a
+//! socket does not spend a ticket; then the single-use ticket is redeemed (a
+//! wrong, reused or expired ticket is refused before anything reaches the
+//! desktop), then the session must be running; only then does
 //! the gate ask the [`crate::launcher::desktop::DesktopMedia`] port for the desktop — in-process on a
 //! single Docker host, or the launcher that runs the session — before it
 //! upgrades (or answers), so that a desktop that cannot be reached is a plain
@@ -22,7 +24,8 @@
 use std::io;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -45,7 +48,7 @@ use tokio::sync::broadcast;
 use utoipa::OpenApi;
 
 use super::extract::{origin_refused, parse_id, redeem_ticket};
-use super::problem::{Problem, bad_json, unknown_session};
+use super::problem::{Problem, bad_json, bad_query, not_a_websocket, unknown_session};
 use super::state::{ApiState, SessionsState, ViewerSlot};
 use crate::auth::tickets::Purpose;
 use crate::launcher::desktop::{DesktopError, DesktopRef, WebRtcRequest};
@@ -84,12 +87,16 @@ async fn vnc(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(query): Query<TicketQuery>,
-    upgrade: WebSocketUpgrade,
+    query: Result<Query<TicketQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
     let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
+    let Query(query) = query.map_err(bad_query)?;
+    // Before the ticket is redeemed: a request that cannot become a socket
+    // does not spend it.
+    let upgrade = upgrade.map_err(not_a_websocket)?;
     let (events, desktop) = authorise(&api, &desk, id, query.ticket, Purpose::Vnc).await?;
     let slot = api.viewers.admit(id)?;
     let desktop = desk
@@ -201,12 +208,13 @@ async fn webrtc(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(query): Query<TicketQuery>,
+    query: Result<Query<TicketQuery>, QueryRejection>,
     body: Result<Json<WebRtcOffer>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
     let id = parse_id(&id)?;
+    let Query(query) = query.map_err(bad_query)?;
     let Json(offer) = body.map_err(bad_json)?;
     let (events, desktop) = authorise(&api, &desk, id, query.ticket, Purpose::Webrtc).await?;
     let slot = api.viewers.admit(id)?;

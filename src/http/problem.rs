@@ -6,6 +6,7 @@
 //! service and the server use [`Problem`] too).
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -103,6 +104,13 @@ impl IntoResponse for Problem {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to; the
+        // only one this API upgrades to is WebSocket.
+        if status == StatusCode::UPGRADE_REQUIRED {
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         response
     }
 }
@@ -126,6 +134,31 @@ pub(crate) fn bad_json(rejection: JsonRejection) -> Problem {
         "The request body is not the JSON this endpoint takes",
     )
     .detail(rejection.body_text())
+}
+
+/// The problem for a request to a WebSocket route that is not a WebSocket
+/// handshake: 426 (with `Upgrade: websocket`) when it does not ask for an
+/// upgrade at all, else the status axum's extractor gives the broken
+/// handshake (400; 405 for a method other than GET). The socket routes
+/// answer it only after their own checks, so a plain request learns no more
+/// than a handshake would.
+pub(crate) fn not_a_websocket(rejection: WebSocketUpgradeRejection) -> Problem {
+    let detail = rejection.body_text();
+    match rejection {
+        WebSocketUpgradeRejection::InvalidConnectionHeader(_)
+        | WebSocketUpgradeRejection::InvalidUpgradeHeader(_)
+        | WebSocketUpgradeRejection::ConnectionNotUpgradable(_) => Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket-required",
+            "This route only answers a WebSocket handshake",
+        ),
+        other => Problem::new(
+            other.status(),
+            "bad-websocket-handshake",
+            "The WebSocket handshake is not valid",
+        ),
+    }
+    .detail(detail)
 }
 
 /// 400 for a query string the endpoint cannot read.
@@ -193,6 +226,40 @@ mod tests {
                 "checks": [],
             })
         );
+    }
+
+    /// What axum's `WebSocketUpgrade` makes of a GET with `headers`.
+    async fn upgrade_rejection(headers: &[(&str, &str)]) -> WebSocketUpgradeRejection {
+        use axum::extract::FromRequestParts;
+        use axum::extract::ws::WebSocketUpgrade;
+        let mut request = axum::http::Request::get("/socket");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .expect_err("not a complete handshake")
+    }
+
+    // Found by schemathesis (issue 18): the socket routes answered a plain
+    // request with axum's text/plain 400, before any check of their own.
+    #[tokio::test]
+    async fn a_request_that_is_no_websocket_handshake_is_a_problem() {
+        let response = not_a_websocket(upgrade_rejection(&[]).await).into_response();
+        assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::UPGRADE], "websocket");
+
+        let keyless = upgrade_rejection(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+        ])
+        .await;
+        let response = not_a_websocket(keyless).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! Another wallet's session answers 404, exactly like one that does not
 //! exist, so ids cannot be probed. The events socket checks `Origin` against
 //! `DESKGATE_PUBLIC_URL` before it upgrades, takes credentials only from the
-//! cookie or the bearer header, and counts as presence while it is open.
+//! cookie or the bearer header, and counts as presence while it is open; only
+//! the owner of a live session is told (426) that a plain request is not a
+//! WebSocket handshake.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,7 +31,8 @@ use utoipa::OpenApi;
 
 use super::extract::{origin_refused, parse_id, signed_in};
 use super::problem::{
-    Problem, bad_json, ledger_unavailable, scheduler_silent, unknown_profile, unknown_session,
+    Problem, bad_json, ledger_unavailable, not_a_websocket, scheduler_silent, unknown_profile,
+    unknown_session,
 };
 use super::session_json::{reason_json, record_json};
 use super::state::{ApiState, SessionsState};
@@ -355,7 +359,7 @@ async fn events(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
     let desk = api.sessions_state()?.clone();
     origin_refused(&headers, &desk.public_origin)?;
@@ -368,6 +372,8 @@ async fn events(
             "The session has ended",
         ));
     };
+    // Only the owner of a live session learns that this must be a socket.
+    let upgrade = upgrade.map_err(not_a_websocket)?;
     let handle = desk.tree.lookup(id).await.ok_or_else(unknown_session)?;
     let receiver = handle.events.subscribe();
     Ok(upgrade
