@@ -44,7 +44,7 @@ pub fn routes(api: Arc<ApiState>) -> Router {
 pub struct Doc;
 
 #[utoipa::path(get, path = "/api/v1/account", tag = "money", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 200, description = "address, credit_seconds, active_session", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "address, credit_seconds, active_session", body = Object), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database did not answer, or sessions are not up yet", body = Problem, content_type = "application/problem+json")))]
 async fn account(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -84,8 +84,8 @@ impl PageQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/account/ledger", tag = "money", security(("bearer" = []), ("cookie" = [])),
-    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("before" = Option<i64>, Query, description = "only transactions older than this id")),
-    responses((status = 200, description = "the wallet's ledger lines, newest first, and next_before", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
+    params(("limit" = Option<i64>, Query, description = "lines per page, default 50; taken as 1 below 1 and as 200 above 200"), ("before" = Option<i64>, Query, description = "only transactions older than this id")),
+    responses((status = 200, description = "the wallet's ledger lines, newest first, and next_before", body = Object), (status = 400, description = "a malformed query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn statement(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -116,8 +116,8 @@ async fn statement(
 // handler's doc comment); changing it changes the OpenAPI document.
 #[utoipa::path(get, path = "/api/v1/deposits", tag = "money", security(("bearer" = []), ("cookie" = [])),
     summary = "`GET /api/v1/deposits` (routed with its POST in [`super::api`]).",
-    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50")),
-    responses((status = 200, description = "the wallet's deposits, newest first", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
+    params(("limit" = Option<i64>, Query, description = "deposits per page, default 50; taken as 1 below 1 and as 200 above 200")),
+    responses((status = 200, description = "the wallet's deposits, newest first", body = Object), (status = 400, description = "a malformed query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn deposits(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -158,14 +158,14 @@ async fn deposits(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct DepositRequest {
-    /// The transaction, 0x hex.
-    #[schema(value_type = String)]
+    /// The transaction: 64 hex digits, `0x` optional.
+    #[schema(value_type = String, pattern = "^(0x)?[0-9a-fA-F]{64}$")]
     tx_hash: B256,
 }
 
 #[utoipa::path(post, path = "/api/v1/deposits", tag = "money", security(("bearer" = []), ("cookie" = [])),
     request_body = DepositRequest,
-    responses((status = 200, description = "pending, credited or rejected, with confirmations", body = Object), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node or database is down", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "pending, credited or rejected, with confirmations", body = Object), (status = 400, description = "malformed JSON or transaction hash", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node or database is down", body = Problem, content_type = "application/problem+json")))]
 async fn deposit(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,

@@ -75,7 +75,7 @@ async fn audited(
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/sessions", tag = "admin", security(("admin" = [])),
-    responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Object, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn sessions(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -105,8 +105,8 @@ async fn sessions(
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/sessions/{id}/stop", tag = "admin", security(("admin" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 200, description = "the session is being ended (audited)", body = Object), (status = 404, description = "no such live session", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 200, description = "the session is being ended (audited)", body = Object), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such live session", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the audit log cannot be written", body = Problem, content_type = "application/problem+json")))]
 async fn stop_session(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -131,7 +131,7 @@ fn lease_json(lease: Option<&Lease>) -> Value {
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/gpus", tag = "admin", security(("admin" = [])),
-    responses((status = 200, description = "every GPU: free, leased, draining or unhealthy, with its lease", body = Object)))]
+    responses((status = 200, description = "every GPU: free, leased, draining or unhealthy, with its lease", body = Object), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the scheduler did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn gpus(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -178,9 +178,9 @@ struct DrainRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/gpus/{host}/{index}/drain", tag = "admin", security(("admin" = [])),
-    params(("host" = u16, Path, description = "host number"), ("index" = u32, Path, description = "device index")),
+    params(("host" = u16, Path, maximum = 65535, description = "host number"), ("index" = u32, Path, format = Int64, maximum = 4294967295u32, description = "device index")),
     request_body = DrainRequest,
-    responses((status = 200, description = "draining on or off (audited)", body = Object), (status = 404, description = "no such GPU", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "draining on or off (audited)", body = Object), (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such GPU (or a host or index that is not a number in range)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, the scheduler did not answer, or the audit log cannot be written", body = Problem, content_type = "application/problem+json")))]
 async fn drain(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -341,7 +341,7 @@ fn adjustment_refusal(request: &CreditRequest) -> Option<String> {
 
 #[utoipa::path(post, path = "/api/v1/admin/credit", tag = "admin", security(("admin" = [])),
     request_body = CreditRequest,
-    responses((status = 200, description = "posted (or replayed for a repeated key); audited", body = Object), (status = 409, description = "the ledger refused it, e.g. the balance would go negative", body = Object, content_type = "application/problem+json"), (status = 422, description = "invalid amount, reason or key", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "posted (or replayed for a repeated key); audited", body = Object), (status = 400, description = "malformed JSON or address", body = Problem, content_type = "application/problem+json"), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 409, description = "the ledger refused it, e.g. the balance would go negative", body = Problem, content_type = "application/problem+json"), (status = 422, description = "invalid amount, reason or key", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the ledger or the audit log cannot be written", body = Problem, content_type = "application/problem+json")))]
 async fn adjust_credit(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -439,8 +439,8 @@ struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", security(("admin" = [])),
-    params(("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
-    responses((status = 200, description = "the latest audit entries, newest first", body = Object)))]
+    params(("limit" = Option<i64>, Query, description = "entries, default 100; taken as 1 below 1 and as 1000 above 1000")),
+    responses((status = 200, description = "the latest audit entries, newest first", body = Object), (status = 400, description = "a malformed query", body = Problem, content_type = "application/problem+json"), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the audit log cannot be read", body = Problem, content_type = "application/problem+json")))]
 async fn audit_log(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,

@@ -39,21 +39,24 @@ pub struct Doc;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 struct NonceRequest {
-    /// The wallet, 0x hex.
-    #[schema(value_type = String)]
+    /// The wallet: 40 hex digits, `0x` optional, any case (a checksum is
+    /// not required).
+    #[schema(value_type = String, pattern = "^(0x)?[0-9a-fA-F]{40}$")]
     address: Address,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct NonceResponse {
     nonce: String,
+    /// The EIP-4361 message to sign, as it must be signed.
     message: String,
+    #[schema(value_type = String, format = DateTime)]
     expires_at: DateTime<Utc>,
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/nonce", tag = "auth",
     request_body = NonceRequest,
-    responses((status = 200, description = "a nonce and the EIP-4361 message to sign", body = Object), (status = 400, description = "malformed JSON or address", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "a nonce and the EIP-4361 message to sign", body = NonceResponse), (status = 400, description = "malformed JSON or address", body = Problem, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn nonce(
     State(api): State<Arc<ApiState>>,
     body: Result<Json<NonceRequest>, JsonRejection>,
@@ -79,7 +82,7 @@ struct VerifyRequest {
 
 #[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth",
     request_body = VerifyRequest,
-    responses((status = 200, description = "a token (also set as an HttpOnly cookie)", body = Object), (status = 400, description = "malformed message or signature", body = Object, content_type = "application/problem+json"), (status = 401, description = "sign-in refused; `reason` says why", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "a token (also set as an HttpOnly cookie)", body = Object), (status = 400, description = "malformed JSON, message or signature", body = Problem, content_type = "application/problem+json"), (status = 401, description = "sign-in refused; `reason` says why", body = Problem, content_type = "application/problem+json"), (status = 429, description = "too many sign-in attempts", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database or, for a contract wallet, the RPC node did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn verify(
     State(api): State<Arc<ApiState>>,
     body: Result<Json<VerifyRequest>, JsonRejection>,
@@ -112,7 +115,7 @@ fn token_cookie(value: &str, max_age: i64, https: bool) -> String {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])),
-    responses((status = 204, description = "the token is revoked and the cookie cleared"), (status = 401, description = "not signed in", body = Object, content_type = "application/problem+json")))]
+    responses((status = 204, description = "the token is revoked and the cookie cleared"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 503, description = "the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn logout(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,

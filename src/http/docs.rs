@@ -15,9 +15,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::extract::TOKEN_COOKIE;
+use super::problem::{PROBLEM_JSON, Problem};
 use super::state::ApiState;
 
 /// Where the document is served.
@@ -32,12 +34,14 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         description = "Rent GPU desktops to browser users who pay with an Ethereum wallet. \
                        Errors are RFC 9457 application/problem+json with a stable `type`."
     ),
+    components(schemas(Problem)),
     modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
 
 /// The whole document: the handler files' `parts` under the title and the
-/// security schemes.
+/// security schemes, with the answers of the edge guards added to every
+/// operation.
 pub fn document(
     parts: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
 ) -> utoipa::openapi::OpenApi {
@@ -45,7 +49,53 @@ pub fn document(
     for part in parts {
         document.merge(part);
     }
+    EdgeResponses.modify(&mut document);
     document
+}
+
+/// The answers every route may give whatever its handler does, because the
+/// guards `http::guarded` wraps every route in give them (so the handlers'
+/// attributes leave them out): 408 when a request runs past the time limit,
+/// and 413 when a body is over the limit, for every operation that takes one.
+struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses.entry("408".into()).or_insert_with(|| {
+                    problem("the request took longer than the time limit").into()
+                });
+                if operation.request_body.is_some() {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| problem("the body is over the size limit").into());
+                }
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/openapi.json`, serving what `document` builds, if the docs

@@ -45,8 +45,9 @@
 //! # Adding a route
 //!
 //! Only the handler file of its resource area: the handler with its
-//! `#[utoipa::path]`, a line in that file's `routes()`, and its name in that
-//! file's `Doc`. If it needs something new that lives as long as the gate,
+//! `#[utoipa::path]` (every answer it can give, its problems as
+//! `body = Problem`; `docs.rs` adds the edge guards' 408 and 413), a line in
+//! that file's `routes()`, and its name in that file's `Doc`. If it needs something new that lives as long as the gate,
 //! add that to [`state::ApiState`] (and build it where `app::gate` builds the
 //! state). A route on a new path also raises the path count in this file's
 //! `every_api_route_is_documented_with_its_methods`, which is there to catch
@@ -477,6 +478,55 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .contains_key("ClaimRequest")
+        );
+    }
+
+    // Found by schemathesis (issue 18): signed-in routes did not document
+    // their 401, routes that read a body or a query their 400, the edge
+    // guards' 408 and 413 were nowhere, and problems had no schema.
+    #[test]
+    fn every_operation_documents_the_answers_every_route_of_its_kind_gives() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let problem = json!({"$ref": "#/components/schemas/Problem"});
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let at = format!("{method} {path}");
+                let responses = operation["responses"].as_object().unwrap();
+                let has = |status: &str| responses.contains_key(status);
+                assert!(has("408"), "{at}");
+                if operation.get("security").is_some() {
+                    assert!(has("401"), "{at}");
+                }
+                if operation.get("requestBody").is_some() {
+                    assert!(has("400") && has("413"), "{at}");
+                }
+                let queries = operation["parameters"].as_array().into_iter().flatten();
+                if queries.clone().any(|p| p["in"] == "query") {
+                    assert!(has("400"), "{at}");
+                }
+                for (status, response) in responses {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        assert_eq!(
+                            response["content"][problem::PROBLEM_JSON]["schema"],
+                            problem,
+                            "{at} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        let schema = &doc["components"]["schemas"]["Problem"];
+        assert_eq!(schema["required"], json!(["type", "title", "status"]));
+    }
+
+    // Found by schemathesis: the profiles were documented as an object.
+    #[test]
+    fn the_profiles_are_documented_as_the_list_they_are() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let answer = &doc["paths"]["/api/v1/profiles"]["get"]["responses"]["200"];
+        assert_eq!(
+            answer["content"]["application/json"]["schema"]["type"],
+            "array"
         );
     }
 }

@@ -15,9 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
 
 use super::extract::{signed_in, wallet_address};
-use super::problem::{Problem, bad_query, unknown_profile};
+use super::problem::{Problem, ProfileName, bad_query, unknown_profile};
 use super::state::ApiState;
 use crate::config::Confirmations;
 use crate::money::pricing::Asset;
@@ -96,6 +98,20 @@ async fn pricing(State(api): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
+/// An asset name in the OpenAPI document.
+struct AssetName;
+
+impl utoipa::PartialSchema for AssetName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([Asset::Eth, Asset::Token].map(Asset::as_str)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AssetName {}
+
 #[derive(Deserialize)]
 struct QuoteQuery {
     asset: String,
@@ -104,8 +120,8 @@ struct QuoteQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/quote", tag = "money", security(("bearer" = []), ("cookie" = [])),
-    params(("asset" = String, Query, description = "`eth` or `token`"), ("minutes" = u64, Query, description = "1 to 10080"), ("profile" = String, Query, description = "small, medium, large or max")),
-    responses((status = 200, description = "amount in base units after the wallet's discount", body = Object), (status = 422, description = "unknown asset or profile, or minutes out of range", body = Object, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node is down", body = Object, content_type = "application/problem+json")))]
+    params(("asset" = inline(AssetName), Query, description = "the asset to pay in; `token` only where the gate accepts one (see /api/v1/pricing)"), ("minutes" = u64, Query, minimum = 1, maximum = 10080, description = "minutes of the profile to buy"), ("profile" = ProfileName, Query, description = "the profile to buy")),
+    responses((status = 200, description = "amount in base units after the wallet's discount", body = Object), (status = 400, description = "a parameter is missing or not a number", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 422, description = "an asset this gate does not accept, an unknown profile, or minutes out of range", body = Problem, content_type = "application/problem+json"), (status = 503, description = "deposits are off, or the RPC node is down", body = Problem, content_type = "application/problem+json")))]
 async fn quote(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,

@@ -10,6 +10,8 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
 
 use crate::sessions::profiles::PROFILES;
 
@@ -91,6 +93,40 @@ impl Problem {
         )
     }
 }
+
+/// The OpenAPI schema of every problem document: the three members each one
+/// has, `detail` when there is one, and any extension member (a rate limit's
+/// `retry_after_seconds`, a sign-in refusal's `reason`). Handlers name it as
+/// `body = Problem` for their `application/problem+json` responses.
+impl utoipa::PartialSchema for Problem {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .description(Some(
+                "RFC 9457 problem details; clients match on `type`, never on `title` or `detail`",
+            ))
+            .property(
+                "type",
+                string().pattern(Some("^urn:deskgate:problem:[a-z0-9-]+$")),
+            )
+            .required("type")
+            .property("title", string())
+            .required("title")
+            .property(
+                "status",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(400))
+                    .maximum(Some(599)),
+            )
+            .required("status")
+            .property("detail", string())
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Problem {}
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
@@ -180,6 +216,23 @@ pub(crate) fn unknown_profile(title: &'static str) -> Problem {
         PROFILES.map(|p| p.name).join(", ")
     ))
 }
+
+/// A profile name in the OpenAPI document (a claim's body, a quote's
+/// query): one of [`PROFILES`], the names whose absence [`unknown_profile`]
+/// answers.
+pub(crate) struct ProfileName;
+
+impl utoipa::PartialSchema for ProfileName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("a GPU profile (see /api/v1/profiles)"))
+            .enum_values(Some(PROFILES.map(|p| p.name)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ProfileName {}
 
 /// 404 for a session that does not exist or is another wallet's (the two
 /// read the same, so ids cannot be probed).

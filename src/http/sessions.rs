@@ -28,11 +28,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use utoipa::OpenApi;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 use super::extract::{origin_refused, parse_id, signed_in};
 use super::problem::{
-    Problem, bad_json, ledger_unavailable, not_a_websocket, scheduler_silent, unknown_profile,
-    unknown_session,
+    Problem, ProfileName, bad_json, ledger_unavailable, not_a_websocket, scheduler_silent,
+    unknown_profile, unknown_session,
 };
 use super::session_json::{reason_json, record_json};
 use super::state::{ApiState, SessionsState};
@@ -111,7 +112,7 @@ fn shown_json(shown: &Shown) -> Value {
 }
 
 #[utoipa::path(get, path = "/api/v1/profiles", tag = "sessions",
-    responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = Object), (status = 503, description = "sessions are not up yet", body = Object, content_type = "application/problem+json")))]
+    responses((status = 200, description = "each profile: GPUs, whether one is free now, how many wait", body = [Object]), (status = 503, description = "sessions are not up yet, or the scheduler did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn profiles(State(api): State<Arc<ApiState>>) -> Result<Json<Value>, Problem> {
     let desk = api.sessions_state()?;
     let snapshot = desk.tree.snapshot().await.ok_or_else(scheduler_silent)?;
@@ -136,6 +137,7 @@ async fn profiles(State(api): State<Arc<ApiState>>) -> Result<Json<Value>, Probl
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClaimRequest {
+    #[schema(value_type = ProfileName)]
     profile: String,
 }
 
@@ -170,7 +172,7 @@ fn claim_problem(err: &StartError) -> Problem {
 
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
     request_body = ClaimRequest,
-    responses((status = 202, description = "claimed: running soon, or queued with position and ETA", body = Object), (status = 402, description = "not enough credit", body = Object, content_type = "application/problem+json"), (status = 409, description = "this wallet already has a session", body = Object, content_type = "application/problem+json"), (status = 422, description = "unknown or unavailable profile", body = Object, content_type = "application/problem+json"), (status = 429, description = "too many claims", body = Object, content_type = "application/problem+json")))]
+    responses((status = 202, description = "claimed: running soon, or queued with position and ETA", body = Object), (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 402, description = "not enough credit", body = Problem, content_type = "application/problem+json"), (status = 409, description = "this wallet already has a session", body = Problem, content_type = "application/problem+json"), (status = 422, description = "unknown or unavailable profile", body = Problem, content_type = "application/problem+json"), (status = 429, description = "too many claims", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn claim(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -206,8 +208,8 @@ async fn claim(
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 200, description = "state, GPUs, billed and remaining", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 200, description = "state, GPUs, billed and remaining", body = Object), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn show(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -219,8 +221,8 @@ async fn show(
 }
 
 #[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 200, description = "the session, ended", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 200, description = "the session, ended", body = Object), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn stop(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -235,8 +237,8 @@ async fn stop(
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/heartbeat", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 200, description = "presence noted; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 200, description = "presence noted; the session and the balance", body = Object), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn heartbeat(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -246,8 +248,8 @@ async fn heartbeat(
 }
 
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/keep", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 200, description = "\"keep my desktop\": counts as input, so the idle clock starts again; the session and the balance", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 200, description = "\"keep my desktop\": counts as input, so the idle clock starts again; the session and the balance", body = Object), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn keep(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -286,17 +288,26 @@ async fn noted(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TicketRequest {
-    /// `vnc` or `webrtc`.
-    #[schema(value_type = String)]
+    /// What the ticket opens: the noVNC socket or the WebRTC offer.
+    #[schema(schema_with = purpose_schema)]
     purpose: Purpose,
+}
+
+/// The OpenAPI schema of a ticket's purpose: its serde names.
+fn purpose_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(
+            [Purpose::Vnc, Purpose::Webrtc].map(|p| serde_json::to_value(p).unwrap_or_default()),
+        ))
 }
 
 /// A single-use ticket for one of the session's media sockets: only for
 /// its owner, only while it runs.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/tickets", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
     request_body = TicketRequest,
-    responses((status = 201, description = "a single-use ticket, valid 30 s; for purpose webrtc also the ice_servers to make the offer with", body = Object), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
+    responses((status = 201, description = "a single-use ticket, valid 30 s; for purpose webrtc also the ice_servers to make the offer with", body = Object), (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 409, description = "the desktop is not running yet", body = Problem, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, the database did not answer, or too many tickets are outstanding", body = Problem, content_type = "application/problem+json")))]
 async fn ticket(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -353,8 +364,8 @@ async fn ticket(
 }
 
 #[utoipa::path(get, path = "/api/v1/sessions/{id}/events", tag = "sessions", security(("bearer" = []), ("cookie" = [])),
-    params(("id" = String, Path, description = "session id")),
-    responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 403, description = "foreign Origin", body = Object, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Object, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Object, content_type = "application/problem+json")))]
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "session id (a UUID)")),
+    responses((status = 101, description = "WebSocket of JSON events: state, queue, balance, low_credit, lagged"), (status = 400, description = "the owner's request is not a valid WebSocket handshake", body = Problem, content_type = "application/problem+json"), (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"), (status = 403, description = "foreign Origin", body = Problem, content_type = "application/problem+json"), (status = 404, description = "no such session of this wallet", body = Problem, content_type = "application/problem+json"), (status = 410, description = "the session has ended", body = Problem, content_type = "application/problem+json"), (status = 426, description = "the owner's request is not a WebSocket upgrade", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
 async fn events(
     State(api): State<Arc<ApiState>>,
     headers: HeaderMap,
