@@ -104,25 +104,25 @@ impl Fault {
         let host = rng.random_range(0..stack.hosts.len());
         match kind {
             "gate-kill" => Self::GateKill {
-                down_ms: rng.random_range(0..1000),
+                down_ms: rng.random_range(0..800),
             },
             "pg-restart-fast" => Self::PgRestart {
                 mode: "fast",
-                down_ms: rng.random_range(0..1000),
+                down_ms: rng.random_range(0..800),
             },
             "pg-restart-immediate" => Self::PgRestart {
                 mode: "immediate",
-                down_ms: rng.random_range(0..1000),
+                down_ms: rng.random_range(0..800),
             },
             "pg-kill-connections" => Self::PgKillConnections,
             "docker-restart" => Self::DockerRestart { host },
             "launcher-kill" => Self::LauncherKill {
                 host,
-                down_ms: rng.random_range(0..1000),
+                down_ms: rng.random_range(0..800),
             },
             "partition" => Self::Partition {
                 host,
-                ms: rng.random_range(300..2500),
+                ms: rng.random_range(200..2000),
             },
             "container-kill" => Self::ContainerKill {
                 pick: rng.random_range(0..1 << 16),
@@ -140,12 +140,12 @@ impl Fault {
                 },
             },
             "rpc-outage" => Self::RpcOutage {
-                ms: rng.random_range(300..2500),
+                ms: rng.random_range(200..2000),
             },
             "media-stall" => Self::MediaStall {
                 pick: rng.random_range(0..1 << 16),
                 streams: rng.random_range(1..4),
-                hold_ms: rng.random_range(500..3000),
+                hold_ms: rng.random_range(400..2500),
             },
             other => unreachable!("{other}"),
         }

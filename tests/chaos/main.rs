@@ -303,7 +303,7 @@ async fn a_seeded_fault_campaign_keeps_every_invariant() {
     let mut report = Report::new(plan.seed);
     let campaign = Instant::now();
     for n in 0..plan.faults {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(30..300))).await;
         let fault = Fault::pick(&mut rng, &stack);
         let injected = SystemTime::now();
         let outcome = fault.inject(&mut stack, &mut rng).await;
