@@ -623,3 +623,34 @@ async fn a_session_adopted_mid_launch_has_its_container_stopped_when_it_ends() {
     );
     tree.assert_all_gpus_free().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn recovery_stops_what_is_left_of_a_session_whose_container_stopped_running() {
+    // Found by the fault campaign: a Docker Engine restart stopped a
+    // session's container; the gate restarted before it heard, ended the
+    // session (nothing running) and never asked the launcher to stop it, so
+    // the exited container and its network stayed for good.
+    let store = Arc::new(MemoryStore::new());
+    let gpus = one_host(1);
+    let lost = SessionRecord {
+        state: SessionState::Running,
+        gpu_addrs: vec![gpus[0]],
+        container_id: Some("exited".into()),
+        ..SessionRecord::new(deskgate_actors::ports::SessionId::new(), wallet(220), 1)
+    };
+    store.save(&lost).await.unwrap();
+    let tree = Tree::start_with(
+        gpus,
+        settings(),
+        Arc::new(MemoryLedger::new()),
+        store,
+        Arc::new(FakeLauncher::new()),
+    )
+    .await;
+    let (_, reason) = tree.wait_ended(lost.id).await;
+    assert_eq!(reason, EndReason::LostOnRestart);
+    assert!(
+        tree.launcher.stopped(lost.id),
+        "its remains were never stopped"
+    );
+}

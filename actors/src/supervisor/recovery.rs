@@ -135,11 +135,12 @@ impl SupervisorState {
                     }
                 }
                 _ => {
-                    // Its container is gone (or it was already stopping):
-                    // it ends; the GPUs were never taken in this process.
-                    if has_container {
-                        self.args.launcher.stop(id).await?;
-                    }
+                    // Its container is not running (or it was already
+                    // stopping): it ends; the GPUs were never taken in this
+                    // process. A container that exited (a Docker Engine
+                    // restart stops them all) is still there, with its
+                    // network, until it is stopped; stopping none is a no-op.
+                    self.args.launcher.stop(id).await?;
                     let reason = record.end_reason.take().unwrap_or(EndReason::LostOnRestart);
                     record.end(reason);
                     self.args.store.save(&record).await?;
