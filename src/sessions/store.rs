@@ -5,6 +5,9 @@
 //! `updated_at` on every save, `started_at` the first time the session is
 //! saved running, `ended_at` when it is saved ended.
 //!
+//! A save is retried (briefly) when PostgreSQL aborted it or the connection
+//! was lost: the upsert is idempotent.
+//!
 //! An ended row is final: the upsert's `WHERE` leaves it alone, so a save
 //! from a stale actor (one that still thinks the session runs) can never
 //! bring an ended session back. Such a save succeeds and changes nothing.
@@ -24,6 +27,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Uuid};
 use diesel_async::RunQueryDsl;
 
 use crate::db::DbPool;
+use crate::db::retry::{RetryPolicy, Transience, classify, with_retries};
 use crate::db::schema::sessions;
 
 /// The [`SessionStore`] the gate runs on.
@@ -93,22 +97,17 @@ SELECT id FROM saved";
 impl SessionStore for PgSessionStore {
     async fn save(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let row = SessionRow::from_record(record)?;
-        let mut conn = self.pool.get().await.map_err(|e| failed("save", e))?;
-        let changed = diesel::sql_query(UPSERT)
-            .bind::<Uuid, _>(row.id)
-            .bind::<Text, _>(&row.address)
-            .bind::<Integer, _>(row.gpus)
-            .bind::<Text, _>(&row.state)
-            .bind::<Nullable<Integer>, _>(row.host)
-            .bind::<Array<Integer>, _>(&row.gpu_indices)
-            .bind::<Nullable<Text>, _>(&row.container_id)
-            .bind::<BigInt, _>(row.billed_intervals)
-            .bind::<BigInt, _>(row.billed_credit)
-            .bind::<BigInt, _>(row.billed_ms)
-            .bind::<Nullable<Jsonb>, _>(&row.end_reason)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| failed(&format!("saving session {}", record.id), e))?;
+        // The upsert may run again after a lost connection: writing the same
+        // record twice changes nothing more than writing it once.
+        let changed = with_retries(
+            RetryPolicy::DEFAULT,
+            "session save",
+            true,
+            SaveError::transience,
+            || self.upsert(&row),
+        )
+        .await
+        .map_err(|e| failed(&format!("saving session {}", record.id), e))?;
         if changed == 0 {
             // Only an ended row refuses the upsert. Saving the end twice is a
             // harmless retry; anything else is an actor behind the times.
@@ -148,6 +147,49 @@ impl SessionStore for PgSessionStore {
             .await
             .map_err(|e| failed("loading active sessions", e))?;
         rows.into_iter().map(SessionRow::into_record).collect()
+    }
+}
+
+/// Why one attempt at a save failed.
+#[derive(Debug, thiserror::Error)]
+enum SaveError {
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(String),
+    #[error("{0}")]
+    Db(#[from] diesel::result::Error),
+}
+
+impl SaveError {
+    fn transience(&self) -> Transience {
+        match self {
+            Self::Pool(_) => Transience::ConnectionLost,
+            Self::Db(err) => classify(err),
+        }
+    }
+}
+
+impl PgSessionStore {
+    /// One attempt at [`UPSERT`]; how many sessions rows it wrote (0 or 1).
+    async fn upsert(&self, row: &SessionRow) -> Result<usize, SaveError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| SaveError::Pool(e.to_string()))?;
+        Ok(diesel::sql_query(UPSERT)
+            .bind::<Uuid, _>(row.id)
+            .bind::<Text, _>(&row.address)
+            .bind::<Integer, _>(row.gpus)
+            .bind::<Text, _>(&row.state)
+            .bind::<Nullable<Integer>, _>(row.host)
+            .bind::<Array<Integer>, _>(&row.gpu_indices)
+            .bind::<Nullable<Text>, _>(&row.container_id)
+            .bind::<BigInt, _>(row.billed_intervals)
+            .bind::<BigInt, _>(row.billed_credit)
+            .bind::<BigInt, _>(row.billed_ms)
+            .bind::<Nullable<Jsonb>, _>(&row.end_reason)
+            .execute(&mut conn)
+            .await?)
     }
 }
 
