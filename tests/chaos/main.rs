@@ -246,6 +246,21 @@ impl Stack {
         text
     }
 
+    /// Writes the whole logs of the gate and of every launcher to
+    /// `target/chaos-logs/<seed>/`, for a failure.
+    fn keep_logs(&self, seed: u64) {
+        let dir = support::repo_root().join(format!("target/chaos-logs/{seed}"));
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("gate.log"), self.gate.output());
+        for host in &self.hosts {
+            let _ = std::fs::write(
+                dir.join(format!("launcher-{}.log", host.number)),
+                host.launcher_output(),
+            );
+        }
+        eprintln!("chaos: the whole logs are in {}", dir.display());
+    }
+
     /// Everything the gate and the launchers printed, for a failure.
     fn logs(&self) -> String {
         let mut text = format!("--- gate ---\n{}", tail(&self.gate.output(), 200));
@@ -406,6 +421,7 @@ async fn a_seeded_fault_campaign_keeps_every_invariant() {
     let failed = !report.tally.violations.is_empty() || !record.server_errors.is_empty();
     if failed {
         eprintln!("{}", stack.logs());
+        stack.keep_logs(plan.seed);
     }
     assert!(
         report.tally.violations.is_empty(),

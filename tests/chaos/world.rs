@@ -175,6 +175,8 @@ pub struct Host {
     dir: tempfile::TempDir,
     dockerd: Option<Child>,
     launcher: Option<Deskgate>,
+    /// What launchers killed earlier printed.
+    earlier_output: String,
     env: Vec<(&'static str, String)>,
     /// `http://<namespace address>:<port>/`.
     pub url: url::Url,
@@ -210,6 +212,7 @@ impl Host {
             dir,
             dockerd: None,
             launcher: None,
+            earlier_output: String::new(),
             env,
             url,
         };
@@ -347,6 +350,9 @@ impl Host {
     /// SIGKILLs the launcher (its containers keep running).
     pub fn kill_launcher(&mut self) {
         if let Some(launcher) = self.launcher.take() {
+            self.earlier_output.push_str(&launcher.output());
+            self.earlier_output
+                .push_str("--- killed with SIGKILL ---\n");
             launcher.kill_hard();
         }
     }
@@ -357,12 +363,10 @@ impl Host {
         matches!(http.get(url).send().await, Ok(r) if r.status() == 200)
     }
 
-    /// The launcher's output so far.
+    /// Everything this host's launchers printed, across restarts.
     pub fn launcher_output(&self) -> String {
-        self.launcher
-            .as_ref()
-            .map(Deskgate::output)
-            .unwrap_or_default()
+        let current = self.launcher.as_ref().map(Deskgate::output);
+        format!("{}{}", self.earlier_output, current.unwrap_or_default())
     }
 
     /// `(id, session label)` of every container on this host's engine that
