@@ -152,7 +152,25 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     role: Role,
 ) -> Loaded {
-    let (raw, mut problems) = RawSettings::gather(file, env);
+    let (raw, problems) = RawSettings::gather(file, env);
+    check(raw, problems, role)
+}
+
+/// [`load`] with the file already read, as its name and text: a pure
+/// function of its arguments (no filesystem, no process environment).
+// Public so that the fuzz target `config` (fuzz/) can call it.
+#[doc(hidden)]
+pub fn load_text(
+    file: Option<(&str, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+    role: Role,
+) -> Loaded {
+    let (raw, problems) = RawSettings::gather_text(file, env);
+    check(raw, problems, role)
+}
+
+/// Parses the gathered settings and checks the security posture.
+fn check(raw: RawSettings, mut problems: Vec<Problem>, role: Role) -> Loaded {
     let config = Config::parse(&raw, &mut problems);
     let mut warnings = Vec::new();
     if let Some(config) = &config {

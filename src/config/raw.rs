@@ -30,10 +30,37 @@ impl RawSettings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> (Self, Vec<Problem>) {
+        let Some(path) = file else {
+            return Self::gather_text(None, env);
+        };
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::gather_text(Some((&name, &text)), env),
+            Err(err) => {
+                let (raw, mut problems) = Self::gather_text(None, env);
+                problems.insert(
+                    0,
+                    Problem {
+                        variable: name,
+                        message: format!("cannot read the config file: {err}"),
+                    },
+                );
+                (raw, problems)
+            }
+        }
+    }
+
+    /// [`gather`](Self::gather) with the file already read: `file` is its
+    /// name (which file problems name) and its text. Touches neither the
+    /// filesystem nor the process environment.
+    pub fn gather_text(
+        file: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> (Self, Vec<Problem>) {
         let mut raw = Self::default();
         let mut problems = Vec::new();
-        if let Some(path) = file {
-            raw.read_file(path, &mut problems);
+        if let Some((name, text)) = file {
+            raw.read_toml(name, text, &mut problems);
         }
         for (name, value) in env {
             let Some(short) = name.strip_prefix(ENV_PREFIX) else {
@@ -50,17 +77,10 @@ impl RawSettings {
         (raw, problems)
     }
 
-    fn read_file(&mut self, path: &Path, problems: &mut Vec<Problem>) {
+    fn read_toml(&mut self, file: &str, text: &str, problems: &mut Vec<Problem>) {
         let file_problem = |message: String| Problem {
-            variable: path.display().to_string(),
+            variable: file.to_string(),
             message,
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) => {
-                problems.push(file_problem(format!("cannot read the config file: {err}")));
-                return;
-            }
         };
         let table: toml::Table = match text.parse() {
             Ok(table) => table,
