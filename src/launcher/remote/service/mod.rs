@@ -236,8 +236,14 @@ async fn list_sessions(State(state): State<Arc<LauncherState>>) -> Response {
 }
 
 /// Checks a launch body field by field before it is parsed, so that a spec
-/// asking for privilege is told so (403) rather than "unknown field" (400).
-fn check_spec(body: &serde_json::Value, state: &LauncherState) -> Result<LaunchSpec, Problem> {
+/// asking for privilege is told so (403) rather than "unknown field" (400);
+/// `gpu_indices` are the devices this host offers.
+// Public only so that the fuzz target `launch_spec` (fuzz/) can call it.
+#[doc(hidden)]
+pub fn check_spec(
+    body: &serde_json::Value,
+    gpu_indices: &BTreeSet<u32>,
+) -> Result<LaunchSpec, Problem> {
     let fields = body.as_object().ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -280,15 +286,14 @@ fn check_spec(body: &serde_json::Value, state: &LauncherState) -> Result<LaunchS
             )
             .detail(format!("GPU {index} appears more than once")));
         }
-        if !state.gpu_indices.contains(index) {
+        if !gpu_indices.contains(index) {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-gpus",
                 "The launch spec names a GPU this host does not offer",
             )
             .detail(format!(
-                "GPU {index} is not among this host's GPUs {:?}",
-                state.gpu_indices
+                "GPU {index} is not among this host's GPUs {gpu_indices:?}"
             )));
         }
     }
@@ -315,7 +320,7 @@ async fn launch(
             .into_response();
         }
     };
-    let spec = match check_spec(&body, &state) {
+    let spec = match check_spec(&body, &state.gpu_indices) {
         Ok(spec) => spec,
         Err(problem) => {
             tracing::warn!(reason = ?problem, "launch spec refused");
