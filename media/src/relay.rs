@@ -183,8 +183,13 @@ where
             let n = received.len();
             framer.push(received);
             browser_in.consume(n);
-            let (whole, input) = framer.take_complete()?;
-            if !whole.is_empty() {
+            // Until nothing whole is left: a refused message after whole
+            // ones is an error on the call after they are forwarded.
+            loop {
+                let (whole, input) = framer.take_complete()?;
+                if whole.is_empty() {
+                    break;
+                }
                 desktop_out.write_all(&whole).await?;
                 desktop_out.flush().await?;
                 counters.add_up(path, whole.len());
@@ -300,6 +305,46 @@ mod tests {
         // The desktop closing ends the relay.
         drop(vnc);
         assert_eq!(relay.await.unwrap().unwrap(), RelayEnd::DesktopClosed);
+    }
+
+    #[tokio::test]
+    async fn whole_messages_before_a_refused_one_reach_the_desktop_then_it_ends() {
+        let (mut to_relay, relay_in, relay_out, mut from_relay) = browser();
+        let (desktop, mut vnc) = tokio::io::duplex(64 * 1024);
+        let counters = std::sync::Arc::new(StreamCounters::default());
+        let relay_counters = counters.clone();
+        let relay = tokio::spawn(async move {
+            relay_vnc(
+                desktop,
+                relay_in,
+                relay_out.sink_map_err(|_| io::Error::other("browser gone")),
+                &relay_counters,
+                &RelayLimits::default(),
+            )
+            .await
+        });
+        next_bytes(&mut from_relay, 12).await;
+        to_relay
+            .send(Ok(Bytes::from_static(VERSION_3_8)))
+            .await
+            .unwrap();
+        next_bytes(&mut from_relay, 2).await;
+        to_relay.send(Ok(Bytes::from_static(&[1]))).await.unwrap();
+        next_bytes(&mut from_relay, 4).await;
+        // ClientInit, a key release and an unknown message type in one
+        // WebSocket message, and the browser stays: the release reaches the
+        // desktop (else the key would stay pressed there) and the relay ends
+        // with the error at once.
+        let key_up = [4u8, 0, 0, 0, 0, 0, 0, 0x61];
+        let sent = [&[1u8][..], &key_up, &[7, 0, 0]].concat();
+        to_relay.send(Ok(Bytes::from(sent))).await.unwrap();
+        let err = relay.await.unwrap().unwrap_err();
+        assert!(matches!(err, RfbError::UnsupportedMessage(7)), "{err}");
+        let mut seen = [0u8; 9];
+        vnc.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen[1..], key_up);
+        assert_eq!(counters.snapshot().keys, 1);
+        drop(to_relay);
     }
 
     #[tokio::test]

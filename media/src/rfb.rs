@@ -245,7 +245,10 @@ impl ClientMessages {
     }
 
     /// The longest prefix of whole messages received so far (empty if none
-    /// is complete), and the input among them.
+    /// is complete), and the input among them. A message that cannot be
+    /// forwarded is an error once no whole message precedes it: the ones
+    /// before it come out first, so what is forwarded does not depend on
+    /// how the bytes were chunked, and the error comes with the next call.
     pub fn take_complete(&mut self) -> Result<(bytes::Bytes, InputCount), RfbError> {
         let mut input = InputCount::default();
         let mut end = 0;
@@ -262,8 +265,12 @@ impl ClientMessages {
                 end += pointers * POINTER_EVENT_LEN;
                 continue;
             }
-            let Some(len) = message_len(&self.pending[end..], self.max_message)? else {
-                break;
+            let len = match message_len(&self.pending[end..], self.max_message) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                // Hand on the whole messages before the refused one.
+                Err(_) if end > 0 => break,
+                Err(err) => return Err(err),
             };
             match self.pending[end] {
                 4 | 255 => input.keys += 1,
@@ -454,6 +461,22 @@ mod tests {
         assert_eq!(input, InputCount::default());
         framer.push(&all[all.len() - 1..]);
         assert_eq!(framer.take_complete().unwrap().0.len(), fence.len());
+    }
+
+    #[test]
+    fn whole_messages_before_a_refused_one_are_handed_on_first() {
+        // A key release, then an unknown type, in one chunk: the release is
+        // forwarded (the desktop would otherwise keep the key pressed), as
+        // it is when the two arrive apart; the error comes next.
+        let key_up = [4u8, 0, 0, 0, 0, 0, 0, 0x61];
+        let mut framer = ClientMessages::new(64);
+        framer.push(&[&key_up[..], &[7, 0, 0]].concat());
+        let (whole, input) = framer.take_complete().unwrap();
+        assert_eq!((&whole[..], input.keys), (&key_up[..], 1));
+        assert!(matches!(
+            framer.take_complete(),
+            Err(RfbError::UnsupportedMessage(7))
+        ));
     }
 
     #[test]
