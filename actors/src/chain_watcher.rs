@@ -123,7 +123,14 @@ pub struct ChainWatcher;
 pub struct ChainWatcherState {
     args: ChainWatcherArgs,
     status: WatcherStatus,
+    /// When the node last reported a head above a block it could not serve
+    /// was warned about (at most once a minute).
+    gap_warned: Option<std::time::Instant>,
 }
+
+/// How often a node that reports a head above a block it cannot serve is
+/// warned about.
+const GAP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl fmt::Debug for ChainWatcherState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,7 +195,12 @@ impl ChainWatcherState {
         let mut read = 0;
         while next <= latest && read < MAX_BLOCKS_PER_TICK {
             let Some(block) = reader.block(next).await? else {
-                break; // the chain got shorter since `latest`
+                // The chain got shorter since `latest`, or the node (a lagging
+                // replica behind a load balancer, a broken dev node) reports
+                // a head it cannot serve. Either way no block is skipped:
+                // the next round asks again, and a gap that lasts is told.
+                self.gap(next, latest);
+                break;
             };
             if let Some(below) = cursor
                 && below.number + 1 == block.number
@@ -245,6 +257,23 @@ impl ChainWatcherState {
             metrics::counter!("deskgate_deposits_credited_total").increment(1);
         }
         Ok(())
+    }
+
+    /// Warns, at most once a minute, that the node reports head `latest`
+    /// but has no block `missing` below it.
+    fn gap(&mut self, missing: u64, latest: u64) {
+        metrics::counter!("deskgate_chain_missing_blocks_total").increment(1);
+        if self
+            .gap_warned
+            .is_none_or(|at| at.elapsed() >= GAP_WARNING_EVERY)
+        {
+            self.gap_warned = Some(std::time::Instant::now());
+            warn!(
+                missing,
+                latest,
+                "the RPC node reports a head above a block it does not serve; deposits wait for it"
+            );
+        }
     }
 
     /// The stored block `from` is not the node's any more: finds the common
@@ -328,6 +357,7 @@ impl Actor for ChainWatcher {
         Ok(ChainWatcherState {
             args,
             status: WatcherStatus::default(),
+            gap_warned: None,
         })
     }
 
