@@ -266,6 +266,7 @@ impl Fault {
             }
             Self::Reorg { depth } => {
                 let chain = stack.chain();
+                let _writing = stack.chain_writes.lock().await;
                 let _ = chain
                     .anvil_reorg(ReorgOptions {
                         depth,

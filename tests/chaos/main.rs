@@ -118,6 +118,8 @@ struct Stack {
     http: reqwest::Client,
     /// Each session's owner's token (the workload's), for stalled streams.
     owners: Arc<Mutex<HashMap<String, String>>>,
+    /// Held while writing to the chain.
+    chain_writes: world::ChainWrites,
 }
 
 impl Stack {
@@ -157,7 +159,7 @@ impl Stack {
         ] {
             set_env(&mut env, key, value);
         }
-        let gate = GateProcess::start(port, env).await;
+        let gate = GateProcess::start_on_own_engines(port, env).await;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -186,6 +188,7 @@ impl Stack {
             gpus: (0..HOSTS)
                 .flat_map(|h| (0..GPUS_PER_HOST).map(move |i| (h, i)))
                 .collect(),
+            chain_writes: world::ChainWrites::default(),
         };
         let stack = Self {
             pg,
@@ -195,6 +198,7 @@ impl Stack {
             gate,
             http,
             owners: Arc::default(),
+            chain_writes: targets.chain_writes.clone(),
         };
         (stack, targets)
     }
@@ -283,11 +287,18 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Mines a block every 700 ms until `stop`, so that deposits confirm.
-fn spawn_miner(url: String, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+fn spawn_miner(
+    url: String,
+    writes: world::ChainWrites,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let chain = ProviderBuilder::new().connect_http(url.parse().unwrap());
         while !*stop.borrow() {
-            let _ = chain.anvil_mine(Some(1), None).await;
+            {
+                let _writing = writes.lock().await;
+                let _ = chain.anvil_mine(Some(1), None).await;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(700)) => {}
                 _ = stop.changed() => {}
@@ -308,7 +319,11 @@ async fn a_seeded_fault_campaign_keeps_every_invariant() {
     eprintln!("chaos: stack up in {:.1} s", began.elapsed().as_secs_f64());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let miner = spawn_miner(stack.anvil.url.clone(), stop_rx.clone());
+    let miner = spawn_miner(
+        stack.anvil.url.clone(),
+        stack.chain_writes.clone(),
+        stop_rx.clone(),
+    );
     let workload = Workload::new(targets, WALLETS, plan.seed);
     let record = workload.record.clone();
     stack.owners = workload.owners.clone();

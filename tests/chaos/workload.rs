@@ -94,6 +94,8 @@ pub struct Targets {
     pub profiles: Vec<(String, u64)>,
     /// Every GPU: (host, index).
     pub gpus: Vec<(u16, u32)>,
+    /// Held while anything writes to the chain (see `world::ChainWrites`).
+    pub chain_writes: crate::world::ChainWrites,
 }
 
 /// The seeded stream of user and operator actions.
@@ -268,7 +270,9 @@ impl Workload {
         };
         let provider = self.provider(w);
         let address = self.wallets[w].signer.address();
+        let writes = self.targets.chain_writes.clone();
         let sent = async {
+            let _writing = writes.lock().await;
             provider
                 .anvil_set_balance(address, U256::from(10u64).pow(U256::from(18)))
                 .await
@@ -296,7 +300,9 @@ impl Workload {
         let provider = self.provider(w);
         let address = self.wallets[w].signer.address();
         let token = TestToken::new(self.targets.token, &provider);
+        let writes = self.targets.chain_writes.clone();
         let sent = async {
+            let _writing = writes.lock().await;
             provider
                 .anvil_set_balance(address, U256::from(10u64).pow(U256::from(18)))
                 .await

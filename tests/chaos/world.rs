@@ -23,6 +23,12 @@ use crate::support::{
     Deskgate, deskgate_command_in, free_port, repo_root, run_script, service_env,
 };
 
+/// Held by whoever writes to the campaign's chain (a deposit, a mined
+/// block, a reorg), so that writes never overlap: anvil's `anvil_reorg`
+/// racing its own automining leaves heights it answers `null` for below its
+/// head (seen: 167 of 1,912 blocks), which no real chain does.
+pub type ChainWrites = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// The launchers' shared secret (a test value).
 pub const LAUNCHER_TOKEN: &str = "5e0c9a7b3f1d2e4c6a8b0d2f4e6c8a0b1d3f5e7c9a1b3d5f7e9c0a2b4d6f8e1a";
 

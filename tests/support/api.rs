@@ -186,7 +186,7 @@ pub struct GateProcess {
     client: GateClient,
     /// The port it listens on.
     pub port: u16,
-    _docker: DockerSessionsLock,
+    _docker: Option<DockerSessionsLock>,
 }
 
 impl std::ops::Deref for GateProcess {
@@ -202,6 +202,21 @@ impl GateProcess {
     /// waits until it is ready and its sessions are open.
     pub async fn start(port: u16, env: Vec<(&'static str, String)>) -> Self {
         let docker = DockerSessionsLock::acquire().await;
+        Self::start_holding(port, env, Some(docker)).await
+    }
+
+    /// [`GateProcess::start`] for a gate whose launchers run on Docker
+    /// Engines of the test's own (never the shared one), so it leaves the
+    /// shared engine's session containers to other tests.
+    pub async fn start_on_own_engines(port: u16, env: Vec<(&'static str, String)>) -> Self {
+        Self::start_holding(port, env, None).await
+    }
+
+    async fn start_holding(
+        port: u16,
+        env: Vec<(&'static str, String)>,
+        docker: Option<DockerSessionsLock>,
+    ) -> Self {
         let mut gate = Self {
             process: None,
             earlier_output: String::new(),
