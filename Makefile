@@ -30,7 +30,7 @@ help:
 	@echo '  web            build the web client (web/ -> web/dist, embedded by the gate)'
 	@echo '  compose-images build the docker compose stack images on local Debian bases (~15 min cold)'
 	@echo '  test           services and web, then cargo fmt --check, clippy -D warnings, the page tests,'
-	@echo '                 the compose images, cargo test (what CI runs)'
+	@echo '                 20 s of each fuzz target, the compose images, cargo test (what CI runs)'
 	@echo '  run            services, then the gate on http://127.0.0.1:8080 (DESKGATE_* in your env win)'
 	@echo '  bench          services, then cargo bench --workspace'
 	@echo '  chaos          services, then the fault campaign: the kept seeds, then 1,000 faults'
@@ -68,6 +68,7 @@ test: check-rustfmt check-clippy services web
 	$(WITH_ENV) cargo fmt --all -- $(FMT_CHECK)
 	$(WITH_ENV) cargo clippy --workspace --all-targets --locked -- -D warnings
 	scripts/web.sh test
+	scripts/fuzz.sh ci
 	scripts/compose-stack.sh build
 	$(WITH_ENV) cargo test --workspace --locked
 
