@@ -537,11 +537,14 @@ pub async fn queue_order_checks(
             w.delays_records && t > epoch_ms(w.from) - 5000.0 && t < epoch_ms(w.to) + 5000.0
         })
     };
-    // Waiting at `t`: claimed before it, not granted nor ended by then.
+    // Waiting at `t`: claimed before it, not ended by then (a claim that
+    // left the queue just after `t` was still in it), and not granted within
+    // `tolerance_ms` after it (it may have been granted first and recorded
+    // later).
     let waiting = |c: &Claim, t: f64| {
         c.claimed < t
             && c.granted.is_none_or(|g| g > t + tolerance_ms)
-            && c.ended.is_none_or(|e| e > t + tolerance_ms)
+            && c.ended.is_none_or(|e| e > t)
     };
     let mut lines = Vec::new();
     for later in &claims {
