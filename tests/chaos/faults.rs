@@ -53,8 +53,8 @@ pub enum Fault {
 
 /// When to time recovery from, and any gate downtime.
 pub struct Outcome {
-    /// The moment the fault was lifted; `None`: when `inject` returned.
-    pub recovery_from: Option<Instant>,
+    /// The moment the fault was lifted (or the broken process started again).
+    pub recovery_from: Instant,
     /// The window the gate was down.
     pub downtime: Option<Downtime>,
     /// The gate's resident set at the end of a stall (KiB).
@@ -62,12 +62,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn lifted_now() -> Self {
+    /// Recovery is timed from `at`.
+    fn lifted_at(at: Instant) -> Self {
         Self {
-            recovery_from: Some(Instant::now()),
+            recovery_from: at,
             downtime: None,
             gate_rss_kib: None,
         }
+    }
+
+    fn lifted_now() -> Self {
+        Self::lifted_at(Instant::now())
     }
 }
 
@@ -190,7 +195,7 @@ impl Fault {
                 let restarting = Instant::now();
                 stack.gate.restart().await;
                 Outcome {
-                    recovery_from: Some(restarting),
+                    recovery_from: restarting,
                     downtime: Some(Downtime {
                         from,
                         to: SystemTime::now(),
@@ -203,11 +208,7 @@ impl Fault {
                 pause(down_ms).await;
                 let starting = Instant::now();
                 tokio::task::block_in_place(|| stack.pg.start_again());
-                Outcome {
-                    recovery_from: Some(starting),
-                    downtime: None,
-                    gate_rss_kib: None,
-                }
+                Outcome::lifted_at(starting)
             }
             Self::PgKillConnections => {
                 stack.pg.kill_connections().await;
@@ -218,11 +219,7 @@ impl Fault {
                 tokio::task::block_in_place(|| host.stop_engine());
                 let starting = Instant::now();
                 host.start_engine().await;
-                Outcome {
-                    recovery_from: Some(starting),
-                    downtime: None,
-                    gate_rss_kib: None,
-                }
+                Outcome::lifted_at(starting)
             }
             Self::LauncherKill { host, down_ms } => {
                 let host = &mut stack.hosts[host];
@@ -230,11 +227,7 @@ impl Fault {
                 pause(down_ms).await;
                 let starting = Instant::now();
                 host.start_launcher().await;
-                Outcome {
-                    recovery_from: Some(starting),
-                    downtime: None,
-                    gate_rss_kib: None,
-                }
+                Outcome::lifted_at(starting)
             }
             Self::Partition { host, ms } => {
                 stack.hosts[host].netns.cut();
