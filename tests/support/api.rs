@@ -186,7 +186,9 @@ pub struct GateProcess {
     client: GateClient,
     /// The port it listens on.
     pub port: u16,
-    _docker: Option<DockerSessionsLock>,
+    /// Held while a gate runs on the shared engine; `None` for a gate whose
+    /// launchers run on engines of the test's own.
+    docker_lock: Option<DockerSessionsLock>,
 }
 
 impl std::ops::Deref for GateProcess {
@@ -194,6 +196,53 @@ impl std::ops::Deref for GateProcess {
 
     fn deref(&self) -> &GateClient {
         &self.client
+    }
+}
+
+/// A gate under test leaves nothing on the shared engine for the next test.
+/// A gate killed mid-launch leaves a session network (or container) behind
+/// that only the next gate's recovery would remove: the last gate of a test
+/// binary would hand it to whatever runs next (`tests/compose_stack.rs`
+/// asserts a clean engine). A gate with its own Docker launcher (no
+/// `DESKGATE_LAUNCHER_URLS`) holds [`DockerSessionsLock`], so every session
+/// container and network on the shared engine is its own, as its start-up
+/// recovery already assumes.
+impl Drop for GateProcess {
+    fn drop(&mut self) {
+        // Stop the process first: it would go on launching.
+        drop(self.process.take());
+        let local_launcher = !self
+            .env
+            .iter()
+            .any(|(key, _)| *key == "DESKGATE_LAUNCHER_URLS");
+        if self.docker_lock.is_some() && local_launcher {
+            remove_session_leftovers();
+        }
+    }
+}
+
+/// Removes every session container, then every session network, on the
+/// engine `DOCKER_HOST` names. Best effort: it runs while a test unwinds.
+fn remove_session_leftovers() {
+    for (list, remove) in [
+        (&["ps", "-aq"][..], &["rm", "-f", "-v"][..]),
+        (&["network", "ls", "-q"][..], &["network", "rm"][..]),
+    ] {
+        let Ok(out) = std::process::Command::new("docker")
+            .args(list)
+            .args(["--filter", "label=deskgate.session"])
+            .output()
+        else {
+            return;
+        };
+        let ids = String::from_utf8_lossy(&out.stdout).to_string();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(remove)
+                .args(&ids)
+                .output();
+        }
     }
 }
 
@@ -223,7 +272,7 @@ impl GateProcess {
             env,
             client: GateClient::new(&format!("http://127.0.0.1:{port}")),
             port,
-            _docker: docker,
+            docker_lock: docker,
         };
         gate.restart().await;
         gate
