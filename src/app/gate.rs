@@ -29,9 +29,10 @@ use crate::db;
 use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
-use crate::launcher::desktop::DesktopMedia;
+use crate::launcher::desktop::{DesktopMedia, NoDesktops};
 use crate::launcher::gpu;
 use crate::launcher::remote::pool;
+use crate::launcher::simulated::SimulatedLauncher;
 use crate::money::chain::AlloyChain;
 use crate::money::deposits::{CreditListener, PgDepositBook};
 use crate::money::ledger::PgLedger;
@@ -59,8 +60,14 @@ const START_RETRY_CEILING: Duration = Duration::from_secs(30);
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let backend = &config.launcher.kind;
     // With remote launchers the GPUs are theirs; the gate host may have none.
-    if *backend == LauncherKind::LocalDocker {
+    if !matches!(backend, LauncherKind::Remote(_)) {
         log_inventory(&config).await?;
+    }
+    if *backend == LauncherKind::Simulated {
+        tracing::warn!(
+            backend = "simulated",
+            "launcher backend SIMULATED: sessions start no desktops (DESKGATE_LAUNCHER_BACKEND=simulated, for benchmarks)"
+        );
     }
     let mut dependencies = Vec::new();
     let mut api = None;
@@ -98,6 +105,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
 /// What `/readyz` checks of the backend: the Docker Engine, or every launcher.
 async fn backend_dependencies(backend: &LauncherKind) -> Result<Vec<Dependency>, AppError> {
     match backend {
+        LauncherKind::Simulated => Ok(vec![Dependency::Simulated]),
         LauncherKind::LocalDocker => {
             let docker = crate::launcher::docker::connect()
                 .await
@@ -276,6 +284,7 @@ async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsStat
     let (tree, desktops) = match &config.launcher.kind {
         LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
         LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
+        LauncherKind::Simulated => simulated_tree(config, pool.clone(), settings).await?,
     };
     Ok(SessionsState {
         tree,
@@ -312,6 +321,26 @@ async fn remote_tree(
         tree.set_health(gpu, Some(reason));
     }
     Ok((tree, Arc::new(found.desktops)))
+}
+
+/// The tree on the simulated backend (host 0, fake GPUs): nothing starts, so
+/// there are no desktops to serve and no GPU health to poll.
+async fn simulated_tree(
+    config: &Config,
+    pool: db::DbPool,
+    settings: SessionSettings,
+) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
+    let gpus = gpu::read_inventory(&config.launcher.gpus)
+        .await?
+        .iter()
+        .map(|g| GpuAddr {
+            host: 0,
+            index: g.index,
+        })
+        .collect();
+    let launcher = Arc::new(SimulatedLauncher::new());
+    let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
+    Ok((tree, Arc::new(NoDesktops)))
 }
 
 /// The tree on the local Docker Engine (host 0), with NVML health polling and

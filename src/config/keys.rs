@@ -171,6 +171,12 @@ pub const KEYS: &[Key] = &[
         "comma-separated remote launcher URLs; unset = local Docker"
     ),
     key!(
+        "LAUNCHER_BACKEND",
+        Plain,
+        Some("docker"),
+        "docker, or simulated: starts nothing, on fake GPUs, to benchmark the queue and API (refused with TLS on)"
+    ),
+    key!(
         "LAUNCHER_TOKEN",
         Secret,
         None,
@@ -468,6 +474,7 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "HTTP_MAX_HEADER_BYTES",
     "MAX_CONNECTIONS_PER_CLIENT",
     "MAX_CONNECTIONS",
+    "LAUNCHER_BACKEND",
     // Never parse problems (they are only checked by the posture), listed
     // so that the list covers every key.
     "ADMIN_TOKEN",

@@ -1,13 +1,16 @@
 //! The launcher part: where desktops run. For the gate, the backend
-//! ([`LauncherKind`]: local Docker, or remote `deskgate launcher` services)
+//! ([`LauncherKind`]: local Docker, remote `deskgate launcher` services, or
+//! the simulated backend that starts nothing, for benchmarks)
 //! and the token it presents to them; for a launcher (and for a gate on
 //! local Docker, which is its own host 0), where it listens, its host
 //! number, the session container's image and limits, and which GPUs it
 //! manages.
 //!
 //! Invariants: the backend is decided here, once, from
-//! `DESKGATE_LAUNCHER_URLS` (unset or empty = local Docker), and only `app`
-//! matches on it; a remote host's number is its position in that list.
+//! `DESKGATE_LAUNCHER_URLS` (unset or empty = local Docker) and
+//! `DESKGATE_LAUNCHER_BACKEND`, and only `app` matches on it; a remote
+//! host's number is its position in that list. The simulated backend runs
+//! only on fake GPUs and never beside launcher URLs.
 //! Session containers never receive deskgate's own `DESKGATE_*` settings.
 
 use std::net::SocketAddr;
@@ -22,13 +25,17 @@ use super::{ENV_PREFIX, Problem};
 use crate::platform::secret::Secret;
 
 /// Which launcher backend the gate runs sessions on: decided once, here,
-/// from `DESKGATE_LAUNCHER_URLS`, and matched on only by `app`.
+/// from `DESKGATE_LAUNCHER_URLS` and `DESKGATE_LAUNCHER_BACKEND`, and
+/// matched on only by `app`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LauncherKind {
     /// Containers on the local Docker Engine (no launcher URLs).
     LocalDocker,
     /// `deskgate launcher` services; a host's number is its position here.
     Remote(Vec<Url>),
+    /// Nothing is started (`DESKGATE_LAUNCHER_BACKEND=simulated`): a gate
+    /// under benchmark, on fake GPUs; refused with TLS on.
+    Simulated,
 }
 
 /// Where desktops run and what their containers may use.
@@ -70,11 +77,14 @@ impl LauncherConfig {
                 .collect::<Result<Vec<_>, _>>()
         })
         .unwrap_or_default();
-        let kind = if urls.is_empty() {
-            LauncherKind::LocalDocker
-        } else {
-            LauncherKind::Remote(urls)
-        };
+        let simulated = parse_key(raw, "LAUNCHER_BACKEND", p, |t| match t {
+            "docker" => Ok(false),
+            "simulated" => Ok(true),
+            _ => Err(format!(
+                "`{t}` is not a launcher backend: docker (the default; remote launchers \
+                 come from DESKGATE_LAUNCHER_URLS) or simulated (starts nothing, for benchmarks)"
+            )),
+        });
         let bind = parse_key(raw, "LAUNCHER_BIND", p, parse_socket_addr);
         let host = parse_key(raw, "LAUNCHER_HOST", p, |t| {
             t.parse::<u16>()
@@ -107,6 +117,30 @@ impl LauncherConfig {
             }
         });
         let gpus = parse_key(raw, "GPUS", p, |t| t.parse::<GpuSelection>());
+        let kind = match (simulated, urls.is_empty()) {
+            (Some(true), false) => {
+                p.push(Problem::new(
+                    "LAUNCHER_BACKEND",
+                    "simulated starts nothing, so it cannot drive the launchers of \
+                     DESKGATE_LAUNCHER_URLS: unset one of them",
+                ));
+                None
+            }
+            (Some(true), true)
+                if gpus
+                    .as_ref()
+                    .is_some_and(|g| !matches!(g, GpuSelection::Fake(_))) =>
+            {
+                p.push(Problem::new(
+                    "LAUNCHER_BACKEND",
+                    "simulated schedules fake GPUs only: set DESKGATE_GPUS=fake:N",
+                ));
+                None
+            }
+            (Some(true), true) => Some(LauncherKind::Simulated),
+            (_, true) => Some(LauncherKind::LocalDocker),
+            (_, false) => Some(LauncherKind::Remote(urls)),
+        };
 
         if problems.len() > before {
             return None;
@@ -114,7 +148,7 @@ impl LauncherConfig {
         // Every `parse_key` above with a default returned `Some` when no
         // problem was recorded.
         Some(Self {
-            kind,
+            kind: kind?,
             token: secret(raw, "LAUNCHER_TOKEN"),
             bind: bind?,
             host,

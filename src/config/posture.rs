@@ -66,9 +66,26 @@ pub(super) fn check_posture(
         ));
     }
 
+    // The simulated backend grants desktops that do not exist: a benchmark's
+    // gate, never one that takes money from users, nor a launcher's.
+    if config.launcher.kind == LauncherKind::Simulated {
+        if role == Role::Launcher {
+            problems.push(Problem::new(
+                "LAUNCHER_BACKEND",
+                "simulated is a gate setting; `deskgate launcher` always runs Docker: unset it",
+            ));
+        } else if config.is_tls() {
+            problems.push(Problem::new(
+                "LAUNCHER_BACKEND",
+                "simulated starts no desktops, so users would pay for nothing; \
+                 it is refused with TLS on (the production posture): use docker or LAUNCHER_URLS",
+            ));
+        }
+    }
+
     let runs_containers = match (role, &config.launcher.kind) {
         (Role::Launcher, _) | (Role::Serve, LauncherKind::LocalDocker) => true,
-        (Role::Serve, LauncherKind::Remote(_)) => false,
+        (Role::Serve, LauncherKind::Remote(_) | LauncherKind::Simulated) => false,
     };
     if config.is_tls() && runs_containers && !config.launcher.session_image.contains("@sha256:") {
         problems.push(Problem::new(
@@ -262,6 +279,57 @@ mod tests {
     fn the_launcher_always_needs_its_token() {
         let loaded = load(None, Vec::new(), Role::Launcher);
         assert_eq!(variables(&loaded.problems), ["DESKGATE_LAUNCHER_TOKEN"]);
+    }
+
+    #[test]
+    fn the_simulated_backend_is_refused_with_tls_in_a_launcher_and_off_fake_gpus() {
+        let simulated = [
+            ("DESKGATE_LAUNCHER_BACKEND", "simulated"),
+            ("DESKGATE_GPUS", "fake:8"),
+        ];
+        let loaded = load(None, env(&simulated), Role::Serve);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+
+        let mut tls = simulated.to_vec();
+        tls.extend([
+            ("DESKGATE_TLS_CERT", "/c.pem"),
+            ("DESKGATE_TLS_KEY", "/k.pem"),
+            ("DESKGATE_PUBLIC_URL", "https://desk.example.org"),
+        ]);
+        let loaded = load(None, env(&tls), Role::Serve);
+        assert_eq!(
+            variables(&loaded.problems),
+            ["DESKGATE_LAUNCHER_BACKEND"],
+            "{:?}",
+            loaded.problems
+        );
+        assert!(loaded.problems[0].message.contains("TLS"));
+
+        let mut launcher = simulated.to_vec();
+        launcher.push(("DESKGATE_LAUNCHER_TOKEN", STRONG));
+        let loaded = load(None, env(&launcher), Role::Launcher);
+        assert_eq!(variables(&loaded.problems), ["DESKGATE_LAUNCHER_BACKEND"]);
+
+        for (key, value) in [
+            ("DESKGATE_GPUS", "0,1"),
+            ("DESKGATE_LAUNCHER_URLS", "https://gpu-1.internal:8090"),
+        ] {
+            let mut pairs = simulated.to_vec();
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            let loaded = load(None, env(&pairs), Role::Serve);
+            assert!(
+                variables(&loaded.problems).contains(&"DESKGATE_LAUNCHER_BACKEND"),
+                "{key}={value}: {:?}",
+                loaded.problems
+            );
+        }
+        let bad = load(
+            None,
+            env(&[("DESKGATE_LAUNCHER_BACKEND", "kwok")]),
+            Role::Serve,
+        );
+        assert_eq!(variables(&bad.problems), ["DESKGATE_LAUNCHER_BACKEND"]);
     }
 
     #[test]

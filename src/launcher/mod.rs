@@ -8,6 +8,8 @@
 //!   isolated network per session; it also dials desktops (`docker exec`).
 //! - [`remote`]: `deskgate launcher` services on GPU hosts, reached over a
 //!   token-guarded HTTP API; the same crate serves that API.
+//! - [`simulated`]: starts nothing (benchmarks of the queue and API); refused
+//!   with TLS on.
 //!
 //! [`gpu`] is the host's GPU inventory (NVML, an index list or `fake:N`), read
 //! by whichever process owns the GPUs: the gate with the Docker backend, each
@@ -23,3 +25,4 @@ pub mod desktop;
 pub mod docker;
 pub mod gpu;
 pub mod remote;
+pub mod simulated;

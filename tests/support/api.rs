@@ -255,8 +255,9 @@ impl GateProcess {
     }
 
     /// [`GateProcess::start`] for a gate whose launchers run on Docker
-    /// Engines of the test's own (never the shared one), so it leaves the
-    /// shared engine's session containers to other tests.
+    /// Engines of the test's own (never the shared one), or on the simulated
+    /// backend, so it leaves the shared engine's session containers to other
+    /// tests.
     pub async fn start_on_own_engines(port: u16, env: Vec<(&'static str, String)>) -> Self {
         Self::start_holding(port, env, None).await
     }
@@ -495,7 +496,13 @@ impl Stage {
         for (key, value) in settings {
             set_env(&mut env, key, *value);
         }
-        let gate = GateProcess::start(port, env).await;
+        // A simulated backend starts nothing on any engine.
+        let simulated = settings.contains(&("DESKGATE_LAUNCHER_BACKEND", "simulated"));
+        let gate = if simulated {
+            GateProcess::start_on_own_engines(port, env).await
+        } else {
+            GateProcess::start(port, env).await
+        };
         Self {
             gate,
             anvil,
