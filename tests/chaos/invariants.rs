@@ -87,19 +87,28 @@ HAVING (s.state = 'ended' AND (count(l.gpu_index) FILTER (WHERE l.released_at IS
     OR (s.state IN ('launching', 'running')
         AND count(l.gpu_index) FILTER (WHERE l.released_at IS NULL) <> cardinality(s.gpu_indices))";
 
-/// Each session's usage debits are whole intervals or a last part, under
-/// distinct keys; an ended session's row says what the ledger took, a live
-/// one's lags it by at most the debit in flight.
+/// An ended session's row says what the ledger took from its wallet; a live
+/// one's lags the ledger by at most its newest debit (committed, the row's
+/// save in flight). That debit may be larger than one interval: a session
+/// whose interval debits failed while PostgreSQL was down bills the backlog
+/// in one final debit when it ends (seed 3 caught the old one-interval
+/// bound between that debit and the end's save).
 const BILLING_MATCHES_LEDGER: &str = "
+WITH taken AS (
+    SELECT t.id, t.reference, -sum(e.amount) AS amount
+    FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id AND e.account LIKE 'wallet:%'
+    WHERE t.reference LIKE 'session:%'
+    GROUP BY t.id, t.reference
+), per_session AS (
+    SELECT reference, sum(amount) AS total, (array_agg(amount ORDER BY id DESC))[1] AS newest
+    FROM taken GROUP BY reference
+)
 SELECT 'session ' || s.id || ' (' || s.state || ') billed ' || s.billed_credit
-       || ' but the ledger took ' || coalesce(-sum(e.amount), 0) AS what
+       || ' but the ledger took ' || coalesce(p.total, 0) AS what
 FROM sessions s
-LEFT JOIN ledger_txns t ON t.reference = 'session:' || s.id
-LEFT JOIN ledger_entries e ON e.txn_id = t.id AND e.account LIKE 'wallet:%'
-GROUP BY s.id
-HAVING (s.state = 'ended' AND coalesce(-sum(e.amount), 0) <> s.billed_credit)
-    OR coalesce(-sum(e.amount), 0) < s.billed_credit
-    OR coalesce(-sum(e.amount), 0) > s.billed_credit + s.gpus * $1";
+LEFT JOIN per_session p ON p.reference = 'session:' || s.id
+WHERE coalesce(p.total, 0) <> s.billed_credit
+  AND (s.state = 'ended' OR coalesce(p.total - p.newest, 0) <> s.billed_credit)";
 
 /// The counts a round of checks ran and found.
 #[derive(Debug, Default, Clone)]
@@ -150,7 +159,6 @@ async fn lines(conn: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
 /// `None` when the database does not answer (the round is not counted).
 pub async fn snapshot_checks(
     url: &str,
-    interval_secs: i64,
     admin_keys: &HashMap<String, AdminKey>,
 ) -> Option<Tally> {
     let mut conn = AsyncPgConnection::establish(url).await.ok()?;
@@ -170,8 +178,10 @@ pub async fn snapshot_checks(
         "leases-match-sessions",
         lines(&mut conn, LEASES_MATCH_SESSIONS).await,
     );
-    let billing = BILLING_MATCHES_LEDGER.replace("$1", &interval_secs.to_string());
-    tally.found("billing-matches-ledger", lines(&mut conn, &billing).await);
+    tally.found(
+        "billing-matches-ledger",
+        lines(&mut conn, BILLING_MATCHES_LEDGER).await,
+    );
 
     #[derive(diesel::QueryableByName)]
     struct N {
@@ -490,88 +500,21 @@ fn epoch_ms(t: SystemTime) -> f64 {
         * 1000.0
 }
 
-/// The queue served the claims that waited first come, first served, with
-/// backfill that cannot pass the head: no claim was granted while an
-/// earlier claim for no more GPUs was the head of the queue (waiting, with
-/// nobody before it waiting). A later claim for fewer GPUs may go first
-/// (backfill); so may any claim while the head needs more GPUs than it.
-/// Grant times are the first lease on record, taken `tolerance_ms` apart
-/// (session actors record their grants concurrently), and none near a
-/// window of a fault that delays records is compared.
+/// The queue served the claims that waited in order
+/// ([`crate::support::queue_order`]); no grant near a window of a fault that
+/// delays records is compared.
 pub async fn queue_order_checks(
     url: &str,
     windows: &[FaultWindow],
     tolerance_ms: f64,
 ) -> Option<Tally> {
-    #[derive(diesel::QueryableByName, Clone)]
-    struct Claim {
-        #[diesel(sql_type = Text)]
-        id: String,
-        #[diesel(sql_type = BigInt)]
-        gpus: i64,
-        #[diesel(sql_type = Double)]
-        claimed: f64,
-        #[diesel(sql_type = Nullable<Double>)]
-        granted: Option<f64>,
-        #[diesel(sql_type = Nullable<Double>)]
-        ended: Option<f64>,
-    }
-    use diesel::sql_types::Double;
-    let mut conn = AsyncPgConnection::establish(url).await.ok()?;
-    let mut claims = diesel::sql_query(
-        "SELECT s.id::text AS id, s.gpus::bigint AS gpus, \
-                extract(epoch FROM s.created_at)::float8 * 1000 AS claimed, \
-                extract(epoch FROM f.leased_at)::float8 * 1000 AS granted, \
-                extract(epoch FROM s.ended_at)::float8 * 1000 AS ended \
-         FROM sessions s LEFT JOIN (SELECT session_id, min(leased_at) AS leased_at \
-                                    FROM session_leases GROUP BY session_id) f \
-           ON f.session_id = s.id \
-         ORDER BY s.created_at",
-    )
-    .load::<Claim>(&mut conn)
-    .await
-    .ok()?;
-    claims.sort_by(|a, b| a.claimed.total_cmp(&b.claimed));
     let blurred = |t: f64| {
         windows.iter().any(|w| {
             w.delays_records && t > epoch_ms(w.from) - 5000.0 && t < epoch_ms(w.to) + 5000.0
         })
     };
-    // Waiting at `t`: claimed before it, not ended by then (a claim that
-    // left the queue just after `t` was still in it), and not granted within
-    // `tolerance_ms` after it (it may have been granted first and recorded
-    // later).
-    let waiting = |c: &Claim, t: f64| {
-        c.claimed < t
-            && c.granted.is_none_or(|g| g > t + tolerance_ms)
-            && c.ended.is_none_or(|e| e > t)
-    };
-    let mut lines = Vec::new();
-    for later in &claims {
-        let Some(t) = later.granted else { continue };
-        if blurred(t) {
-            continue;
-        }
-        // The head when `later` was granted: the first claim still waiting.
-        let Some(head) = claims
-            .iter()
-            .take_while(|c| c.claimed < later.claimed)
-            .find(|c| waiting(c, t))
-        else {
-            continue;
-        };
-        if head.gpus <= later.gpus {
-            lines.push(format!(
-                "claim {} ({} GPUs) was granted while {} ({} GPUs, claimed {:.0} ms earlier) \
-                 headed the queue",
-                later.id,
-                later.gpus,
-                head.id,
-                head.gpus,
-                later.claimed - head.claimed
-            ));
-        }
-    }
+    let lines =
+        crate::support::queue_order::queue_order_violations(url, blurred, tolerance_ms).await?;
     let mut tally = Tally::default();
     tally.found("queue-order", lines);
     Some(tally)

@@ -455,7 +455,7 @@ async fn a_seeded_fault_campaign_keeps_every_invariant() {
 /// One round of the checks that hold at any moment, plus orphans.
 async fn checks(stack: &Stack, record: &Mutex<workload::Record>) -> Tally {
     let keys = record.lock().unwrap().admin_keys.clone();
-    let mut tally = invariants::snapshot_checks(&stack.pg.url, BILLING_INTERVAL_SECS, &keys)
+    let mut tally = invariants::snapshot_checks(&stack.pg.url, &keys)
         .await
         .unwrap_or_default();
     if let Some(orphans) =

@@ -13,6 +13,7 @@ pub mod api;
 pub mod browser;
 pub mod desktop;
 pub mod netns;
+pub mod queue_order;
 pub mod sign_in;
 
 use std::collections::HashMap;
