@@ -11,193 +11,36 @@
 //! The queue's own decision rate is in the `scheduler` bench; this one
 //! shows what the actor layer adds.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod tree_core;
 
-use deskgate_actors::ports::{EndReason, GpuAddr, SessionState, WalletId};
-use deskgate_actors::protocol::SessionEvent;
-use deskgate_actors::queue::Policy;
-use deskgate_actors::session::SessionSettings;
-use deskgate_actors::supervisor::{
-    RestartPolicy, SessionHandle, Supervisor, SupervisorArgs, SupervisorMsg,
-};
-use deskgate_actors::testing::{FakeLauncher, MemoryLedger, MemoryStore};
-use ractor::ActorRef;
-use ractor::rpc::CallResult;
+use tree_core::{FANOUT_SAMPLES, GRANT_SAMPLES, WAITERS};
 
-const HOSTS: u16 = 8;
-const GPUS_PER_HOST: u32 = 8;
-const WAITERS: usize = 10_000;
-const GRANT_SAMPLES: usize = 200;
-const FANOUT_SAMPLES: usize = 20;
-const CALL: Option<Duration> = Some(Duration::from_secs(30));
-
-fn wallet(n: usize) -> WalletId {
-    WalletId::new(&format!("0x{n:040x}"))
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-async fn claim(supervisor: &ActorRef<SupervisorMsg>, wallet: WalletId) -> SessionHandle {
-    match supervisor
-        .call(
-            |reply| SupervisorMsg::StartSession {
-                wallet,
-                gpus: 1,
-                reply,
-            },
-            CALL,
-        )
-        .await
-        .expect("supervisor answers")
-    {
-        CallResult::Success(Ok(handle)) => handle,
-        other => panic!("claim failed: {other:?}"),
-    }
-}
-
-async fn stop(supervisor: &ActorRef<SupervisorMsg>, handle: &SessionHandle) {
-    let session = handle.id;
-    let _ = supervisor
-        .call(
-            |reply| SupervisorMsg::StopSession {
-                session,
-                reason: EndReason::UserStopped,
-                reply,
-            },
-            CALL,
-        )
-        .await;
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn micros(d: Duration) -> f64 {
+fn micros(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
 async fn run() {
-    let gpus: Vec<GpuAddr> = (0..HOSTS)
-        .flat_map(|host| (0..GPUS_PER_HOST).map(move |index| GpuAddr { host, index }))
-        .collect();
-    let total_gpus = gpus.len();
-    let ledger = Arc::new(MemoryLedger::new());
-    let args = SupervisorArgs {
-        gpus,
-        policy: Policy::default(),
-        profile_sizes: vec![1, 2, 4, 8],
-        ledger: ledger.clone(),
-        store: Arc::new(MemoryStore::new()),
-        launcher: Arc::new(FakeLauncher::new()),
-        settings: SessionSettings {
-            billing_interval: Duration::from_secs(3600),
-            presence_timeout: Duration::from_secs(86_400),
-            idle_timeout: None,
-            ..SessionSettings::default()
-        },
-        restart: RestartPolicy::default(),
-    };
-    let (supervisor, _) = ractor::Actor::spawn(None, Supervisor, args).await.unwrap();
-
-    let total = total_gpus + WAITERS + GRANT_SAMPLES + FANOUT_SAMPLES;
-    for n in 0..total {
-        ledger.deposit(&wallet(n), 1_000_000);
-    }
-    let mut running = Vec::with_capacity(total_gpus);
-    for n in 0..total_gpus {
-        running.push(claim(&supervisor, wallet(n)).await);
-    }
-
-    let before = rss_bytes();
-    let started = Instant::now();
-    let mut waiting = std::collections::VecDeque::with_capacity(WAITERS);
-    for n in total_gpus..total_gpus + WAITERS {
-        waiting.push_back(claim(&supervisor, wallet(n)).await);
-    }
-    let took = started.elapsed();
-    // Let the coalesced position pass finish before measuring memory.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_bytes();
+    let f = tree_core::measure().await;
     println!(
-        "tree: {WAITERS} claims queued in {:.2} s ({:.0} claims/s)",
-        took.as_secs_f64(),
-        WAITERS as f64 / took.as_secs_f64()
+        "tree: {WAITERS} claims queued ({:.0} claims/s)",
+        f.claims_per_sec
     );
     println!(
         "tree: resident memory per waiting claim (queue entry, event channel, record; actors start at grant): {:.0} bytes (target <= 8192)",
-        after.saturating_sub(before) as f64 / WAITERS as f64
+        f.bytes_per_waiter
     );
-
-    // Release-to-grant: stop a running session, time until the head waiter
-    // is granted (its Launching state). A new claim keeps 10k waiting.
-    let mut next_wallet = total_gpus + WAITERS;
-    let mut grant_times = Vec::with_capacity(GRANT_SAMPLES);
-    for _ in 0..GRANT_SAMPLES {
-        let head = waiting.pop_front().expect("a waiter");
-        let mut events = head.events.subscribe();
-        let victim = running.remove(0);
-        let t0 = Instant::now();
-        stop(&supervisor, &victim).await;
-        loop {
-            match events.recv().await {
-                Ok(SessionEvent::State {
-                    state: SessionState::Launching,
-                    ..
-                }) => break,
-                Ok(_) => {}
-                Err(e) => panic!("head lost its events: {e}"),
-            }
-        }
-        grant_times.push(t0.elapsed());
-        running.push(head);
-        waiting.push_back(claim(&supervisor, wallet(next_wallet)).await);
-        next_wallet += 1;
-    }
-    grant_times.sort();
     println!(
-        "tree: release-to-grant with {WAITERS} waiters on {total_gpus} GPUs: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({GRANT_SAMPLES} samples)",
-        micros(percentile(&grant_times, 0.5)),
-        micros(percentile(&grant_times, 0.99)),
-        micros(*grant_times.last().unwrap()),
+        "tree: release-to-grant with {WAITERS} waiters on {} GPUs: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({GRANT_SAMPLES} samples)",
+        f.gpus,
+        micros(f.grant_p50),
+        micros(f.grant_p99),
+        micros(f.grant_max),
     );
-
-    // Fan-out: time until the last waiter hears its new position.
-    let mut fanout_times = Vec::with_capacity(FANOUT_SAMPLES);
-    for _ in 0..FANOUT_SAMPLES {
-        let last = waiting.back().expect("a waiter");
-        let mut events = last.events.subscribe();
-        let victim = running.remove(0);
-        let t0 = Instant::now();
-        stop(&supervisor, &victim).await;
-        loop {
-            match events.recv().await {
-                Ok(SessionEvent::Queue(_)) => break,
-                Ok(_) => {}
-                Err(e) => panic!("last waiter lost its events: {e}"),
-            }
-        }
-        fanout_times.push(t0.elapsed());
-        running.push(waiting.pop_front().unwrap());
-        waiting.push_back(claim(&supervisor, wallet(next_wallet)).await);
-        next_wallet += 1;
-    }
-    fanout_times.sort();
     println!(
         "tree: position fan-out to {WAITERS} waiters after a release: p50 {:.1} ms, max {:.1} ms ({FANOUT_SAMPLES} samples)",
-        percentile(&fanout_times, 0.5).as_secs_f64() * 1e3,
-        fanout_times.last().unwrap().as_secs_f64() * 1e3,
+        f.fanout_p50.as_secs_f64() * 1e3,
+        f.fanout_max.as_secs_f64() * 1e3,
     );
-    supervisor.stop(None);
 }
 
 fn main() {

@@ -157,10 +157,7 @@ async fn lines(conn: &mut AsyncPgConnection, sql: &str) -> Vec<String> {
 
 /// The checks that hold at every moment, on one snapshot of the database.
 /// `None` when the database does not answer (the round is not counted).
-pub async fn snapshot_checks(
-    url: &str,
-    admin_keys: &HashMap<String, AdminKey>,
-) -> Option<Tally> {
+pub async fn snapshot_checks(url: &str, admin_keys: &HashMap<String, AdminKey>) -> Option<Tally> {
     let mut conn = AsyncPgConnection::establish(url).await.ok()?;
     diesel::sql_query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut conn)
