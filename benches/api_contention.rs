@@ -58,6 +58,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use support::api::{GateClient, GateProcess, session_env, set_env};
 use support::{OwnAnvil, STRONG_SECRET, ScratchDatabase, free_port};
+use tree_core::{percentile, resident_bytes};
 
 /// Fake GPUs of the self-started gate (one simulated host).
 const GPUS: usize = 64;
@@ -171,7 +172,7 @@ async fn target(o: &Options) -> Target {
     ] {
         set_env(&mut env, key, value);
     }
-    let gate = GateProcess::start_on_own_engines(port, env).await;
+    let gate = GateProcess::start(port, env).await;
     Target {
         client: (*gate).clone(),
         admin_token: STRONG_SECRET.to_string(),
@@ -303,22 +304,6 @@ async fn watch(
     Ok(())
 }
 
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -420,7 +405,6 @@ async fn run(o: Options) -> bool {
         Ok(tps) => println!("peer: pgbench -c1 -T5, one INSERT per commit: {tps:.0} commits/s"),
         Err(e) => println!("peer: pgbench not run: {e}"),
     }
-    let gpus = if target.own.is_some() { GPUS } else { 0 };
     println!(
         "gate: {} ({})",
         client.base,
@@ -431,9 +415,10 @@ async fn run(o: Options) -> bool {
         }
     );
 
-    // Wallets: enough to fill every GPU, then `waiters` more.
+    // Wallets: enough to fill the started gate's GPUs, then `waiters` more
+    // (a given gate with more GPUs keeps fewer waiting; the figures say how many).
     let mut rng = StdRng::seed_from_u64(o.seed);
-    let count = o.waiters + gpus.max(64);
+    let count = o.waiters + GPUS;
     let plan: Vec<(&'static str, usize)> = (0..count)
         .map(|_| {
             let mut roll = rng.random_range(0..100);
@@ -501,7 +486,7 @@ async fn run(o: Options) -> bool {
     );
 
     // Claims, as fast as `concurrency` clients can send them.
-    let rss_before = target.pid.and_then(resident_bytes);
+    let rss_before = target.pid.and_then(|pid| resident_bytes(&pid.to_string()));
     let tokens = Arc::new(signed.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>());
     let (c, t, p) = (client.clone(), tokens.clone(), Arc::new(plan.clone()));
     let (claims, took) = fan_out(count, o.concurrency, move |i| {
@@ -573,7 +558,7 @@ async fn run(o: Options) -> bool {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     while seen.try_recv().is_ok() {}
-    let rss_after = target.pid.and_then(resident_bytes);
+    let rss_after = target.pid.and_then(|pid| resident_bytes(&pid.to_string()));
     let waiters_then = waiting.len();
     match (rss_before, rss_after) {
         (Some(before), Some(after)) => {

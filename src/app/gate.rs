@@ -323,6 +323,21 @@ async fn remote_tree(
     Ok((tree, Arc::new(found.desktops)))
 }
 
+/// This host's GPUs, when the gate is its own host 0: their indices and
+/// their addresses.
+async fn host_zero_gpus(config: &Config) -> Result<(Vec<u32>, Vec<GpuAddr>), AppError> {
+    let indices: Vec<u32> = gpu::read_inventory(&config.launcher.gpus)
+        .await?
+        .iter()
+        .map(|g| g.index)
+        .collect();
+    let gpus = indices
+        .iter()
+        .map(|&index| GpuAddr { host: 0, index })
+        .collect();
+    Ok((indices, gpus))
+}
+
 /// The tree on the simulated backend (host 0, fake GPUs): nothing starts, so
 /// there are no desktops to serve and no GPU health to poll.
 async fn simulated_tree(
@@ -330,14 +345,7 @@ async fn simulated_tree(
     pool: db::DbPool,
     settings: SessionSettings,
 ) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
-    let gpus = gpu::read_inventory(&config.launcher.gpus)
-        .await?
-        .iter()
-        .map(|g| GpuAddr {
-            host: 0,
-            index: g.index,
-        })
-        .collect();
+    let (_, gpus) = host_zero_gpus(config).await?;
     let launcher = Arc::new(SimulatedLauncher::new());
     let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
     Ok((tree, Arc::new(NoDesktops)))
@@ -350,15 +358,7 @@ async fn local_docker_tree(
     pool: db::DbPool,
     settings: SessionSettings,
 ) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
-    let indices: Vec<u32> = gpu::read_inventory(&config.launcher.gpus)
-        .await?
-        .iter()
-        .map(|g| g.index)
-        .collect();
-    let gpus = indices
-        .iter()
-        .map(|&index| GpuAddr { host: 0, index })
-        .collect();
+    let (indices, gpus) = host_zero_gpus(config).await?;
     let launcher = Arc::new(docker_launcher(config).await?);
     let desktops: Arc<dyn DesktopMedia> =
         Arc::new(docker_desktops(config, launcher.clone(), Role::Serve)?);

@@ -248,16 +248,24 @@ fn remove_session_leftovers() {
 
 impl GateProcess {
     /// Starts `deskgate serve` with `env` (which binds `127.0.0.1:port`) and
-    /// waits until it is ready and its sessions are open.
+    /// waits until it is ready and its sessions are open. It holds
+    /// [`DockerSessionsLock`] unless it runs on the simulated backend, which
+    /// starts nothing on any engine.
     pub async fn start(port: u16, env: Vec<(&'static str, String)>) -> Self {
-        let docker = DockerSessionsLock::acquire().await;
-        Self::start_holding(port, env, Some(docker)).await
+        let simulated = env
+            .iter()
+            .any(|(key, value)| *key == "DESKGATE_LAUNCHER_BACKEND" && value == "simulated");
+        let docker = if simulated {
+            None
+        } else {
+            Some(DockerSessionsLock::acquire().await)
+        };
+        Self::start_holding(port, env, docker).await
     }
 
     /// [`GateProcess::start`] for a gate whose launchers run on Docker
-    /// Engines of the test's own (never the shared one), or on the simulated
-    /// backend, so it leaves the shared engine's session containers to other
-    /// tests.
+    /// Engines of the test's own (never the shared one), so it leaves the
+    /// shared engine's session containers to other tests.
     pub async fn start_on_own_engines(port: u16, env: Vec<(&'static str, String)>) -> Self {
         Self::start_holding(port, env, None).await
     }
@@ -496,13 +504,7 @@ impl Stage {
         for (key, value) in settings {
             set_env(&mut env, key, *value);
         }
-        // A simulated backend starts nothing on any engine.
-        let simulated = settings.contains(&("DESKGATE_LAUNCHER_BACKEND", "simulated"));
-        let gate = if simulated {
-            GateProcess::start_on_own_engines(port, env).await
-        } else {
-            GateProcess::start(port, env).await
-        };
+        let gate = GateProcess::start(port, env).await;
         Self {
             gate,
             anvil,

@@ -35,13 +35,19 @@ fn wallet(n: usize) -> WalletId {
     WalletId::new(&format!("0x{n:040x}"))
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// Resident bytes of process `pid` ("self" for this one), from `/proc`;
+/// `None` if it cannot be read.
+pub fn resident_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .map(|kb| kb * 1024)
+}
+
+fn rss_bytes() -> u64 {
+    resident_bytes("self").unwrap_or(0)
 }
 
 async fn claim(supervisor: &ActorRef<SupervisorMsg>, wallet: WalletId) -> SessionHandle {
@@ -76,9 +82,12 @@ async fn stop(supervisor: &ActorRef<SupervisorMsg>, handle: &SessionHandle) {
         .await;
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
+/// The `p` quantile (0 to 1) of `sorted`, nearest rank; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// What one run of the tree measured.
