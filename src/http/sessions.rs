@@ -44,6 +44,12 @@ use crate::sessions::profiles::{PROFILES, profile_named};
 /// channel, and the gate reads nothing from it but pings.
 const EVENTS_MAX_MESSAGE_BYTES: usize = 1024;
 
+/// The events socket's read buffer. tungstenite's default is 128 KiB a
+/// socket, which a queue of 10,000 waiting browsers pays in full for a
+/// channel that reads only pings: 4 KiB holds several of the largest
+/// messages allowed. Writes go out at once (no write buffer to grow).
+const EVENTS_READ_BUFFER_BYTES: usize = 4096;
+
 /// The session routes.
 pub fn routes(api: Arc<ApiState>) -> Router {
     Router::new()
@@ -390,6 +396,8 @@ async fn events(
     Ok(upgrade
         .max_message_size(EVENTS_MAX_MESSAGE_BYTES)
         .max_frame_size(EVENTS_MAX_MESSAGE_BYTES)
+        .read_buffer_size(EVENTS_READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| relay_events(socket, desk, id, view, receiver)))
 }
 
