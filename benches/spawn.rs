@@ -85,6 +85,7 @@ async fn claim_to_running(
     let handle = ask(supervisor, |reply| SupervisorMsg::StartSession {
         wallet,
         gpus: 1,
+        balance: None,
         reply,
     })
     .await

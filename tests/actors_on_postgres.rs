@@ -245,6 +245,7 @@ impl Tree {
         ask(&self.supervisor, |reply| SupervisorMsg::StartSession {
             wallet,
             gpus,
+            balance: None,
             reply,
         })
         .await

@@ -137,6 +137,7 @@ async fn records_round_trip_exactly() {
         billed_credit: 1_234_567_890_123,
         billed_ms: 987_654_321,
         end_reason: None,
+        queued_at: None,
     };
     store.save(&running).await.unwrap();
     assert_eq!(store.load(running.id).await.unwrap(), Some(running.clone()));
@@ -269,6 +270,42 @@ async fn load_active_is_oldest_first_without_ended() {
     let mut by_id = ids.clone();
     by_id.sort();
     assert_eq!(active, by_id);
+
+    teardown(db, pool).await;
+}
+
+/// A record that knows when it was queued is created at that instant, to the
+/// microsecond, whatever order the saves land in: claims are saved
+/// concurrently and recovery re-queues by this column. A later save keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queued_instant_orders_rows_saved_out_of_order() {
+    let (db, pool, store) = setup("sessions_queued_at").await;
+    let base = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_800_000_000_123_456);
+    let mut first = record(SessionId::new(), ALICE, SessionState::Queued);
+    first.queued_at = Some(base);
+    let mut second = record(SessionId::new(), BOB, SessionState::Queued);
+    second.queued_at = Some(base + std::time::Duration::from_micros(1));
+    // The later claim's save lands first.
+    store.save(&second).await.unwrap();
+    store.save(&first).await.unwrap();
+    let active: Vec<SessionId> = store
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(active, [first.id, second.id]);
+    let created = stamps(&pool, first.id).await.created_at;
+    let expected: DateTime<Utc> = base.into();
+    assert_eq!(created, expected);
+
+    // Running later, saved by an actor that no longer carries the instant.
+    first.state = SessionState::Running;
+    first.gpu_addrs = vec![GpuAddr { host: 0, index: 0 }];
+    first.queued_at = None;
+    store.save(&first).await.unwrap();
+    assert_eq!(stamps(&pool, first.id).await.created_at, expected);
 
     teardown(db, pool).await;
 }

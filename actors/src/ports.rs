@@ -217,6 +217,12 @@ pub struct SessionRecord {
     pub billed_ms: u64,
     /// Why it ended.
     pub end_reason: Option<EndReason>,
+    /// When the gate queued the claim: the store keeps it as the row's
+    /// creation time, which orders the queue again at recovery. Claims are
+    /// saved concurrently, so the database's own clock at insert would not
+    /// follow the queue. `None` where unknown (a record read back from the
+    /// store, whose row already holds it).
+    pub queued_at: Option<std::time::SystemTime>,
 }
 
 impl SessionRecord {
@@ -234,6 +240,7 @@ impl SessionRecord {
             billed_credit: 0,
             billed_ms: 0,
             end_reason: None,
+            queued_at: None,
         }
     }
 

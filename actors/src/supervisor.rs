@@ -28,14 +28,14 @@ use std::time::Duration;
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::ask::ask;
 use crate::gpu::spawn_gpu;
 use crate::ports::{
-    ContainerExit, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, SessionRecord,
-    SessionState, SessionStore, WalletId,
+    ContainerExit, CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId,
+    SessionRecord, SessionState, SessionStore, WalletId,
 };
 use crate::protocol::{
     Claim, ClaimError, LeaseGrant, PoolSnapshot, SessionEvent, SessionView, release_lease,
@@ -154,6 +154,11 @@ pub enum SupervisorMsg {
         wallet: WalletId,
         /// GPUs wanted.
         gpus: u32,
+        /// The wallet's ledger balance as the caller read it just before, so
+        /// that this actor need not wait on the database; `None` and it reads
+        /// the ledger itself. A wallet with a running session has a fresher
+        /// cached balance, which wins either way.
+        balance: Option<CreditSeconds>,
         /// The session, or why not.
         reply: RpcReplyPort<Result<SessionHandle, StartError>>,
     },
@@ -239,6 +244,8 @@ enum Phase {
     Queued {
         record: SessionRecord,
         stop: Option<EndReason>,
+        /// Turns true once the queued record is saved: its grant waits for it.
+        saved: watch::Receiver<bool>,
     },
     /// Granted: its actor runs it.
     Live(ActorRef<SessionMsg>),
@@ -271,6 +278,9 @@ pub struct SupervisorState {
     sessions: HashMap<SessionId, SessionEntry>,
     by_actor: HashMap<ActorId, SessionId>,
     recovery: RecoveryReport,
+    /// The latest claim's `queued_at`: the next one is later, whatever the
+    /// wall clock does, so that the rows keep the queue's order.
+    last_queued_at: std::time::SystemTime,
     /// The task that forwards container exits; it ends with the state, so a
     /// tree that stops (a failed recovery included) lets go of the
     /// launcher's exit watchers.
@@ -344,6 +354,7 @@ impl Actor for Supervisor {
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             recovery: RecoveryReport::default(),
+            last_queued_at: std::time::UNIX_EPOCH,
             _exit_forwarder: AbortOnDrop(forwarder.abort_handle()),
         })
     }
@@ -379,10 +390,25 @@ impl Actor for Supervisor {
             SupervisorMsg::StartSession {
                 wallet,
                 gpus,
+                balance,
                 reply,
             } => {
-                let record = SessionRecord::new(SessionId::new(), wallet, gpus);
-                let _ = reply.send(state.enqueue(record).await);
+                let mut record = SessionRecord::new(SessionId::new(), wallet, gpus);
+                record.queued_at = Some(state.next_queued_at());
+                match state.enqueue(record, balance).await {
+                    // The claimant hears of its session once the row is
+                    // saved, without holding up the claims behind it.
+                    Ok(handle) => {
+                        let mut saved = state.saved_signal(handle.id);
+                        tokio::spawn(async move {
+                            let _ = saved.wait_for(|done| *done).await;
+                            let _ = reply.send(Ok(handle));
+                        });
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
             }
             SupervisorMsg::Lookup { session, reply } => {
                 let _ = reply.send(state.handle_of(session));
@@ -487,6 +513,23 @@ impl SupervisorState {
         })
     }
 
+    /// Now, or a microsecond after the previous claim if the clock says
+    /// otherwise (the store keeps microseconds).
+    fn next_queued_at(&mut self) -> std::time::SystemTime {
+        let next = std::time::SystemTime::now().max(self.last_queued_at + Duration::from_micros(1));
+        self.last_queued_at = next;
+        next
+    }
+
+    /// What turns true once a queued session's record is saved; already
+    /// true for one that is no longer queued (granted, or ended).
+    fn saved_signal(&self, session: SessionId) -> watch::Receiver<bool> {
+        match self.sessions.get(&session).map(|e| &e.phase) {
+            Some(Phase::Queued { saved, .. }) => saved.clone(),
+            _ => watch::channel(true).1,
+        }
+    }
+
     fn actor_of(&self, session: SessionId) -> Option<ActorRef<SessionMsg>> {
         match &self.sessions.get(&session)?.phase {
             Phase::Live(actor) => Some(actor.clone()),
@@ -503,16 +546,22 @@ impl SupervisorState {
     }
 
     /// How long `gpus` GPUs can run on the wallet's credit.
-    async fn runway_ms(&self, wallet: &WalletId, gpus: u32) -> Result<u64, LedgerError> {
+    /// `read` is the ledger balance a caller read just before, if any.
+    async fn runway_ms(
+        &self,
+        wallet: &WalletId,
+        gpus: u32,
+        read: Option<CreditSeconds>,
+    ) -> Result<u64, LedgerError> {
         // A wallet with a running session has an actor whose cache is as
-        // fresh as the ledger; otherwise ask the ledger.
+        // fresh as the ledger; otherwise the caller's reading, or the ledger.
         let cached = match self.wallets.get(wallet) {
             Some(actor) => ask(actor, |reply| WalletMsg::Balance { reply })
                 .await
                 .transpose()?,
             None => None,
         };
-        let balance = match cached {
+        let balance = match cached.or(read) {
             Some(balance) => balance,
             None => self.args.ledger.balance(wallet).await?,
         };
@@ -521,10 +570,17 @@ impl SupervisorState {
     }
 
     /// Queues a claim for `record` (new, or re-queued at recovery) and
-    /// persists it once the queue has accepted it. A grant that follows at
-    /// once waits in this actor's mailbox until the record is saved.
-    async fn enqueue(&mut self, mut record: SessionRecord) -> Result<SessionHandle, StartError> {
-        let runway_ms = self.runway_ms(&record.wallet, record.gpus).await?;
+    /// persists it once the queue has accepted it. The save runs beside this
+    /// actor (claims behind it need not wait on PostgreSQL's commit); the
+    /// session's grant waits for it ([`Self::granted`]), so that the queued
+    /// row never lands after a later state. An end may land first: the
+    /// store refuses to overwrite an ended row.
+    async fn enqueue(
+        &mut self,
+        mut record: SessionRecord,
+        balance: Option<CreditSeconds>,
+    ) -> Result<SessionHandle, StartError> {
+        let runway_ms = self.runway_ms(&record.wallet, record.gpus, balance).await?;
         let carried = Carried::new();
         let claim = Claim {
             session: record.id,
@@ -541,15 +597,24 @@ impl SupervisorState {
         .await
         .ok_or(StartError::SchedulerSilent)??;
         record.state = SessionState::Queued;
-        if let Err(err) = self.args.store.save(&record).await {
-            tracing::error!(session = %record.id, %err, "cannot persist the queued session");
-        }
+        let (saved_tx, saved) = watch::channel(false);
+        let (store, queued) = (self.args.store.clone(), record.clone());
+        tokio::spawn(async move {
+            if let Err(err) = store.save(&queued).await {
+                tracing::error!(session = %queued.id, %err, "cannot persist the queued session");
+            }
+            let _ = saved_tx.send(true);
+        });
         let id = record.id;
         self.sessions.insert(
             id,
             SessionEntry {
                 wallet: record.wallet.clone(),
-                phase: Phase::Queued { record, stop: None },
+                phase: Phase::Queued {
+                    record,
+                    stop: None,
+                    saved,
+                },
                 events: carried.events,
                 run_origin: carried.run_origin,
                 crashes: carried.crashes,
@@ -566,10 +631,17 @@ impl SupervisorState {
             release_lease(&self.scheduler, session);
             return;
         };
-        let Phase::Queued { record, stop } = entry.phase else {
+        let Phase::Queued {
+            record,
+            stop,
+            mut saved,
+        } = entry.phase
+        else {
             self.sessions.insert(session, entry);
             return;
         };
+        // Done long ago unless the grant came at once.
+        let _ = saved.wait_for(|done| *done).await;
         let events = entry.events.clone();
         let carried = Carried {
             events: entry.events,
@@ -671,7 +743,7 @@ impl SupervisorState {
                     let _ = actor.cast(SessionMsg::CreditChanged);
                 }
                 None => {
-                    if let Ok(runway_ms) = self.runway_ms(&wallet, gpus).await {
+                    if let Ok(runway_ms) = self.runway_ms(&wallet, gpus, None).await {
                         let _ = self
                             .scheduler
                             .cast(SchedulerMsg::UpdateBound { session, runway_ms });

@@ -170,6 +170,9 @@ struct StoreInner {
     order: Vec<SessionId>,
     saves: usize,
     unavailable: bool,
+    queued_save_delay: Option<Duration>,
+    /// Every state saved, per session, in the order the saves landed.
+    history: HashMap<SessionId, Vec<SessionState>>,
 }
 
 /// A [`SessionStore`] in memory.
@@ -194,15 +197,36 @@ impl MemoryStore {
         lock(&self.inner).records.get(&id).cloned()
     }
 
+    /// The states saved for a session, in the order the saves landed.
+    pub fn saved_states(&self, id: SessionId) -> Vec<SessionState> {
+        lock(&self.inner)
+            .history
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// While `true`, every [`SessionStore`] call fails.
     pub fn set_unavailable(&self, unavailable: bool) {
         lock(&self.inner).unavailable = unavailable;
+    }
+
+    /// Saves of `Queued` records take this long (a slow commit), so that a
+    /// later save of the same session could overtake them.
+    pub fn delay_queued_saves(&self, delay: Duration) {
+        lock(&self.inner).queued_save_delay = Some(delay);
     }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn save(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let delay = lock(&self.inner).queued_save_delay;
+        if let Some(delay) = delay
+            && record.state == SessionState::Queued
+        {
+            tokio::time::sleep(delay).await;
+        }
         let mut inner = lock(&self.inner);
         if inner.unavailable {
             return Err(StoreError("memory store set unavailable".into()));
@@ -210,6 +234,11 @@ impl SessionStore for MemoryStore {
         if inner.records.insert(record.id, record.clone()).is_none() {
             inner.order.push(record.id);
         }
+        inner
+            .history
+            .entry(record.id)
+            .or_default()
+            .push(record.state);
         inner.saves += 1;
         Ok(())
     }

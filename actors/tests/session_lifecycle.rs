@@ -458,6 +458,72 @@ async fn a_queued_claim_knows_its_position_before_the_first_publish() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_slow_queued_save_never_lands_after_the_session_runs() {
+    let store = Arc::new(MemoryStore::new());
+    store.delay_queued_saves(Duration::from_millis(500));
+    let tree = Tree::start_with(
+        one_host(1),
+        settings(),
+        Arc::new(MemoryLedger::new()),
+        store.clone(),
+        Arc::new(FakeLauncher::new()),
+    )
+    .await;
+    let w = wallet(1);
+    tree.fund(&w, 600);
+    // Granted at once: its grant waits for the queued row.
+    let handle = tree.claim(&w, 1).await;
+    // The claimant hears of its session only once that row is saved.
+    assert!(store.get(handle.id).is_some());
+    tree.wait_for(handle.id, SessionState::Running).await;
+    let states = store.saved_states(handle.id);
+    assert_eq!(states.first(), Some(&SessionState::Queued), "{states:?}");
+    assert!(
+        !states[1..].contains(&SessionState::Queued),
+        "the queued row landed after a later state: {states:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn claims_behind_a_slow_save_do_not_wait_for_it() {
+    let store = Arc::new(MemoryStore::new());
+    let save = Duration::from_millis(500);
+    store.delay_queued_saves(save);
+    let tree = Arc::new(
+        Tree::start_with(
+            one_host(1),
+            settings(),
+            Arc::new(MemoryLedger::new()),
+            store.clone(),
+            Arc::new(FakeLauncher::new()),
+        )
+        .await,
+    );
+    let wallets: Vec<_> = (0..4).map(|n| wallet(200 + n)).collect();
+    for w in &wallets {
+        tree.fund(w, 600);
+    }
+    let started = tokio::time::Instant::now();
+    let claims: Vec<_> = wallets
+        .iter()
+        .map(|w| {
+            let (tree, w) = (tree.clone(), w.clone());
+            tokio::spawn(async move { tree.claim(&w, 1).await })
+        })
+        .collect();
+    for claim in claims {
+        let handle = claim.await.unwrap();
+        assert!(store.get(handle.id).is_some());
+    }
+    // Four saves in series would take four times as long.
+    assert!(
+        started.elapsed() < save * 2,
+        "four claims took {:?} with {save:?} saves",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn contention_queues_fairly_and_a_release_grants_the_head() {
     let tree = Tree::start(one_host(2), settings()).await;
     let mut handles = Vec::new();

@@ -1,8 +1,9 @@
 //! Session records on PostgreSQL: the actors' `SessionStore` port.
 //!
 //! One row per session in `sessions`. A save is a single upsert by id, and
-//! the database keeps the timestamps: `created_at` on the first save,
-//! `updated_at` on every save, `started_at` the first time the session is
+//! the database keeps the timestamps: `created_at` on the first save (the
+//! record's `queued_at` when it has one: claims are saved concurrently, and
+//! this column orders the queue at recovery), `updated_at` on every save, `started_at` the first time the session is
 //! saved running, `ended_at` when it is saved ended.
 //!
 //! A save is retried (briefly) when PostgreSQL aborted it or the connection
@@ -51,17 +52,19 @@ impl PgSessionStore {
 
 /// The upsert behind [`PgSessionStore::save`]. `$4` is the new state; the
 /// insert's `started_at`/`ended_at` follow from it, and `EXCLUDED` carries
-/// them into the update. The two CTEs after it keep `session_leases` in step
+/// them into the update. `$12` is `queued_at` in epoch microseconds (exact:
+/// no floating point), the first save's `created_at`; an update keeps it. The two CTEs after it keep `session_leases` in step
 /// with the row it wrote; the statement returns one row if the session was
 /// written, none if the row had already ended.
 const UPSERT: &str = "
 WITH saved AS (
 INSERT INTO sessions AS s (id, address, gpus, state, host, gpu_indices, container_id,
                            billed_intervals, billed_credit, billed_ms, end_reason,
-                           started_at, ended_at)
+                           started_at, ended_at, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
         CASE WHEN $4 = 'running' THEN now() END,
-        CASE WHEN $4 = 'ended' THEN now() END)
+        CASE WHEN $4 = 'ended' THEN now() END,
+        COALESCE('epoch'::timestamptz + ($12::bigint || ' microseconds')::interval, now()))
 ON CONFLICT (id) DO UPDATE SET
     address = EXCLUDED.address,
     gpus = EXCLUDED.gpus,
@@ -97,6 +100,10 @@ SELECT id FROM saved";
 impl SessionStore for PgSessionStore {
     async fn save(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let row = SessionRow::from_record(record)?;
+        let queued_at_us = record
+            .queued_at
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|since| i64::try_from(since.as_micros()).ok());
         // The upsert may run again after a lost connection: writing the same
         // record twice changes nothing more than writing it once.
         let changed = with_retries(
@@ -104,7 +111,7 @@ impl SessionStore for PgSessionStore {
             "session save",
             true,
             SaveError::transience,
-            || self.upsert(&row),
+            || self.upsert(&row, queued_at_us),
         )
         .await
         .map_err(|e| failed(&format!("saving session {}", record.id), e))?;
@@ -170,7 +177,11 @@ impl SaveError {
 
 impl PgSessionStore {
     /// One attempt at [`UPSERT`]; how many sessions rows it wrote (0 or 1).
-    async fn upsert(&self, row: &SessionRow) -> Result<usize, SaveError> {
+    async fn upsert(
+        &self,
+        row: &SessionRow,
+        queued_at_us: Option<i64>,
+    ) -> Result<usize, SaveError> {
         let mut conn = self
             .pool
             .get()
@@ -188,6 +199,7 @@ impl PgSessionStore {
             .bind::<BigInt, _>(row.billed_credit)
             .bind::<BigInt, _>(row.billed_ms)
             .bind::<Nullable<Jsonb>, _>(&row.end_reason)
+            .bind::<Nullable<BigInt>, _>(queued_at_us)
             .execute(&mut conn)
             .await?)
     }
@@ -305,6 +317,8 @@ impl SessionRow {
             billed_ms: u64::try_from(self.billed_ms)
                 .map_err(|_| corrupt("negative billed_ms".into()))?,
             end_reason,
+            // The row keeps it; a save of this record leaves it alone.
+            queued_at: None,
         })
     }
 }

@@ -101,10 +101,14 @@ impl SessionTree {
     }
 
     /// Claims `gpus` GPUs for `wallet`.
+    /// The balance is read here, beside the supervisor, which then queues
+    /// claims without waiting on the database.
     pub async fn claim(&self, wallet: WalletId, gpus: u32) -> Result<SessionHandle, StartError> {
+        let balance = self.ledger.balance(&wallet).await?;
         ask(&self.supervisor, |reply| SupervisorMsg::StartSession {
             wallet,
             gpus,
+            balance: Some(balance),
             reply,
         })
         .await

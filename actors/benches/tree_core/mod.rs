@@ -56,6 +56,7 @@ async fn claim(supervisor: &ActorRef<SupervisorMsg>, wallet: WalletId) -> Sessio
             |reply| SupervisorMsg::StartSession {
                 wallet,
                 gpus: 1,
+                balance: None,
                 reply,
             },
             CALL,

@@ -107,7 +107,7 @@ impl SupervisorState {
             let id = record.id;
             let has_container = containers.iter().any(|c| c.session == id);
             match record.state {
-                SessionState::Queued => match self.enqueue(record.clone()).await {
+                SessionState::Queued => match self.enqueue(record.clone(), None).await {
                     Ok(_) => report.requeued.push(id),
                     Err(err) => {
                         tracing::warn!(session = %id, %err, "cannot re-queue; ending it");
@@ -155,7 +155,7 @@ impl SupervisorState {
     /// scheduler and resumes its billing clock.
     async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, record: SessionRecord) -> bool {
         let runway_ms = self
-            .runway_ms(&record.wallet, record.gpus)
+            .runway_ms(&record.wallet, record.gpus, None)
             .await
             .unwrap_or(0);
         let session = record.id;

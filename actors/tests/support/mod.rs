@@ -117,6 +117,7 @@ impl Tree {
                 |reply| SupervisorMsg::StartSession {
                     wallet: w,
                     gpus,
+                    balance: None,
                     reply,
                 },
                 CALL,
