@@ -148,6 +148,27 @@ pub struct Queue {
     entries: HashMap<SessionId, Entry>,
     wallets: HashSet<WalletId>,
     next_ticket: u64,
+    /// What [`Queue::status_of`] keeps between calls; any change but an
+    /// appended claim drops it.
+    status_cache: Option<StatusCache>,
+}
+
+/// The simulation behind the last full status pass, kept so that claims
+/// appended since get their status by simulating only themselves: with
+/// thousands waiting, answering each new claim with its position must not
+/// cost a pass over the whole queue.
+#[derive(Clone, Debug)]
+struct StatusCache {
+    /// The pool's future after every simulated waiter.
+    timeline: Timeline,
+    /// The last ticket simulated.
+    last_ticket: Option<u64>,
+    /// The simulated waiters' statuses.
+    statuses: HashMap<SessionId, WaiterStatus>,
+    /// The earliest end of a running session and the earliest start bound
+    /// simulated: after either, a pass made then would place the waiters
+    /// differently (it starts nothing and returns nothing before its now).
+    valid_until: Millis,
 }
 
 impl Queue {
@@ -185,6 +206,7 @@ impl Queue {
             entries: HashMap::new(),
             wallets: HashSet::new(),
             next_ticket: 0,
+            status_cache: None,
         }
     }
 
@@ -241,6 +263,7 @@ impl Queue {
             return false;
         };
         self.entries.remove(&session);
+        self.status_cache = None;
         if let Some(waiter) = self.waiting.remove(&ticket) {
             self.forget_wallet(&waiter.wallet);
         }
@@ -254,6 +277,7 @@ impl Queue {
             return None;
         };
         self.entries.remove(&session);
+        self.status_cache = None;
         let running = self.running.remove(&session)?;
         self.ends.remove(&(running.latest_end, session));
         let host = self.host_mut(running.host);
@@ -304,6 +328,7 @@ impl Queue {
                 host.free -= 1;
             }
         }
+        self.status_cache = None;
         self.start_running(session, wallet, host_id, gpus.to_vec(), latest_end);
         Ok(())
     }
@@ -311,6 +336,7 @@ impl Queue {
     /// Changes how long a session can run: for a waiter its runway, for a
     /// running session its latest end (credit was added or used up early).
     pub fn update_bound(&mut self, session: SessionId, runway_ms: Millis, now: Millis) {
+        self.status_cache = None;
         match self.entries.get(&session).copied() {
             Some(Entry::Waiting(ticket)) => {
                 if let Some(waiter) = self.waiting.get_mut(&ticket) {
@@ -338,6 +364,7 @@ impl Queue {
         if let Some(slot) = host.slots.iter_mut().find(|s| s.addr == addr)
             && slot.available != available
         {
+            self.status_cache = None;
             slot.available = available;
             if slot.holder.is_none() {
                 if available {
@@ -401,18 +428,46 @@ impl Queue {
         self.waiting
             .values()
             .enumerate()
-            .map(|(i, w)| {
-                let start_bound = timeline.start_when_fits(w.gpus).map(|(t, host)| {
-                    timeline.occupy(host, w.gpus, t.saturating_add(w.runway_ms));
-                    t
-                });
-                WaiterStatus {
-                    session: w.session,
-                    position: i + 1,
-                    start_bound,
-                }
-            })
+            .map(|(i, w)| timeline.simulate(w, i + 1))
             .collect()
+    }
+
+    /// One waiter's position and start bound, as [`Queue::statuses`] gives
+    /// it, without a pass over the whole queue for each new claim: the last
+    /// pass is kept while claims were only appended (and the clock has not
+    /// passed a running session's end or a simulated start), and extended by
+    /// the claims appended since.
+    pub fn status_of(&mut self, session: SessionId, now: Millis) -> Option<WaiterStatus> {
+        let Some(Entry::Waiting(ticket)) = self.entries.get(&session).copied() else {
+            return None;
+        };
+        if self
+            .status_cache
+            .as_ref()
+            .is_none_or(|cache| now > cache.valid_until)
+        {
+            self.status_cache = Some(StatusCache {
+                timeline: Timeline::new(self, now),
+                last_ticket: None,
+                statuses: HashMap::with_capacity(self.waiting.len()),
+                valid_until: self.ends.first().map_or(Millis::MAX, |(end, _)| *end),
+            });
+        }
+        let cache = self.status_cache.as_mut().expect("just made");
+        let from = cache.last_ticket.map_or(0, |last| last + 1);
+        if ticket >= from {
+            // As a pass made now would: nothing starts before now.
+            cache.timeline.now = cache.timeline.now.max(now);
+            for (&ticket, waiter) in self.waiting.range(from..) {
+                let status = cache.timeline.simulate(waiter, cache.statuses.len() + 1);
+                if let Some(start) = status.start_bound {
+                    cache.valid_until = cache.valid_until.min(start);
+                }
+                cache.statuses.insert(waiter.session, status);
+                cache.last_ticket = Some(ticket);
+            }
+        }
+        cache.statuses.get(&session).copied()
     }
 
     /// Waiters.
@@ -457,6 +512,7 @@ impl Queue {
 
     fn grant(&mut self, ticket: u64, host_index: usize, now: Millis, backfilled: bool) -> Grant {
         let waiter = self.waiting.remove(&ticket).expect("granted waiter exists");
+        self.status_cache = None;
         let host = &mut self.hosts[host_index];
         let mut gpus = Vec::with_capacity(waiter.gpus as usize);
         for slot in host
@@ -548,6 +604,7 @@ fn best_fit(free: impl Iterator<Item = u32>, gpus: u32) -> Option<usize> {
 
 /// A what-if view of the pool's future: free GPUs per host and the times
 /// held GPUs come back.
+#[derive(Clone, Debug)]
 struct Timeline {
     now: Millis,
     free: Vec<u32>,
@@ -611,6 +668,19 @@ impl Timeline {
     fn occupy(&mut self, host: usize, gpus: u32, until: Millis) {
         self.free[host] -= gpus;
         self.returns.push(Reverse((until, host, gpus)));
+    }
+
+    /// Places `waiter`, at `position`, after everyone placed so far.
+    fn simulate(&mut self, waiter: &Waiter, position: usize) -> WaiterStatus {
+        let start_bound = self.start_when_fits(waiter.gpus).map(|(t, host)| {
+            self.occupy(host, waiter.gpus, t.saturating_add(waiter.runway_ms));
+            t
+        });
+        WaiterStatus {
+            session: waiter.session,
+            position,
+            start_bound,
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use crate::ports::{GpuAddr, SessionId, WalletId};
 use crate::protocol::{
     Claim, ClaimError, Lease, LeaseGrant, Millis, PoolSnapshot, QueueStatus, SessionEvent,
 };
-use crate::queue::{Grant, Policy, Queue};
+use crate::queue::{Grant, Policy, Queue, WaiterStatus};
 use crate::supervisor::SupervisorMsg;
 use tokio::sync::broadcast;
 
@@ -228,16 +228,18 @@ impl Actor for Scheduler {
                 let _ = reply.send(state.leases.get(&session).cloned());
             }
             SchedulerMsg::Status { session, reply } => {
-                // A claim asked about before the coalesced publish ran (the
-                // API answers a claim with its position at once).
-                if state.queue.is_waiting(session) && !state.last_published.contains_key(&session) {
-                    publish(state);
-                }
-                let status = state
-                    .queue
-                    .is_waiting(session)
-                    .then(|| state.last_published.get(&session).copied())
-                    .flatten();
+                // What the waiter was last told; a claim asked about before
+                // the coalesced publish ran (the API answers a claim with its
+                // position at once) gets its own, without a pass over the
+                // whole queue.
+                let now = state.now();
+                let status = match state.last_published.get(&session) {
+                    Some(published) if state.queue.is_waiting(session) => Some(*published),
+                    _ => state
+                        .queue
+                        .status_of(session, now)
+                        .map(|status| queue_status(&status, now)),
+                };
                 let _ = reply.send(status);
             }
             SchedulerMsg::Adopt {
@@ -408,12 +410,7 @@ fn request_publish(myself: &ActorRef<SchedulerMsg>, state: &mut SchedulerState) 
 fn publish(state: &mut SchedulerState) {
     let now = state.now();
     for status in state.queue.statuses(now) {
-        let update = QueueStatus {
-            position: status.position,
-            eta_seconds: status
-                .start_bound
-                .map(|t| (t.saturating_sub(now)).div_ceil(1000)),
-        };
+        let update = queue_status(&status, now);
         if state.last_published.get(&status.session) == Some(&update) {
             continue;
         }
@@ -422,6 +419,16 @@ fn publish(state: &mut SchedulerState) {
             let _ = events.send(SessionEvent::Queue(update));
             state.last_published.insert(status.session, update);
         }
+    }
+}
+
+/// A waiter's status as it is published: its start bound as seconds from now.
+fn queue_status(status: &WaiterStatus, now: Millis) -> QueueStatus {
+    QueueStatus {
+        position: status.position,
+        eta_seconds: status
+            .start_bound
+            .map(|t| (t.saturating_sub(now)).div_ceil(1000)),
     }
 }
 

@@ -467,6 +467,14 @@ impl Harness {
     fn check_statuses(&mut self) -> Result<(), TestCaseError> {
         let statuses = self.queue.statuses(self.now);
         prop_assert_eq!(statuses.len(), self.waiting.len());
+        // One waiter's answer, kept and extended across operations, is the
+        // full pass's answer.
+        for status in &statuses {
+            prop_assert_eq!(
+                self.queue.status_of(status.session, self.now),
+                Some(*status)
+            );
+        }
         let capacity = self.capacity_per_host();
         let mut previous_bound = None;
         for (i, (status, waiter)) in statuses.iter().zip(&self.waiting).enumerate() {
@@ -706,6 +714,13 @@ fn run_trace(
             ends.insert((end, grant.session));
         }
         let statuses = queue.statuses(now);
+        for status in statuses.iter().rev() {
+            assert_eq!(
+                queue.status_of(status.session, now),
+                Some(*status),
+                "{context}: one waiter's status differs from the full pass's"
+            );
+        }
         if check_every_waiter {
             for status in &statuses {
                 let bound = status
