@@ -277,15 +277,20 @@ impl Workload {
                 .anvil_set_balance(address, U256::from(10u64).pow(U256::from(18)))
                 .await
                 .ok()?;
-            let pending = provider
+            // Held until the transfer is mined: anvil answers with the hash
+            // and mines it afterwards, which a reorg must not overlap.
+            let receipt = provider
                 .send_transaction(
                     TransactionRequest::default()
                         .with_to(self.targets.revenue)
                         .with_value(U256::from(wei)),
                 )
                 .await
+                .ok()?
+                .get_receipt()
+                .await
                 .ok()?;
-            Some(*pending.tx_hash())
+            Some(receipt.transaction_hash)
         };
         let tx = tokio::time::timeout(Duration::from_secs(8), sent)
             .await
@@ -315,12 +320,16 @@ impl Workload {
                 .get_receipt()
                 .await
                 .ok()?;
-            let pending = token
+            // Held until mined, as above.
+            let receipt = token
                 .transfer(self.targets.revenue, units)
                 .send()
                 .await
+                .ok()?
+                .get_receipt()
+                .await
                 .ok()?;
-            Some(*pending.tx_hash())
+            Some(receipt.transaction_hash)
         };
         let tx = tokio::time::timeout(Duration::from_secs(8), sent)
             .await

@@ -26,11 +26,45 @@ use crate::support::{
 /// Held by whoever writes to the campaign's chain (a deposit, a mined
 /// block, a reorg), so that writes never overlap: anvil's `anvil_reorg`
 /// racing its own automining leaves heights it answers `null` for below its
-/// head (seen: 167 of 1,912 blocks), which no real chain does.
+/// head (seen: 167 of 1,912 blocks), which no real chain does. A write is
+/// over once its block is mined: anvil answers a transaction with its hash
+/// and automines it afterwards (a hole at one height in 4,000 blocks was
+/// seen while writers let go at the hash).
 pub type ChainWrites = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// The launchers' shared secret (a test value).
 pub const LAUNCHER_TOKEN: &str = "5e0c9a7b3f1d2e4c6a8b0d2f4e6c8a0b1d3f5e7c9a1b3d5f7e9c0a2b4d6f8e1a";
+
+/// Whether `pid` is a process that has not exited (a zombie, exited but not
+/// yet reaped, holds no socket any more).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// The running processes called `name` whose command line mentions `needle`.
+fn processes_named(name: &str, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            comm.trim() == name && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .filter(|&pid| is_running(pid))
+        .collect()
+}
 
 /// Polls `ready` every 50 ms until it holds or `within` passes.
 pub async fn poll_until(within: Duration, mut ready: impl AsyncFnMut() -> bool) -> bool {
@@ -310,6 +344,47 @@ impl Host {
         }
         let _ = child.kill();
         let _ = child.wait();
+        self.stop_managed_containerd();
+    }
+
+    /// dockerd runs a containerd of its own and, on start, reuses one that
+    /// still looks alive. A containerd outliving its dockerd (the SIGKILL
+    /// above, or one slow to follow the SIGTERM) made the next start wait on a
+    /// socket nobody served until the engine gave up ("containerd socket
+    /// timeout", seen once in 900 restarts on a loaded machine). So a stop is
+    /// only over once that containerd is gone too: SIGTERM, 10 s, SIGKILL.
+    /// It is found by its command line, which names this host's exec root.
+    fn stop_managed_containerd(&self) {
+        let exec_root = self.dir.path().join("exec");
+        let exec_root = exec_root.to_string_lossy();
+        let pids = processes_named("containerd", &exec_root);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let alive = || {
+            pids.iter()
+                .copied()
+                .filter(|&pid| is_running(pid))
+                .collect::<Vec<_>>()
+        };
+        while !alive().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in alive() {
+            eprintln!(
+                "chaos: host {}'s containerd (pid {pid}) outlived its dockerd by 10 s: SIGKILL",
+                self.number
+            );
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 
     fn load_image(&self, image: &str) {
