@@ -398,8 +398,7 @@ impl Actor for Supervisor {
                 match state.enqueue(record, balance).await {
                     // The claimant hears of its session once the row is
                     // saved, without holding up the claims behind it.
-                    Ok(handle) => {
-                        let mut saved = state.saved_signal(handle.id);
+                    Ok((handle, mut saved)) => {
                         tokio::spawn(async move {
                             let _ = saved.wait_for(|done| *done).await;
                             let _ = reply.send(Ok(handle));
@@ -521,15 +520,6 @@ impl SupervisorState {
         next
     }
 
-    /// What turns true once a queued session's record is saved; already
-    /// true for one that is no longer queued (granted, or ended).
-    fn saved_signal(&self, session: SessionId) -> watch::Receiver<bool> {
-        match self.sessions.get(&session).map(|e| &e.phase) {
-            Some(Phase::Queued { saved, .. }) => saved.clone(),
-            _ => watch::channel(true).1,
-        }
-    }
-
     fn actor_of(&self, session: SessionId) -> Option<ActorRef<SessionMsg>> {
         match &self.sessions.get(&session)?.phase {
             Phase::Live(actor) => Some(actor.clone()),
@@ -574,12 +564,13 @@ impl SupervisorState {
     /// actor (claims behind it need not wait on PostgreSQL's commit); the
     /// session's grant waits for it ([`Self::granted`]), so that the queued
     /// row never lands after a later state. An end may land first: the
-    /// store refuses to overwrite an ended row.
+    /// store refuses to overwrite an ended row. Returns the session and what
+    /// turns true once its row is saved.
     async fn enqueue(
         &mut self,
         mut record: SessionRecord,
         balance: Option<CreditSeconds>,
-    ) -> Result<SessionHandle, StartError> {
+    ) -> Result<(SessionHandle, watch::Receiver<bool>), StartError> {
         let runway_ms = self.runway_ms(&record.wallet, record.gpus, balance).await?;
         let carried = Carried::new();
         let claim = Claim {
@@ -613,14 +604,14 @@ impl SupervisorState {
                 phase: Phase::Queued {
                     record,
                     stop: None,
-                    saved,
+                    saved: saved.clone(),
                 },
                 events: carried.events,
                 run_origin: carried.run_origin,
                 crashes: carried.crashes,
             },
         );
-        Ok(self.handle_of(id).expect("just inserted"))
+        Ok((self.handle_of(id).expect("just inserted"), saved))
     }
 
     /// GPUs were leased for a waiting session: its actor takes over.

@@ -3,8 +3,9 @@
 //! One row per session in `sessions`. A save is a single upsert by id, and
 //! the database keeps the timestamps: `created_at` on the first save (the
 //! record's `queued_at` when it has one: claims are saved concurrently, and
-//! this column orders the queue at recovery), `updated_at` on every save, `started_at` the first time the session is
-//! saved running, `ended_at` when it is saved ended.
+//! this column orders the queue at recovery), `updated_at` on every save,
+//! `started_at` the first time the session is saved running, `ended_at`
+//! when it is saved ended.
 //!
 //! A save is retried (briefly) when PostgreSQL aborted it or the connection
 //! was lost: the upsert is idempotent.
@@ -53,9 +54,10 @@ impl PgSessionStore {
 /// The upsert behind [`PgSessionStore::save`]. `$4` is the new state; the
 /// insert's `started_at`/`ended_at` follow from it, and `EXCLUDED` carries
 /// them into the update. `$12` is `queued_at` in epoch microseconds (exact:
-/// no floating point), the first save's `created_at`; an update keeps it. The two CTEs after it keep `session_leases` in step
-/// with the row it wrote; the statement returns one row if the session was
-/// written, none if the row had already ended.
+/// no floating point), the first save's `created_at`; an update keeps it.
+/// The two CTEs after it keep `session_leases` in step with the row it
+/// wrote; the statement returns one row if the session was written, none if
+/// the row had already ended.
 const UPSERT: &str = "
 WITH saved AS (
 INSERT INTO sessions AS s (id, address, gpus, state, host, gpu_indices, container_id,
