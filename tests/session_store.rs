@@ -38,6 +38,17 @@ fn record(id: SessionId, wallet: &str, state: SessionState) -> SessionRecord {
     }
 }
 
+/// The ids `load_active` lists, in its order.
+async fn active_ids(store: &PgSessionStore) -> Vec<SessionId> {
+    store
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect()
+}
+
 /// Direct reads and writes of the table, for what the port does not show.
 /// (In a module: diesel's `RunQueryDsl::load` would shadow the port's.)
 mod sql {
@@ -248,25 +259,13 @@ async fn load_active_is_oldest_first_without_ended() {
     oldest.gpu_addrs = vec![GpuAddr { host: 0, index: 0 }, GpuAddr { host: 0, index: 1 }];
     store.save(&oldest).await.unwrap();
 
-    let active: Vec<SessionId> = store
-        .load_active()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let active = active_ids(&store).await;
     assert_eq!(active, ids);
     assert_eq!(store.load_active().await.unwrap()[0], oldest);
 
     // Sessions created in the same instant come in id order.
     sql::same_created_at(&pool).await;
-    let active: Vec<SessionId> = store
-        .load_active()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let active = active_ids(&store).await;
     let mut by_id = ids.clone();
     by_id.sort();
     assert_eq!(active, by_id);
@@ -288,13 +287,7 @@ async fn the_queued_instant_orders_rows_saved_out_of_order() {
     // The later claim's save lands first.
     store.save(&second).await.unwrap();
     store.save(&first).await.unwrap();
-    let active: Vec<SessionId> = store
-        .load_active()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let active = active_ids(&store).await;
     assert_eq!(active, [first.id, second.id]);
     let created = stamps(&pool, first.id).await.created_at;
     let expected: DateTime<Utc> = base.into();
