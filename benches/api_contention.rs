@@ -234,8 +234,6 @@ enum Kind {
     State(String),
     /// A `queue` event (a new position or ETA).
     Queue,
-    /// The socket closed.
-    Closed,
 }
 
 /// Only what the benchmark reads of an event.
@@ -296,11 +294,6 @@ async fn watch(
                 return;
             }
         }
-        let _ = seen.send(Seen {
-            claim,
-            at: Instant::now(),
-            kind: Kind::Closed,
-        });
     });
     Ok(())
 }
@@ -560,14 +553,14 @@ async fn run(o: Options) -> bool {
     tokio::time::sleep(Duration::from_secs(1)).await;
     while seen.try_recv().is_ok() {}
     let rss_after = target.pid.and_then(|pid| resident_bytes(&pid.to_string()));
-    let waiters_then = waiting.len();
     match (rss_before, rss_after) {
         (Some(before), Some(after)) => {
             let per = after.saturating_sub(before) as f64 / count as f64;
             println!(
-                "memory: gate resident {:.1} MiB before the claims, {:.1} MiB with {count} claims and sockets ({waiters_then} waiting): {:.1} KiB per claim (goal <= 64 KiB: {})",
+                "memory: gate resident {:.1} MiB before the claims, {:.1} MiB with {count} claims and sockets ({} waiting): {:.1} KiB per claim (goal <= 64 KiB: {})",
                 before as f64 / 1048576.0,
                 after as f64 / 1048576.0,
+                waiting.len(),
                 per / 1024.0,
                 goal(per <= 65536.0)
             );
