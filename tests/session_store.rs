@@ -303,6 +303,56 @@ async fn the_queued_instant_orders_rows_saved_out_of_order() {
     teardown(db, pool).await;
 }
 
+/// The batching store inserts many new claims' rows together, each created
+/// at its queued instant, and a late queued row never overwrites one that
+/// has already ended (a claim cancelled before its row landed).
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_queued_rows_land_once_each_at_their_queued_instant() {
+    let (db, pool, _) = setup("sessions_queued_batches").await;
+    let store = std::sync::Arc::new(PgSessionStore::batching(pool.clone(), 64));
+    let base = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_800_000_000_000_000);
+    let records: Vec<SessionRecord> = (0..200u64)
+        .map(|n| {
+            let mut r = record(
+                SessionId::new(),
+                &format!("0x{n:040x}"),
+                SessionState::Queued,
+            );
+            r.queued_at = Some(base + std::time::Duration::from_micros(n));
+            r
+        })
+        .collect();
+    // Saved concurrently, in reverse order of their queued instants.
+    let saves: Vec<_> = records
+        .iter()
+        .rev()
+        .cloned()
+        .map(|r| {
+            let store = store.clone();
+            tokio::spawn(async move { store.save(&r).await })
+        })
+        .collect();
+    for save in saves {
+        save.await.unwrap().unwrap();
+    }
+    let expected: Vec<SessionId> = records.iter().map(|r| r.id).collect();
+    assert_eq!(active_ids(&store).await, expected);
+
+    // Ended first, its queued row late: the end stands.
+    let mut cancelled = record(SessionId::new(), BOB, SessionState::Queued);
+    cancelled.end(EndReason::UserStopped);
+    store.save(&cancelled).await.unwrap();
+    let mut late = record(cancelled.id, BOB, SessionState::Queued);
+    late.queued_at = Some(base);
+    store.save(&late).await.unwrap();
+    assert_eq!(
+        store.load(cancelled.id).await.unwrap().unwrap().state,
+        SessionState::Ended
+    );
+
+    teardown(db, pool).await;
+}
+
 /// `started_at` is the first save as running and survives later saves;
 /// `updated_at` moves on every save; `ended_at` comes with the end.
 #[tokio::test(flavor = "multi_thread")]

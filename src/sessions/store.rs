@@ -32,10 +32,16 @@ use crate::db::DbPool;
 use crate::db::retry::{RetryPolicy, Transience, classify, with_retries};
 use crate::db::schema::sessions;
 
+mod queued_rows;
+
+use queued_rows::{QueuedRow, QueuedRows};
+
 /// The [`SessionStore`] the gate runs on.
 #[derive(Clone)]
 pub struct PgSessionStore {
     pool: DbPool,
+    /// Where new claims' rows go when they are group-committed.
+    queued_rows: Option<QueuedRows>,
 }
 
 impl std::fmt::Debug for PgSessionStore {
@@ -45,9 +51,22 @@ impl std::fmt::Debug for PgSessionStore {
 }
 
 impl PgSessionStore {
-    /// A store on the shared pool.
+    /// A store on the shared pool; every save is its own upsert.
     pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            queued_rows: None,
+        }
+    }
+
+    /// A store that inserts new claims' rows in batches of up to
+    /// `max_batch` (`queued_rows`); other saves are as with [`Self::new`].
+    /// Starts a task on the current runtime.
+    pub fn batching(pool: DbPool, max_batch: usize) -> Self {
+        Self {
+            queued_rows: Some(QueuedRows::spawn(pool.clone(), max_batch)),
+            pool,
+        }
     }
 }
 
@@ -106,6 +125,20 @@ impl SessionStore for PgSessionStore {
             .queued_at
             .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|since| i64::try_from(since.as_micros()).ok());
+        // A new claim's first save holds no GPUs: it can go with others.
+        if let (Some(queued_rows), SessionState::Queued, Some(queued_at_us)) =
+            (&self.queued_rows, record.state, queued_at_us)
+        {
+            return queued_rows
+                .insert(QueuedRow {
+                    id: row.id,
+                    address: row.address,
+                    gpus: row.gpus,
+                    queued_at_us,
+                })
+                .await
+                .map_err(|e| failed(&format!("saving session {}", record.id), e));
+        }
         // The upsert may run again after a lost connection: writing the same
         // record twice changes nothing more than writing it once.
         let changed = with_retries(

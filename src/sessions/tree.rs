@@ -33,6 +33,8 @@ use crate::sessions::store::PgSessionStore;
 
 /// Debits committed together at most (group commit of the billing path).
 const MAX_DEBIT_BATCH: usize = 512;
+/// New claims' rows inserted together at most (group commit of the claim path).
+const MAX_QUEUED_ROW_BATCH: usize = 512;
 
 /// Why the tree could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,7 @@ impl SessionTree {
             policy: Policy::default(),
             profile_sizes: PROFILES.iter().map(|p| p.gpus).collect(),
             ledger: ledger.clone(),
-            store: Arc::new(PgSessionStore::new(pool)),
+            store: Arc::new(PgSessionStore::batching(pool, MAX_QUEUED_ROW_BATCH)),
             launcher,
             settings,
             restart: RestartPolicy::default(),

@@ -1,0 +1,107 @@
+//! Group commit of new claims' rows. The first save of a claim (a queued
+//! record that carries `queued_at`) inserts a row that holds no GPUs, so the
+//! rows of claims made at about the same moment go to PostgreSQL as one
+//! statement and one commit, instead of one planned upsert and one commit
+//! each: with thousands of claims a second, that upsert was most of
+//! PostgreSQL's work (benches/api_contention).
+//!
+//! Invariants: a row is inserted once or not at all (`ON CONFLICT DO
+//! NOTHING`: a row that is already there, ended or re-queued, is left
+//! alone, as the upsert leaves an ended row alone); each caller is answered
+//! only after the statement that holds its row committed, or failed.
+
+use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid};
+use diesel_async::RunQueryDsl;
+use tokio::sync::{mpsc, oneshot};
+
+use super::SaveError;
+use crate::db::DbPool;
+use crate::db::retry::{RetryPolicy, with_retries};
+
+/// The rows of one batch, as arrays: one parameter per column, so the
+/// statement's text is the same whatever the batch size.
+const INSERT_QUEUED: &str = "
+INSERT INTO sessions (id, address, gpus, state, created_at)
+SELECT id, address, gpus, 'queued', 'epoch'::timestamptz + (us || ' microseconds')::interval
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[]) AS t(id, address, gpus, us)
+ON CONFLICT (id) DO NOTHING";
+
+/// A new claim's row.
+#[derive(Clone, Debug)]
+pub(super) struct QueuedRow {
+    pub(super) id: uuid::Uuid,
+    pub(super) address: String,
+    pub(super) gpus: i32,
+    /// When the gate queued it, in epoch microseconds.
+    pub(super) queued_at_us: i64,
+}
+
+struct Pending {
+    row: QueuedRow,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// The task that inserts new claims' rows in batches; it ends when every
+/// clone is dropped.
+#[derive(Clone, Debug)]
+pub(super) struct QueuedRows {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl QueuedRows {
+    /// Starts the task on the current runtime. A row that arrives while a
+    /// batch commits waits for the next batch, which takes everything
+    /// queued by then (up to `max_batch`); an idle store adds no delay.
+    pub(super) fn spawn(pool: DbPool, max_batch: usize) -> Self {
+        let max_batch = max_batch.max(1);
+        let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while incoming.recv_many(&mut batch, max_batch).await > 0 {
+                let rows: Vec<QueuedRow> = batch.iter().map(|p| p.row.clone()).collect();
+                let outcome = with_retries(
+                    RetryPolicy::DEFAULT,
+                    "queued session rows",
+                    true,
+                    SaveError::transience,
+                    || insert(&pool, &rows),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+                for pending in batch.drain(..) {
+                    // The claimant may have given up; the row stays inserted.
+                    let _ = pending.reply.send(outcome.clone());
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Inserts `row` with the next batch; `Err` carries PostgreSQL's reason.
+    pub(super) async fn insert(&self, row: QueuedRow) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { row, reply })
+            .await
+            .map_err(|_| "the queued-row writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the queued-row writer has stopped".to_string())?
+    }
+}
+
+/// One attempt at [`INSERT_QUEUED`] for `rows`.
+async fn insert(pool: &DbPool, rows: &[QueuedRow]) -> Result<usize, SaveError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| SaveError::Pool(e.to_string()))?;
+    Ok(diesel::sql_query(INSERT_QUEUED)
+        .bind::<Array<Uuid>, _>(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.address.clone()).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(rows.iter().map(|r| r.gpus).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.queued_at_us).collect::<Vec<_>>())
+        .execute(&mut conn)
+        .await?)
+}
