@@ -362,7 +362,9 @@ async fn local_docker_tree(
     let launcher = Arc::new(docker_launcher(config).await?);
     let desktops: Arc<dyn DesktopMedia> =
         Arc::new(docker_desktops(config, launcher.clone(), Role::Serve)?);
-    let tree = SessionTree::start(pool, launcher, gpus, settings).await?;
+    let tree = SessionTree::start(pool, launcher.clone(), gpus, settings).await?;
+    // After recovery: warm desktops fill the GPUs it left free.
+    launcher.keep_warm(indices.clone());
     let health_tree = tree.clone();
     gpu::spawn_health_feed(
         config.launcher.gpus.clone(),

@@ -35,6 +35,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         stray_networks = recovered.stray_networks,
         "session containers recovered"
     );
+    launcher.keep_warm(gpus.iter().map(|g| g.index).collect());
     let exits = Arc::new(ExitLog::default());
     exits.follow(launcher.as_ref());
     for exit in &recovered.exited {

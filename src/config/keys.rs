@@ -231,6 +231,12 @@ pub const KEYS: &[Key] = &[
         "how long a stopping desktop gets after SIGTERM before SIGKILL"
     ),
     key!(
+        "WARM_DESKTOPS",
+        Plain,
+        Some("0"),
+        "desktops each Docker host keeps started on free GPUs, so that a one-GPU claim gets one at once (0 = none)"
+    ),
+    key!(
         "GPUS",
         Plain,
         Some("auto"),
@@ -447,6 +453,7 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "SESSION_PIDS_LIMIT",
     "SESSION_ENV_ALLOWLIST",
     "SESSION_STOP_GRACE_SECONDS",
+    "WARM_DESKTOPS",
     "WEBRTC_UDP_IP",
     "WEBRTC_MAX_FPS",
     "WEBRTC_BITRATE_KBPS",

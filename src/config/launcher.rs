@@ -64,6 +64,8 @@ pub struct LauncherConfig {
     pub session_stop_grace: Duration,
     /// Which GPUs to manage.
     pub gpus: GpuSelection,
+    /// Warm desktops each Docker host keeps started on free GPUs.
+    pub warm_desktops: usize,
 }
 
 impl LauncherConfig {
@@ -117,6 +119,10 @@ impl LauncherConfig {
             }
         });
         let gpus = parse_key(raw, "GPUS", p, |t| t.parse::<GpuSelection>());
+        let warm_desktops = parse_key(raw, "WARM_DESKTOPS", p, |t| match t.parse::<usize>() {
+            Ok(n) if n <= 64 => Ok(n),
+            _ => Err(format!("`{t}` is not a number of desktops from 0 to 64")),
+        });
         let kind = match (simulated, urls.is_empty()) {
             (Some(true), false) => {
                 p.push(Problem::new(
@@ -159,6 +165,7 @@ impl LauncherConfig {
             session_env_allowlist,
             session_stop_grace: session_stop_grace?,
             gpus: gpus?,
+            warm_desktops: warm_desktops?,
         })
     }
 }

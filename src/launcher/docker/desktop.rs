@@ -82,63 +82,75 @@ impl DockerDesktops {
             .vnc_secret(session)
             .ok_or(DesktopError::Unknown)?;
         metrics::counter!("deskgate_media_desktop_dials_total").increment(1);
-        let unreachable = |what: &str, err: bollard::errors::Error| {
-            DesktopError::Unreachable(format!("{what}: {err}"))
-        };
-        let exec = self
-            .docker()
-            .create_exec(
-                &container_name(session),
-                CreateExecOptions {
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(false),
-                    cmd: Some(DESKTOP_VNC_BRIDGE.to_vec()),
-                    user: Some(self.launcher.settings().user.as_str()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| unreachable("creating the VNC bridge", e))?;
-        let started = self
-            .docker()
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(64 * 1024),
-                }),
-            )
-            .await
-            .map_err(|e| unreachable("starting the VNC bridge", e))?;
-        let StartExecResults::Attached { output, input } = started else {
-            return Err(DesktopError::Unreachable(
-                "Docker started the VNC bridge detached".into(),
-            ));
-        };
-        let session_label = session.to_string();
-        let stdout = output.filter_map(move |item| {
-            let chunk = match item {
-                Ok(LogOutput::StdOut { message }) => Some(Ok(message)),
-                Ok(LogOutput::StdErr { message }) => {
-                    tracing::warn!(
-                        session = %session_label,
-                        stderr = %String::from_utf8_lossy(&message).trim(),
-                        "the desktop's VNC bridge wrote an error"
-                    );
-                    None
-                }
-                Ok(_) => None,
-                Err(err) => Some(Err(io::Error::other(err))),
-            };
-            futures::future::ready(chunk)
-        });
-        let stream: std::pin::Pin<Box<dyn DesktopIo>> =
-            Box::pin(tokio::io::join(StreamReader::new(stdout), input));
+        let stream = vnc_bridge(
+            self.docker(),
+            &container_name(session),
+            &self.launcher.settings().user,
+        )
+        .await?;
         Ok((stream, secret))
     }
+}
+
+/// A raw byte stream to the VNC server of `container` ([`DESKTOP_VNC_BRIDGE`]
+/// run inside it as `user`). What the bridge writes on stderr is logged.
+pub(super) async fn vnc_bridge(
+    docker: &Docker,
+    container: &str,
+    user: &str,
+) -> Result<std::pin::Pin<Box<dyn DesktopIo>>, DesktopError> {
+    let unreachable = |what: &str, err: bollard::errors::Error| {
+        DesktopError::Unreachable(format!("{what}: {err}"))
+    };
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                cmd: Some(DESKTOP_VNC_BRIDGE.to_vec()),
+                user: Some(user),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unreachable("creating the VNC bridge", e))?;
+    let started = docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(64 * 1024),
+            }),
+        )
+        .await
+        .map_err(|e| unreachable("starting the VNC bridge", e))?;
+    let StartExecResults::Attached { output, input } = started else {
+        return Err(DesktopError::Unreachable(
+            "Docker started the VNC bridge detached".into(),
+        ));
+    };
+    let container = container.to_string();
+    let stdout = output.filter_map(move |item| {
+        let chunk = match item {
+            Ok(LogOutput::StdOut { message }) => Some(Ok(message)),
+            Ok(LogOutput::StdErr { message }) => {
+                tracing::warn!(
+                    %container,
+                    stderr = %String::from_utf8_lossy(&message).trim(),
+                    "the desktop's VNC bridge wrote an error"
+                );
+                None
+            }
+            Ok(_) => None,
+            Err(err) => Some(Err(io::Error::other(err))),
+        };
+        futures::future::ready(chunk)
+    });
+    Ok(Box::pin(tokio::io::join(StreamReader::new(stdout), input)))
 }
 
 #[async_trait]

@@ -1,5 +1,6 @@
 //! Exit watching for the Docker backend: follows Docker's event stream
-//! (`die`/`oom`/`kill` of labelled containers), reconnecting when it breaks
+//! (`die`/`oom`/`kill` of containers, on the launcher's host label when it
+//! has one; those of no session are ignored), reconnecting when it breaks
 //! and resuming from the last event seen, and reports each exit once. Exits
 //! caused by [`deskgate_actors::ports::Launcher::stop`] are not reported.
 
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 
 use deskgate_actors::ports::ContainerExit;
 
-use super::{Shared, session_of};
+use super::{Shared, session_of_container};
 use crate::platform::backoff::Backoff;
 use crate::platform::clock;
 
@@ -50,11 +51,13 @@ pub(super) async fn watch_events(
     };
     let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CEILING);
     loop {
-        let filters = HashMap::from([
+        let mut filters = HashMap::from([
             ("type", vec!["container"]),
-            ("label", labels.iter().map(String::as_str).collect()),
             ("event", vec!["die", "oom", "kill"]),
         ]);
+        if !labels.is_empty() {
+            filters.insert("label", labels.iter().map(String::as_str).collect());
+        }
         let mut builder = EventsOptionsBuilder::default().filters(&filters);
         let since = state.last_time.map(|t| t.to_string());
         if let Some(since) = &since {
@@ -106,7 +109,10 @@ async fn handle_event(
     };
     let id = actor.id.unwrap_or_default();
     let attributes = actor.attributes.unwrap_or_default();
-    let Some(session) = session_of(Some(&attributes)) else {
+    // A taken warm desktop is known by its name (an event's `name`
+    // attribute); an untaken one belongs to no session and is the pool's.
+    let name = attributes.get("name").map(String::as_str);
+    let Some(session) = session_of_container(Some(&attributes), name) else {
         return true;
     };
     match event.action.as_deref() {

@@ -57,12 +57,20 @@
 //! are not reported. Errors carry Docker's message but never the environment
 //! or the VNC secret.
 //!
+//! # Warm desktops
+//!
+//! With `DESKGATE_WARM_DESKTOPS` set, desktops are started ahead of demand
+//! on free GPUs, labelled `deskgate.warm=<id>` instead of a session; a
+//! one-GPU launch on such a GPU renames the container to the session's
+//! name, which is from then on how that container's session is known (Docker
+//! cannot relabel a container). See `warm/`.
+//!
 //! The backend's other parts: `settings` (how a container is built),
-//! `events` (the exit watcher), `client` (connecting to the engine) and
-//! `desktop` (the `docker exec` dialer). This file is a little over 700
-//! lines because the last hundred are its unit tests.
+//! `events` (the exit watcher), `recovery` (after a restart), `warm/` (the
+//! warm pool), `client` (connecting to the engine), `desktop` (the `docker
+//! exec` dialer) and `tests` (unit tests without an engine).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -74,8 +82,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use deskgate_actors::ports::{
     ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
@@ -89,13 +96,18 @@ use crate::platform::secret::Secret;
 mod client;
 mod desktop;
 mod events;
+mod recovery;
 mod settings;
+mod warm;
 
 pub use client::connect;
 pub use desktop::{DESKTOP_VNC_BRIDGE, DockerDesktops, WebRtcSettings};
 use events::watch_events;
+pub use recovery::Recovered;
 pub use settings::LauncherSettings;
 use settings::VNC_SECRET_BYTES;
+use warm::WarmPool;
+pub use warm::{LABEL_WARM, warm_container_name, warm_network_name};
 
 /// Label holding the session id.
 pub const LABEL_SESSION: &str = "deskgate.session";
@@ -118,6 +130,33 @@ pub fn container_name(session: SessionId) -> String {
 /// The network name of a session.
 pub fn network_name(session: SessionId) -> String {
     format!("deskgate-s-{session}")
+}
+
+/// Whose desktop a container (and its network) is.
+#[derive(Clone, Copy, Debug)]
+enum Owner {
+    /// A session's, from its launch.
+    Session(SessionId),
+    /// A warm desktop's, until a session takes it (`warm.rs`).
+    Warm(Uuid),
+}
+
+impl Owner {
+    /// The label that says so.
+    fn label(self) -> (String, String) {
+        match self {
+            Self::Session(session) => (LABEL_SESSION.to_string(), session.to_string()),
+            Self::Warm(id) => (LABEL_WARM.to_string(), id.to_string()),
+        }
+    }
+
+    /// The name of its own network.
+    fn network(self) -> String {
+        match self {
+            Self::Session(session) => network_name(session),
+            Self::Warm(id) => warm_network_name(id),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +193,30 @@ fn session_of(labels: Option<&HashMap<String, String>>) -> Option<SessionId> {
         .map(SessionId)
 }
 
+/// The session a container belongs to: its `deskgate.session` label, or,
+/// for a warm desktop a session took, its name `deskgate-session-<id>`
+/// (Docker cannot relabel a container, so the rename is the record).
+fn session_of_container(
+    labels: Option<&HashMap<String, String>>,
+    name: Option<&str>,
+) -> Option<SessionId> {
+    if let Some(session) = session_of(labels) {
+        return Some(session);
+    }
+    labels?.get(LABEL_WARM)?;
+    name?
+        .trim_start_matches('/')
+        .strip_prefix("deskgate-session-")
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .map(SessionId)
+}
+
+/// The session of a listed container (see [`session_of_container`]).
+fn session_of_summary(summary: &ContainerSummary) -> Option<SessionId> {
+    let name = summary.names.as_ref().and_then(|n| n.first());
+    session_of_container(summary.labels.as_ref(), name.map(String::as_str))
+}
+
 fn host_of(labels: Option<&HashMap<String, String>>) -> u16 {
     labelled_host(labels).unwrap_or(0)
 }
@@ -167,7 +230,13 @@ fn labelled_host(labels: Option<&HashMap<String, String>>) -> Option<u16> {
 /// networks, and their events) a launcher scoped to `host` manages: every
 /// session one without a scope. Docker requires all of them to match.
 fn label_filter(host: Option<u16>) -> Vec<String> {
-    let mut labels = vec![LABEL_SESSION.to_string()];
+    scoped_filter(LABEL_SESSION, host)
+}
+
+/// `label` filter values: containers (or networks) carrying `label`, on
+/// `host` when scoped.
+fn scoped_filter(label: &str, host: Option<u16>) -> Vec<String> {
+    let mut labels = vec![label.to_string()];
     if let Some(host) = host {
         labels.push(format!("{LABEL_HOST}={host}"));
     }
@@ -207,18 +276,6 @@ impl Shared {
     }
 }
 
-/// What [`DockerLauncher::recover`] found after a restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Running session containers, adopted with their VNC secrets.
-    pub adopted: Vec<RunningContainer>,
-    /// Session containers that had stopped (or never started) while nobody
-    /// watched, removed with their networks: their exits.
-    pub exited: Vec<ContainerExit>,
-    /// Networks left without a container, removed.
-    pub stray_networks: usize,
-}
-
 /// The [`Launcher`] on a local Docker Engine; see the module docs.
 #[derive(Debug)]
 pub struct DockerLauncher {
@@ -226,6 +283,8 @@ pub struct DockerLauncher {
     settings: LauncherSettings,
     secrets: Mutex<HashMap<SessionId, Secret>>,
     shared: Arc<Shared>,
+    /// Warm desktops (`warm.rs`); empty unless [`Self::keep_warm`] runs.
+    warm: Arc<WarmPool>,
 }
 
 impl DockerLauncher {
@@ -237,6 +296,7 @@ impl DockerLauncher {
             settings,
             secrets: Mutex::new(HashMap::new()),
             shared: Arc::new(Shared::default()),
+            warm: Arc::new(WarmPool::default()),
         })
     }
 
@@ -250,6 +310,11 @@ impl DockerLauncher {
         &self.docker
     }
 
+    /// Warm desktops started and waiting for a session (`warm/mod.rs`).
+    pub fn warm_desktops_ready(&self) -> usize {
+        self.warm.ready_count()
+    }
+
     /// The session's VNC secret, for the media path; `None` when this
     /// launcher neither launched nor adopted the session.
     pub fn vnc_secret(&self, session: SessionId) -> Option<Secret> {
@@ -258,23 +323,39 @@ impl DockerLauncher {
 
     /// The create request for `spec` with `vnc_secret` (no I/O).
     pub fn container_config(&self, spec: &LaunchSpec, vnc_secret: &Secret) -> ContainerCreateBody {
+        self.desktop_config(
+            Owner::Session(spec.session),
+            &spec.gpu_indices,
+            spec.host,
+            vnc_secret,
+        )
+    }
+
+    /// The create request of a desktop container for `owner`: a session's,
+    /// or a warm desktop's, which differs only in its label, its network
+    /// and the absence of `DESKGATE_SESSION_ID`.
+    fn desktop_config(
+        &self,
+        owner: Owner,
+        gpu_indices: &[u32],
+        host: u16,
+        vnc_secret: &Secret,
+    ) -> ContainerCreateBody {
         let s = &self.settings;
-        let session = spec.session;
-        let gpus = spec
-            .gpu_indices
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>();
+        let gpus = gpu_indices.iter().map(u32::to_string).collect::<Vec<_>>();
         let labels = HashMap::from([
-            (LABEL_SESSION.to_string(), session.to_string()),
+            owner.label(),
             (LABEL_GPUS.to_string(), gpus.join(",")),
-            (LABEL_HOST.to_string(), spec.host.to_string()),
+            (LABEL_HOST.to_string(), host.to_string()),
         ]);
-        let mut env = vec![
-            format!("DESKGATE_SESSION_ID={session}"),
+        let mut env = Vec::new();
+        if let Owner::Session(session) = owner {
+            env.push(format!("DESKGATE_SESSION_ID={session}"));
+        }
+        env.extend([
             format!("DESKGATE_GPUS={}", gpus.join(",")),
             format!("DESKGATE_VNC_PASSWORD={}", vnc_secret.expose()),
-        ];
+        ]);
         env.extend(s.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
         let tmpfs = HashMap::from([
             (
@@ -305,7 +386,7 @@ impl DockerLauncher {
             hostname: Some("desktop".into()),
             stop_timeout: Some(s.stop_grace.as_secs().try_into().unwrap_or(i64::MAX)),
             host_config: Some(HostConfig {
-                network_mode: Some(network_name(session)),
+                network_mode: Some(owner.network()),
                 cap_drop: Some(vec!["ALL".into()]),
                 cap_add: None,
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
@@ -326,9 +407,10 @@ impl DockerLauncher {
         }
     }
 
-    async fn create_network(&self, session: SessionId, host: u16) -> Result<(), LaunchError> {
+    async fn create_network(&self, owner: Owner, host: u16) -> Result<(), LaunchError> {
+        let name = owner.network();
         let request = NetworkCreateRequest {
-            name: network_name(session),
+            name: name.clone(),
             driver: Some("bridge".into()),
             internal: Some(true),
             attachable: Some(false),
@@ -344,7 +426,7 @@ impl DockerLauncher {
                 ),
             ])),
             labels: Some(HashMap::from([
-                (LABEL_SESSION.to_string(), session.to_string()),
+                owner.label(),
                 (LABEL_HOST.to_string(), host.to_string()),
             ])),
             ..Default::default()
@@ -352,10 +434,7 @@ impl DockerLauncher {
         match self.docker.create_network(request).await {
             Ok(_) => Ok(()),
             Err(err) if is_status(&err, 409) => Ok(()),
-            Err(err) => Err(docker_error(
-                &format!("creating network {}", network_name(session)),
-                err,
-            )),
+            Err(err) => Err(docker_error(&format!("creating network {name}"), err)),
         }
     }
 
@@ -364,7 +443,8 @@ impl DockerLauncher {
     pub async fn create(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let session = spec.session;
         let name = container_name(session);
-        self.create_network(session, spec.host).await?;
+        self.create_network(Owner::Session(session), spec.host)
+            .await?;
         let secret = random_secret();
         let config = self.container_config(spec, &secret);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -381,12 +461,16 @@ impl DockerLauncher {
     }
 
     async fn remove_container(&self, session: SessionId) -> Result<(), LaunchError> {
-        let name = container_name(session);
+        self.remove_container_named(&container_name(session)).await
+    }
+
+    /// Force-removes the container `name` (a name or an id), whatever its state.
+    async fn remove_container_named(&self, name: &str) -> Result<(), LaunchError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(&name, Some(options)).await {
+        match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(err) if is_status(&err, 404) => Ok(()),
             // Removal already under way (a concurrent stop): fine.
@@ -396,18 +480,32 @@ impl DockerLauncher {
     }
 
     async fn remove_network(&self, session: SessionId) -> Result<(), LaunchError> {
-        let name = network_name(session);
-        match self.docker.remove_network(&name).await {
+        self.remove_network_named(&network_name(session)).await
+    }
+
+    async fn remove_network_named(&self, name: &str) -> Result<(), LaunchError> {
+        match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
             Err(err) if is_status(&err, 404) => Ok(()),
             Err(err) => Err(docker_error(&format!("removing network {name}"), err)),
         }
     }
 
-    /// Removes the session's container and network, whatever their state.
+    /// Removes the session's container and network, whatever their state
+    /// (a taken warm desktop's network too: it keeps its warm name).
     async fn remove_all(&self, session: SessionId) -> Result<(), LaunchError> {
+        let warm_network = self
+            .docker
+            .inspect_container(&container_name(session), None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.host_config?.network_mode)
+            .filter(|mode| mode.starts_with("deskgate-w-"));
         self.remove_container(session).await?;
         self.remove_network(session).await?;
+        if let Some(network) = warm_network {
+            self.remove_network_named(&network).await?;
+        }
         lock(&self.secrets).remove(&session);
         Ok(())
     }
@@ -435,9 +533,23 @@ impl DockerLauncher {
         labelled_host(labels.as_ref()).is_some_and(|owner| owner != host)
     }
 
-    /// The containers labelled as deskgate sessions; stopped ones too if `all`.
+    /// The session containers (labelled as sessions, or warm desktops a
+    /// session took); stopped ones too if `all`.
     async fn session_containers(&self, all: bool) -> Result<Vec<ContainerSummary>, LaunchError> {
-        let labels = label_filter(self.settings.host);
+        let mut containers = self.labelled_containers(LABEL_SESSION, all).await?;
+        let warm = self.labelled_containers(LABEL_WARM, all).await?;
+        containers.extend(warm.into_iter().filter(|c| session_of_summary(c).is_some()));
+        Ok(containers)
+    }
+
+    /// The containers carrying `label` on this launcher's host; stopped ones
+    /// too if `all`.
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        all: bool,
+    ) -> Result<Vec<ContainerSummary>, LaunchError> {
+        let labels = scoped_filter(label, self.settings.host);
         let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
         let options = ListContainersOptionsBuilder::default()
             .all(all)
@@ -446,123 +558,26 @@ impl DockerLauncher {
         self.docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| docker_error("listing session containers", e))
+            .map_err(|e| docker_error(&format!("listing {label} containers"), e))
     }
+}
 
-    /// After this process restarts with nobody to ask which sessions are
-    /// known (the launcher service): adopts every running session container
-    /// and removes the rest, stopped or never started, with their networks,
-    /// reporting each as an exit so the gate can end its session.
-    pub async fn recover(&self) -> Result<Recovered, LaunchError> {
-        let mut running = HashSet::new();
-        let mut exited = Vec::new();
-        for summary in self.session_containers(true).await? {
-            let Some(session) = session_of(summary.labels.as_ref()) else {
-                continue;
-            };
-            if matches!(
-                summary.state,
-                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-            ) {
-                running.insert(session);
-                continue;
-            }
-            let state = match &summary.id {
-                Some(id) => self
-                    .docker
-                    .inspect_container(id, None::<InspectContainerOptions>)
-                    .await
-                    .ok()
-                    .and_then(|c| c.state),
-                None => None,
-            };
-            exited.push(ContainerExit {
-                session,
-                code: state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1),
-                oom: state.and_then(|s| s.oom_killed).unwrap_or(false),
-            });
-        }
-        let (adopted, removed) = self.reconcile(&running).await?;
-        let stray_networks = removed
-            .iter()
-            .filter(|s| !exited.iter().any(|e| e.session == **s))
-            .count();
-        Ok(Recovered {
-            adopted,
-            exited,
-            stray_networks,
-        })
-    }
-
-    /// After a restart: keeps the containers of `known` sessions (adopting
-    /// their VNC secrets from the container config) and removes every other
-    /// deskgate container and network. Returns the adopted running
-    /// containers and the sessions removed.
-    pub async fn reconcile(
-        &self,
-        known: &HashSet<SessionId>,
-    ) -> Result<(Vec<RunningContainer>, Vec<SessionId>), LaunchError> {
-        let containers = self.session_containers(true).await?;
-        let mut adopted = Vec::new();
-        let mut removed = Vec::new();
-        for summary in containers {
-            let Some(session) = session_of(summary.labels.as_ref()) else {
-                continue;
-            };
-            let id = summary.id.clone().unwrap_or_default();
-            if !known.contains(&session) {
-                self.remove_all(session).await?;
-                removed.push(session);
-                continue;
-            }
-            let running = matches!(
-                summary.state,
-                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+impl DockerLauncher {
+    /// Creates and starts the session's network and container.
+    async fn start_cold(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
+        let session = spec.session;
+        let id = self.create(spec).await?;
+        if let Err(err) = self.docker.start_container(&id, None).await {
+            let err = docker_error(
+                &format!("starting container {}", container_name(session)),
+                err,
             );
-            if !running {
-                continue;
+            if let Err(cleanup) = self.remove_all(session).await {
+                tracing::warn!(%session, error = %cleanup, "cleanup after a failed start failed");
             }
-            if let Ok(inspect) = self
-                .docker
-                .inspect_container(&id, None::<InspectContainerOptions>)
-                .await
-                && let Some(secret) = inspect
-                    .config
-                    .and_then(|c| c.env)
-                    .into_iter()
-                    .flatten()
-                    .find_map(|e| e.strip_prefix("DESKGATE_VNC_PASSWORD=").map(Secret::new))
-            {
-                lock(&self.secrets).insert(session, secret);
-            }
-            adopted.push(RunningContainer {
-                session,
-                container_id: id,
-                host: host_of(summary.labels.as_ref()),
-            });
+            return Err(err);
         }
-        // Networks left behind without a container (a crash between steps).
-        let labels = label_filter(self.settings.host);
-        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| docker_error("listing session networks", e))?;
-        for network in networks {
-            if let Some(session) = session_of(network.labels.as_ref())
-                && !known.contains(&session)
-            {
-                self.remove_network(session).await?;
-                if !removed.contains(&session) {
-                    removed.push(session);
-                }
-            }
-        }
-        Ok((adopted, removed))
+        Ok(id)
     }
 }
 
@@ -593,14 +608,13 @@ impl Launcher for DockerLauncher {
             }
             self.remove_container(session).await?;
         }
-        let id = self.create(spec).await?;
-        if let Err(err) = self.docker.start_container(&id, None).await {
-            let err = docker_error(&format!("starting container {name}"), err);
-            if let Err(cleanup) = self.remove_all(session).await {
-                tracing::warn!(%session, error = %cleanup, "cleanup after a failed start failed");
-            }
-            return Err(err);
-        }
+        // While the launch is under way the pool fills none of its GPUs.
+        let takeable = spec.host == self.warm_host();
+        let (plan, _launching) = self.warm.launch(&spec.gpu_indices, takeable);
+        let (id, warm) = match self.use_warm(spec, plan).await {
+            Some(id) => (id, true),
+            None => (self.start_cold(spec).await?, false),
+        };
         if self.shared.stopped_since(session, began) {
             // The session was stopped while this launch was under way (its
             // caller gave up on it, e.g. across a partition): the stop may
@@ -610,7 +624,7 @@ impl Launcher for DockerLauncher {
                 "session {session} was stopped while its container started"
             )));
         }
-        tracing::info!(%session, container = %id, "session container started");
+        tracing::info!(%session, container = %id, warm, "session container started");
         Ok(id)
     }
 
@@ -639,6 +653,8 @@ impl Launcher for DockerLauncher {
         }
         self.remove_all(session).await?;
         tracing::info!(%session, "session container stopped and removed");
+        // Its GPUs are free: the warm pool may fill them.
+        self.warm.wake.notify_one();
         Ok(())
     }
 
@@ -648,7 +664,7 @@ impl Launcher for DockerLauncher {
             .into_iter()
             .filter_map(|c| {
                 Some(RunningContainer {
-                    session: session_of(c.labels.as_ref())?,
+                    session: session_of_summary(&c)?,
                     container_id: c.id.clone()?,
                     host: host_of(c.labels.as_ref()),
                 })
@@ -659,113 +675,16 @@ impl Launcher for DockerLauncher {
     fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
         let docker = self.docker.clone();
         let shared = self.shared.clone();
-        let labels = label_filter(self.settings.host);
+        // Not filtered on `deskgate.session`: a taken warm desktop lacks it.
+        let labels = self
+            .settings
+            .host
+            .map(|host| format!("{LABEL_HOST}={host}"))
+            .into_iter()
+            .collect();
         tokio::spawn(watch_events(docker, shared, labels, sink));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn make_launcher(settings: LauncherSettings) -> DockerLauncher {
-        let docker =
-            Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION)
-                .expect("client");
-        DockerLauncher::new(docker, settings).expect("valid settings")
-    }
-
-    #[test]
-    fn root_and_reserved_names_and_bad_digests_are_refused() {
-        for user in ["0", "0:0", "root", "", "root:root"] {
-            let mut s = LauncherSettings::new("img");
-            s.user = user.into();
-            assert!(s.validate().is_err(), "{user:?} accepted");
-        }
-        let mut s = LauncherSettings::new("img");
-        s.extra_env = vec![("DESKGATE_VNC_PASSWORD".into(), "x".into())];
-        assert!(s.validate().is_err());
-        s.extra_env = vec![("A=B".into(), "x".into())];
-        assert!(s.validate().is_err());
-        let mut s = LauncherSettings::new("img");
-        s.image_digest = Some("sha256:abc".into());
-        assert!(s.validate().is_err());
-        s.image_digest = Some(format!("sha256:{}", "a".repeat(64)));
-        assert!(s.validate().is_ok());
-        assert_eq!(s.image_ref(), format!("img@sha256:{}", "a".repeat(64)));
-    }
-
-    #[test]
-    fn a_host_scope_filters_on_the_host_label_too() {
-        assert_eq!(label_filter(None), vec![LABEL_SESSION.to_string()]);
-        assert_eq!(
-            label_filter(Some(3)),
-            vec![LABEL_SESSION.to_string(), "deskgate.host=3".to_string()]
-        );
-        let labels = HashMap::from([(LABEL_HOST.to_string(), "7".to_string())]);
-        assert_eq!(labelled_host(Some(&labels)), Some(7));
-        assert_eq!(labelled_host(None), None);
-        assert_eq!(host_of(Some(&HashMap::new())), 0);
-    }
-
-    #[tokio::test]
-    async fn a_scoped_launcher_refuses_launches_for_another_host() {
-        let mut settings = LauncherSettings::new("img");
-        settings.host = Some(1);
-        // Refused before Docker is asked (this client reaches no daemon).
-        let err = make_launcher(settings)
-            .launch(&LaunchSpec {
-                session: SessionId::new(),
-                host: 0,
-                gpu_indices: vec![0],
-            })
-            .await
-            .expect_err("host 0 refused by host 1");
-        assert!(
-            err.0.contains("host 1") && err.0.contains("host 0"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn config_is_hardened_and_gpus_are_conditional() {
-        let mut settings = LauncherSettings::new("img");
-        settings.gpu_runtime = false;
-        settings.extra_env = vec![("LANG".into(), "C.UTF-8".into())];
-        let launcher = make_launcher(settings);
-        let spec = LaunchSpec {
-            session: SessionId::new(),
-            host: 2,
-            gpu_indices: vec![1, 3],
-        };
-        let secret = random_secret();
-        assert_eq!(secret.expose().len(), 64);
-        let config = launcher.container_config(&spec, &secret);
-        let host = config.host_config.clone().unwrap();
-        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(host.device_requests, None);
-        assert_eq!(host.network_mode, Some(network_name(spec.session)));
-        let labels = config.labels.clone().unwrap();
-        assert_eq!(labels[LABEL_GPUS], "1,3");
-        assert_eq!(labels[LABEL_HOST], "2");
-        let env = config.env.clone().unwrap();
-        assert_eq!(env.len(), 4, "{}", env.len());
-        assert!(env.contains(&"DESKGATE_GPUS=1,3".to_string()));
-        assert!(env.contains(&"LANG=C.UTF-8".to_string()));
-
-        let mut settings = LauncherSettings::new("img");
-        settings.gpu_runtime = true;
-        let config = make_launcher(settings).container_config(&spec, &secret);
-        let requests = config.host_config.unwrap().device_requests.unwrap();
-        assert_eq!(requests[0].device_ids, Some(vec!["1".into(), "3".into()]));
-        assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
-        let capabilities = requests[0].capabilities.clone().unwrap();
-        assert_eq!(capabilities.len(), 1, "one AND-list of capabilities");
-        for needed in ["gpu", "graphics", "display", "video", "utility"] {
-            assert!(
-                capabilities[0].iter().any(|c| c == needed),
-                "{needed} missing"
-            );
-        }
-    }
-}
+mod tests;

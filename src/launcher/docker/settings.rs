@@ -50,6 +50,9 @@ pub struct LauncherSettings {
     /// launches only for that host; `None` manages every session container
     /// on the daemon. See the module docs.
     pub host: Option<u16>,
+    /// Warm desktops to keep started on free GPUs, one GPU each
+    /// (`DESKGATE_WARM_DESKTOPS`; see `warm/mod.rs`); 0 keeps none.
+    pub warm_desktops: usize,
 }
 
 impl LauncherSettings {
@@ -70,6 +73,7 @@ impl LauncherSettings {
             stop_grace: Duration::from_secs(10),
             gpu_runtime: true,
             host: None,
+            warm_desktops: 0,
         }
     }
 
@@ -100,6 +104,7 @@ impl LauncherSettings {
             // Virtual GPUs have no device to pass through.
             gpu_runtime: !matches!(config.launcher.gpus, crate::config::GpuSelection::Fake(_)),
             host: config.launcher.host,
+            warm_desktops: config.launcher.warm_desktops,
             ..Self::new("")
         }
     }
