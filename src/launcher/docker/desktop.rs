@@ -94,7 +94,7 @@ impl DockerDesktops {
 
 /// A raw byte stream to the VNC server of `container` ([`DESKTOP_VNC_BRIDGE`]
 /// run inside it as `user`). What the bridge writes on stderr is logged.
-pub(super) async fn vnc_bridge(
+pub async fn vnc_bridge(
     docker: &Docker,
     container: &str,
     user: &str,

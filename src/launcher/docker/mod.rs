@@ -101,7 +101,7 @@ mod settings;
 mod warm;
 
 pub use client::connect;
-pub use desktop::{DESKTOP_VNC_BRIDGE, DockerDesktops, WebRtcSettings};
+pub use desktop::{DESKTOP_VNC_BRIDGE, DockerDesktops, WebRtcSettings, vnc_bridge};
 use events::watch_events;
 pub use recovery::Recovered;
 pub use settings::LauncherSettings;
