@@ -4,7 +4,9 @@
 //! desktop ever serves two sessions; a launch that needs a warm desktop's
 //! GPU for more is never held up by it; recovery removes what nobody took
 //! and keeps what a session took; an exit of a taken desktop reaches its
-//! session. Each test scopes its launchers to a host number of its own, so
+//! session; a desktop that died in the pool is not given out and its end is
+//! nobody's exit; a running desktop the pool does not hold (a launch
+//! cancelled mid-take) is removed. Each test scopes its launchers to a host number of its own, so
 //! the pools of parallel tests never see each other's desktops.
 
 mod support;
@@ -376,4 +378,96 @@ async fn recovery_removes_untaken_warm_desktops_and_keeps_taken_ones() {
         || networks_of(host).is_empty(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_warm_desktop_is_not_given_out_and_its_end_is_no_session_exit() {
+    let docker = docker().await;
+    let host = host_number();
+    let _host_cleanup = HostCleanup(host);
+    let mut cleanup = Cleanup::new();
+    let launcher = launcher(&docker, host, 1);
+    let (tx, mut exits) = mpsc::unbounded_channel();
+    launcher.watch_exits(tx);
+    launcher.keep_warm(vec![0]);
+    until_ready(&launcher, 1).await;
+    let (name, _) = untaken_warm(host).pop().expect("a warm desktop");
+    let dead_id = container_id(&docker, &name).await.expect("warm container");
+    docker
+        .kill_container(
+            &name,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .expect("docker kill");
+
+    // The pool may still count it; the launch must not end up in it.
+    let session = cleanup.session();
+    let id = launcher
+        .launch(&spec(session, host, &[0]))
+        .await
+        .expect("the launch goes on cold");
+    assert_ne!(id, dead_id);
+    assert!(
+        docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .expect("inspect")
+            .state
+            .and_then(|s| s.running)
+            .unwrap_or(false),
+        "the session's container runs"
+    );
+    // The dead desktop's end is nobody's exit: none reaches the session.
+    let exit = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match exits.recv().await {
+                Some(exit) if exit.session == session => return exit,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(exit.is_err(), "a false exit: {exit:?}");
+    launcher.stop(session).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_warm_desktop_the_pool_does_not_hold_is_removed() {
+    let docker = docker().await;
+    let host = host_number();
+    let _host_cleanup = HostCleanup(host);
+    let launcher = launcher(&docker, host, 1);
+    launcher.keep_warm(vec![0, 1]);
+    until_ready(&launcher, 1).await;
+    // What a launch cancelled between taking a desktop and renaming it
+    // leaves: a running warm desktop nobody holds.
+    let stray = uuid::Uuid::new_v4();
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name"])
+        .arg(format!("deskgate-warm-{stray}"))
+        .args(["--label", &format!("{LABEL_WARM}={stray}")])
+        .args(["--label", &format!("deskgate.host={host}")])
+        .args(["--label", "deskgate.gpus=1"])
+        .args(["-e", "DESKGATE_VNC_PASSWORD=stray-secret"])
+        .arg(service_env("DESKGATE_DESKTOP_IMAGE"))
+        .output()
+        .expect("docker run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(
+        Duration::from_secs(20),
+        "the stray warm desktop removed",
+        || {
+            !untaken_warm(host)
+                .iter()
+                .any(|(name, _)| name.ends_with(&stray.to_string()))
+        },
+    )
+    .await;
+    assert_eq!(launcher.warm_desktops_ready(), 1, "the pool's own stays");
 }

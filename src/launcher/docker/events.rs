@@ -128,7 +128,7 @@ async fn handle_event(
                 state.reported.clear();
             }
             let mut oom = state.oom.remove(&id);
-            if shared.was_stopped(session) {
+            if shared.was_stopped(session) || shared.was_removed(&id) {
                 return true;
             }
             if !oom

@@ -253,9 +253,24 @@ const STOP_MEMORY: Duration = Duration::from_secs(300);
 struct Shared {
     /// Sessions stopped by [`Launcher::stop`], and when: their `die` is not an exit.
     stopping: Mutex<HashMap<SessionId, std::time::Instant>>,
+    /// Containers removed by the launcher itself (a warm desktop whose take
+    /// failed after its rename), and when: their `die` is not an exit either.
+    removed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Shared {
+    fn mark_removed(&self, container_id: &str) {
+        let mut removed = lock(&self.removed);
+        removed.retain(|_, at| at.elapsed() < STOP_MEMORY);
+        removed.insert(container_id.to_string(), std::time::Instant::now());
+    }
+
+    fn was_removed(&self, container_id: &str) -> bool {
+        lock(&self.removed)
+            .get(container_id)
+            .is_some_and(|at| at.elapsed() < STOP_MEMORY)
+    }
+
     fn mark_stopping(&self, session: SessionId) {
         let mut stopping = lock(&self.stopping);
         stopping.retain(|_, at| at.elapsed() < STOP_MEMORY);
@@ -606,7 +621,8 @@ impl Launcher for DockerLauncher {
             if running && self.vnc_secret(session).is_some() {
                 return Ok(existing.id.unwrap_or_default());
             }
-            self.remove_container(session).await?;
+            // With its network: a taken warm desktop's is not the session's.
+            self.remove_all(session).await?;
         }
         // While the launch is under way the pool fills none of its GPUs.
         let takeable = spec.host == self.warm_host();

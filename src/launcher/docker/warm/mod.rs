@@ -71,6 +71,8 @@ pub(super) enum Miss {
     MultiGpu,
     /// The pool had no started desktop on the session's GPU.
     NoneOnGpu,
+    /// The launch was for a host number other than the pool's.
+    OtherHost,
     /// The warm desktop had gone (died or removed) when it was taken.
     Gone,
 }
@@ -80,6 +82,7 @@ impl Miss {
         match self {
             Self::MultiGpu => "multi_gpu",
             Self::NoneOnGpu => "none_on_gpu",
+            Self::OtherHost => "other_host",
             Self::Gone => "gone",
         }
     }
@@ -116,10 +119,19 @@ struct PoolState {
     given_way: HashSet<Uuid>,
     /// Launches under way, per GPU.
     launching: HashMap<u32, usize>,
-    /// Moves on every launch start and end, so that a refill pass knows its
-    /// view of which GPUs are free may be stale.
-    epoch: u64,
+    /// Desktops handed to a launch that has not finished: not in the pool,
+    /// maybe not renamed yet. Anything else untaken and running that the
+    /// pool does not hold is a leftover the refill pass removes.
+    taking: HashSet<Uuid>,
+    /// Per GPU, moves on every launch start and end there, so that a refill
+    /// pass knows its view of whether that GPU is free may be stale.
+    epochs: HashMap<u32, u64>,
 }
+
+/// A snapshot of the per-GPU epochs, taken before a refill pass looks at
+/// which GPUs are free.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Epochs(HashMap<u32, u64>);
 
 /// A launch under way on some GPUs: the pool fills none of them until it
 /// is dropped.
@@ -127,11 +139,13 @@ struct PoolState {
 pub(super) struct Launching<'a> {
     pool: &'a WarmPool,
     gpus: Vec<u32>,
+    /// The desktop the launch took, if any.
+    taking: Option<Uuid>,
 }
 
 impl Drop for Launching<'_> {
     fn drop(&mut self) {
-        self.pool.end_launch(&self.gpus);
+        self.pool.end_launch(&self.gpus, self.taking);
     }
 }
 
@@ -145,6 +159,7 @@ impl WarmPool {
         let guard = Launching {
             pool: self,
             gpus: gpus.to_vec(),
+            taking: plan.take.as_ref().map(|d| d.id),
         };
         (plan, guard)
     }
@@ -152,13 +167,16 @@ impl WarmPool {
     /// See [`Self::launch`]; [`Self::end_launch`] must follow.
     fn begin_launch(&self, gpus: &[u32], takeable: bool) -> LaunchPlan {
         let mut state = lock(&self.state);
-        state.epoch += 1;
         for gpu in gpus {
+            *state.epochs.entry(*gpu).or_default() += 1;
             *state.launching.entry(*gpu).or_default() += 1;
         }
         let mut plan = LaunchPlan::default();
         if let ([gpu], true) = (gpus, takeable) {
             plan.take = state.ready.remove(gpu);
+        }
+        if let Some(taken) = &plan.take {
+            state.taking.insert(taken.id);
         }
         for gpu in gpus {
             if let Some(desktop) = state.ready.remove(gpu) {
@@ -171,6 +189,8 @@ impl WarmPool {
         if plan.take.is_none() {
             plan.miss = Some(if gpus.len() > 1 {
                 Miss::MultiGpu
+            } else if !takeable {
+                Miss::OtherHost
             } else {
                 Miss::NoneOnGpu
             });
@@ -180,10 +200,13 @@ impl WarmPool {
 
     /// The launch that [`Self::begin_launch`] began on `gpus` is over (its
     /// container, if any, now carries their labels).
-    fn end_launch(&self, gpus: &[u32]) {
+    fn end_launch(&self, gpus: &[u32], taking: Option<Uuid>) {
         let mut state = lock(&self.state);
-        state.epoch += 1;
+        if let Some(id) = taking {
+            state.taking.remove(&id);
+        }
         for gpu in gpus {
+            *state.epochs.entry(*gpu).or_default() += 1;
             if let Some(count) = state.launching.get_mut(gpu) {
                 *count -= 1;
                 if *count == 0 {
@@ -195,9 +218,9 @@ impl WarmPool {
         self.wake.notify_one();
     }
 
-    /// The current epoch (see [`PoolState::epoch`]).
-    pub(super) fn epoch(&self) -> u64 {
-        lock(&self.state).epoch
+    /// The per-GPU epochs now (see [`PoolState::epochs`]).
+    pub(super) fn epochs(&self) -> Epochs {
+        Epochs(lock(&self.state).epochs.clone())
     }
 
     /// Desktops up and starting.
@@ -223,11 +246,11 @@ impl WarmPool {
     }
 
     /// Reserves `gpu` for a new warm desktop `id`, unless a launch is using
-    /// it or the epoch moved since `seen_epoch` (the caller's view of free
-    /// GPUs is stale: it looks again).
-    pub(super) fn reserve(&self, gpu: u32, id: Uuid, seen_epoch: u64) -> bool {
+    /// it or one started or ended there since `seen` (the caller's view of
+    /// whether it is free is stale: it looks again).
+    pub(super) fn reserve(&self, gpu: u32, id: Uuid, seen: &Epochs) -> bool {
         let mut state = lock(&self.state);
-        if state.epoch != seen_epoch
+        if state.epochs.get(&gpu) != seen.0.get(&gpu)
             || state.launching.contains_key(&gpu)
             || state.ready.contains_key(&gpu)
             || state.starting.contains_key(&gpu)
@@ -273,10 +296,19 @@ impl WarmPool {
             .collect()
     }
 
-    /// Whether `id` is in the pool (started or starting).
+    /// Whether `id` is in the pool (started or starting) or being taken by
+    /// a launch: anything else untaken is a leftover.
     pub(super) fn holds(&self, id: Uuid) -> bool {
         let state = lock(&self.state);
-        state.ready.values().any(|d| d.id == id) || state.starting.values().any(|s| *s == id)
+        state.ready.values().any(|d| d.id == id)
+            || state.starting.values().any(|s| *s == id)
+            || state.taking.contains(&id)
+    }
+
+    /// Whether a launch took the GPU of `id`, a desktop still starting: its
+    /// start stops early and it is removed.
+    pub(super) fn gave_way(&self, id: Uuid) -> bool {
+        lock(&self.state).given_way.contains(&id)
     }
 }
 
@@ -296,7 +328,7 @@ mod tests {
     fn started_on(pool: &WarmPool, gpu: u32) -> Uuid {
         let desktop = desktop(gpu);
         let id = desktop.id;
-        assert!(pool.reserve(gpu, id, pool.epoch()));
+        assert!(pool.reserve(gpu, id, &pool.epochs()));
         pool.started(desktop).expect("joins the pool");
         id
     }
@@ -308,7 +340,8 @@ mod tests {
         let plan = pool.begin_launch(&[0], true);
         assert_eq!(plan.take.as_ref().map(|d| d.id), Some(id));
         assert!(plan.give_way.is_empty() && plan.miss.is_none());
-        pool.end_launch(&[0]);
+        assert!(pool.holds(id), "being taken: not a leftover");
+        pool.end_launch(&[0], Some(id));
         // Taken means gone from the pool: a second launch cannot get it.
         let again = pool.begin_launch(&[0], true);
         assert!(again.take.is_none());
@@ -336,9 +369,10 @@ mod tests {
     fn a_desktop_still_starting_gives_way_when_it_arrives() {
         let pool = WarmPool::default();
         let late = desktop(2);
-        assert!(pool.reserve(2, late.id, pool.epoch()));
+        assert!(pool.reserve(2, late.id, &pool.epochs()));
         let plan = pool.begin_launch(&[2], true);
         assert!(plan.take.is_none(), "a desktop not started is not taken");
+        assert!(pool.gave_way(late.id), "its start can stop early");
         assert!(pool.started(late).is_err(), "it must be removed");
         assert_eq!(pool.size(), 0);
     }
@@ -346,16 +380,22 @@ mod tests {
     #[test]
     fn the_pool_never_reserves_a_gpu_under_launch_or_on_a_stale_view() {
         let pool = WarmPool::default();
-        let seen = pool.epoch();
+        let seen = pool.epochs();
         let (_plan, launching) = pool.launch(&[3], true);
         assert!(
-            !pool.reserve(3, Uuid::new_v4(), pool.epoch()),
+            !pool.reserve(3, Uuid::new_v4(), &pool.epochs()),
             "launch under way"
         );
-        assert!(!pool.reserve(4, Uuid::new_v4(), seen), "stale view");
         drop(launching);
-        assert!(!pool.reserve(4, Uuid::new_v4(), seen), "still stale");
-        assert!(pool.reserve(4, Uuid::new_v4(), pool.epoch()));
+        assert!(
+            !pool.reserve(3, Uuid::new_v4(), &seen),
+            "stale view of GPU 3"
+        );
+        assert!(
+            pool.reserve(4, Uuid::new_v4(), &seen),
+            "a launch on GPU 3 says nothing about GPU 4"
+        );
+        assert!(pool.reserve(3, Uuid::new_v4(), &pool.epochs()));
     }
 
     #[test]
@@ -365,6 +405,7 @@ mod tests {
         let (plan, _launching) = pool.launch(&[0], false);
         assert!(plan.take.is_none());
         assert_eq!(plan.give_way.len(), 1);
+        assert_eq!(plan.miss, Some(Miss::OtherHost));
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl DockerLauncher {
             return None;
         };
         let warm = desktop.id;
+        let container_id = desktop.container_id.clone();
         let session = spec.session;
         match self.take_warm(spec, desktop).await {
             Ok(id) => {
@@ -124,6 +125,9 @@ impl DockerLauncher {
                 metrics::counter!("deskgate_launcher_warm_misses_total", "reason" => super::Miss::Gone.label())
                     .increment(1);
                 tracing::warn!(%session, %warm, error = %err, "the warm desktop could not be taken; starting one");
+                // It may carry the session's name by now: its end is not the
+                // session's exit.
+                self.shared.mark_removed(&container_id);
                 if let Err(cleanup) = self.remove_all(session).await {
                     tracing::warn!(%session, error = %cleanup, "cleanup after a failed take failed");
                 }
@@ -169,26 +173,16 @@ impl DockerLauncher {
     /// One pass: forgets and removes dead desktops, then starts desktops on
     /// free GPUs until the pool holds `target` (or no GPU is free).
     async fn refill(&self, gpus: &[u32], target: usize) -> Result<(), LaunchError> {
-        let mut alive = HashSet::new();
-        for container in self.labelled_containers(LABEL_WARM, true).await? {
-            let Some(id) = untaken_warm_id(&container) else {
-                continue;
-            };
-            if matches!(container.state, Some(ContainerSummaryStateEnum::RUNNING)) {
-                alive.insert(id);
-            } else {
-                tracing::info!(warm = %id, "a warm desktop stopped; removing it");
-                remove_warm(self.docker.clone(), id).await;
-            }
-        }
+        let (alive, _) = self.remove_leftovers().await?;
         for dead in self.warm.forget_dead(&alive) {
+            tracing::info!(warm = %dead.id, "a warm desktop went away; removing what is left");
             remove_warm(self.docker.clone(), dead.id).await;
         }
         for _ in 0..MAX_TRIES_PER_PASS {
             if self.warm.size() >= target {
                 break;
             }
-            let epoch = self.warm.epoch();
+            let seen = self.warm.epochs();
             let busy = self.session_gpus().await?;
             let in_pool = self.warm.gpus_in_pool();
             let Some(gpu) = gpus
@@ -200,15 +194,20 @@ impl DockerLauncher {
                 break;
             };
             let id = Uuid::new_v4();
-            if !self.warm.reserve(gpu, id, epoch) {
+            if !self.warm.reserve(gpu, id, &seen) {
                 continue;
             }
             match self.start_warm(gpu, id).await {
-                Ok(desktop) => {
+                Ok(Some(desktop)) => {
                     tracing::debug!(warm = %id, gpu, "warm desktop ready");
                     if let Err(late) = self.warm.started(desktop) {
                         remove_warm(self.docker.clone(), late.id).await;
                     }
+                }
+                Ok(None) => {
+                    tracing::debug!(warm = %id, gpu, "a launch took the GPU of a starting warm desktop");
+                    self.warm.failed(gpu, id);
+                    remove_warm(self.docker.clone(), id).await;
                 }
                 Err(err) => {
                     self.warm.failed(gpu, id);
@@ -235,8 +234,9 @@ impl DockerLauncher {
             .collect())
     }
 
-    /// Starts a warm desktop on `gpu` and waits for its VNC server.
-    async fn start_warm(&self, gpu: u32, id: Uuid) -> Result<WarmDesktop, LaunchError> {
+    /// Starts a warm desktop on `gpu` and waits for its VNC server; `None`
+    /// when a launch took the GPU meanwhile (the caller removes it).
+    async fn start_warm(&self, gpu: u32, id: Uuid) -> Result<Option<WarmDesktop>, LaunchError> {
         let host = self.warm_host();
         self.create_network(Owner::Warm(id), host).await?;
         let secret = random_secret();
@@ -248,24 +248,34 @@ impl DockerLauncher {
             .create_container(Some(options), config)
             .await
             .map_err(|e| docker_error(&format!("creating {name}"), e))?;
+        if self.warm.gave_way(id) {
+            return Ok(None);
+        }
         self.docker
             .start_container(&created.id, None)
             .await
             .map_err(|e| docker_error(&format!("starting {name}"), e))?;
-        self.wait_for_vnc(&name).await?;
-        Ok(WarmDesktop {
+        if !self.wait_for_vnc(&name, id).await? {
+            return Ok(None);
+        }
+        Ok(Some(WarmDesktop {
             id,
             container_id: created.id,
             gpu,
             secret,
-        })
+        }))
     }
 
-    /// Waits until the VNC server of `container` sends its protocol version.
-    async fn wait_for_vnc(&self, container: &str) -> Result<(), LaunchError> {
+    /// Waits until the VNC server of warm desktop `id` (container
+    /// `container`) sends its protocol version: `true`; `false` as soon as a
+    /// launch took its GPU.
+    async fn wait_for_vnc(&self, container: &str, id: Uuid) -> Result<bool, LaunchError> {
         let deadline = tokio::time::Instant::now() + VNC_READY_TIMEOUT;
         let mut last = String::from("no answer");
         while tokio::time::Instant::now() < deadline {
+            if self.warm.gave_way(id) {
+                return Ok(false);
+            }
             match vnc_bridge(&self.docker, container, &self.settings.user).await {
                 Ok(mut stream) => {
                     let mut version = [0u8; 12];
@@ -275,7 +285,7 @@ impl DockerLauncher {
                     )
                     .await
                     {
-                        Ok(Ok(_)) if version.starts_with(b"RFB ") => return Ok(()),
+                        Ok(Ok(_)) if version.starts_with(b"RFB ") => return Ok(true),
                         Ok(Ok(_)) => last = "not an RFB server".into(),
                         Ok(Err(err)) => last = err.to_string(),
                         Err(_) => last = "no version within 2 s".into(),
@@ -295,11 +305,25 @@ impl DockerLauncher {
     /// process's) and every warm network left without a container. Returns
     /// how many desktops it removed.
     pub(in crate::launcher::docker) async fn reap_warm(&self) -> Result<usize, LaunchError> {
+        Ok(self.remove_leftovers().await?.1)
+    }
+
+    /// Removes the untaken warm desktops that are stopped or that the pool
+    /// neither holds nor is handing to a launch (a previous process's, or
+    /// one whose launch was cancelled before its rename), and the warm
+    /// networks left without a container. Returns the ids of the running
+    /// desktops the pool holds, and how many desktops it removed.
+    async fn remove_leftovers(&self) -> Result<(HashSet<Uuid>, usize), LaunchError> {
+        let mut alive = HashSet::new();
         let mut removed = 0;
         for container in self.labelled_containers(LABEL_WARM, true).await? {
-            if let Some(id) = untaken_warm_id(&container)
-                && !self.warm.holds(id)
-            {
+            let Some(id) = untaken_warm_id(&container) else {
+                continue;
+            };
+            let running = matches!(container.state, Some(ContainerSummaryStateEnum::RUNNING));
+            if running && self.warm.holds(id) {
+                alive.insert(id);
+            } else {
                 remove_warm(self.docker.clone(), id).await;
                 removed += 1;
             }
@@ -327,14 +351,19 @@ impl DockerLauncher {
                 .ok()
                 .is_some_and(|n| n.containers.unwrap_or_default().is_empty());
             if empty && !held {
+                // 404: gone; 409: a container joined it after the look.
                 match self.docker.remove_network(&name).await {
                     Ok(()) => {}
-                    Err(err) if is_status(&err, 404) => {}
-                    Err(err) => return Err(docker_error(&format!("removing network {name}"), err)),
+                    Err(err) if is_status(&err, 404) || is_status(&err, 409) => {}
+                    Err(err) => tracing::warn!(
+                        network = %name,
+                        error = %docker_error("removing", err),
+                        "cannot remove a warm network; trying again later"
+                    ),
                 }
             }
         }
-        Ok(removed)
+        Ok((alive, removed))
     }
 }
 
