@@ -221,16 +221,30 @@ impl Drop for GateProcess {
     }
 }
 
-/// Removes every session container, then every session network, on the
+/// Removes every session container and warm desktop, then their networks, on the
 /// engine `DOCKER_HOST` names. Best effort: it runs while a test unwinds.
 fn remove_session_leftovers() {
-    for (list, remove) in [
-        (&["ps", "-aq"][..], &["rm", "-f", "-v"][..]),
-        (&["network", "ls", "-q"][..], &["network", "rm"][..]),
+    for (list, remove, label) in [
+        (
+            &["ps", "-aq"][..],
+            &["rm", "-f", "-v"][..],
+            "deskgate.session",
+        ),
+        (&["ps", "-aq"][..], &["rm", "-f", "-v"][..], "deskgate.warm"),
+        (
+            &["network", "ls", "-q"][..],
+            &["network", "rm"][..],
+            "deskgate.session",
+        ),
+        (
+            &["network", "ls", "-q"][..],
+            &["network", "rm"][..],
+            "deskgate.warm",
+        ),
     ] {
         let Ok(out) = std::process::Command::new("docker")
             .args(list)
-            .args(["--filter", "label=deskgate.session"])
+            .args(["--filter", &format!("label={label}")])
             .output()
         else {
             return;

@@ -1,12 +1,16 @@
 //! A gate whose sessions run the real desktop image (TigerVNC's Xvnc), and
 //! what the media tests do with it: run X clients on the session's display
 //! (a known checkerboard to look for), take media tickets, read the
-//! session's VNC secret and the gate's metrics.
+//! session's VNC secret and the gate's metrics, open the gate's VNC socket
+//! as a browser would and do the RFB handshake on it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::api::{Stage, session_path};
 use super::{scrape_metrics, service_env};
@@ -228,4 +232,71 @@ pub async fn assert_no_dial_and_tickets_refused(metrics_addr: &str, refused: f64
         refused,
         "{metrics}"
     );
+}
+
+/// The gate's VNC media socket, as a browser holds it.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the VNC socket with `ticket` from the gate's own origin; the HTTP
+/// status on refusal.
+pub async fn open_vnc(stage: &Stage, session: &str, ticket: &str) -> Result<Socket, u16> {
+    let mut request = format!(
+        "ws://127.0.0.1:{}/api/v1/sessions/{session}/vnc?ticket={ticket}",
+        stage.gate.port
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", stage.gate.base.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("VNC socket of {session}: {other}"),
+    }
+}
+
+/// Reads exactly `n` bytes of the RFB stream.
+pub async fn read_rfb(socket: &mut Socket, held: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    while held.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(bytes)))) => held.extend_from_slice(&bytes),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("RFB stream ended early: {other:?}"),
+        }
+    }
+    held.drain(..n).collect()
+}
+
+/// Sends `bytes` of RFB on the socket.
+pub async fn send_rfb(socket: &mut Socket, bytes: &[u8]) {
+    socket
+        .send(Message::Binary(bytes.to_vec().into()))
+        .await
+        .expect("send on the VNC socket");
+}
+
+/// The RFB 3.8 client handshake against the relay: it must offer None only.
+/// Returns the desktop's size from ServerInit.
+pub async fn rfb_handshake(socket: &mut Socket, held: &mut Vec<u8>) -> (u16, u16) {
+    assert_eq!(read_rfb(socket, held, 12).await, b"RFB 003.008\n");
+    send_rfb(socket, b"RFB 003.008\n").await;
+    assert_eq!(
+        read_rfb(socket, held, 2).await,
+        [1, 1],
+        "the relay offers exactly security type None"
+    );
+    send_rfb(socket, &[1]).await;
+    assert_eq!(read_rfb(socket, held, 4).await, [0, 0, 0, 0]);
+    send_rfb(socket, &[1]).await; // ClientInit, shared
+    let init = read_rfb(socket, held, 24).await;
+    let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
+    read_rfb(socket, held, name_len).await;
+    (
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    )
 }
