@@ -476,7 +476,10 @@ async fn first_frame_rows(docker: &Docker) {
     let refilled = || async {
         let deadline = Instant::now() + Duration::from_secs(60);
         while warm_launcher.warm_desktops_ready() == 0 {
-            assert!(Instant::now() < deadline, "the warm pool did not refill in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the warm pool did not refill in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -500,7 +503,10 @@ async fn first_frame_rows(docker: &Docker) {
         ("claim -> first frame, warm desktop", &mut warm),
         ("claim -> first frame, cold", &mut cold),
         ("docker run -> first frame (same image)", &mut run),
-        ("network + docker run, same isolation -> frame", &mut isolated),
+        (
+            "network + docker run, same isolation -> frame",
+            &mut isolated,
+        ),
     ]);
     let (w, c, r, i) = (
         ms(medians[0]),
