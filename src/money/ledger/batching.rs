@@ -8,28 +8,20 @@
 
 use std::fmt;
 
+use super::{PgLedger, Posting};
+use crate::platform::group_commit::GroupCommit;
 use async_trait::async_trait;
 use deskgate_actors::ports::{CreditSeconds, DebitKey, Ledger, LedgerError, WalletId};
-use tokio::sync::{mpsc, oneshot};
-
-use super::{PgLedger, Posting};
-
-/// A debit waiting for the next batch.
-struct QueuedDebit {
-    posting: Posting,
-    reply: oneshot::Sender<Result<CreditSeconds, LedgerError>>,
-}
 
 /// The billing path: the actors' [`Ledger`] with debits group-committed.
 ///
-/// One task posts batches back to back. A debit that arrives while a batch
-/// commits waits for the next one, which takes everything queued by then (up
-/// to `max_batch`). An idle ledger adds no delay; a busy one commits many
-/// sessions' debits per transaction, each still idempotent by its own key.
+/// Debits go through a [`GroupCommit`] (an idle ledger adds no delay; a
+/// busy one commits many sessions' debits per transaction), each still
+/// idempotent by its own key.
 #[derive(Clone)]
 pub struct BatchingLedger {
     ledger: PgLedger,
-    queue: mpsc::Sender<QueuedDebit>,
+    debits: GroupCommit<Posting, Result<CreditSeconds, LedgerError>>,
 }
 
 impl fmt::Debug for BatchingLedger {
@@ -42,25 +34,21 @@ impl BatchingLedger {
     /// Starts the batching task on the current runtime; it ends when every
     /// clone of the returned ledger is dropped.
     pub fn spawn(ledger: PgLedger, max_batch: usize) -> Self {
-        let max_batch = max_batch.max(1);
-        let (queue, mut incoming) = mpsc::channel::<QueuedDebit>(max_batch * 4);
         let poster = ledger.clone();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(max_batch);
-            while incoming.recv_many(&mut batch, max_batch).await > 0 {
-                let postings: Vec<Posting> = batch.iter().map(|d| d.posting.clone()).collect();
-                let outcome = poster.post_batch(&postings).await;
-                for (index, debit) in batch.drain(..).enumerate() {
-                    let answer = match &outcome {
-                        Ok(answers) => answers[index].clone().map(|r| r.balance_after),
-                        Err(err) => Err(err.clone()),
-                    };
-                    // The asker may have given up; its key makes a retry safe.
-                    let _ = debit.reply.send(answer);
+        // An asker that gave up may retry: its key makes that safe.
+        let debits = GroupCommit::spawn(max_batch, move |postings: Vec<Posting>| {
+            let poster = poster.clone();
+            async move {
+                match poster.post_batch(&postings).await {
+                    Ok(answers) => answers
+                        .into_iter()
+                        .map(|answer| answer.map(|r| r.balance_after))
+                        .collect(),
+                    Err(err) => vec![Err(err); postings.len()],
                 }
             }
         });
-        Self { ledger, queue }
+        Self { ledger, debits }
     }
 
     /// The ledger underneath, for credits, transfers and reads.
@@ -81,13 +69,13 @@ impl Ledger for BatchingLedger {
         amount: CreditSeconds,
         key: DebitKey,
     ) -> Result<CreditSeconds, LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        let queued = QueuedDebit {
-            posting: Posting::billing_debit(wallet, amount, key),
-            reply,
-        };
-        let stopped = || LedgerError::Unavailable("the billing batcher has stopped".into());
-        self.queue.send(queued).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.debits
+            .submit(Posting::billing_debit(wallet, amount, key))
+            .await
+            .unwrap_or_else(|| {
+                Err(LedgerError::Unavailable(
+                    "the billing batcher has stopped".into(),
+                ))
+            })
     }
 }

@@ -1,9 +1,9 @@
 //! Group commit of new claims' rows. The first save of a claim (a queued
 //! record that carries `queued_at`) inserts a row that holds no GPUs, so the
 //! rows of claims made at about the same moment go to PostgreSQL as one
-//! statement and one commit, instead of one planned upsert and one commit
-//! each: with thousands of claims a second, that upsert was most of
-//! PostgreSQL's work (benches/api_contention).
+//! statement and one commit ([`GroupCommit`]), instead of one planned upsert
+//! and one commit each: with thousands of claims a second, that upsert was
+//! most of PostgreSQL's work (benches/api_contention).
 //!
 //! Invariants: a row is inserted once or not at all (`ON CONFLICT DO
 //! NOTHING`: a row that is already there, ended or re-queued, is left
@@ -12,11 +12,11 @@
 
 use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid};
 use diesel_async::RunQueryDsl;
-use tokio::sync::{mpsc, oneshot};
 
 use super::SaveError;
 use crate::db::DbPool;
 use crate::db::retry::{RetryPolicy, with_retries};
+use crate::platform::group_commit::GroupCommit;
 
 /// The rows of one batch, as arrays: one parameter per column, so the
 /// statement's text is the same whatever the batch size.
@@ -36,29 +36,19 @@ pub(super) struct QueuedRow {
     pub(super) queued_at_us: i64,
 }
 
-struct Pending {
-    row: QueuedRow,
-    reply: oneshot::Sender<Result<(), String>>,
-}
-
 /// The task that inserts new claims' rows in batches; it ends when every
 /// clone is dropped.
 #[derive(Clone, Debug)]
 pub(super) struct QueuedRows {
-    queue: mpsc::Sender<Pending>,
+    rows: GroupCommit<QueuedRow, Result<(), String>>,
 }
 
 impl QueuedRows {
-    /// Starts the task on the current runtime. A row that arrives while a
-    /// batch commits waits for the next batch, which takes everything
-    /// queued by then (up to `max_batch`); an idle store adds no delay.
+    /// Starts the task on the current runtime, batches of up to `max_batch`.
     pub(super) fn spawn(pool: DbPool, max_batch: usize) -> Self {
-        let max_batch = max_batch.max(1);
-        let (queue, mut incoming) = mpsc::channel::<Pending>(max_batch * 4);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(max_batch);
-            while incoming.recv_many(&mut batch, max_batch).await > 0 {
-                let rows: Vec<QueuedRow> = batch.iter().map(|p| p.row.clone()).collect();
+        let rows = GroupCommit::spawn(max_batch, move |rows: Vec<QueuedRow>| {
+            let pool = pool.clone();
+            async move {
                 let outcome = with_retries(
                     RetryPolicy::DEFAULT,
                     "queued session rows",
@@ -69,25 +59,18 @@ impl QueuedRows {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());
-                for pending in batch.drain(..) {
-                    // The claimant may have given up; the row stays inserted.
-                    let _ = pending.reply.send(outcome.clone());
-                }
+                vec![outcome; rows.len()]
             }
         });
-        Self { queue }
+        Self { rows }
     }
 
     /// Inserts `row` with the next batch; `Err` carries PostgreSQL's reason.
     pub(super) async fn insert(&self, row: QueuedRow) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { row, reply })
+        self.rows
+            .submit(row)
             .await
-            .map_err(|_| "the queued-row writer has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the queued-row writer has stopped".to_string())?
+            .unwrap_or_else(|| Err("the queued-row writer has stopped".to_string()))
     }
 }
 
