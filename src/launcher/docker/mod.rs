@@ -78,11 +78,12 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, DeviceRequest, HostConfig, NetworkCreateRequest,
+    ContainerCreateBody, ContainerSummary, DeviceRequest, HostConfig, Network, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use deskgate_actors::ports::{
     ContainerExit, LaunchError, LaunchSpec, Launcher, RunningContainer, SessionId,
@@ -180,6 +181,30 @@ fn docker_error(what: &str, err: DockerError) -> LaunchError {
     }
 }
 
+/// Force-removes the container `name` (a name or an id), whatever its state.
+async fn remove_container_named(docker: &Docker, name: &str) -> Result<(), LaunchError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(name, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(err) if is_status(&err, 404) => Ok(()),
+        // Removal already under way (a concurrent stop): fine.
+        Err(err) if is_status(&err, 409) => Ok(()),
+        Err(err) => Err(docker_error(&format!("removing container {name}"), err)),
+    }
+}
+
+/// Removes the network `name`; one already gone is fine.
+async fn remove_network_named(docker: &Docker, name: &str) -> Result<(), LaunchError> {
+    match docker.remove_network(name).await {
+        Ok(()) => Ok(()),
+        Err(err) if is_status(&err, 404) => Ok(()),
+        Err(err) => Err(docker_error(&format!("removing network {name}"), err)),
+    }
+}
+
 fn random_secret() -> Secret {
     let mut raw = [0u8; VNC_SECRET_BYTES];
     rand::rng().fill(&mut raw);
@@ -226,15 +251,9 @@ fn labelled_host(labels: Option<&HashMap<String, String>>) -> Option<u16> {
     labels?.get(LABEL_HOST)?.parse().ok()
 }
 
-/// The `label` filter values that select the session containers (and
-/// networks, and their events) a launcher scoped to `host` manages: every
-/// session one without a scope. Docker requires all of them to match.
-fn label_filter(host: Option<u16>) -> Vec<String> {
-    scoped_filter(LABEL_SESSION, host)
-}
-
-/// `label` filter values: containers (or networks) carrying `label`, on
-/// `host` when scoped.
+/// The `label` filter values that select the containers (or networks)
+/// carrying `label` that a launcher scoped to `host` manages: all of them
+/// without a scope. Docker requires every value to match.
 fn scoped_filter(label: &str, host: Option<u16>) -> Vec<String> {
     let mut labels = vec![label.to_string()];
     if let Some(host) = host {
@@ -476,34 +495,11 @@ impl DockerLauncher {
     }
 
     async fn remove_container(&self, session: SessionId) -> Result<(), LaunchError> {
-        self.remove_container_named(&container_name(session)).await
-    }
-
-    /// Force-removes the container `name` (a name or an id), whatever its state.
-    async fn remove_container_named(&self, name: &str) -> Result<(), LaunchError> {
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(name, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(err) if is_status(&err, 404) => Ok(()),
-            // Removal already under way (a concurrent stop): fine.
-            Err(err) if is_status(&err, 409) => Ok(()),
-            Err(err) => Err(docker_error(&format!("removing container {name}"), err)),
-        }
+        remove_container_named(&self.docker, &container_name(session)).await
     }
 
     async fn remove_network(&self, session: SessionId) -> Result<(), LaunchError> {
-        self.remove_network_named(&network_name(session)).await
-    }
-
-    async fn remove_network_named(&self, name: &str) -> Result<(), LaunchError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(err) if is_status(&err, 404) => Ok(()),
-            Err(err) => Err(docker_error(&format!("removing network {name}"), err)),
-        }
+        remove_network_named(&self.docker, &network_name(session)).await
     }
 
     /// Removes the session's container and network, whatever their state
@@ -519,7 +515,7 @@ impl DockerLauncher {
         self.remove_container(session).await?;
         self.remove_network(session).await?;
         if let Some(network) = warm_network {
-            self.remove_network_named(&network).await?;
+            remove_network_named(&self.docker, &network).await?;
         }
         lock(&self.secrets).remove(&session);
         Ok(())
@@ -575,9 +571,20 @@ impl DockerLauncher {
             .await
             .map_err(|e| docker_error(&format!("listing {label} containers"), e))
     }
-}
 
-impl DockerLauncher {
+    /// The networks carrying `label` on this launcher's host.
+    async fn labelled_networks(&self, label: &str) -> Result<Vec<Network>, LaunchError> {
+        let labels = scoped_filter(label, self.settings.host);
+        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| docker_error(&format!("listing {label} networks"), e))
+    }
+
     /// Creates and starts the session's network and container.
     async fn start_cold(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let session = spec.session;

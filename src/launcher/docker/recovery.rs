@@ -8,14 +8,12 @@
 //! Invariant: nothing of a session the caller knows is removed; everything
 //! of one it does not know is, container and network.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuilder};
+use bollard::query_parameters::InspectContainerOptions;
 use deskgate_actors::ports::{ContainerExit, LaunchError, RunningContainer, SessionId};
 
-use super::{
-    DockerLauncher, docker_error, host_of, label_filter, lock, session_of, session_of_summary,
-};
+use super::{DockerLauncher, LABEL_SESSION, host_of, lock, session_of, session_of_summary};
 use crate::platform::secret::Secret;
 
 /// What [`DockerLauncher::recover`] found after a restart.
@@ -124,17 +122,7 @@ impl DockerLauncher {
             });
         }
         // Networks left behind without a container (a crash between steps).
-        let labels = label_filter(self.settings.host);
-        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect())]);
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| docker_error("listing session networks", e))?;
-        for network in networks {
+        for network in self.labelled_networks(LABEL_SESSION).await? {
             if let Some(session) = session_of(network.labels.as_ref())
                 && !known.contains(&session)
             {

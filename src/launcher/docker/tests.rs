@@ -31,9 +31,12 @@ fn root_and_reserved_names_and_bad_digests_are_refused() {
 
 #[test]
 fn a_host_scope_filters_on_the_host_label_too() {
-    assert_eq!(label_filter(None), vec![LABEL_SESSION.to_string()]);
     assert_eq!(
-        label_filter(Some(3)),
+        scoped_filter(LABEL_SESSION, None),
+        vec![LABEL_SESSION.to_string()]
+    );
+    assert_eq!(
+        scoped_filter(LABEL_SESSION, Some(3)),
         vec![LABEL_SESSION.to_string(), "deskgate.host=3".to_string()]
     );
     let labels = HashMap::from([(LABEL_HOST.to_string(), "7".to_string())]);

@@ -16,7 +16,7 @@ use bollard::Docker;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
-    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    RenameContainerOptionsBuilder,
 };
 use deskgate_actors::ports::{LaunchError, LaunchSpec};
 use tokio::io::AsyncReadExt;
@@ -25,8 +25,8 @@ use uuid::Uuid;
 use super::{LABEL_WARM, LaunchPlan, WarmDesktop, warm_container_name, warm_network_name};
 use crate::launcher::docker::desktop::vnc_bridge;
 use crate::launcher::docker::{
-    DockerLauncher, LABEL_GPUS, Owner, container_name, docker_error, is_status, lock,
-    random_secret, scoped_filter, session_of_summary,
+    DockerLauncher, LABEL_GPUS, Owner, container_name, docker_error, lock, random_secret,
+    remove_container_named, remove_network_named, session_of_summary,
 };
 
 /// How often the pool looks again without being woken (dead desktops,
@@ -53,7 +53,7 @@ impl DockerLauncher {
             let Some(first) = launcher.upgrade() else {
                 return;
             };
-            match first.reap_warm().await {
+            match first.remove_leftovers().await.map(|(_, removed)| removed) {
                 Ok(0) => {}
                 Ok(removed) => {
                     tracing::info!(removed, "warm desktops of a previous run removed");
@@ -301,13 +301,6 @@ impl DockerLauncher {
         )))
     }
 
-    /// Recovery: removes every warm desktop nobody took (a previous
-    /// process's) and every warm network left without a container. Returns
-    /// how many desktops it removed.
-    pub(in crate::launcher::docker) async fn reap_warm(&self) -> Result<usize, LaunchError> {
-        Ok(self.remove_leftovers().await?.1)
-    }
-
     /// Removes the untaken warm desktops that are stopped or that the pool
     /// neither holds nor is handing to a launch (a previous process's, or
     /// one whose launch was cancelled before its rename), and the warm
@@ -328,20 +321,7 @@ impl DockerLauncher {
                 removed += 1;
             }
         }
-        let labels = scoped_filter(LABEL_WARM, self.settings.host);
-        let filters = std::collections::HashMap::from([(
-            "label",
-            labels.iter().map(String::as_str).collect(),
-        )]);
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| docker_error("listing warm networks", e))?;
-        for network in networks {
+        for network in self.labelled_networks(LABEL_WARM).await? {
             let Some(name) = network.name else { continue };
             let held = warm_id_of(network.labels.as_ref()).is_some_and(|id| self.warm.holds(id));
             let empty = self
@@ -350,17 +330,11 @@ impl DockerLauncher {
                 .await
                 .ok()
                 .is_some_and(|n| n.containers.unwrap_or_default().is_empty());
-            if empty && !held {
-                // 404: gone; 409: a container joined it after the look.
-                match self.docker.remove_network(&name).await {
-                    Ok(()) => {}
-                    Err(err) if is_status(&err, 404) || is_status(&err, 409) => {}
-                    Err(err) => tracing::warn!(
-                        network = %name,
-                        error = %docker_error("removing", err),
-                        "cannot remove a warm network; trying again later"
-                    ),
-                }
+            if empty
+                && !held
+                && let Err(err) = remove_network_named(&self.docker, &name).await
+            {
+                tracing::warn!(error = %err, "cannot remove a warm network; trying again later");
             }
         }
         Ok((alive, removed))
@@ -382,24 +356,9 @@ fn warm_id_of(labels: Option<&std::collections::HashMap<String, String>>) -> Opt
 /// Removes warm desktop `id` (container and network), whatever its state;
 /// failures are logged (the next pass or recovery tries again).
 async fn remove_warm(docker: Docker, id: Uuid) {
-    let name = warm_container_name(id);
-    let options = RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .v(true)
-        .build();
-    match docker.remove_container(&name, Some(options)).await {
-        Ok(()) => {}
-        Err(err) if is_status(&err, 404) || is_status(&err, 409) => {}
-        Err(err) => {
-            tracing::warn!(warm = %id, error = %docker_error("removing", err), "cannot remove a warm desktop")
-        }
-    }
-    let network = warm_network_name(id);
-    match docker.remove_network(&network).await {
-        Ok(()) => {}
-        Err(err) if is_status(&err, 404) => {}
-        Err(err) => {
-            tracing::warn!(warm = %id, error = %docker_error("removing its network", err), "cannot remove a warm network")
-        }
+    let container = remove_container_named(&docker, &warm_container_name(id)).await;
+    let network = remove_network_named(&docker, &warm_network_name(id)).await;
+    for err in [container, network].into_iter().filter_map(Result::err) {
+        tracing::warn!(warm = %id, error = %err, "cannot remove a warm desktop; trying again later");
     }
 }
