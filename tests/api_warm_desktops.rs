@@ -13,8 +13,10 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::api::{ONE_GPU_HOUR_WEI, session_path};
-use support::desktop::{desktop_stage, metric, open_vnc, rfb_handshake, ticket, wait_for_metric};
+use support::api::ONE_GPU_HOUR_WEI;
+use support::desktop::{
+    desktop_stage, metric, open_vnc, rfb_handshake, running_desktop, ticket, wait_for_metric,
+};
 use support::{free_port, scrape_metrics};
 
 /// `(name, id, GPU label)` of every warm desktop nobody took.
@@ -76,17 +78,8 @@ async fn a_small_claim_takes_the_warm_desktop_and_a_restart_keeps_it_but_reaps_t
 
     // The claim gets GPU 0 and the desktop already running there.
     let token = stage.funded_wallet(ONE_GPU_HOUR_WEI, 3600).await;
-    let claimed = stage.claim(&token, "small").await;
-    let session = claimed["id"].as_str().unwrap().to_string();
-    stage
-        .gate
-        .wait_for(
-            &session_path(&claimed),
-            &token,
-            Duration::from_secs(30),
-            |s| s["state"] == "running",
-        )
-        .await;
+    let session = running_desktop(&stage, &token).await;
+    let path = format!("/api/v1/sessions/{session}");
     let session_container = format!("deskgate-session-{session}");
     assert_eq!(
         container_id(&session_container),
@@ -120,12 +113,9 @@ async fn a_small_claim_takes_the_warm_desktop_and_a_restart_keeps_it_but_reaps_t
     stage.gate.restart().await;
     stage
         .gate
-        .wait_for(
-            &session_path(&claimed),
-            &token,
-            Duration::from_secs(10),
-            |s| s["state"] == "running",
-        )
+        .wait_for(&path, &token, Duration::from_secs(10), |s| {
+            s["state"] == "running"
+        })
         .await;
     assert_eq!(container_id(&session_container), Some(warm_id));
     wait_for_metric(&metrics_addr, READY, 1.0, Duration::from_secs(60)).await;
@@ -141,17 +131,14 @@ async fn a_small_claim_takes_the_warm_desktop_and_a_restart_keeps_it_but_reaps_t
         Some(refilled_id.as_str())
     );
 
-    // The session ends: its container and its (warm) network go with it.
-    let (status, _) = stage.gate.delete(&session_path(&claimed), &token).await;
+    // The session ends: its container goes with it.
+    let (status, _) = stage.gate.delete(&path, &token).await;
     assert!(status == 200 || status == 202, "stop: {status}");
     stage
         .gate
-        .wait_for(
-            &session_path(&claimed),
-            &token,
-            Duration::from_secs(30),
-            |s| s["state"] == "ended",
-        )
+        .wait_for(&path, &token, Duration::from_secs(30), |s| {
+            s["state"] == "ended"
+        })
         .await;
     assert_eq!(container_id(&session_container), None);
     stage.finish().await;

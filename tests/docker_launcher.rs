@@ -22,30 +22,12 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use support::{
-    Cleanup, gateway_from_ipam, host_addresses, network_gateway, next_exit, service_env,
+    Cleanup, docker, gateway_from_ipam, host_addresses, network_gateway, next_exit, service_env,
 };
 
 /// `reconcile` removes every deskgate container it does not know, so the test
 /// that calls it runs alone (write lock); the others share (read lock).
 static RECONCILE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-async fn docker() -> Docker {
-    // Make sure the client and the CLI in the guard talk to the test engine.
-    let host = service_env("DOCKER_HOST");
-    assert!(
-        std::env::var("DOCKER_HOST").is_ok_and(|h| h == host)
-            || std::env::var("DOCKER_HOST").is_err(),
-        "DOCKER_HOST differs from the service environment"
-    );
-    let docker = deskgate::launcher::docker::connect()
-        .await
-        .expect("docker client");
-    docker
-        .ping()
-        .await
-        .expect("Docker answers: run `bash scripts/services.sh up`");
-    docker
-}
 
 fn settings(command: &[&str]) -> LauncherSettings {
     let mut settings = LauncherSettings::new(service_env("DESKGATE_TEST_IMAGE"));

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use support::{
-    Cleanup, Deskgate, docker_cli, free_port, host_addresses, network_gateway, next_exit,
+    Cleanup, Deskgate, docker, docker_cli, free_port, host_addresses, network_gateway, next_exit,
     run_deskgate, service_env, sleeper_image, spawn_launcher,
 };
 
@@ -62,17 +62,6 @@ impl LauncherProcess {
     fn remote(&self) -> RemoteLauncher {
         RemoteLauncher::new(self.url.clone(), Secret::new(TOKEN)).unwrap()
     }
-}
-
-async fn docker() -> Docker {
-    let docker = deskgate::launcher::docker::connect()
-        .await
-        .expect("docker client");
-    docker
-        .ping()
-        .await
-        .expect("Docker answers: run `bash scripts/services.sh up`");
-    docker
 }
 
 fn spec(session: SessionId, gpus: &[u32]) -> LaunchSpec {

@@ -24,31 +24,23 @@ use deskgate::launcher::docker::{
 use deskgate_actors::ports::{LaunchSpec, Launcher, SessionId};
 use tokio::sync::mpsc;
 
-use support::{Cleanup, next_exit, service_env};
+use support::{Cleanup, docker, next_exit, service_env};
 
 /// Long enough for the desktop image to start Xvnc on a loaded machine.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
-async fn docker() -> Docker {
-    let docker = deskgate::launcher::docker::connect()
-        .await
-        .expect("docker client");
-    docker
-        .ping()
-        .await
-        .expect("Docker answers: run `bash scripts/services.sh up`");
-    docker
-}
-
-/// A launcher for `host` keeping `warm` desktops of the desktop image.
-fn launcher(docker: &Docker, host: u16, warm: usize) -> Arc<DockerLauncher> {
+/// A launcher for `host` keeping `warm` desktops of the desktop image on
+/// `gpus` (its pool started).
+fn launcher(docker: &Docker, host: u16, warm: usize, gpus: Vec<u32>) -> Arc<DockerLauncher> {
     let mut settings = LauncherSettings::new(service_env("DESKGATE_DESKTOP_IMAGE"));
     settings.memory_bytes = 256 << 20;
     settings.stop_grace = Duration::from_secs(1);
     settings.gpu_runtime = false;
     settings.host = Some(host);
     settings.warm_desktops = warm;
-    Arc::new(DockerLauncher::new(docker.clone(), settings).expect("settings"))
+    let launcher = Arc::new(DockerLauncher::new(docker.clone(), settings).expect("settings"));
+    launcher.keep_warm(gpus);
+    launcher
 }
 
 fn spec(session: SessionId, host: u16, gpus: &[u32]) -> LaunchSpec {
@@ -59,13 +51,26 @@ fn spec(session: SessionId, host: u16, gpus: &[u32]) -> LaunchSpec {
     }
 }
 
-/// Removes every container and network labelled with the test's host
-/// number, whatever happened.
-struct HostCleanup(u16);
+/// The test engine and a host number of the test's own (so the pools of
+/// parallel tests never see each other's desktops); every container and
+/// network labelled with it is removed however the test ends.
+struct Rig {
+    docker: Docker,
+    host: u16,
+}
 
-impl Drop for HostCleanup {
+impl Rig {
+    async fn new() -> Self {
+        Self {
+            docker: docker().await,
+            host: host_number(),
+        }
+    }
+}
+
+impl Drop for Rig {
     fn drop(&mut self) {
-        let filter = format!("label=deskgate.host={}", self.0);
+        let filter = format!("label=deskgate.host={}", self.host);
         for (list, remove) in [
             (
                 vec!["ps", "-aq", "--filter", &filter],
@@ -189,24 +194,22 @@ async fn env_secret(docker: &Docker, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_gpu_launch_takes_the_warm_desktop_and_no_desktop_serves_two_sessions() {
-    let docker = docker().await;
-    let host = host_number();
-    let _host_cleanup = HostCleanup(host);
+    let rig = Rig::new().await;
+    let (docker, host) = (&rig.docker, rig.host);
     let mut cleanup = Cleanup::new();
-    let launcher = launcher(&docker, host, 1);
+    let launcher = launcher(docker, host, 1, vec![0, 1]);
     let (tx, mut exits) = mpsc::unbounded_channel();
     launcher.watch_exits(tx);
-    launcher.keep_warm(vec![0, 1]);
 
     // The pool fills the lowest free GPU.
     until_ready(&launcher, 1).await;
     let warm = untaken_warm(host);
     assert_eq!(warm.len(), 1, "{warm:?}");
     assert_eq!(warm[0].1, "0", "lowest GPU first: {warm:?}");
-    let warm_id = container_id(&docker, &warm[0].0)
+    let warm_id = container_id(docker, &warm[0].0)
         .await
         .expect("warm container");
-    let warm_secret = env_secret(&docker, &warm[0].0).await;
+    let warm_secret = env_secret(docker, &warm[0].0).await;
 
     // A one-GPU launch on it takes it: same container, now the session's.
     let first = cleanup.session();
@@ -216,7 +219,7 @@ async fn a_one_gpu_launch_takes_the_warm_desktop_and_no_desktop_serves_two_sessi
         .expect("launch");
     assert_eq!(taken, warm_id, "the warm container was taken");
     assert_eq!(
-        container_id(&docker, &container_name(first)).await,
+        container_id(docker, &container_name(first)).await,
         Some(warm_id.clone())
     );
     assert_eq!(
@@ -237,13 +240,13 @@ async fn a_one_gpu_launch_takes_the_warm_desktop_and_no_desktop_serves_two_sessi
     let refilled = untaken_warm(host);
     assert_eq!(refilled.len(), 1, "{refilled:?}");
     assert_eq!(refilled[0].1, "1", "GPU 0 is the session's: {refilled:?}");
-    let second_warm_id = container_id(&docker, &refilled[0].0).await.expect("warm");
+    let second_warm_id = container_id(docker, &refilled[0].0).await.expect("warm");
     assert_ne!(second_warm_id, warm_id);
 
     // The first session ends: its desktop goes with it, never back to the pool.
     launcher.stop(first).await.expect("stop");
     assert_eq!(
-        container_id(&docker, &warm_id).await,
+        container_id(docker, &warm_id).await,
         None,
         "removed, not pooled"
     );
@@ -290,12 +293,10 @@ async fn a_one_gpu_launch_takes_the_warm_desktop_and_no_desktop_serves_two_sessi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_on_warm_gpus_is_never_held_up_and_the_pool_keeps_off_busy_gpus() {
-    let docker = docker().await;
-    let host = host_number();
-    let _host_cleanup = HostCleanup(host);
+    let rig = Rig::new().await;
+    let (docker, host) = (&rig.docker, rig.host);
     let mut cleanup = Cleanup::new();
-    let launcher = launcher(&docker, host, 2);
-    launcher.keep_warm(vec![0, 1]);
+    let launcher = launcher(docker, host, 2, vec![0, 1]);
     until_ready(&launcher, 2).await;
     let warm_before: Vec<String> = untaken_warm(host).into_iter().map(|(n, _)| n).collect();
     assert_eq!(warm_before.len(), 2);
@@ -332,12 +333,10 @@ async fn a_launch_on_warm_gpus_is_never_held_up_and_the_pool_keeps_off_busy_gpus
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_removes_untaken_warm_desktops_and_keeps_taken_ones() {
-    let docker = docker().await;
-    let host = host_number();
-    let _host_cleanup = HostCleanup(host);
+    let rig = Rig::new().await;
+    let (docker, host) = (&rig.docker, rig.host);
     let mut cleanup = Cleanup::new();
-    let before = launcher(&docker, host, 2);
-    before.keep_warm(vec![0, 1, 2]);
+    let before = launcher(docker, host, 2, vec![0, 1, 2]);
     until_ready(&before, 2).await;
     let session = cleanup.session();
     let taken = before
@@ -350,8 +349,7 @@ async fn recovery_removes_untaken_warm_desktops_and_keeps_taken_ones() {
     drop(before);
 
     // The next run, with the pool off, removes what nobody took...
-    let after = launcher(&docker, host, 0);
-    after.keep_warm(vec![0, 1, 2]);
+    let after = launcher(docker, host, 0, vec![0, 1, 2]);
     until(
         Duration::from_secs(20),
         "untaken warm desktops removed",
@@ -382,17 +380,15 @@ async fn recovery_removes_untaken_warm_desktops_and_keeps_taken_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_warm_desktop_is_not_given_out_and_its_end_is_no_session_exit() {
-    let docker = docker().await;
-    let host = host_number();
-    let _host_cleanup = HostCleanup(host);
+    let rig = Rig::new().await;
+    let (docker, host) = (&rig.docker, rig.host);
     let mut cleanup = Cleanup::new();
-    let launcher = launcher(&docker, host, 1);
+    let launcher = launcher(docker, host, 1, vec![0]);
     let (tx, mut exits) = mpsc::unbounded_channel();
     launcher.watch_exits(tx);
-    launcher.keep_warm(vec![0]);
     until_ready(&launcher, 1).await;
     let (name, _) = untaken_warm(host).pop().expect("a warm desktop");
-    let dead_id = container_id(&docker, &name).await.expect("warm container");
+    let dead_id = container_id(docker, &name).await.expect("warm container");
     docker
         .kill_container(
             &name,
@@ -435,11 +431,9 @@ async fn a_dead_warm_desktop_is_not_given_out_and_its_end_is_no_session_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_warm_desktop_the_pool_does_not_hold_is_removed() {
-    let docker = docker().await;
-    let host = host_number();
-    let _host_cleanup = HostCleanup(host);
-    let launcher = launcher(&docker, host, 1);
-    launcher.keep_warm(vec![0, 1]);
+    let rig = Rig::new().await;
+    let (docker, host) = (&rig.docker, rig.host);
+    let launcher = launcher(docker, host, 1, vec![0, 1]);
     until_ready(&launcher, 1).await;
     // What a launch cancelled between taking a desktop and renaming it
     // leaves: a running warm desktop nobody holds.

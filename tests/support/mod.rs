@@ -62,6 +62,26 @@ pub fn service_env(name: &str) -> String {
         })
 }
 
+/// A client of the test Docker Engine, once it answers. The client and the
+/// `docker` CLI the tests' guards run must talk to the same engine: the one
+/// `DOCKER_HOST` of the service environment names.
+pub async fn docker() -> bollard::Docker {
+    let host = service_env("DOCKER_HOST");
+    assert!(
+        std::env::var("DOCKER_HOST").is_ok_and(|h| h == host)
+            || std::env::var("DOCKER_HOST").is_err(),
+        "DOCKER_HOST differs from the service environment"
+    );
+    let docker = deskgate::launcher::docker::connect()
+        .await
+        .expect("docker client");
+    docker
+        .ping()
+        .await
+        .expect("Docker answers: run `bash scripts/services.sh up`");
+    docker
+}
+
 /// A port on loopback that nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
