@@ -64,6 +64,30 @@ const WARM_GOAL_MS: f64 = 250.0;
 const WARM_GOAL_RATIO: f64 = 0.3;
 const COLD_GOAL_RATIO: f64 = 1.0;
 
+/// `docker network create` arguments (before the name) for a network like
+/// a session's: internal, without a host address.
+const ISOLATED_NETWORK: [&str; 5] = [
+    "network",
+    "create",
+    "--internal",
+    "-o",
+    "com.docker.network.bridge.inhibit_ipv4=true",
+];
+/// `docker run` flags for a session's hardening.
+const HARDENING: [&str; 11] = [
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--tmpfs",
+    "/home",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--user",
+    "1000:1000",
+];
+
 fn test_image() -> String {
     common::service_setting("DESKGATE_TEST_IMAGE")
 }
@@ -195,36 +219,9 @@ async fn launcher_only(launcher: &DockerLauncher) -> Duration {
 fn docker_run_isolated(image: &str, round: usize) -> Duration {
     let name = format!("deskgate-bench-iso-{}-{round}", std::process::id());
     let started = Instant::now();
-    docker_cli(&[
-        "network",
-        "create",
-        "--internal",
-        "-o",
-        "com.docker.network.bridge.inhibit_ipv4=true",
-        &name,
-    ]);
-    docker_cli(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        &name,
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/home",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--user",
-        "1000:1000",
-        image,
-        "sleep",
-        "86400",
-    ]);
+    docker_cli(&[&ISOLATED_NETWORK[..], &[&name]].concat());
+    let run = ["run", "-d", "--name", &name, "--network", &name];
+    docker_cli(&[&run[..], &HARDENING, &[image, "sleep", "86400"]].concat());
     let elapsed = started.elapsed();
     docker_cli(&["rm", "-f", &name]);
     docker_cli(&["network", "rm", &name]);
@@ -282,15 +279,14 @@ async fn docker_run_to_first_frame(
     let started = Instant::now();
     if isolated {
         let network = tokio::process::Command::new("docker")
-            .args(["network", "create", "--internal", "-o"])
-            .args(["com.docker.network.bridge.inhibit_ipv4=true", &name])
+            .args(ISOLATED_NETWORK)
+            .arg(&name)
             .output()
             .await
             .expect("docker CLI");
         assert!(network.status.success(), "docker network create");
-        args.extend(["--network", &name, "--read-only", "--tmpfs", "/tmp"]);
-        args.extend(["--tmpfs", "/home", "--cap-drop", "ALL"]);
-        args.extend(["--security-opt", "no-new-privileges", "--user", "1000:1000"]);
+        args.extend(["--network", &name]);
+        args.extend(HARDENING);
     }
     args.extend(["-e", "DESKGATE_VNC_PASSWORD", image]);
     let out = tokio::process::Command::new("docker")
@@ -508,13 +504,13 @@ async fn first_frame_rows(docker: &Docker) {
             &mut isolated,
         ),
     ]);
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     let (w, c, r, i) = (
         ms(medians[0]),
         ms(medians[1]),
         ms(medians[2]),
         ms(medians[3]),
     );
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     println!(
         "  warm: {w:.1} ms (goal <= {WARM_GOAL_MS} ms: {}), {:.2}x docker run (goal <= {WARM_GOAL_RATIO}x: {})",
         verdict(w <= WARM_GOAL_MS),
