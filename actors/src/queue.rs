@@ -210,6 +210,43 @@ impl Queue {
         }
     }
 
+    /// Adds GPUs to the pool (a host that joined, or one that offers more
+    /// now), available and free; GPUs already in the pool are left as they
+    /// are. Call [`Queue::schedule`] after.
+    pub fn add_gpus(&mut self, gpus: impl IntoIterator<Item = GpuAddr>) {
+        for addr in gpus {
+            let index = match self.hosts.binary_search_by_key(&addr.host, |h| h.id) {
+                Ok(index) => index,
+                Err(at) => {
+                    self.hosts.insert(
+                        at,
+                        Host {
+                            id: addr.host,
+                            slots: Vec::new(),
+                            free: 0,
+                        },
+                    );
+                    at
+                }
+            };
+            let host = &mut self.hosts[index];
+            if host.slots.iter().any(|s| s.addr == addr) {
+                continue;
+            }
+            let at = host.slots.partition_point(|s| s.addr < addr);
+            host.slots.insert(
+                at,
+                Slot {
+                    addr,
+                    available: true,
+                    holder: None,
+                },
+            );
+            host.free += 1;
+            self.status_cache = None;
+        }
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Policy {
         self.policy
@@ -764,6 +801,44 @@ mod tests {
             q.claim(claim("a", 1, 0)),
             Err(ClaimError::NoCredit { gpus: 1 })
         );
+    }
+
+    #[test]
+    fn a_host_that_joins_serves_the_waiters_and_a_drained_one_serves_none() {
+        // Host 0 has one free GPU left; a 2-GPU claim waits for a host that
+        // has two.
+        let mut q = Queue::new(pool(&[2]), Policy::default());
+        let running = claim("r", 1, 600);
+        q.claim(running.clone()).unwrap();
+        q.schedule(0);
+        let medium = claim("m", 2, 60);
+        q.claim(medium.clone()).unwrap();
+        assert!(q.schedule(1).is_empty());
+
+        // Host 3 joins with two GPUs (adding one twice changes nothing).
+        let joined = [GpuAddr { host: 3, index: 0 }, GpuAddr { host: 3, index: 1 }];
+        q.add_gpus(joined);
+        q.add_gpus([joined[1]]);
+        assert_eq!(q.total_gpus(), 4);
+        let grants = q.schedule(2);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].session, medium.session);
+        assert_eq!(grants[0].gpus, joined.to_vec());
+
+        // Every GPU of host 0 drained: a new claim waits although host 0's
+        // second GPU is free, and gets it once the host is back.
+        for index in 0..2 {
+            q.set_available(GpuAddr { host: 0, index }, false);
+        }
+        let small = claim("s", 1, 60);
+        q.claim(small.clone()).unwrap();
+        assert!(q.schedule(3).is_empty());
+        for index in 0..2 {
+            q.set_available(GpuAddr { host: 0, index }, true);
+        }
+        let grants = q.schedule(4);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].host, 0);
     }
 
     #[test]

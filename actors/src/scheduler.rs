@@ -107,6 +107,12 @@ pub enum SchedulerMsg {
         /// Drain or undrain.
         on: bool,
     },
+    /// GPUs that joined the pool (a GPU host appeared), with their actors;
+    /// GPUs already in the pool are left as they are.
+    AddGpus {
+        /// The new GPUs.
+        gpus: Vec<(GpuAddr, ActorRef<GpuMsg>)>,
+    },
     /// Every GPU of the pool and its actor, in address order (the admin API
     /// asks each for its status).
     Gpus {
@@ -277,6 +283,20 @@ impl Actor for Scheduler {
                 if let Some(actor) = state.gpu_actors.get(&gpu) {
                     let _ = actor.cast(GpuMsg::Drain { on });
                 }
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::AddGpus { gpus } => {
+                let mut added = Vec::with_capacity(gpus.len());
+                for (addr, actor) in gpus {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        state.gpu_actors.entry(addr)
+                    {
+                        slot.insert(actor);
+                        added.push(addr);
+                    }
+                }
+                tracing::info!(gpus = added.len(), "GPUs joined the pool");
+                state.queue.add_gpus(added);
                 schedule(&myself, state).await;
             }
             SchedulerMsg::Gpus { reply } => {

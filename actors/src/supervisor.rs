@@ -213,6 +213,12 @@ pub enum SupervisorMsg {
     ContainerExited(ContainerExit),
     /// Pass a message to the scheduler (drain, health).
     ToScheduler(SchedulerMsg),
+    /// GPUs that joined (a GPU host appeared): start their actors and hand
+    /// them to the scheduler; GPUs the tree already has are skipped.
+    AddGpus {
+        /// The GPUs.
+        gpus: Vec<GpuAddr>,
+    },
     /// The pool at a glance.
     Snapshot {
         /// The answer.
@@ -274,6 +280,8 @@ pub struct SupervisorState {
     scheduler: ActorRef<SchedulerMsg>,
     scheduler_id: ActorId,
     gpu_ids: Vec<ActorId>,
+    /// Every GPU the tree has an actor for.
+    gpu_addrs: std::collections::HashSet<GpuAddr>,
     wallets: HashMap<WalletId, ActorRef<WalletMsg>>,
     sessions: HashMap<SessionId, SessionEntry>,
     by_actor: HashMap<ActorId, SessionId>,
@@ -349,6 +357,7 @@ impl Actor for Supervisor {
             scheduler_id: scheduler.get_id(),
             scheduler,
             gpu_ids,
+            gpu_addrs: args.gpus.iter().copied().collect(),
             args,
             wallets: HashMap::new(),
             sessions: HashMap::new(),
@@ -454,6 +463,20 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::ToScheduler(message) => {
                 let _ = state.scheduler.cast(message);
+            }
+            SupervisorMsg::AddGpus { gpus } => {
+                let mut joined = Vec::with_capacity(gpus.len());
+                for addr in gpus {
+                    if !state.gpu_addrs.insert(addr) {
+                        continue;
+                    }
+                    let actor = spawn_gpu(addr, Some(myself.get_cell())).await?;
+                    state.gpu_ids.push(actor.get_id());
+                    joined.push((addr, actor));
+                }
+                if !joined.is_empty() {
+                    let _ = state.scheduler.cast(SchedulerMsg::AddGpus { gpus: joined });
+                }
             }
             SupervisorMsg::Snapshot { reply } => {
                 if let Some(snapshot) =

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
-use deskgate_actors::ports::GpuAddr;
+use deskgate_actors::ports::{EndReason, GpuAddr, SessionId};
 use deskgate_actors::session::SessionSettings;
 
 use super::{
@@ -24,13 +24,15 @@ use super::{
 };
 use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
-use crate::config::{Config, Confirmations, LauncherKind, Role};
+use crate::config::{Config, Confirmations, DnsTarget, LauncherKind, Role};
 use crate::db;
 use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
 use crate::http::{EdgePolicy, GateState, gate_router};
 use crate::launcher::desktop::{DesktopMedia, NoDesktops};
 use crate::launcher::gpu;
+use crate::launcher::remote::fleet::{DnsResolver, Fleet, GpuPoolControl};
+use crate::launcher::remote::host_book::HostBook;
 use crate::launcher::remote::pool;
 use crate::launcher::simulated::SimulatedLauncher;
 use crate::money::chain::AlloyChain;
@@ -60,7 +62,10 @@ const START_RETRY_CEILING: Duration = Duration::from_secs(30);
 pub async fn serve(config: Config) -> Result<(), AppError> {
     let backend = &config.launcher.kind;
     // With remote launchers the GPUs are theirs; the gate host may have none.
-    if !matches!(backend, LauncherKind::Remote(_)) {
+    if !matches!(
+        backend,
+        LauncherKind::Remote(_) | LauncherKind::Discovered(_)
+    ) {
         log_inventory(&config).await?;
     }
     if *backend == LauncherKind::Simulated {
@@ -112,6 +117,8 @@ async fn backend_dependencies(backend: &LauncherKind) -> Result<Vec<Dependency>,
                 .step("cannot set up the Docker client (check DOCKER_HOST)")?;
             Ok(vec![Dependency::Docker(docker)])
         }
+        // Discovered hosts come and go; `/admin/hosts` shows each one.
+        LauncherKind::Discovered(_) => Ok(Vec::new()),
         LauncherKind::Remote(urls) => {
             let client = reqwest::Client::builder()
                 .timeout(LAUNCHER_PROBE_TIMEOUT)
@@ -163,6 +170,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<ApiState, AppErr
         admin_token: config.auth.admin_token.clone(),
         tickets: TicketBook::new(),
         docs_enabled: config.server.docs_enabled,
+        host_discovery: matches!(config.launcher.kind, LauncherKind::Discovered(_)),
         viewers: ViewersState::from_config(config),
     })
 }
@@ -281,12 +289,20 @@ async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsStat
         }),
         ..SessionSettings::default()
     };
+    let mut fleet = None;
     let (tree, desktops) = match &config.launcher.kind {
         LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
         LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
+        LauncherKind::Discovered(target) => {
+            let (tree, desktops, found) =
+                discovered_tree(config, target, pool.clone(), settings).await?;
+            fleet = Some(found);
+            (tree, desktops)
+        }
         LauncherKind::Simulated => simulated_tree(config, pool.clone(), settings).await?,
     };
     Ok(SessionsState {
+        fleet,
         tree,
         store: PgSessionStore::new(pool),
         public_origin: config.server.public_url.origin().ascii_serialization(),
@@ -321,6 +337,64 @@ async fn remote_tree(
         tree.set_health(gpu, Some(reason));
     }
     Ok((tree, Arc::new(found.desktops)))
+}
+
+/// The tree across the GPU hosts found by resolving `target` (see
+/// [`Fleet`]): the hosts that answer now are its first pool; hosts met
+/// before that do not answer yet make recovery wait for them (or for an
+/// operator to declare them gone); hosts that join later are added live.
+async fn discovered_tree(
+    config: &Config,
+    target: &DnsTarget,
+    pool: db::DbPool,
+    settings: SessionSettings,
+) -> Result<(SessionTree, Arc<dyn DesktopMedia>, Arc<Fleet>), AppError> {
+    let token = config
+        .launcher
+        .token
+        .clone()
+        .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
+    let (fleet, first) = Fleet::start(
+        Box::new(DnsResolver(target.clone())),
+        token,
+        HostBook::new(pool.clone()),
+    )
+    .await
+    .step("cannot read the GPU hosts met before (launcher_hosts)")?;
+    tracing::info!(
+        discovery = %target,
+        hosts = fleet.views().len(),
+        gpus = first.gpus.len(),
+        "scheduling across discovered launchers"
+    );
+    let tree = SessionTree::start(pool.clone(), fleet.pool(), first.gpus, settings).await?;
+    for (gpu, reason) in first.unhealthy {
+        tree.set_health(gpu, Some(reason));
+    }
+    for gpu in first.drained {
+        tree.drain(gpu, true);
+    }
+    fleet.run(Arc::new(tree.clone()), Arc::new(PgSessionStore::new(pool)));
+    Ok((tree, Arc::new(fleet.desktops()), fleet))
+}
+
+#[async_trait::async_trait]
+impl GpuPoolControl for SessionTree {
+    fn add_gpus(&self, gpus: Vec<GpuAddr>) {
+        SessionTree::add_gpus(self, gpus);
+    }
+
+    fn drain(&self, gpu: GpuAddr, on: bool) {
+        SessionTree::drain(self, gpu, on);
+    }
+
+    fn set_health(&self, gpu: GpuAddr, unhealthy: Option<String>) {
+        SessionTree::set_health(self, gpu, unhealthy);
+    }
+
+    async fn end_session(&self, session: SessionId) -> bool {
+        self.stop(session, EndReason::AdminKilled).await
+    }
 }
 
 /// This host's GPUs, when the gate is its own host 0: their indices and

@@ -45,6 +45,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let state = Arc::new(LauncherState {
         token,
         gpus: config.launcher.gpus.clone(),
+        name: config.launcher.name.clone(),
         gpu_indices: gpus.iter().map(|g| g.index).collect(),
         launcher,
         exits,

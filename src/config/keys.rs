@@ -171,6 +171,18 @@ pub const KEYS: &[Key] = &[
         "comma-separated remote launcher URLs; unset = local Docker"
     ),
     key!(
+        "LAUNCHER_DISCOVERY",
+        Plain,
+        None,
+        "find the launchers by DNS instead of a list: dns:NAME:PORT (in a Swarm stack dns:tasks.launcher:8090), resolved every 5 s; hosts join and leave without a restart"
+    ),
+    key!(
+        "LAUNCHER_NAME",
+        Plain,
+        None,
+        "this launcher's stable host name, reported to the gate (GET /v1/gpus) and needed with the gate's DESKGATE_LAUNCHER_DISCOVERY; in a Swarm stack {{.Node.ID}}"
+    ),
+    key!(
         "LAUNCHER_BACKEND",
         Plain,
         Some("docker"),
@@ -445,8 +457,10 @@ pub(super) const PROBLEM_ORDER: &[&str] = &[
     "DEPOSIT_START_BLOCK",
     "TOKEN_TTL_SECONDS",
     "LAUNCHER_URLS",
+    "LAUNCHER_DISCOVERY",
     "LAUNCHER_BIND",
     "LAUNCHER_HOST",
+    "LAUNCHER_NAME",
     "SESSION_IMAGE",
     "SESSION_MEMORY_MIB",
     "SESSION_CPUS",

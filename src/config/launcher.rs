@@ -33,9 +33,63 @@ pub enum LauncherKind {
     LocalDocker,
     /// `deskgate launcher` services; a host's number is its position here.
     Remote(Vec<Url>),
+    /// `deskgate launcher` services found by resolving a DNS name
+    /// (`DESKGATE_LAUNCHER_DISCOVERY`); a host is known by its launcher's
+    /// name and gets a number the first time it is seen, kept in PostgreSQL.
+    Discovered(DnsTarget),
     /// Nothing is started (`DESKGATE_LAUNCHER_BACKEND=simulated`): a gate
     /// under benchmark, on fake GPUs; refused with TLS on.
     Simulated,
+}
+
+/// A DNS name whose addresses are the launchers, and their port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// The name, e.g. `tasks.launcher` (Swarm's per-task records).
+    pub name: String,
+    /// The launchers' port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dns:{}:{}", self.name, self.port)
+    }
+}
+
+/// `dns:NAME:PORT`.
+fn parse_dns_target(text: &str) -> Result<DnsTarget, String> {
+    let bad = || format!("`{text}` is not dns:NAME:PORT, such as dns:tasks.launcher:8090");
+    let rest = text.strip_prefix("dns:").ok_or_else(bad)?;
+    let (name, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let valid_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if !valid_name {
+        return Err(bad());
+    }
+    Ok(DnsTarget {
+        name: name.to_string(),
+        port,
+    })
+}
+
+/// A launcher's host name: what the gate knows the host by.
+fn parse_host_name(text: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a host name: 1 to 64 letters, digits, `.`, `-` or `_`"
+        ))
+    }
 }
 
 /// Where desktops run and what their containers may use.
@@ -50,6 +104,8 @@ pub struct LauncherConfig {
     /// The host number a launcher manages; `None` = every session container
     /// on its Docker daemon.
     pub host: Option<u16>,
+    /// This launcher's stable host name (`DESKGATE_LAUNCHER_NAME`).
+    pub name: Option<String>,
     /// Desktop image.
     pub session_image: String,
     /// Session container memory limit in bytes.
@@ -87,6 +143,8 @@ impl LauncherConfig {
                  come from DESKGATE_LAUNCHER_URLS) or simulated (starts nothing, for benchmarks)"
             )),
         });
+        let discovery = parse_key(raw, "LAUNCHER_DISCOVERY", p, parse_dns_target);
+        let name = parse_key(raw, "LAUNCHER_NAME", p, parse_host_name);
         let bind = parse_key(raw, "LAUNCHER_BIND", p, parse_socket_addr);
         let host = parse_key(raw, "LAUNCHER_HOST", p, |t| {
             t.parse::<u16>()
@@ -124,6 +182,23 @@ impl LauncherConfig {
             _ => Err(format!("`{t}` is not a number of desktops from 0 to 64")),
         });
         let kind = match (simulated, urls.is_empty()) {
+            _ if discovery.is_some() && !urls.is_empty() => {
+                p.push(Problem::new(
+                    "LAUNCHER_DISCOVERY",
+                    "launchers come from a list (DESKGATE_LAUNCHER_URLS) or from DNS \
+                     (DESKGATE_LAUNCHER_DISCOVERY), not both: unset one of them",
+                ));
+                None
+            }
+            (Some(true), _) if discovery.is_some() => {
+                p.push(Problem::new(
+                    "LAUNCHER_BACKEND",
+                    "simulated starts nothing, so it cannot drive discovered launchers: \
+                     unset DESKGATE_LAUNCHER_DISCOVERY or the backend",
+                ));
+                None
+            }
+            _ if discovery.is_some() => discovery.map(LauncherKind::Discovered),
             (Some(true), false) => {
                 p.push(Problem::new(
                     "LAUNCHER_BACKEND",
@@ -158,6 +233,7 @@ impl LauncherConfig {
             token: secret(raw, "LAUNCHER_TOKEN"),
             bind: bind?,
             host,
+            name,
             session_image: session_image?,
             session_memory_bytes: session_memory_bytes?,
             session_nano_cpus: session_nano_cpus?,
@@ -274,6 +350,72 @@ mod tests {
         assert_eq!(variables(&local.problems), ["DESKGATE_LAUNCHER_HOST"]);
         let zero = load(None, env(&[("DESKGATE_LAUNCHER_HOST", "0")]), Role::Serve);
         assert!(zero.problems.is_empty(), "{:?}", zero.problems);
+    }
+
+    #[test]
+    fn discovery_is_a_dns_name_and_port_and_excludes_a_list() {
+        let loaded = load(
+            None,
+            env(&[
+                ("DESKGATE_LAUNCHER_DISCOVERY", "dns:tasks.launcher:8090"),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Serve,
+        );
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        assert_eq!(
+            loaded.config.unwrap().launcher.kind,
+            LauncherKind::Discovered(DnsTarget {
+                name: "tasks.launcher".into(),
+                port: 8090
+            })
+        );
+        for bad in [
+            "tasks.launcher:8090",
+            "dns:tasks.launcher",
+            "dns::80",
+            "dns:a b:80",
+            "dns:x:0",
+        ] {
+            let loaded = load(
+                None,
+                env(&[("DESKGATE_LAUNCHER_DISCOVERY", bad)]),
+                Role::Serve,
+            );
+            assert_eq!(
+                variables(&loaded.problems),
+                ["DESKGATE_LAUNCHER_DISCOVERY"],
+                "{bad}"
+            );
+        }
+        let both = load(
+            None,
+            env(&[
+                ("DESKGATE_LAUNCHER_DISCOVERY", "dns:tasks.launcher:8090"),
+                ("DESKGATE_LAUNCHER_URLS", "http://gpu-0:8090"),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Serve,
+        );
+        assert_eq!(variables(&both.problems), ["DESKGATE_LAUNCHER_DISCOVERY"]);
+        let named = load(
+            None,
+            env(&[
+                ("DESKGATE_LAUNCHER_NAME", "x7k2pq"),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+            ]),
+            Role::Launcher,
+        );
+        assert_eq!(
+            named.config.unwrap().launcher.name.as_deref(),
+            Some("x7k2pq")
+        );
+        let unnamed = load(
+            None,
+            env(&[("DESKGATE_LAUNCHER_NAME", "a/b")]),
+            Role::Launcher,
+        );
+        assert_eq!(variables(&unnamed.problems), ["DESKGATE_LAUNCHER_NAME"]);
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub(super) fn check_posture(
 
     let runs_containers = match (role, &config.launcher.kind) {
         (Role::Launcher, _) | (Role::Serve, LauncherKind::LocalDocker) => true,
-        (Role::Serve, LauncherKind::Remote(_) | LauncherKind::Simulated) => false,
+        (
+            Role::Serve,
+            LauncherKind::Remote(_) | LauncherKind::Discovered(_) | LauncherKind::Simulated,
+        ) => false,
     };
     if config.is_tls() && runs_containers && !config.launcher.session_image.contains("@sha256:") {
         problems.push(Problem::new(
@@ -114,6 +117,13 @@ pub(super) fn check_posture(
                     "LAUNCHER_TOKEN",
                     config.launcher.token.as_ref(),
                     "DESKGATE_LAUNCHER_URLS is set",
+                ));
+            }
+            if let LauncherKind::Discovered(_) = config.launcher.kind {
+                needed.push((
+                    "LAUNCHER_TOKEN",
+                    config.launcher.token.as_ref(),
+                    "DESKGATE_LAUNCHER_DISCOVERY is set",
                 ));
             }
             if !config.media.turn_urls.is_empty() {

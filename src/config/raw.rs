@@ -5,7 +5,9 @@
 //! Invariants: the environment wins over the file; only names in
 //! [`KEYS`] are kept (unknown `DESKGATE_*` variables are tolerated, unknown
 //! file keys are problems); a secret or a URL's credentials never leave here
-//! unredacted through [`RawSettings::redacted_entries`].
+//! unredacted through [`RawSettings::redacted_entries`]. A secret may also
+//! come from a file named by `DESKGATE_<KEY>_FILE` (Docker secrets), read by
+//! [`RawSettings::gather`] only; setting both forms is a problem.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,24 +32,29 @@ impl RawSettings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> (Self, Vec<Problem>) {
-        let Some(path) = file else {
-            return Self::gather_text(None, env);
-        };
-        let name = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::gather_text(Some((&name, &text)), env),
-            Err(err) => {
-                let (raw, mut problems) = Self::gather_text(None, env);
-                problems.insert(
-                    0,
-                    Problem {
-                        variable: name,
-                        message: format!("cannot read the config file: {err}"),
-                    },
-                );
-                (raw, problems)
+        let (env, file_problems) = secrets_from_files(env);
+        let (raw, mut problems) = match file {
+            None => Self::gather_text(None, env),
+            Some(path) => {
+                let name = path.display().to_string();
+                match std::fs::read_to_string(path) {
+                    Ok(text) => Self::gather_text(Some((&name, &text)), env),
+                    Err(err) => {
+                        let (raw, mut problems) = Self::gather_text(None, env);
+                        problems.insert(
+                            0,
+                            Problem {
+                                variable: name,
+                                message: format!("cannot read the config file: {err}"),
+                            },
+                        );
+                        (raw, problems)
+                    }
+                }
             }
-        }
+        };
+        problems.extend(file_problems);
+        (raw, problems)
     }
 
     /// [`gather`](Self::gather) with the file already read: `file` is its
@@ -136,6 +143,58 @@ impl RawSettings {
             })
             .collect()
     }
+}
+
+/// Replaces each `DESKGATE_<KEY>_FILE` naming a secret setting by
+/// `DESKGATE_<KEY>` holding the file's text (one trailing newline dropped), as
+/// Docker secrets are mounted. A file that cannot be read, a `_FILE` for a
+/// setting that is not secret, or both forms set, is a problem; the
+/// problem names the file, never its content.
+fn secrets_from_files(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> (Vec<(String, String)>, Vec<Problem>) {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let set = |name: &str| env.iter().any(|(n, v)| n == name && !v.trim().is_empty());
+    let mut out = Vec::with_capacity(env.len());
+    let mut problems = Vec::new();
+    for (name, value) in &env {
+        let Some(key) = name
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|short| short.strip_suffix("_FILE"))
+            .and_then(key_info)
+        else {
+            out.push((name.clone(), value.clone()));
+            continue;
+        };
+        if value.trim().is_empty() {
+            continue;
+        }
+        let target = format!("{ENV_PREFIX}{}", key.name);
+        let problem = |message: String| Problem {
+            variable: name.clone(),
+            message,
+        };
+        if key.exposure == Exposure::Plain {
+            problems.push(problem(format!(
+                "only secret settings are read from files; set {target} itself"
+            )));
+        } else if set(&target) {
+            problems.push(problem(format!("set {target} or {name}, not both")));
+        } else {
+            match std::fs::read_to_string(value.trim()) {
+                Ok(text) => {
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    out.push((target, text.to_string()));
+                }
+                Err(err) => problems.push(problem(format!(
+                    "cannot read the secret file {}: {err}",
+                    value.trim()
+                ))),
+            }
+        }
+    }
+    (out, problems)
 }
 
 fn toml_value_as_text(value: &toml::Value) -> Option<String> {
@@ -250,6 +309,34 @@ mod tests {
             "an empty variable overrode the file"
         );
         assert!(!config.is_tls());
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_file_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("launcher_token");
+        std::fs::write(&token, format!("{STRONG}\n")).unwrap();
+        let path = token.display().to_string();
+        let (raw, problems) =
+            RawSettings::gather(None, env(&[("DESKGATE_LAUNCHER_TOKEN_FILE", &path)]));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(raw.get("LAUNCHER_TOKEN"), Some(STRONG));
+
+        let (_, problems) = RawSettings::gather(
+            None,
+            env(&[
+                ("DESKGATE_LAUNCHER_TOKEN_FILE", &path),
+                ("DESKGATE_LAUNCHER_TOKEN", STRONG),
+                ("DESKGATE_BIND_FILE", &path),
+                ("DESKGATE_ADMIN_TOKEN_FILE", "/nonexistent/admin_token"),
+            ]),
+        );
+        let shown = format!("{problems:?}");
+        assert_eq!(problems.len(), 3, "{shown}");
+        assert!(shown.contains("not both"), "{shown}");
+        assert!(shown.contains("only secret settings"), "{shown}");
+        assert!(shown.contains("/nonexistent/admin_token"), "{shown}");
+        assert!(!shown.contains(STRONG), "a secret leaked: {shown}");
     }
 
     #[test]

@@ -28,12 +28,9 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFo
 use super::extract::{admin_authorised, parse_id};
 use super::problem::{Problem, bad_json, bad_query, scheduler_silent, unknown_session};
 use super::session_json::record_json;
-use super::state::{ApiState, SessionsState};
+use super::state::{ADMIN_ACTOR, ApiState, SessionsState};
 use crate::db::audit;
 use crate::money::ledger::{MAX_KEY_LEN, Operation, Posting, SystemAccount};
-
-/// Who the audit log names for actions taken with the admin token.
-const ADMIN_ACTOR: &str = "admin";
 
 /// The admin routes.
 pub fn routes(api: Arc<ApiState>) -> Router {
@@ -51,28 +48,6 @@ pub fn routes(api: Arc<ApiState>) -> Router {
 #[derive(Debug, OpenApi)]
 #[openapi(paths(sessions, stop_session, gpus, drain, adjust_credit, audit_log))]
 pub struct Doc;
-
-/// Writes an audit row; an action that cannot be audited is not answered
-/// as done.
-async fn audited(
-    api: &ApiState,
-    action: &str,
-    subject: Option<&str>,
-    details: Value,
-) -> Result<(), Problem> {
-    audit::record(&api.pool, ADMIN_ACTOR, action, subject, details)
-        .await
-        .map(|_| ())
-        .map_err(|err| {
-            tracing::error!(error = %err, action, "cannot write the audit log");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit-unavailable",
-                "The audit log cannot be written right now",
-            )
-            .detail("the database did not answer; try again")
-        })
-}
 
 #[utoipa::path(get, path = "/api/v1/admin/sessions", tag = "admin", security(("admin" = [])),
     responses((status = 200, description = "every session not ended", body = Object), (status = 401, description = "missing or wrong admin token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "admin API off", body = Problem, content_type = "application/problem+json"), (status = 503, description = "sessions are not up yet, or the database did not answer", body = Problem, content_type = "application/problem+json")))]
@@ -118,7 +93,8 @@ async fn stop_session(
     if desk.tree.view(id).await.is_none() {
         return Err(unknown_session());
     }
-    audited(&api, "session.kill", Some(&id.to_string()), json!({})).await?;
+    api.audit_admin("session.kill", Some(&id.to_string()), json!({}))
+        .await?;
     let stopped = desk.tree.stop(id, EndReason::AdminKilled).await;
     Ok(Json(json!({ "id": id.to_string(), "stopped": stopped })))
 }
@@ -203,13 +179,8 @@ async fn drain(
     } else {
         "gpu.undrain"
     };
-    audited(
-        &api,
-        action,
-        Some(&format!("gpu:{host}:{index}")),
-        json!({}),
-    )
-    .await?;
+    api.audit_admin(action, Some(&format!("gpu:{host}:{index}")), json!({}))
+        .await?;
     desk.tree.drain(gpu, request.drain);
     Ok(Json(
         json!({ "host": host, "index": index, "draining": request.drain }),
@@ -374,8 +345,7 @@ async fn adjust_credit(
             to: SystemAccount::Admin,
         }
     };
-    audited(
-        &api,
+    api.audit_admin(
         "credit.adjust",
         Some(&format!("wallet:{wallet}")),
         json!({"amount": request.amount, "reason": reason, "key": key}),

@@ -13,7 +13,8 @@
 //! pricing.rs   /api/v1/pricing, /api/v1/quote
 //! sessions.rs  /api/v1/profiles, /api/v1/sessions, /api/v1/sessions/{id}[/heartbeat|/events|/tickets]
 //! media.rs     /api/v1/sessions/{id}/{vnc,webrtc}
-//! admin.rs     /api/v1/admin/...
+//! admin.rs     /api/v1/admin/{sessions,gpus,credit,audit}...
+//! hosts.rs     /api/v1/admin/hosts[/{name}[/drain]]
 //! docs.rs      /api/v1/openapi.json
 //! web.rs       /, /admin, /assets/{file}: the pages built from web/
 //! ```
@@ -28,6 +29,7 @@
 //!                 rate_limit.rs                  ──▶ client_addr, problem
 //!   handlers      auth, account, pricing, media  ──▶ extract, state, problem
 //!                 sessions, admin                ──▶ extract, state, problem, session_json
+//!                 hosts                          ──▶ extract, state, problem
 //!                 docs                           ──▶ extract, state
 //!                 web                            ──▶ problem
 //!   below them    extract.rs                     ──▶ state, problem
@@ -62,6 +64,7 @@ pub mod client_addr;
 pub mod cors;
 pub mod docs;
 pub mod extract;
+pub mod hosts;
 pub mod media;
 pub mod pricing;
 pub mod problem;
@@ -178,7 +181,8 @@ fn api_routes(api: Arc<ApiState>) -> Router {
         .merge(pricing::routes(api.clone()))
         .merge(sessions::routes(api.clone()))
         .merge(media::routes(api.clone()))
-        .merge(admin::routes(api))
+        .merge(admin::routes(api.clone()))
+        .merge(hosts::routes(api))
 }
 
 /// The OpenAPI document: every handler file's `Doc`.
@@ -190,6 +194,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         sessions::Doc::openapi(),
         media::Doc::openapi(),
         admin::Doc::openapi(),
+        hosts::Doc::openapi(),
     ])
 }
 
@@ -463,6 +468,9 @@ mod tests {
             ("/api/v1/sessions/{id}/tickets", "post"),
             ("/api/v1/sessions/{id}/keep", "post"),
             ("/api/v1/admin/credit", "post"),
+            ("/api/v1/admin/hosts", "get"),
+            ("/api/v1/admin/hosts/{name}", "delete"),
+            ("/api/v1/admin/hosts/{name}/drain", "post"),
             ("/api/v1/quote", "get"),
         ] {
             assert!(
@@ -470,7 +478,7 @@ mod tests {
                 "{method} {path} is missing from the document"
             );
         }
-        assert_eq!(paths.len(), 23, "paths: {:?}", paths.keys());
+        assert_eq!(paths.len(), 26, "paths: {:?}", paths.keys());
         let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
         assert!(schemes.contains_key("bearer") && schemes.contains_key("admin"));
         assert!(

@@ -55,6 +55,9 @@ pub struct ApiState {
     pub tickets: TicketBook,
     /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
     pub docs_enabled: bool,
+    /// GPU hosts are discovered (`DESKGATE_LAUNCHER_DISCOVERY`): the host
+    /// routes answer from the host book even before sessions are up.
+    pub host_discovery: bool,
     /// Media viewer counts, and the ICE servers of the WebRTC route.
     pub viewers: ViewersState,
 }
@@ -69,7 +72,32 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
+/// Who the audit log names for actions taken with the admin token.
+pub(crate) const ADMIN_ACTOR: &str = "admin";
+
 impl ApiState {
+    /// Writes an audit row for an operator's action; an action that cannot
+    /// be audited is not answered as done.
+    pub(crate) async fn audit_admin(
+        &self,
+        action: &str,
+        subject: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), Problem> {
+        crate::db::audit::record(&self.pool, ADMIN_ACTOR, action, subject, details)
+            .await
+            .map(|_| ())
+            .map_err(|err| {
+                tracing::error!(error = %err, action, "cannot write the audit log");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit-unavailable",
+                    "The audit log cannot be written right now",
+                )
+                .detail("the database did not answer; try again")
+            })
+    }
+
     /// Deposit checks, or the 503 that says how to turn them on.
     pub(crate) fn deposits_state(&self) -> Result<&DepositsState, Problem> {
         self.deposits.as_ref().ok_or_else(|| {
@@ -124,6 +152,8 @@ pub struct SessionsState {
     /// Puts session desktops in front of browsers: the local Docker
     /// backend's, or the remote launchers'.
     pub desktops: Arc<dyn DesktopMedia>,
+    /// The discovered GPU hosts, with `DESKGATE_LAUNCHER_DISCOVERY`.
+    pub fleet: Option<Arc<crate::launcher::remote::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for SessionsState {

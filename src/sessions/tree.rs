@@ -177,6 +177,12 @@ impl SessionTree {
             }));
     }
 
+    /// GPUs that joined the pool (a GPU host appeared); known ones are
+    /// skipped. They are free and available at once.
+    pub fn add_gpus(&self, gpus: Vec<GpuAddr>) {
+        let _ = self.supervisor.cast(SupervisorMsg::AddGpus { gpus });
+    }
+
     /// Drains a GPU (no new leases; the current one stays) or puts it back.
     pub fn drain(&self, gpu: GpuAddr, on: bool) {
         let _ = self

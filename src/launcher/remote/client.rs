@@ -8,6 +8,7 @@
 //! missed, and exits already delivered are not delivered twice.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
-use crate::launcher::gpu::GpuInfo;
-use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
+use crate::launcher::remote::wire::{
+    ContainerView, ExitEvent, HostInventory, LaunchRequest, LaunchResponse,
+};
 use crate::platform::backoff::Backoff;
 use crate::platform::clock;
 use crate::platform::secret::Secret;
@@ -39,48 +41,54 @@ const REPLAY_OVERLAP_MS: u64 = 5_000;
 /// Exits remembered to drop replays.
 const DELIVERED_MEMORY: usize = 4096;
 
-/// A launcher service on another host.
+/// A launcher service on another host. Clones share the base URL, so a
+/// host whose launcher moved (a Swarm task restarted on a new address) is
+/// re-pointed once, for every user and for its exit stream's next reconnect.
 #[derive(Clone, Debug)]
 pub struct RemoteLauncher {
-    base: Url,
+    base: Arc<RwLock<Url>>,
     token: Secret,
     client: reqwest::Client,
 }
 
 impl RemoteLauncher {
     /// A client of the launcher at `base` (`http://` or `https://`).
-    pub fn new(mut base: Url, token: Secret) -> Result<Self, LaunchError> {
-        // Paths are joined relative to the base, which must then end in `/`.
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(LaunchError(format!(
-                "launcher URL {base} is not http:// or https://"
-            )));
-        }
+    pub fn new(base: Url, token: Secret) -> Result<Self, LaunchError> {
+        let base = checked_base(base)?;
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| LaunchError(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
-            base,
+            base: Arc::new(RwLock::new(base)),
             token,
             client,
         })
     }
 
     /// The launcher's base URL.
-    pub fn base(&self) -> &Url {
-        &self.base
+    pub fn base(&self) -> Url {
+        self.base
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Points this launcher (and every clone) at `base` from now on.
+    pub fn repoint(&self, base: Url) -> Result<(), LaunchError> {
+        let base = checked_base(base)?;
+        *self
+            .base
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = base;
+        Ok(())
     }
 
     fn url(&self, path: &str) -> Result<Url, LaunchError> {
-        self.base
-            .join(path)
-            .map_err(|e| LaunchError(format!("launcher URL {}: {e}", self.base)))
+        let base = self.base();
+        base.join(path)
+            .map_err(|e| LaunchError(format!("launcher URL {base}: {e}")))
     }
 
     fn bearer(&self) -> String {
@@ -101,7 +109,7 @@ impl RemoteLauncher {
             .map_err(|e| {
                 LaunchError(format!(
                     "{what} on launcher {}: {}",
-                    self.base,
+                    self.base(),
                     e.without_url()
                 ))
             })?;
@@ -113,20 +121,20 @@ impl RemoteLauncher {
         let text = |k: &str| problem.get(k).and_then(|v| v.as_str()).unwrap_or("");
         Err(LaunchError(format!(
             "{what} on launcher {}: {status} {} {}",
-            self.base,
+            self.base(),
             text("title"),
             text("detail")
         )))
     }
 
-    /// The launcher host's GPU inventory (`GET /v1/gpus`), read fresh.
-    pub async fn gpus(&self) -> Result<Vec<GpuInfo>, LaunchError> {
+    /// The launcher host's name and GPU inventory (`GET /v1/gpus`), read fresh.
+    pub async fn inventory(&self) -> Result<HostInventory, LaunchError> {
         let request = self.client.get(self.url("v1/gpus")?);
         let response = self.send("list GPUs", request).await?;
         response
             .json()
             .await
-            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base())))
     }
 
     fn events_request(
@@ -145,15 +153,16 @@ impl RemoteLauncher {
     ) -> Result<tungstenite::handshake::client::Request, LaunchError> {
         let mut url = self.url(path)?;
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        url.set_scheme(scheme)
-            .map_err(|()| LaunchError(format!("launcher URL {} cannot be a socket", self.base)))?;
+        url.set_scheme(scheme).map_err(|()| {
+            LaunchError(format!("launcher URL {} cannot be a socket", self.base()))
+        })?;
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
         let mut request = url
             .as_str()
             .into_client_request()
-            .map_err(|e| LaunchError(format!("socket {path} of {}: {e}", self.base)))?;
+            .map_err(|e| LaunchError(format!("socket {path} of {}: {e}", self.base())))?;
         let bearer = HeaderValue::from_str(&self.bearer())
             .map_err(|_| LaunchError("the launcher token is not a valid header value".into()))?;
         request.headers_mut().insert("authorization", bearer);
@@ -174,7 +183,7 @@ impl Launcher for RemoteLauncher {
         let launched: LaunchResponse = response
             .json()
             .await
-            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))?;
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base())))?;
         Ok(launched.container_id)
     }
 
@@ -191,7 +200,7 @@ impl Launcher for RemoteLauncher {
         let views: Vec<ContainerView> = response
             .json()
             .await
-            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base)))?;
+            .map_err(|e| LaunchError(format!("launcher {} answered nonsense: {e}", self.base())))?;
         Ok(views
             .into_iter()
             .map(|v| RunningContainer {
@@ -205,6 +214,21 @@ impl Launcher for RemoteLauncher {
     fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
         tokio::spawn(follow_events(self.clone(), sink));
     }
+}
+
+/// `base` with a path ending in `/` (paths are joined relative to it), if
+/// it is `http://` or `https://`.
+fn checked_base(mut base: Url) -> Result<Url, LaunchError> {
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(LaunchError(format!(
+            "launcher URL {base} is not http:// or https://"
+        )));
+    }
+    Ok(base)
 }
 
 /// Exits already delivered, bounded.
@@ -265,7 +289,7 @@ async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<Conta
                     match next {
                         Some(Ok(Message::Text(text))) => {
                             let Ok(event) = serde_json::from_str::<ExitEvent>(&text) else {
-                                tracing::warn!(launcher = %remote.base, "unreadable exit event");
+                                tracing::warn!(launcher = %remote.base(), "unreadable exit event");
                                 continue;
                             };
                             since_ms = since_ms.max(event.at_ms.saturating_sub(REPLAY_OVERLAP_MS));
@@ -274,12 +298,12 @@ async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<Conta
                             }
                         }
                         Some(Ok(Message::Close(frame))) => {
-                            tracing::warn!(launcher = %remote.base, ?frame, "launcher closed the events socket; reconnecting");
+                            tracing::warn!(launcher = %remote.base(), ?frame, "launcher closed the events socket; reconnecting");
                             break;
                         }
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
-                            tracing::warn!(launcher = %remote.base, error = %err, "events socket broke; reconnecting");
+                            tracing::warn!(launcher = %remote.base(), error = %err, "events socket broke; reconnecting");
                             break;
                         }
                         None => break,
@@ -289,10 +313,10 @@ async fn follow_events(remote: RemoteLauncher, sink: mpsc::UnboundedSender<Conta
             Err(tungstenite::Error::Http(response))
                 if response.status() == StatusCode::UNAUTHORIZED =>
             {
-                tracing::error!(launcher = %remote.base, "launcher refused DESKGATE_LAUNCHER_TOKEN on its events socket; retrying");
+                tracing::error!(launcher = %remote.base(), "launcher refused DESKGATE_LAUNCHER_TOKEN on its events socket; retrying");
             }
             Err(err) => {
-                tracing::warn!(launcher = %remote.base, error = %err, retry_in = ?backoff.peek(), "cannot reach the launcher's events socket");
+                tracing::warn!(launcher = %remote.base(), error = %err, retry_in = ?backoff.peek(), "cannot reach the launcher's events socket");
             }
         }
         tokio::select! {

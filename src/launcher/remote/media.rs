@@ -19,8 +19,9 @@
 //! frozen stream ends with a reason instead of holding a viewer place for the
 //! minutes TCP would retransmit.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,23 +89,45 @@ async fn dial(request: &tungstenite::handshake::client::Request) -> io::Result<T
     Ok(tcp)
 }
 
-/// The desktops of every host's launcher, by host number.
-#[derive(Clone, Debug)]
+/// The desktops of every host's launcher, by host number. Clones share the
+/// hosts, so discovery adds and removes them for every user at once.
+#[derive(Clone, Debug, Default)]
 pub struct RemoteDesktops {
-    hosts: Arc<Vec<RemoteLauncher>>,
+    hosts: Arc<RwLock<BTreeMap<u16, RemoteLauncher>>>,
 }
 
 impl RemoteDesktops {
     /// Host `n`'s launcher is the `n`th.
     pub fn new(hosts: Vec<RemoteLauncher>) -> Self {
-        Self {
-            hosts: Arc::new(hosts),
+        let desktops = Self::default();
+        for (host, remote) in (0..=u16::MAX).zip(hosts) {
+            desktops.add(host, remote);
         }
+        desktops
     }
 
-    fn host(&self, desktop: DesktopRef) -> Result<&RemoteLauncher, DesktopError> {
+    /// Host `host`'s desktops are reached through `remote` from now on.
+    pub fn add(&self, host: u16, remote: RemoteLauncher) {
         self.hosts
-            .get(usize::from(desktop.host))
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(host, remote);
+    }
+
+    /// Host `host` was declared gone.
+    pub fn remove(&self, host: u16) {
+        self.hosts
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&host);
+    }
+
+    fn host(&self, desktop: DesktopRef) -> Result<RemoteLauncher, DesktopError> {
+        self.hosts
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&desktop.host)
+            .cloned()
             .ok_or(DesktopError::Unknown)
     }
 
@@ -401,6 +424,7 @@ mod tests {
         let state = Arc::new(LauncherState {
             token: Secret::new(TOKEN),
             gpus: GpuSelection::Fake(1),
+            name: None,
             gpu_indices: BTreeSet::from([0]),
             launcher: Arc::new(FakeLauncher::new()),
             exits: Arc::new(ExitLog::default()),

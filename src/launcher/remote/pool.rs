@@ -19,8 +19,8 @@
 //! [`discover`] builds the pool from the launchers' URLs and asks each for
 //! its GPUs (`GET /v1/gpus`), which become the scheduler's pool.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
 use deskgate_actors::ports::{
@@ -103,15 +103,17 @@ pub async fn discover(urls: &[Url], token: &Secret) -> Result<Discovered, PoolEr
         })?;
         remotes.push(remote);
     }
-    let answers = join_all(remotes.iter().map(RemoteLauncher::gpus)).await;
+    let answers = join_all(remotes.iter().map(RemoteLauncher::inventory)).await;
     let mut gpus = Vec::new();
     let mut unhealthy = Vec::new();
     for ((host, url), answer) in (0..=u16::MAX).zip(urls).zip(answers) {
-        let inventory = answer.map_err(|source| PoolError::Unreachable {
-            host,
-            url: url.clone(),
-            source,
-        })?;
+        let inventory = answer
+            .map_err(|source| PoolError::Unreachable {
+                host,
+                url: url.clone(),
+                source,
+            })?
+            .gpus;
         if inventory.is_empty() {
             tracing::warn!(host, launcher = %url, "launcher offers no GPUs");
         }
@@ -142,18 +144,33 @@ pub async fn discover(urls: &[Url], token: &Secret) -> Result<Discovered, PoolEr
     })
 }
 
+/// A host's number and its launcher.
+type HostLauncher = (u16, Arc<dyn Launcher>);
+
+/// A host the pool knows.
+enum Slot {
+    /// Its launcher.
+    Up(Arc<dyn Launcher>),
+    /// A host met before (it may run sessions) that has not answered since
+    /// this gate started: nothing can be listed or confirmed stopped there.
+    Missing(String),
+}
+
 /// The [`Launcher`] over several hosts' launchers; see the module docs.
 pub struct LauncherPool {
-    /// Launcher of host `n` at position `n`.
-    hosts: Vec<Arc<dyn Launcher>>,
+    /// The hosts by number.
+    hosts: RwLock<BTreeMap<u16, Slot>>,
     /// The host each known session's container was launched on or listed by.
     placed: Mutex<HashMap<SessionId, u16>>,
+    /// Where exits go once [`Launcher::watch_exits`] was called; a host
+    /// added later is followed into it too.
+    exits: Mutex<Option<mpsc::UnboundedSender<ContainerExit>>>,
 }
 
 impl std::fmt::Debug for LauncherPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LauncherPool")
-            .field("hosts", &self.hosts.len())
+            .field("hosts", &read(&self.hosts).len())
             .field("placed", &lock(&self.placed).len())
             .finish()
     }
@@ -162,6 +179,15 @@ impl std::fmt::Debug for LauncherPool {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -174,20 +200,53 @@ impl LauncherPool {
         if launchers.len() > usize::from(u16::MAX) + 1 {
             return Err(PoolError::TooMany(launchers.len()));
         }
-        Ok(Self {
-            hosts: launchers,
+        let pool = Self::empty();
+        for (host, launcher) in (0..=u16::MAX).zip(launchers) {
+            pool.set_launcher(host, launcher);
+        }
+        Ok(pool)
+    }
+
+    /// A pool with no hosts yet (discovery adds them).
+    pub fn empty() -> Self {
+        Self {
+            hosts: RwLock::new(BTreeMap::new()),
             placed: Mutex::new(HashMap::new()),
-        })
+            exits: Mutex::new(None),
+        }
+    }
+
+    /// Host `host` is reached through `launcher` from now on; if exits are
+    /// watched and it was not reachable before, its exits are followed too.
+    pub fn set_launcher(&self, host: u16, launcher: Arc<dyn Launcher>) {
+        let was_up = matches!(
+            write(&self.hosts).insert(host, Slot::Up(launcher.clone())),
+            Some(Slot::Up(_))
+        );
+        if !was_up && let Some(sink) = lock(&self.exits).as_ref() {
+            launcher.watch_exits(sink.clone());
+        }
+    }
+
+    /// Host `host` (called `name`) was met before but is not reachable:
+    /// listing fails until it answers or is forgotten.
+    pub fn set_missing(&self, host: u16, name: &str) {
+        write(&self.hosts).insert(host, Slot::Missing(name.to_string()));
+    }
+
+    /// Host `host` was declared gone: it is no longer asked anything.
+    pub fn forget(&self, host: u16) {
+        write(&self.hosts).remove(&host);
     }
 
     /// How many hosts.
     pub fn len(&self) -> usize {
-        self.hosts.len()
+        read(&self.hosts).len()
     }
 
-    /// Never: a pool has at least one host.
+    /// True while no host is known.
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        read(&self.hosts).is_empty()
     }
 
     /// The host the pool knows the session's container on, if any.
@@ -195,8 +254,27 @@ impl LauncherPool {
         lock(&self.placed).get(&session).copied()
     }
 
-    fn launcher(&self, host: u16) -> Option<&Arc<dyn Launcher>> {
-        self.hosts.get(usize::from(host))
+    fn launcher(&self, host: u16) -> Option<Arc<dyn Launcher>> {
+        match read(&self.hosts).get(&host) {
+            Some(Slot::Up(launcher)) => Some(launcher.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every reachable host's launcher, and a line for each missing one.
+    fn every_host(&self) -> (Vec<HostLauncher>, Vec<String>) {
+        let mut up = Vec::new();
+        let mut missing = Vec::new();
+        for (host, slot) in read(&self.hosts).iter() {
+            match slot {
+                Slot::Up(launcher) => up.push((*host, launcher.clone())),
+                Slot::Missing(name) => missing.push(format!(
+                    "host {host} ({name}) has not answered since the gate started \
+                     (if it is not coming back: DELETE /admin/hosts/{name})"
+                )),
+            }
+        }
+        (up, missing)
     }
 }
 
@@ -205,9 +283,9 @@ impl Launcher for LauncherPool {
     async fn launch(&self, spec: &LaunchSpec) -> Result<String, LaunchError> {
         let Some(launcher) = self.launcher(spec.host) else {
             return Err(LaunchError(format!(
-                "no launcher for host {}: DESKGATE_LAUNCHER_URLS names {} host(s), numbered from 0",
+                "no launcher for host {}: the gate knows {} reachable host(s)",
                 spec.host,
-                self.hosts.len()
+                self.every_host().0.len()
             )));
         };
         // Remembered before the launch: a failed one may leave a container
@@ -224,15 +302,19 @@ impl Launcher for LauncherPool {
             lock(&self.placed).remove(&session);
             return Ok(());
         }
-        // Not known here (launched by an earlier run and not listed since):
-        // every host is asked; one without the container answers success.
-        tracing::debug!(%session, hosts = self.hosts.len(), "stopping on every host");
-        let results = join_all(self.hosts.iter().map(|l| l.stop(session))).await;
-        let failures: Vec<String> = (0..=u16::MAX)
-            .zip(results)
-            .filter_map(|(host, result)| result.err().map(|e| format!("host {host}: {e}")))
-            .collect();
+        // Not known here (launched by an earlier run and not listed since,
+        // or on a host declared gone): every host is asked; one without the
+        // container answers success, and a missing one cannot.
+        let (up, mut failures) = self.every_host();
+        tracing::debug!(%session, hosts = up.len(), "stopping on every host");
+        let results = join_all(up.iter().map(|(_, l)| l.stop(session))).await;
+        failures.extend(
+            up.iter().zip(results).filter_map(|((host, _), result)| {
+                result.err().map(|e| format!("host {host}: {e}"))
+            }),
+        );
         if failures.is_empty() {
+            lock(&self.placed).remove(&session);
             Ok(())
         } else {
             Err(LaunchError(format!(
@@ -243,11 +325,12 @@ impl Launcher for LauncherPool {
     }
 
     async fn running(&self) -> Result<Vec<RunningContainer>, LaunchError> {
-        let lists = join_all(self.hosts.iter().map(|l| l.running())).await;
-        let mut failures = Vec::new();
+        let (up, mut failures) = self.every_host();
+        let lists = join_all(up.iter().map(|(_, l)| l.running())).await;
         let mut all: Vec<RunningContainer> = Vec::new();
         let mut seen: HashMap<SessionId, usize> = HashMap::new();
-        for (host, list) in (0..=u16::MAX).zip(lists) {
+        for ((host, _), list) in up.iter().zip(lists) {
+            let host = *host;
             let list = match list {
                 Ok(list) => list,
                 Err(err) => {
@@ -297,9 +380,10 @@ impl Launcher for LauncherPool {
     }
 
     fn watch_exits(&self, sink: mpsc::UnboundedSender<ContainerExit>) {
-        for launcher in &self.hosts {
+        for (_, launcher) in self.every_host().0 {
             launcher.watch_exits(sink.clone());
         }
+        *lock(&self.exits) = Some(sink);
     }
 }
 
@@ -468,6 +552,53 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_missing_host_blocks_listing_and_unknown_stops_until_it_is_forgotten() {
+        let a = Arc::new(FakeLauncher::new());
+        let pool = LauncherPool::empty();
+        pool.set_launcher(0, a.clone());
+        pool.set_missing(1, "gpu-b");
+        let err = pool.running().await.unwrap_err();
+        assert!(err.0.contains("host 1 (gpu-b)"), "{err}");
+        assert!(err.0.contains("DELETE /admin/hosts/gpu-b"), "{err}");
+        let err = pool.stop(SessionId::new()).await.unwrap_err();
+        assert!(err.0.contains("gpu-b"), "{err}");
+        let err = pool.launch(&spec(SessionId::new(), 1)).await.unwrap_err();
+        assert!(err.0.contains("host 1"), "{err}");
+
+        // Declared gone: the other hosts answer for everything.
+        pool.forget(1);
+        assert!(pool.running().await.unwrap().is_empty());
+        let unknown = SessionId::new();
+        pool.stop(unknown).await.unwrap();
+        assert!(a.stopped(unknown));
+    }
+
+    #[tokio::test]
+    async fn a_host_that_joins_after_the_watch_starts_has_its_exits_followed() {
+        let pool = LauncherPool::empty();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        pool.watch_exits(tx);
+        let late = Arc::new(FakeLauncher::new());
+        pool.set_launcher(4, late.clone());
+        // Set again (its launcher re-pointed): followed once, not twice.
+        pool.set_launcher(4, late.clone());
+        let session = SessionId::new();
+        pool.launch(&spec(session, 4)).await.unwrap();
+        assert!(late.exit(session, 1, false));
+        let exit = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.session, session);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "the exit arrived twice"
+        );
+    }
+
     #[test]
     fn a_pool_needs_a_launcher() {
         assert!(matches!(
@@ -481,6 +612,7 @@ mod tests {
         let state = Arc::new(LauncherState {
             token: Secret::new(TOKEN),
             gpus: GpuSelection::Fake(gpus),
+            name: None,
             gpu_indices: (0..gpus).collect(),
             launcher: Arc::new(FakeLauncher::new()),
             exits: Arc::new(ExitLog::default()),

@@ -42,6 +42,15 @@ pub struct LaunchResponse {
     pub container_id: String,
 }
 
+/// `GET /v1/gpus`: the launcher's host name and its GPU inventory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInventory {
+    /// The host's stable name (`DESKGATE_LAUNCHER_NAME`), if it has one.
+    pub host: Option<String>,
+    /// Its GPUs, read fresh.
+    pub gpus: Vec<crate::launcher::gpu::GpuInfo>,
+}
+
 /// One running session container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerView {

@@ -4,7 +4,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /v1/gpus` | the host's GPU inventory, read fresh |
+//! | `GET /v1/gpus` | `{host, gpus}`: the host's name and GPU inventory, read fresh |
 //! | `GET /v1/sessions` | running session containers |
 //! | `POST /v1/sessions` | launch: `{session, host, gpu_indices}` |
 //! | `DELETE /v1/sessions/{id}` | stop and remove (idempotent) |
@@ -45,7 +45,9 @@ use crate::http::extract::bearer_token;
 use crate::http::{self, Limits, Problem};
 use crate::launcher::desktop::DesktopMedia;
 use crate::launcher::gpu;
-use crate::launcher::remote::wire::{ContainerView, ExitEvent, LaunchRequest, LaunchResponse};
+use crate::launcher::remote::wire::{
+    ContainerView, ExitEvent, HostInventory, LaunchRequest, LaunchResponse,
+};
 use crate::platform::clock;
 use crate::platform::secret::Secret;
 
@@ -146,6 +148,8 @@ pub struct LauncherState {
     pub token: Secret,
     /// Which GPUs this host offers.
     pub gpus: GpuSelection,
+    /// This host's stable name (`DESKGATE_LAUNCHER_NAME`), if set.
+    pub name: Option<String>,
     /// The device indices a spec may name (this host's inventory).
     pub gpu_indices: BTreeSet<u32>,
     /// What runs the containers.
@@ -207,7 +211,11 @@ fn docker_failed(err: impl std::fmt::Display) -> Problem {
 /// The host's GPUs, read fresh so utilisation and health are current.
 async fn list_gpus(State(state): State<Arc<LauncherState>>) -> Response {
     match gpu::read_inventory(&state.gpus).await {
-        Ok(gpus) => Json(gpus).into_response(),
+        Ok(gpus) => Json(HostInventory {
+            host: state.name.clone(),
+            gpus,
+        })
+        .into_response(),
         Err(err) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "gpu-inventory-failed",
@@ -420,6 +428,7 @@ mod tests {
         let state = Arc::new(LauncherState {
             token: Secret::new(TOKEN),
             gpus: GpuSelection::Fake(2),
+            name: Some("gpu-a".into()),
             gpu_indices: BTreeSet::from([0, 1]),
             launcher,
             exits: Arc::new(ExitLog::default()),
@@ -513,8 +522,9 @@ mod tests {
         let response = call(app(), authed("GET", "/v1/gpus"), Body::empty()).await;
         assert_eq!(response.status(), StatusCode::OK);
         let gpus = json_of(response).await;
-        assert_eq!(gpus.as_array().unwrap().len(), 2);
-        assert_eq!(gpus[1]["uuid"], "fake-1");
+        assert_eq!(gpus["host"], "gpu-a");
+        assert_eq!(gpus["gpus"].as_array().unwrap().len(), 2);
+        assert_eq!(gpus["gpus"][1]["uuid"], "fake-1");
     }
 
     #[tokio::test]

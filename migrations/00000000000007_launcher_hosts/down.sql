@@ -1,0 +1,1 @@
+DROP TABLE launcher_hosts;
