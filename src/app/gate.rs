@@ -24,7 +24,7 @@ use super::{
 };
 use crate::auth::SignIn;
 use crate::auth::tickets::TicketBook;
-use crate::config::{Config, Confirmations, DnsTarget, LauncherKind, Role};
+use crate::config::{Config, Confirmations, LauncherKind, Role};
 use crate::db;
 use crate::http::readiness::Dependency;
 use crate::http::state::{ApiState, DepositsState, Offer, SessionsState, ViewersState};
@@ -159,6 +159,7 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<ApiState, AppErr
             None
         }
     };
+    let fleet = discovery_fleet(config, &pool)?;
     Ok(ApiState {
         sign_in,
         deposits,
@@ -170,9 +171,30 @@ async fn build_api(config: &Config, pool: db::DbPool) -> Result<ApiState, AppErr
         admin_token: config.auth.admin_token.clone(),
         tickets: TicketBook::new(),
         docs_enabled: config.server.docs_enabled,
-        host_discovery: matches!(config.launcher.kind, LauncherKind::Discovered(_)),
+        fleet,
         viewers: ViewersState::from_config(config),
     })
+}
+
+/// With `DESKGATE_LAUNCHER_DISCOVERY`, the fleet of GPU hosts, discovering
+/// from now on: the operator sees the hosts before the session tree runs.
+fn discovery_fleet(config: &Config, pool: &db::DbPool) -> Result<Option<Arc<Fleet>>, AppError> {
+    let LauncherKind::Discovered(target) = &config.launcher.kind else {
+        return Ok(None);
+    };
+    let token = config
+        .launcher
+        .token
+        .clone()
+        .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
+    let fleet = Fleet::new(
+        Box::new(DnsResolver(target.clone())),
+        token,
+        HostBook::new(pool.clone()),
+    );
+    fleet.discover();
+    tracing::info!(discovery = %target, "discovering GPU hosts");
+    Ok(Some(fleet))
 }
 
 /// Deposits: tiered pricing, the deposit book on the ledger, and the chain
@@ -236,7 +258,7 @@ async fn bring_up_sessions(config: Config, pool: db::DbPool, api: Arc<ApiState>)
     }
     let mut backoff = Backoff::new(START_RETRY_FIRST, START_RETRY_CEILING);
     loop {
-        match session_state(&config, pool.clone()).await {
+        match session_state(&config, pool.clone(), api.fleet.as_ref()).await {
             Ok(sessions) => {
                 let _ = api.sessions.set(sessions);
                 tracing::info!("sessions are open");
@@ -277,7 +299,11 @@ async fn migrate_until_done(url: &Secret) {
 
 /// The session tree on the configured backend, and what the session routes
 /// need of it.
-async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsState, AppError> {
+async fn session_state(
+    config: &Config,
+    pool: db::DbPool,
+    fleet: Option<&Arc<Fleet>>,
+) -> Result<SessionsState, AppError> {
     let idle_timeout = config.sessions.idle_timeout;
     let settings = SessionSettings {
         billing_interval: config.sessions.billing_interval,
@@ -289,20 +315,20 @@ async fn session_state(config: &Config, pool: db::DbPool) -> Result<SessionsStat
         }),
         ..SessionSettings::default()
     };
-    let mut fleet = None;
-    let (tree, desktops) = match &config.launcher.kind {
-        LauncherKind::LocalDocker => local_docker_tree(config, pool.clone(), settings).await?,
-        LauncherKind::Remote(urls) => remote_tree(config, urls, pool.clone(), settings).await?,
-        LauncherKind::Discovered(target) => {
-            let (tree, desktops, found) =
-                discovered_tree(config, target, pool.clone(), settings).await?;
-            fleet = Some(found);
-            (tree, desktops)
+    let (tree, desktops) = match (&config.launcher.kind, fleet) {
+        (LauncherKind::Discovered(_), Some(fleet)) => {
+            discovered_tree(fleet, pool.clone(), settings).await?
         }
-        LauncherKind::Simulated => simulated_tree(config, pool.clone(), settings).await?,
+        (LauncherKind::Discovered(_), None) => {
+            return Err(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"));
+        }
+        (LauncherKind::LocalDocker, _) => local_docker_tree(config, pool.clone(), settings).await?,
+        (LauncherKind::Remote(urls), _) => {
+            remote_tree(config, urls, pool.clone(), settings).await?
+        }
+        (LauncherKind::Simulated, _) => simulated_tree(config, pool.clone(), settings).await?,
     };
     Ok(SessionsState {
-        fleet,
         tree,
         store: PgSessionStore::new(pool),
         public_origin: config.server.public_url.origin().ascii_serialization(),
@@ -339,30 +365,20 @@ async fn remote_tree(
     Ok((tree, Arc::new(found.desktops)))
 }
 
-/// The tree across the GPU hosts found by resolving `target` (see
-/// [`Fleet`]): the hosts that answer now are its first pool; hosts met
-/// before that do not answer yet make recovery wait for them (or for an
-/// operator to declare them gone); hosts that join later are added live.
+/// The tree across the GPU hosts of `fleet` (see [`Fleet`]): the hosts that
+/// answer now are its first pool; hosts met before that do not answer yet
+/// make recovery wait for them (or for an operator to declare them gone);
+/// hosts that join later are added live.
 async fn discovered_tree(
-    config: &Config,
-    target: &DnsTarget,
+    fleet: &Arc<Fleet>,
     pool: db::DbPool,
     settings: SessionSettings,
-) -> Result<(SessionTree, Arc<dyn DesktopMedia>, Arc<Fleet>), AppError> {
-    let token = config
-        .launcher
-        .token
-        .clone()
-        .ok_or(AppError::Missing("DESKGATE_LAUNCHER_TOKEN"))?;
-    let (fleet, first) = Fleet::start(
-        Box::new(DnsResolver(target.clone())),
-        token,
-        HostBook::new(pool.clone()),
-    )
-    .await
-    .step("cannot read the GPU hosts met before (launcher_hosts)")?;
+) -> Result<(SessionTree, Arc<dyn DesktopMedia>), AppError> {
+    let first = fleet
+        .first_pool()
+        .await
+        .step("cannot read the GPU hosts met before (launcher_hosts)")?;
     tracing::info!(
-        discovery = %target,
         hosts = fleet.views().len(),
         gpus = first.gpus.len(),
         "scheduling across discovered launchers"
@@ -374,8 +390,8 @@ async fn discovered_tree(
     for gpu in first.drained {
         tree.drain(gpu, true);
     }
-    fleet.run(Arc::new(tree.clone()), Arc::new(PgSessionStore::new(pool)));
-    Ok((tree, Arc::new(fleet.desktops()), fleet))
+    fleet.attach(Arc::new(tree.clone()), Arc::new(PgSessionStore::new(pool)));
+    Ok((tree, Arc::new(fleet.desktops())))
 }
 
 #[async_trait::async_trait]

@@ -3,10 +3,11 @@
 //! gone (its sessions end; its number is never reused).
 //!
 //! With `DESKGATE_LAUNCHER_DISCOVERY` a host is its launcher's name and the
-//! fleet knows whether it answers. These routes work from the host book in
-//! PostgreSQL even before the session tree runs: a host that was met before
-//! and does not come back keeps recovery waiting, and declaring it gone is
-//! how the operator lets the gate start without it. Without discovery the
+//! fleet knows whether it answers. The fleet discovers from gate start, so
+//! these routes work before the session tree runs: a host that was met
+//! before and does not come back keeps recovery waiting, and declaring it
+//! gone is how the operator lets the gate start without it. A host whose
+//! launcher answers is never declared gone (409). Without discovery the
 //! hosts are numbers (the local host, or the `DESKGATE_LAUNCHER_URLS`
 //! list), listed from the scheduler, and have no name to drain or retire.
 //! Every change is audited before it is answered.
@@ -27,7 +28,7 @@ use utoipa::OpenApi;
 use super::extract::admin_authorised;
 use super::problem::{Problem, bad_json, scheduler_silent};
 use super::state::ApiState;
-use crate::launcher::remote::fleet::{HostView, Retired};
+use crate::launcher::remote::fleet::{Fleet, HostState, HostView, Retired};
 use crate::launcher::remote::host_book::{HostBook, HostBookError, HostRow};
 
 /// The host routes.
@@ -94,9 +95,9 @@ fn host_json(
     let state = match (row.and_then(|r| r.retired_at), view) {
         (Some(_), _) => "gone",
         (None, Some(view)) => match view.state {
-            crate::launcher::remote::fleet::HostState::Up => "up",
-            crate::launcher::remote::fleet::HostState::Unreachable => "unreachable",
-            crate::launcher::remote::fleet::HostState::Missing => "missing",
+            HostState::Up => "up",
+            HostState::Unreachable => "unreachable",
+            HostState::Missing => "missing",
         },
         // Listed by the book alone: the tree is not up, so nothing was
         // reached yet.
@@ -145,8 +146,7 @@ async fn hosts(
 ) -> Result<Json<Value>, Problem> {
     admin_authorised(&api, &headers)?;
     let desk = api.sessions.get();
-    let discovery = api.host_discovery || desk.is_some_and(|d| d.fleet.is_some());
-    if !discovery && desk.is_none() {
+    if api.fleet.is_none() && desk.is_none() {
         return Err(api.sessions_state().unwrap_err());
     }
     let gpus = match desk {
@@ -161,15 +161,13 @@ async fn hosts(
             .push((addr.index, status));
     }
     let mut list = Vec::new();
-    if discovery {
+    if let Some(fleet) = &api.fleet {
         let rows = HostBook::new(api.pool.clone())
             .all()
             .await
             .map_err(|e| book_unavailable(&e))?;
-        let views: BTreeMap<u16, HostView> = desk
-            .and_then(|d| d.fleet.as_ref())
-            .map(|f| f.views().into_iter().map(|v| (v.number, v)).collect())
-            .unwrap_or_default();
+        let views: BTreeMap<u16, HostView> =
+            fleet.views().into_iter().map(|v| (v.number, v)).collect();
         for row in &rows {
             let number = row.host();
             list.push(host_json(
@@ -184,7 +182,9 @@ async fn hosts(
             list.push(host_json(*number, None, None, Some(gpus)));
         }
     }
-    Ok(Json(json!({ "discovery": discovery, "hosts": list })))
+    Ok(Json(
+        json!({ "discovery": api.fleet.is_some(), "hosts": list }),
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -206,16 +206,7 @@ async fn drain(
 ) -> Result<Json<Value>, Problem> {
     admin_authorised(&api, &headers)?;
     let Json(request) = body.map_err(bad_json)?;
-    let book = HostBook::new(api.pool.clone());
-    if !valid_name(&name)
-        || book
-            .named(&name)
-            .await
-            .map_err(|e| book_unavailable(&e))?
-            .is_none()
-    {
-        return Err(unknown_host(&name));
-    }
+    let fleet = met_host(&api, &name).await?;
     let action = if request.drain {
         "host.drain"
     } else {
@@ -223,23 +214,29 @@ async fn drain(
     };
     api.audit_admin(action, Some(&format!("host:{name}")), json!({}))
         .await?;
-    let fleet = api.sessions.get().and_then(|d| d.fleet.clone());
-    let changed = match fleet {
-        Some(fleet) => fleet
-            .set_drained(&name, request.drain)
-            .await
-            .map(|v| v.is_some()),
-        // The tree is not up: the book holds it, and the fleet reads it at start.
-        None => book
-            .set_drained(&name, request.drain)
-            .await
-            .map(|r| r.is_some()),
-    }
-    .map_err(|e| book_unavailable(&e))?;
-    if !changed {
-        return Err(unknown_host(&name));
-    }
+    fleet
+        .set_drained(&name, request.drain)
+        .await
+        .map_err(|e| book_unavailable(&e))?;
     Ok(Json(json!({ "name": name, "drained": request.drain })))
+}
+
+/// The fleet, if `name` is a host it ever met; else the 404.
+async fn met_host<'a>(api: &'a ApiState, name: &str) -> Result<&'a Arc<Fleet>, Problem> {
+    let Some(fleet) = &api.fleet else {
+        return Err(unknown_host(name));
+    };
+    let met = valid_name(name)
+        && HostBook::new(api.pool.clone())
+            .named(name)
+            .await
+            .map_err(|e| book_unavailable(&e))?
+            .is_some();
+    if met {
+        Ok(fleet)
+    } else {
+        Err(unknown_host(name))
+    }
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/hosts/{name}", tag = "admin", security(("admin" = [])),
@@ -251,47 +248,27 @@ async fn retire(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     admin_authorised(&api, &headers)?;
-    let book = HostBook::new(api.pool.clone());
-    if !valid_name(&name)
-        || book
-            .named(&name)
-            .await
-            .map_err(|e| book_unavailable(&e))?
-            .is_none()
-    {
-        return Err(unknown_host(&name));
-    }
-    let fleet = api.sessions.get().and_then(|d| d.fleet.clone());
-    if let Some(fleet) = &fleet
-        && fleet
-            .views()
-            .iter()
-            .any(|v| v.name == name && v.state == crate::launcher::remote::fleet::HostState::Up)
+    let fleet = met_host(&api, &name).await?;
+    if fleet
+        .views()
+        .iter()
+        .any(|v| v.name == name && v.state == HostState::Up)
     {
         return Err(host_up(&name));
     }
     api.audit_admin("host.retire", Some(&format!("host:{name}")), json!({}))
         .await?;
-    let ended = match fleet {
-        Some(fleet) => match fleet
-            .retire(&name)
-            .await
-            .map_err(|e| book_unavailable(&e))?
-        {
-            Retired::Unknown => return Err(unknown_host(&name)),
-            Retired::StillUp => return Err(host_up(&name)),
-            Retired::Done { ended } => ended,
-        },
-        // The tree is not up: recovery ends the host's sessions once it can
-        // start without it.
-        None => {
-            book.retire(&name).await.map_err(|e| book_unavailable(&e))?;
-            0
-        }
-    };
-    Ok(Json(
-        json!({ "name": name, "gone": true, "sessions_ended": ended }),
-    ))
+    match fleet
+        .retire(&name)
+        .await
+        .map_err(|e| book_unavailable(&e))?
+    {
+        Retired::Unknown => Err(unknown_host(&name)),
+        Retired::StillUp => Err(host_up(&name)),
+        Retired::Done { ended } => Ok(Json(
+            json!({ "name": name, "gone": true, "sessions_ended": ended }),
+        )),
+    }
 }
 
 fn host_up(name: &str) -> Problem {

@@ -55,9 +55,9 @@ pub struct ApiState {
     pub tickets: TicketBook,
     /// Serve the OpenAPI document (`DESKGATE_DOCS_ENABLED`).
     pub docs_enabled: bool,
-    /// GPU hosts are discovered (`DESKGATE_LAUNCHER_DISCOVERY`): the host
-    /// routes answer from the host book even before sessions are up.
-    pub host_discovery: bool,
+    /// The discovered GPU hosts (`DESKGATE_LAUNCHER_DISCOVERY`), from gate
+    /// start: the host routes answer before sessions are up.
+    pub fleet: Option<Arc<crate::launcher::remote::fleet::Fleet>>,
     /// Media viewer counts, and the ICE servers of the WebRTC route.
     pub viewers: ViewersState,
 }
@@ -152,8 +152,6 @@ pub struct SessionsState {
     /// Puts session desktops in front of browsers: the local Docker
     /// backend's, or the remote launchers'.
     pub desktops: Arc<dyn DesktopMedia>,
-    /// The discovered GPU hosts, with `DESKGATE_LAUNCHER_DISCOVERY`.
-    pub fleet: Option<Arc<crate::launcher::remote::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for SessionsState {

@@ -189,6 +189,9 @@ pub struct GateProcess {
     /// Held while a gate runs on the shared engine; `None` for a gate whose
     /// launchers run on engines of the test's own.
     docker_lock: Option<DockerSessionsLock>,
+    /// What the process is started through, if anything (see
+    /// [`super::deskgate_command_wrapped`]).
+    wrapper: Vec<String>,
 }
 
 impl std::ops::Deref for GateProcess {
@@ -296,6 +299,27 @@ impl GateProcess {
             client: GateClient::new(&format!("http://127.0.0.1:{port}")),
             port,
             docker_lock: docker,
+            wrapper: Vec::new(),
+        };
+        gate.restart().await;
+        gate
+    }
+
+    /// [`GateProcess::start`] through `wrapper` (see
+    /// [`super::deskgate_command_wrapped`]), every restart too.
+    pub async fn start_wrapped(
+        port: u16,
+        env: Vec<(&'static str, String)>,
+        wrapper: Vec<String>,
+    ) -> Self {
+        let mut gate = Self {
+            process: None,
+            earlier_output: String::new(),
+            env,
+            client: GateClient::new(&format!("http://127.0.0.1:{port}")),
+            port,
+            docker_lock: Some(DockerSessionsLock::acquire().await),
+            wrapper,
         };
         gate.restart().await;
         gate
@@ -305,18 +329,33 @@ impl GateProcess {
     /// [`GateProcess::kill_hard`]) and waits until it is ready and its sessions are
     /// open, i.e. recovery has run.
     pub async fn restart(&mut self) {
-        assert!(self.process.is_none(), "the gate is still running");
-        let mut process = Deskgate::spawn(&["serve"], &as_env(&self.env));
-        process
-            .wait_ready(&self.http, &format!("{}/readyz", self.base))
-            .await;
-        self.process = Some(process);
+        self.restart_ready().await;
         if let Err(last) = self.sessions_open(Duration::from_secs(30)).await {
             panic!(
                 "sessions did not open within 30 s: {last}\n{}",
                 self.output()
             );
         }
+    }
+
+    /// Starts the process again and waits until `/readyz` answers, not for
+    /// its sessions (recovery may be waiting on something).
+    pub async fn restart_ready(&mut self) {
+        assert!(self.process.is_none(), "the gate is still running");
+        let env = as_env(&self.env);
+        let mut process = if self.wrapper.is_empty() {
+            Deskgate::spawn(&["serve"], &env)
+        } else {
+            Deskgate::spawn_command(super::deskgate_command_wrapped(
+                &self.wrapper,
+                &["serve"],
+                &env,
+            ))
+        };
+        process
+            .wait_ready(&self.http, &format!("{}/readyz", self.base))
+            .await;
+        self.process = Some(process);
     }
 
     /// SIGKILLs the process: no shutdown, no cleanup of any kind.
@@ -510,6 +549,16 @@ impl Stage {
     /// Starts a gate on [`session_env`] with `settings` on top (fake:2 GPUs
     /// unless they say otherwise).
     pub async fn start(tag: &str, settings: &[(&'static str, &str)]) -> Self {
+        Self::start_wrapped(tag, settings, Vec::new()).await
+    }
+
+    /// [`Stage::start`] with the gate started through `wrapper` (see
+    /// [`super::deskgate_command_wrapped`]; empty = directly).
+    pub async fn start_wrapped(
+        tag: &str,
+        settings: &[(&'static str, &str)],
+        wrapper: Vec<String>,
+    ) -> Self {
         let anvil = OwnAnvil::start();
         let db = ScratchDatabase::migrated(tag).await;
         let revenue = Address::repeat_byte(0x7a);
@@ -518,7 +567,11 @@ impl Stage {
         for (key, value) in settings {
             set_env(&mut env, key, *value);
         }
-        let gate = GateProcess::start(port, env).await;
+        let gate = if wrapper.is_empty() {
+            GateProcess::start(port, env).await
+        } else {
+            GateProcess::start_wrapped(port, env, wrapper).await
+        };
         Self {
             gate,
             anvil,

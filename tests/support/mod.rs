@@ -181,6 +181,24 @@ pub fn deskgate_command_in(netns: &netns::NetNs, args: &[&str], env: &[(&str, &s
     command
 }
 
+/// [`deskgate_command`] run through `wrapper` (a program and its arguments
+/// that end by exec-ing the deskgate binary and its arguments, which follow
+/// them), e.g. `unshare` with a script that mounts a hosts file first.
+pub fn deskgate_command_wrapped(
+    wrapper: &[String],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+    let mut command = Command::new(program);
+    command
+        .args(wrapper_args)
+        .arg(env!("CARGO_BIN_EXE_deskgate"))
+        .args(args);
+    only_these_settings(&mut command, env);
+    command
+}
+
 /// Gives `command` exactly `env` as its `DESKGATE_*` settings, `RUST_LOG=info`
 /// unless `env` says otherwise, and no stdin.
 fn only_these_settings(command: &mut Command, env: &[(&str, &str)]) {

@@ -86,14 +86,6 @@ impl Resolver for DnsResolver {
     }
 }
 
-/// Why the fleet could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    /// The host book could not be read.
-    #[error(transparent)]
-    Book(#[from] HostBookError),
-}
-
 /// Whether a host's launcher answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,6 +137,8 @@ pub struct Fleet {
     hosts: Mutex<BTreeMap<u16, Known>>,
     /// Set once the session tree runs; GPUs join it from then on.
     tree: OnceLock<(Arc<dyn GpuPoolControl>, Arc<dyn SessionStore>)>,
+    /// The book's hosts were loaded.
+    book_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -155,7 +149,7 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-/// What the fleet found at start: the tree's first pool.
+/// What the tree starts with.
 #[derive(Debug)]
 pub struct FirstPool {
     /// Every GPU of every host that answered, in address order.
@@ -167,15 +161,10 @@ pub struct FirstPool {
 }
 
 impl Fleet {
-    /// The fleet before the tree: every host the book knows is missing
-    /// until it answers; then one round of discovery.
-    pub async fn start(
-        resolver: Box<dyn Resolver>,
-        token: Secret,
-        book: HostBook,
-    ) -> Result<(Arc<Self>, FirstPool), FleetError> {
-        let rows = book.all().await?;
-        let fleet = Arc::new(Self {
+    /// A fleet that knows no host yet; [`Fleet::discover`] brings it to
+    /// life.
+    pub fn new(resolver: Box<dyn Resolver>, token: Secret, book: HostBook) -> Arc<Self> {
+        Arc::new(Self {
             resolver,
             token,
             book,
@@ -183,21 +172,60 @@ impl Fleet {
             desktops: RemoteDesktops::default(),
             hosts: Mutex::new(BTreeMap::new()),
             tree: OnceLock::new(),
-        });
-        {
-            let mut hosts = fleet.lock();
-            for row in rows.iter().filter(|r| r.retired_at.is_none()) {
-                fleet.pool.set_missing(row.host(), &row.name);
-                hosts.insert(row.host(), Known::missing(row));
+            book_loaded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Runs discovery every [`DISCOVERY_INTERVAL`] from now on, tree or no
+    /// tree (the operator sees the hosts while recovery waits for one).
+    pub fn discover(self: &Arc<Self>) {
+        let fleet = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(fleet) = fleet.upgrade() else { return };
+                if let Err(err) = fleet.load_book().await {
+                    tracing::warn!(error = %err, "cannot read the GPU hosts met before; trying next round");
+                } else {
+                    fleet.round().await;
+                }
+                drop(fleet);
+                tokio::time::sleep(DISCOVERY_INTERVAL).await;
             }
+        });
+    }
+
+    /// Every host the book knows and this fleet does not is missing until
+    /// it answers (once; later hosts are met by rounds).
+    pub async fn load_book(&self) -> Result<(), HostBookError> {
+        use std::sync::atomic::Ordering;
+        if self.book_loaded.load(Ordering::Acquire) {
+            return Ok(());
         }
-        fleet.round().await;
+        let rows = self.book.all().await?;
+        let mut hosts = self.lock();
+        for row in rows.iter().filter(|r| r.retired_at.is_none()) {
+            hosts.entry(row.host()).or_insert_with(|| {
+                self.pool.set_missing(row.host(), &row.name);
+                Known::missing(row)
+            });
+        }
+        self.book_loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The tree's first pool: the GPUs of every host that answers now, after
+    /// one round of its own. Called for each attempt to start the tree.
+    pub async fn first_pool(&self) -> Result<FirstPool, HostBookError> {
+        self.load_book().await?;
+        self.round().await;
         let mut first = FirstPool {
             gpus: Vec::new(),
             unhealthy: Vec::new(),
             drained: Vec::new(),
         };
-        for known in fleet.lock().values_mut() {
+        for known in self.lock().values_mut() {
+            // What an earlier attempt counted went with its tree.
+            known.pooled.clear();
             if known.view.state != HostState::Up {
                 continue;
             }
@@ -217,7 +245,7 @@ impl Fleet {
                 known.pooled.insert(gpu.index);
             }
         }
-        Ok((fleet, first))
+        Ok(first)
     }
 
     /// The launchers of every host, as the tree's [`Launcher`].
@@ -230,20 +258,25 @@ impl Fleet {
         self.desktops.clone()
     }
 
-    /// Discovers every [`DISCOVERY_INTERVAL`] for as long as the tree runs,
-    /// adding GPUs to `tree` and draining them there.
-    pub fn run(self: &Arc<Self>, tree: Arc<dyn GpuPoolControl>, store: Arc<dyn SessionStore>) {
-        if self.tree.set((tree, store)).is_err() {
+    /// The tree runs on [`Fleet::first_pool`]: from now on GPUs join it and
+    /// are drained there.
+    pub fn attach(&self, tree: Arc<dyn GpuPoolControl>, store: Arc<dyn SessionStore>) {
+        if self.tree.set((tree.clone(), store)).is_err() {
             return;
         }
-        let fleet = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(DISCOVERY_INTERVAL).await;
-                let Some(fleet) = fleet.upgrade() else { return };
-                fleet.round().await;
-            }
-        });
+        // A host of the first pool that stopped answering since.
+        let lost: Vec<GpuAddr> = self
+            .lock()
+            .values()
+            .filter(|k| k.view.state != HostState::Up)
+            .flat_map(|k| {
+                let host = k.view.number;
+                k.pooled.iter().map(move |&index| GpuAddr { host, index })
+            })
+            .collect();
+        for gpu in lost {
+            tree.drain(gpu, true);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u16, Known>> {
