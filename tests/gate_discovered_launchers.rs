@@ -294,6 +294,14 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
     stop(&stage, &wallets[2], &third).await;
     assert_eq!(running_host(&stage, &wallets[3], &medium).await, 1);
     let medium_container = container_id(&medium);
+    let medium_name = format!("deskgate-session-{}", medium["id"].as_str().unwrap());
+    let labelled = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"deskgate.host\"}} {{index .Config.Labels \"deskgate.host.name\"}}",
+        &medium_name,
+    ]);
+    assert_eq!(labelled.trim(), "1 gpu-b", "the container names its host");
 
     // gpu-b's launcher dies with one GPU free there: unreachable, its
     // session kept, no new leases.

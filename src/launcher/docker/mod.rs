@@ -116,6 +116,9 @@ pub const LABEL_SESSION: &str = "deskgate.session";
 pub const LABEL_GPUS: &str = "deskgate.gpus";
 /// Label holding the host number.
 pub const LABEL_HOST: &str = "deskgate.host";
+/// Label with the name of the host that made a container or network
+/// (`DESKGATE_LAUNCHER_NAME`), when it has one.
+pub const LABEL_HOST_NAME: &str = "deskgate.host.name";
 /// The NVIDIA driver capabilities a session's GPUs come with (the NVIDIA
 /// Container Toolkit maps them to `NVIDIA_DRIVER_CAPABILITIES`): `gpu` selects
 /// the devices; `graphics` and `display` bring GL/EGL/Vulkan, `video`
@@ -377,11 +380,14 @@ impl DockerLauncher {
     ) -> ContainerCreateBody {
         let s = &self.settings;
         let gpus = gpu_indices.iter().map(u32::to_string).collect::<Vec<_>>();
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             owner.label(),
             (LABEL_GPUS.to_string(), gpus.join(",")),
             (LABEL_HOST.to_string(), host.to_string()),
         ]);
+        if let Some(name) = &s.host_name {
+            labels.insert(LABEL_HOST_NAME.to_string(), name.clone());
+        }
         let mut env = Vec::new();
         if let Owner::Session(session) = owner {
             env.push(format!("DESKGATE_SESSION_ID={session}"));
@@ -459,10 +465,17 @@ impl DockerLauncher {
                     "true".to_string(),
                 ),
             ])),
-            labels: Some(HashMap::from([
-                owner.label(),
-                (LABEL_HOST.to_string(), host.to_string()),
-            ])),
+            labels: Some(
+                [owner.label(), (LABEL_HOST.to_string(), host.to_string())]
+                    .into_iter()
+                    .chain(
+                        self.settings
+                            .host_name
+                            .clone()
+                            .map(|name| (LABEL_HOST_NAME.to_string(), name)),
+                    )
+                    .collect(),
+            ),
             ..Default::default()
         };
         match self.docker.create_network(request).await {

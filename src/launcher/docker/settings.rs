@@ -50,6 +50,10 @@ pub struct LauncherSettings {
     /// launches only for that host; `None` manages every session container
     /// on the daemon. See the module docs.
     pub host: Option<u16>,
+    /// This host's stable name (`DESKGATE_LAUNCHER_NAME`): every container
+    /// and network it makes is labelled `deskgate.host.name=<name>` too, so
+    /// an operator reading `docker ps` on any host knows which it is.
+    pub host_name: Option<String>,
     /// Warm desktops to keep started on free GPUs, one GPU each
     /// (`DESKGATE_WARM_DESKTOPS`; see `warm/mod.rs`); 0 keeps none.
     pub warm_desktops: usize,
@@ -73,6 +77,7 @@ impl LauncherSettings {
             stop_grace: Duration::from_secs(10),
             gpu_runtime: true,
             host: None,
+            host_name: None,
             warm_desktops: 0,
         }
     }
@@ -104,6 +109,7 @@ impl LauncherSettings {
             // Virtual GPUs have no device to pass through.
             gpu_runtime: !matches!(config.launcher.gpus, crate::config::GpuSelection::Fake(_)),
             host: config.launcher.host,
+            host_name: config.launcher.name.clone(),
             warm_desktops: config.launcher.warm_desktops,
             ..Self::new("")
         }

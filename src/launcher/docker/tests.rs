@@ -69,6 +69,7 @@ async fn config_is_hardened_and_gpus_are_conditional() {
     let mut settings = LauncherSettings::new("img");
     settings.gpu_runtime = false;
     settings.extra_env = vec![("LANG".into(), "C.UTF-8".into())];
+    settings.host_name = Some("node-7x2k".into());
     let launcher = make_launcher(settings);
     let spec = LaunchSpec {
         session: SessionId::new(),
@@ -85,6 +86,7 @@ async fn config_is_hardened_and_gpus_are_conditional() {
     let labels = config.labels.clone().unwrap();
     assert_eq!(labels[LABEL_GPUS], "1,3");
     assert_eq!(labels[LABEL_HOST], "2");
+    assert_eq!(labels[LABEL_HOST_NAME], "node-7x2k");
     let env = config.env.clone().unwrap();
     assert_eq!(env.len(), 4, "{}", env.len());
     assert!(env.contains(&"DESKGATE_GPUS=1,3".to_string()));
