@@ -14,7 +14,8 @@
 //! - `gpu-b`'s launcher is killed: the host turns unreachable, its session
 //!   keeps running, and a claim waits rather than go to its free GPU;
 //!   restarted, it adopts its session and the waiting claim runs there;
-//! - draining `gpu-b` stops new leases there; undraining brings them back;
+//! - draining `gpu-b` on the operator page (Chromium, `fleet_admin.js`)
+//!   stops new leases there; undraining there brings them back;
 //! - the gate is killed while `gpu-a`'s launcher is down: recovery waits
 //!   for it (sessions stay closed) rather than end what it cannot see, the
 //!   host routes still answer from PostgreSQL, a host that answers cannot be
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::api::{ONE_GPU_HOUR_WEI, Stage, session_path};
+use support::browser::{PageDriver, shots_dir};
 use support::netns::NetNs;
 use support::{
     Deskgate, STRONG_SECRET, docker_cli, free_port, service_env, sleeper_image, spawn_launcher_in,
@@ -339,30 +341,45 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
         "the same container"
     );
 
-    // Drain gpu-b: a GPU freed there takes no new lease until undrained.
-    let (status, body) = admin(
-        &stage,
-        reqwest::Method::POST,
-        "/api/v1/admin/hosts/gpu-b/drain",
-        Some(json!({ "drain": true })),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        host_named(&hosts(&stage).await, "gpu-b").unwrap()["drained"],
-        true
+    // Drain gpu-b from the operator page: a GPU freed there takes no new
+    // lease until it is undrained there.
+    let mut page = PageDriver::spawn_at(
+        "fleet_admin.js",
+        service_env("DESKGATE_CHROMIUM"),
+        &shots_dir(),
+        &[&stage.gate.base, &stage.anvil.url, STRONG_SECRET],
     );
-    stop(&stage, &wallets[5], &sixth).await;
-    let again = stage.claim(&wallets[1], "small").await;
-    stays_queued(&stage, &wallets[1], &again, Duration::from_secs(2)).await;
-    let (status, body) = admin(
-        &stage,
-        reqwest::Method::POST,
-        "/api/v1/admin/hosts/gpu-b/drain",
-        Some(json!({ "drain": false })),
+    let mut again = None;
+    let outcome: Result<(), String> = async {
+        while let Some((name, _, _)) = page.next().await? {
+            match name.as_str() {
+                "listed" => {}
+                "drained" => {
+                    let listed = hosts(&stage).await;
+                    let gpu_b = host_named(&listed, "gpu-b").unwrap();
+                    if gpu_b["drained"] != true {
+                        return Err(format!("the page drained nothing: {listed}"));
+                    }
+                    stop(&stage, &wallets[5], &sixth).await;
+                    let claimed = stage.claim(&wallets[1], "small").await;
+                    stays_queued(&stage, &wallets[1], &claimed, Duration::from_secs(2)).await;
+                    again = Some(claimed);
+                    page.reply("go").await;
+                }
+                "undrained" => {}
+                other => return Err(format!("unexpected stage {other}")),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    page.finish_with(
+        outcome,
+        || stage.gate.output(),
+        &["listed", "drained", "undrained"],
     )
     .await;
-    assert_eq!(status, 200, "{body}");
+    let again = again.expect("the drained stage ran");
     assert_eq!(running_host(&stage, &wallets[1], &again).await, 1);
     let (status, _) = admin(
         &stage,

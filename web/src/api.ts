@@ -157,6 +157,18 @@ export interface AdminGpu {
   reason: string | null;
 }
 
+export interface AdminHost {
+  number: number;
+  /** The launcher's name; null for hosts without discovery. */
+  name: string | null;
+  url: string | null;
+  state: "up" | "unreachable" | "missing" | "gone";
+  drained: boolean;
+  last_contact: string | null;
+  sessions: number;
+  gpus: { index: number; name: string | null; state: AdminGpu["state"] | null; session: string | null }[];
+}
+
 export interface AdminSession extends Session {
   address: string;
 }
@@ -185,6 +197,10 @@ export const adminApi = (token: string) => ({
       token,
     ),
   audit: () => call<{ entries: AuditEntry[] }>("GET", "/admin/audit?limit=100", undefined, token),
+  hosts: () => call<{ discovery: boolean; hosts: AdminHost[] }>("GET", "/admin/hosts", undefined, token),
+  drainHost: (name: string, drain: boolean) =>
+    call<unknown>("POST", `/admin/hosts/${encodeURIComponent(name)}/drain`, { drain }, token),
+  retireHost: (name: string) => call<unknown>("DELETE", `/admin/hosts/${encodeURIComponent(name)}`, undefined, token),
 });
 
 /** The URL of a session's WebSocket at `path` on this origin. */

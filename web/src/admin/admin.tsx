@@ -1,10 +1,11 @@
-// The operator page: GPUs (state, lease, drain toggle), sessions not ended
+// The operator page: GPU hosts (state, last contact, drain, declare gone),
+// GPUs (state, lease, drain toggle), sessions not ended
 // (with stop), credit adjustments (with an idempotency key, so a retried
 // click posts once) and the audit log. The admin token is typed in and kept
 // in this tab's memory only: never a cookie, never storage, gone on reload.
 
 import { useEffect, useState } from "preact/hooks";
-import { type AdminGpu, type AdminSession, type AuditEntry, adminApi } from "../api";
+import { type AdminGpu, type AdminHost, type AdminSession, type AuditEntry, adminApi } from "../api";
 import { duration } from "../format";
 import { ApiError, describe } from "../problem";
 
@@ -22,7 +23,9 @@ function TokenForm({ onToken }: { onToken: (t: string) => void }) {
   const submit = async (e: Event) => {
     e.preventDefault();
     try {
-      await adminApi(value.trim()).gpus();
+      // The audit log needs only the database: the token can be checked
+      // while sessions are not up yet (recovery waiting for a GPU host).
+      await adminApi(value.trim()).audit();
       onToken(value.trim());
     } catch (err) {
       setError(
@@ -58,6 +61,7 @@ function TokenForm({ onToken }: { onToken: (t: string) => void }) {
 
 function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void }) {
   const admin = adminApi(token);
+  const [hosts, setHosts] = useState<{ discovery: boolean; hosts: AdminHost[] }>();
   const [gpus, setGpus] = useState<AdminGpu[]>([]);
   const [sessions, setSessions] = useState<AdminSession[]>([]);
   const [audit, setAudit] = useState<AuditEntry[]>([]);
@@ -65,15 +69,16 @@ function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void 
   const [tick, setTick] = useState(0);
 
   useEffect(() => {
-    Promise.all([admin.gpus(), admin.sessions(), admin.audit()]).then(
-      ([g, s, a]) => {
-        setGpus(g.gpus);
-        setSessions(s.sessions);
-        setAudit(a.entries);
-        setError(undefined);
-      },
-      (e) => setError(describe(e)),
-    );
+    // Each part shows what it can: before sessions are up the hosts and the
+    // audit log still answer, and the operator needs them most then.
+    Promise.allSettled([admin.hosts(), admin.gpus(), admin.sessions(), admin.audit()]).then(([h, g, s, a]) => {
+      if (h.status === "fulfilled") setHosts(h.value);
+      if (g.status === "fulfilled") setGpus(g.value.gpus);
+      if (s.status === "fulfilled") setSessions(s.value.sessions);
+      if (a.status === "fulfilled") setAudit(a.value.entries);
+      const failed = [h, g, s, a].find((r) => r.status === "rejected");
+      setError(failed ? describe(failed.reason) : undefined);
+    });
     const timer = setTimeout(() => setTick(tick + 1), REFRESH_MS);
     return () => clearTimeout(timer);
   }, [tick]);
@@ -98,6 +103,7 @@ function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void 
           {error}
         </p>
       )}
+      {hosts && <Hosts hosts={hosts.hosts} discovery={hosts.discovery} act={act} admin={admin} />}
       <section class="panel" aria-labelledby="gpus-heading">
         <h2 id="gpus-heading">GPUs</h2>
         <table>
@@ -199,6 +205,87 @@ function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void 
         </table>
       </section>
     </div>
+  );
+}
+
+function Hosts({
+  hosts,
+  discovery,
+  act,
+  admin,
+}: {
+  hosts: AdminHost[];
+  discovery: boolean;
+  act: (action: () => Promise<unknown>) => void;
+  admin: ReturnType<typeof adminApi>;
+}) {
+  return (
+    <section class="panel" aria-labelledby="hosts-heading">
+      <h2 id="hosts-heading">GPU hosts</h2>
+      {hosts.length === 0 ? (
+        <p class="note">
+          {discovery ? "No launcher has answered yet: the gate looks for them every 5 s." : "No GPU host."}
+        </p>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>Host</th>
+              <th>State</th>
+              <th>GPUs</th>
+              <th>Sessions</th>
+              <th>Last contact</th>
+              <th />
+            </tr>
+          </thead>
+          <tbody>
+            {hosts.map((h) => {
+              const label = h.name ?? `host ${h.number}`;
+              const free = h.gpus.filter((g) => g.state === "free").length;
+              const gone = h.state === "gone";
+              return (
+                <tr key={h.number}>
+                  <td>
+                    {label} <span class="note">#{h.number}</span>
+                  </td>
+                  <td>
+                    {h.state}
+                    {h.drained && !gone ? ", drained" : ""}
+                  </td>
+                  <td>{gone ? "—" : `${free} free of ${h.gpus.length}`}</td>
+                  <td>{gone ? "—" : h.sessions}</td>
+                  <td>{h.last_contact ? new Date(h.last_contact).toLocaleTimeString() : "—"}</td>
+                  <td>
+                    {h.name && !gone && (
+                      <button
+                        aria-pressed={h.drained}
+                        onClick={() => act(() => admin.drainHost(h.name as string, !h.drained))}
+                        aria-label={`${h.drained ? "Undrain" : "Drain"} host ${label}`}
+                      >
+                        {h.drained ? "Undrain" : "Drain"}
+                      </button>
+                    )}{" "}
+                    {h.name && (h.state === "unreachable" || h.state === "missing") && (
+                      <button
+                        onClick={() => {
+                          const sure = confirm(
+                            `Declare ${label} gone? Its sessions end now and it is never used again under this name.`,
+                          );
+                          if (sure) act(() => admin.retireHost(h.name as string));
+                        }}
+                        aria-label={`Declare host ${label} gone`}
+                      >
+                        Declare gone
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
+      )}
+    </section>
   );
 }
 
