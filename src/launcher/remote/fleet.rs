@@ -332,6 +332,26 @@ impl Fleet {
             self.answered(&row, url, inventory).await;
         }
         self.count_misses(&answered);
+        self.publish_counts();
+    }
+
+    /// `deskgate_fleet_hosts{state}`: hosts per state (a closed set).
+    fn publish_counts(&self) {
+        let (mut up, mut unreachable, mut missing) = (0u32, 0u32, 0u32);
+        for known in self.lock().values() {
+            match known.view.state {
+                HostState::Up => up += 1,
+                HostState::Unreachable => unreachable += 1,
+                HostState::Missing => missing += 1,
+            }
+        }
+        for (state, count) in [
+            ("up", up),
+            ("unreachable", unreachable),
+            ("missing", missing),
+        ] {
+            metrics::gauge!("deskgate_fleet_hosts", "state" => state).set(f64::from(count));
+        }
     }
 
     /// Asks the launcher at `addr` for its name and GPUs.
