@@ -214,9 +214,12 @@ async fn drain(
     };
     api.audit_admin(action, Some(&format!("host:{name}")), json!({}))
         .await?;
-    fleet
-        .set_drained(&name, request.drain)
+    // Audited means done: the change runs to its end even if the client
+    // goes away (a dropped connection drops this handler).
+    let (task_fleet, task_name) = (fleet.clone(), name.clone());
+    tokio::spawn(async move { task_fleet.set_drained(&task_name, request.drain).await })
         .await
+        .map_err(|_| host_change_interrupted())?
         .map_err(|e| book_unavailable(&e))?;
     Ok(Json(json!({ "name": name, "drained": request.drain })))
 }
@@ -269,6 +272,15 @@ async fn retire(
             json!({ "name": name, "gone": true, "sessions_ended": ended }),
         )),
     }
+}
+
+fn host_change_interrupted() -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "host-change-interrupted",
+        "The change to the host was interrupted",
+    )
+    .detail("the gate logged why; GET /api/v1/admin/hosts shows where it stands")
 }
 
 fn host_up(name: &str) -> Problem {

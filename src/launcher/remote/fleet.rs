@@ -368,7 +368,7 @@ impl Fleet {
     /// A host's launcher answered at `url` with `inventory`.
     async fn answered(&self, row: &HostRow, url: Url, inventory: HostInventory) {
         let host = row.host();
-        let (joined, came_back, new_gpus, health_changes) = {
+        let (joined, came_back, new_gpus, health_changes, drained) = {
             let mut hosts = self.lock();
             let known = hosts.entry(host).or_insert_with(|| Known::missing(row));
             match &known.remote {
@@ -394,7 +394,6 @@ impl Fleet {
             known.view.state = HostState::Up;
             known.view.url = Some(url.to_string());
             known.view.last_contact = Some(chrono::Utc::now());
-            known.view.drained = row.drained;
             known.missed = 0;
             let joined = known.pooled.is_empty();
             let new_gpus: Vec<u32> = inventory
@@ -416,7 +415,10 @@ impl Fleet {
                 })
                 .map(|g| (g.index, unhealthy_reason(&g.health)))
                 .collect();
-            (joined, came_back, new_gpus, health_changes)
+            // The operator's word as this fleet last heard it: a row read
+            // before a drain changed it must not undo that drain.
+            let drained = known.view.drained;
+            (joined, came_back, new_gpus, health_changes, drained)
         };
         let Some(tree) = self.tree() else {
             return;
@@ -436,7 +438,7 @@ impl Fleet {
                 if let Some(reason) = unhealthy_reason(&gpu.health) {
                     tree.set_health(addr(gpu.index), Some(reason));
                 }
-                if row.drained {
+                if drained {
                     tree.drain(addr(gpu.index), true);
                 }
             }
@@ -450,7 +452,7 @@ impl Fleet {
         }
         if came_back {
             tracing::info!(host = %row.name, number = host, "a host answers again");
-            if !row.drained {
+            if !drained {
                 for gpu in &inventory.gpus {
                     tree.drain(addr(gpu.index), false);
                 }
@@ -552,7 +554,9 @@ impl Fleet {
         };
         // An unreachable host's GPUs stay drained whatever the operator says.
         let undrain = !on && view.state == HostState::Up;
-        if let Some(tree) = self.tree()
+        let tree = self.tree();
+        tracing::info!(host = %name, number = host, drained = on, state = ?view.state, gpus = gpus.len(), tree = tree.is_some(), "an operator set a host's drain");
+        if let Some(tree) = tree
             && (on || undrain)
         {
             for index in gpus {
