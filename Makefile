@@ -21,7 +21,7 @@ ifeq ($(shell command -v cargo 2>/dev/null),)
   endif
 endif
 
-.PHONY: help services services-down web compose-images test run bench chaos fmt clippy check-cargo check-rustfmt check-clippy
+.PHONY: help services services-down web compose-images test run bench chaos fleet-test fmt clippy check-cargo check-rustfmt check-clippy
 
 help:
 	@echo 'deskgate make targets:'
@@ -35,6 +35,9 @@ help:
 	@echo '  bench          services, then cargo bench --workspace'
 	@echo '  chaos          services, then the fault campaign: the kept seeds, then 1,000 faults'
 	@echo '                 on a new seed (FAULTS=N to change; DESKGATE_CHAOS_SEED to replay one)'
+	@echo '  fleet-test     services, then tests/fleet_swarm.rs: compose/stack.yaml on a Docker Swarm of'
+	@echo '                 local engines in network namespaces (root; builds the stack images first;'
+	@echo '                 make test runs it too)'
 	@echo '  fmt            cargo fmt --all'
 	@echo '  clippy         cargo clippy --workspace --all-targets -- -D warnings'
 
@@ -80,6 +83,10 @@ bench: check-cargo services web
 
 chaos: check-cargo services web
 	$(WITH_ENV) scripts/chaos.sh $(or $(FAULTS),1000)
+
+fleet-test: check-cargo services
+	scripts/compose-stack.sh build
+	$(WITH_ENV) cargo test --locked --test fleet_swarm -- --nocapture
 
 fmt: check-rustfmt
 	cargo fmt --all
