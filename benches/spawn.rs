@@ -331,6 +331,7 @@ async fn supervisor_on(
 ) -> ractor::ActorRef<SupervisorMsg> {
     let args = SupervisorArgs {
         gpus: vec![GpuAddr { host: 0, index: 0 }],
+        gpus_out: Vec::new(),
         policy: Policy::default(),
         profile_sizes: vec![1],
         ledger,

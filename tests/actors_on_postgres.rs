@@ -222,6 +222,7 @@ impl Tree {
     ) -> Self {
         let args = SupervisorArgs {
             gpus: two_gpus(),
+            gpus_out: Vec::new(),
             policy: Policy::default(),
             profile_sizes: vec![1, 2, 4, 8],
             ledger,

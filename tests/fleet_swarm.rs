@@ -17,10 +17,11 @@
 //! 3. `docker kill` of a worker's launcher: Swarm starts it again, the gate
 //!    keeps the session running on the same container, and the session is
 //!    billed exactly what the ledger debited (= GPUs × billed seconds).
-//! 4. `docker node update --availability drain`: within 20 s the gate lists
-//!    that host as not up, and new claims go elsewhere.
-//! 5. A third GPU worker joins: the gate lists it and places a claim on it
-//!    without a restart.
+//! 4. `docker node update --availability drain` of a worker with free GPUs:
+//!    within 20 s the gate lists that host as not up, new claims go to the
+//!    other worker, and one more waits rather than go to the drained one.
+//! 5. A third GPU worker joins: the gate lists it and the waiting claim runs
+//!    on it, without a restart.
 //!
 //! Encrypted overlays need ESP in the kernel's XFRM (rfc4106(gcm(aes))); where
 //! it is missing (seen: 6.18.44, dockerd logs "Failed adding ... SA ...
@@ -496,8 +497,10 @@ async fn a_swarm_fleet_places_sessions_on_every_gpu_host_survives_a_launcher_kil
         back_after.as_secs_f64()
     );
 
-    // 4. Drain worker 1 (the medium still runs there): not up within 20 s,
-    //    and new claims go to worker 2.
+    // 4. Worker 1 free (the medium stops), then drained: not up within
+    //    20 s; two claims go to worker 2, and a third waits although worker
+    //    1's two GPUs are free.
+    fleet.stop(&medium_user, &medium).await;
     let w1 = worker1.id.clone();
     let drained = Instant::now();
     rig.manager(&["node", "update", "--availability", "drain", &w1]);
@@ -520,12 +523,23 @@ async fn a_swarm_fleet_places_sessions_on_every_gpu_host_survives_a_launcher_kil
         assert_eq!(node, 2, "a claim was placed on the drained host");
         late.push((user, path));
     }
+    let user = fleet.user().await;
+    let path = fleet.claim(&user, "small").await;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let waiting = fleet.session(&user, &path).await;
+        assert_eq!(
+            waiting["state"], "queued",
+            "worker 1 is drained and worker 2 is full: {waiting}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     eprintln!(
         "fleet: drain → the gate shows the host not up in {:.1} s",
         drain_seen.as_secs_f64()
     );
 
-    // 5. A third worker joins; the next claim lands on it.
+    // 5. A third worker joins; the waiting claim runs on it.
     let grown = Instant::now();
     let worker3 = rig.add_gpu_worker(3);
     let w3 = worker3.id.clone();
@@ -536,15 +550,13 @@ async fn a_swarm_fleet_places_sessions_on_every_gpu_host_survives_a_launcher_kil
         })
         .await;
     let listed_after = grown.elapsed();
-    let user = fleet.user().await;
-    let path = fleet.claim(&user, "small").await;
     fleet
         .wait_state(&user, &path, "running", Duration::from_secs(90))
         .await;
     assert_eq!(
         node_of_number(&rig, &hosts, fleet.host_of(&path).await),
         3,
-        "the only free GPUs are on the new worker"
+        "the only free GPUs in service are on the new worker"
     );
     let id = path.rsplit('/').next().unwrap();
     assert!(
@@ -571,11 +583,6 @@ async fn a_swarm_fleet_places_sessions_on_every_gpu_host_survives_a_launcher_kil
     fleet.stop(&user, &path).await;
     for (user, path) in &late {
         fleet.stop(user, path).await;
-    }
-    // The medium ran on the drained host: whatever the gate did with it,
-    // it ends now.
-    if fleet.session(&medium_user, &medium).await["state"] != "ended" {
-        fleet.stop(&medium_user, &medium).await;
     }
     assert_ledger_holds(&rig);
     eprintln!(

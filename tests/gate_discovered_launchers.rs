@@ -270,7 +270,7 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
     let first = stage.claim(&wallets[0], "small").await;
     assert_eq!(running_host(&stage, &wallets[0], &first).await, 0);
     let second = stage.claim(&wallets[1], "small").await;
-    stays_queued(&stage, &wallets[1], &second, Duration::from_secs(2)).await;
+    stays_queued(&stage, &wallets[1], &second, Duration::from_secs(6)).await;
 
     // gpu-b starts: it joins as host 1 and the waiting claim runs there.
     b.start().await;
@@ -292,7 +292,7 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
     stop(&stage, &wallets[0], &first).await;
     // … now 1 + 1 free: two in all, none with two.
     let medium = stage.claim(&wallets[3], "medium").await;
-    stays_queued(&stage, &wallets[3], &medium, Duration::from_secs(2)).await;
+    stays_queued(&stage, &wallets[3], &medium, Duration::from_secs(6)).await;
     stop(&stage, &wallets[2], &third).await;
     assert_eq!(running_host(&stage, &wallets[3], &medium).await, 1);
     let medium_container = container_id(&medium);
@@ -362,7 +362,7 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
                     }
                     stop(&stage, &wallets[5], &sixth).await;
                     let claimed = stage.claim(&wallets[1], "small").await;
-                    stays_queued(&stage, &wallets[1], &claimed, Duration::from_secs(2)).await;
+                    stays_queued(&stage, &wallets[1], &claimed, Duration::from_secs(6)).await;
                     again = Some(claimed);
                     page.reply("go").await;
                 }
@@ -451,6 +451,16 @@ async fn a_gate_follows_hosts_that_join_vanish_come_back_drain_and_are_declared_
         assert_eq!(adopted["state"], "running", "{adopted}");
         assert_eq!(adopted["host"], 1, "{adopted}");
     }
+    let (status, sessions) =
+        admin(&stage, reqwest::Method::GET, "/api/v1/admin/sessions", None).await;
+    assert_eq!(status, 200, "{sessions}");
+    let listed_medium = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == medium["id"])
+        .expect("medium is listed");
+    assert_eq!(listed_medium["host_name"], "gpu-b", "{listed_medium}");
     let listed = hosts(&stage).await;
     assert_eq!(
         host_named(&listed, "gpu-a").unwrap()["state"],

@@ -101,6 +101,18 @@ pub enum LeaseError {
     Unhealthy(String),
 }
 
+/// A GPU that joins the pool (its host appeared), with the state it joins
+/// in: it is never offered before that state applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoiningGpu {
+    /// The GPU.
+    pub addr: GpuAddr,
+    /// Its host is out: drained by an operator, or not answering.
+    pub host_out: bool,
+    /// Why its launcher reports it unhealthy, if it does.
+    pub unhealthy: Option<String>,
+}
+
 /// GPUs leased to a session: what the scheduler announces to the supervisor
 /// once every lease is taken, and what the session's actor launches on. The
 /// scheduler keeps the leases too, to give them back on [`release_lease`].

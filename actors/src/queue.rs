@@ -113,10 +113,41 @@ enum Entry {
     Running,
 }
 
+/// Why a GPU is out of the pool. Each reason is set and cleared on its own
+/// (an operator's undrain does not put back an unhealthy GPU, a host that
+/// answers again does not undo an operator's drain); a GPU is offered only
+/// while no reason holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutReason {
+    /// An operator drained this GPU.
+    Drained,
+    /// Its launcher or NVML reports it unhealthy.
+    Unhealthy,
+    /// Its host is drained by an operator or does not answer.
+    HostOut,
+    /// It refused a lease the scheduler chose it for, until an operator
+    /// undrains it.
+    Refused,
+}
+
+impl OutReason {
+    fn bit(self) -> u8 {
+        match self {
+            Self::Drained => 1,
+            Self::Unhealthy => 2,
+            Self::HostOut => 4,
+            Self::Refused => 8,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Slot {
     addr: GpuAddr,
+    /// No reason of [`OutReason`] holds.
     available: bool,
+    /// The [`OutReason`]s that hold, as bits.
+    out: u8,
     holder: Option<SessionId>,
 }
 
@@ -191,6 +222,7 @@ impl Queue {
                         .map(|addr| Slot {
                             addr,
                             available: true,
+                            out: 0,
                             holder: None,
                         })
                         .collect(),
@@ -239,6 +271,7 @@ impl Queue {
                 Slot {
                     addr,
                     available: true,
+                    out: 0,
                     holder: None,
                 },
             );
@@ -391,16 +424,24 @@ impl Queue {
         }
     }
 
-    /// Makes a GPU available or not (drained, unhealthy). A held GPU stays
-    /// with its session; it just does not come back to the pool.
-    pub fn set_available(&mut self, addr: GpuAddr, available: bool) {
+    /// Sets (`on`) or clears one reason for a GPU to be out of the pool; it
+    /// is available while none holds. A held GPU stays with its session; it
+    /// just does not come back to the pool while out.
+    pub fn set_out(&mut self, addr: GpuAddr, reason: OutReason, on: bool) {
         let Some(index) = self.host_index(addr.host) else {
             return;
         };
         let host = &mut self.hosts[index];
-        if let Some(slot) = host.slots.iter_mut().find(|s| s.addr == addr)
-            && slot.available != available
-        {
+        let Some(slot) = host.slots.iter_mut().find(|s| s.addr == addr) else {
+            return;
+        };
+        slot.out = if on {
+            slot.out | reason.bit()
+        } else {
+            slot.out & !reason.bit()
+        };
+        let available = slot.out == 0;
+        if slot.available != available {
             self.status_cache = None;
             slot.available = available;
             if slot.holder.is_none() {
@@ -825,16 +866,16 @@ mod tests {
         assert_eq!(grants[0].session, medium.session);
         assert_eq!(grants[0].gpus, joined.to_vec());
 
-        // Every GPU of host 0 drained: a new claim waits although host 0's
+        // Host 0 out (drained, or not answering): a new claim waits although its
         // second GPU is free, and gets it once the host is back.
         for index in 0..2 {
-            q.set_available(GpuAddr { host: 0, index }, false);
+            q.set_out(GpuAddr { host: 0, index }, OutReason::HostOut, true);
         }
         let small = claim("s", 1, 60);
         q.claim(small.clone()).unwrap();
         assert!(q.schedule(3).is_empty());
         for index in 0..2 {
-            q.set_available(GpuAddr { host: 0, index }, true);
+            q.set_out(GpuAddr { host: 0, index }, OutReason::HostOut, false);
         }
         let grants = q.schedule(4);
         assert_eq!(grants.len(), 1);
@@ -920,7 +961,7 @@ mod tests {
     fn drained_gpus_leave_the_pool_and_a_head_that_can_never_fit_blocks_nobody() {
         let gpus = pool(&[2]);
         let mut q = Queue::new(gpus.clone(), Policy::default());
-        q.set_available(gpus[1], false);
+        q.set_out(gpus[1], OutReason::Drained, true);
         let head = claim("head", 2, 60);
         let small = claim("small", 1, 600);
         q.claim(head.clone()).unwrap();
@@ -931,7 +972,32 @@ mod tests {
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].session, small.session);
         assert_eq!(grants[0].gpus, [gpus[0]]);
-        q.set_available(gpus[1], true);
+        q.set_out(gpus[1], OutReason::Drained, false);
+        assert_eq!(q.free_gpus(), 1);
+    }
+
+    #[test]
+    fn each_reason_to_leave_the_pool_is_cleared_on_its_own() {
+        let gpus = pool(&[1]);
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        q.set_out(gpus[0], OutReason::Drained, true);
+        q.set_out(gpus[0], OutReason::HostOut, true);
+        q.set_out(gpus[0], OutReason::Unhealthy, true);
+        // The host answers again and the operator undrains: still unhealthy.
+        q.set_out(gpus[0], OutReason::HostOut, false);
+        q.set_out(gpus[0], OutReason::Drained, false);
+        assert_eq!(q.free_gpus(), 0);
+        q.claim(claim("a", 1, 60)).unwrap();
+        assert!(q.schedule(0).is_empty());
+        // Healthy again: offered.
+        q.set_out(gpus[0], OutReason::Unhealthy, false);
+        assert_eq!(q.free_gpus(), 1);
+        assert_eq!(q.schedule(1).len(), 1);
+        // Setting a reason twice and clearing it once clears it.
+        let mut q = Queue::new(gpus.clone(), Policy::default());
+        q.set_out(gpus[0], OutReason::HostOut, true);
+        q.set_out(gpus[0], OutReason::HostOut, true);
+        q.set_out(gpus[0], OutReason::HostOut, false);
         assert_eq!(q.free_gpus(), 1);
     }
 
@@ -942,7 +1008,7 @@ mod tests {
         let a = claim("a", 1, 60);
         q.claim(a.clone()).unwrap();
         q.schedule(0);
-        q.set_available(gpus[0], false);
+        q.set_out(gpus[0], OutReason::Drained, true);
         assert_eq!(q.gpus_of(a.session), Some(&gpus[..]));
         q.release(a.session).unwrap();
         assert_eq!(q.free_gpus(), 0);

@@ -16,9 +16,10 @@ use crate::ask::ask_within;
 use crate::gpu::GpuMsg;
 use crate::ports::{GpuAddr, SessionId, WalletId};
 use crate::protocol::{
-    Claim, ClaimError, Lease, LeaseGrant, Millis, PoolSnapshot, QueueStatus, SessionEvent,
+    Claim, ClaimError, JoiningGpu, Lease, LeaseGrant, Millis, PoolSnapshot, QueueStatus,
+    SessionEvent,
 };
-use crate::queue::{Grant, Policy, Queue, WaiterStatus};
+use crate::queue::{Grant, OutReason, Policy, Queue, WaiterStatus};
 use crate::supervisor::SupervisorMsg;
 use tokio::sync::broadcast;
 
@@ -107,11 +108,20 @@ pub enum SchedulerMsg {
         /// Drain or undrain.
         on: bool,
     },
+    /// A host is out (drained by an operator, or not answering) or back:
+    /// its GPUs take no new leases while out. Independent of each GPU's own
+    /// drain and health.
+    SetHostOut {
+        /// The host's GPUs.
+        gpus: Vec<GpuAddr>,
+        /// Out, or back.
+        out: bool,
+    },
     /// GPUs that joined the pool (a GPU host appeared), with their actors;
     /// GPUs already in the pool are left as they are.
     AddGpus {
-        /// The new GPUs.
-        gpus: Vec<(GpuAddr, ActorRef<GpuMsg>)>,
+        /// The new GPUs, each in the state it joins in.
+        gpus: Vec<(JoiningGpu, ActorRef<GpuMsg>)>,
     },
     /// Every GPU of the pool and its actor, in address order (the admin API
     /// asks each for its status).
@@ -133,6 +143,8 @@ pub enum SchedulerMsg {
 pub struct SchedulerArgs {
     /// The GPU actors, by address.
     pub gpus: Vec<(GpuAddr, ActorRef<GpuMsg>)>,
+    /// Those that start out of the pool, and why.
+    pub gpus_out: Vec<JoiningGpu>,
     /// Scheduling policy.
     pub policy: Policy,
     /// The GPU counts the profiles ask for (for snapshots).
@@ -176,7 +188,18 @@ impl Actor for Scheduler {
         _myself: ActorRef<Self::Msg>,
         args: SchedulerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let queue = Queue::new(args.gpus.iter().map(|(addr, _)| *addr), args.policy);
+        let mut queue = Queue::new(args.gpus.iter().map(|(addr, _)| *addr), args.policy);
+        for out in &args.gpus_out {
+            queue.set_out(out.addr, OutReason::HostOut, out.host_out);
+            queue.set_out(out.addr, OutReason::Unhealthy, out.unhealthy.is_some());
+            if let Some((_, actor)) = args.gpus.iter().find(|(addr, _)| *addr == out.addr)
+                && out.unhealthy.is_some()
+            {
+                let _ = actor.cast(GpuMsg::SetHealth {
+                    unhealthy: out.unhealthy.clone(),
+                });
+            }
+        }
         Ok(SchedulerState {
             queue,
             origin: Instant::now(),
@@ -272,31 +295,55 @@ impl Actor for Scheduler {
                 let _ = reply.send(result);
             }
             SchedulerMsg::SetHealth { gpu, unhealthy } => {
-                state.queue.set_available(gpu, unhealthy.is_none());
+                state
+                    .queue
+                    .set_out(gpu, OutReason::Unhealthy, unhealthy.is_some());
                 if let Some(actor) = state.gpu_actors.get(&gpu) {
                     let _ = actor.cast(GpuMsg::SetHealth { unhealthy });
                 }
                 schedule(&myself, state).await;
             }
             SchedulerMsg::Drain { gpu, on } => {
-                state.queue.set_available(gpu, !on);
+                state.queue.set_out(gpu, OutReason::Drained, on);
+                if !on {
+                    // The operator looked: a refusal is forgiven too.
+                    state.queue.set_out(gpu, OutReason::Refused, false);
+                }
                 if let Some(actor) = state.gpu_actors.get(&gpu) {
                     let _ = actor.cast(GpuMsg::Drain { on });
                 }
                 schedule(&myself, state).await;
             }
-            SchedulerMsg::AddGpus { gpus } => {
-                let mut added = Vec::with_capacity(gpus.len());
-                for (addr, actor) in gpus {
-                    if let std::collections::hash_map::Entry::Vacant(slot) =
-                        state.gpu_actors.entry(addr)
-                    {
-                        slot.insert(actor);
-                        added.push(addr);
-                    }
+            SchedulerMsg::SetHostOut { gpus, out } => {
+                for gpu in gpus {
+                    state.queue.set_out(gpu, OutReason::HostOut, out);
                 }
-                tracing::info!(gpus = added.len(), "GPUs joined the pool");
-                state.queue.add_gpus(added);
+                schedule(&myself, state).await;
+            }
+            SchedulerMsg::AddGpus { gpus } => {
+                let mut added = 0;
+                for (joining, actor) in gpus {
+                    let addr = joining.addr;
+                    if state.gpu_actors.contains_key(&addr) {
+                        continue;
+                    }
+                    // Its state applies before the next grant decision.
+                    if joining.unhealthy.is_some() {
+                        let _ = actor.cast(GpuMsg::SetHealth {
+                            unhealthy: joining.unhealthy.clone(),
+                        });
+                    }
+                    state.gpu_actors.insert(addr, actor);
+                    state.queue.add_gpus([addr]);
+                    state
+                        .queue
+                        .set_out(addr, OutReason::HostOut, joining.host_out);
+                    state
+                        .queue
+                        .set_out(addr, OutReason::Unhealthy, joining.unhealthy.is_some());
+                    added += 1;
+                }
+                tracing::info!(gpus = added, "GPUs joined the pool");
                 schedule(&myself, state).await;
             }
             SchedulerMsg::Gpus { reply } => {
@@ -392,7 +439,7 @@ async fn lease_all(
                         let _ = actor.cast(GpuMsg::Release { lease, reply: None });
                     }
                 }
-                state.queue.set_available(*addr, false);
+                state.queue.set_out(*addr, OutReason::Refused, true);
                 return Err(why);
             }
         }

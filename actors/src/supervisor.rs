@@ -38,7 +38,8 @@ use crate::ports::{
     SessionRecord, SessionState, SessionStore, WalletId,
 };
 use crate::protocol::{
-    Claim, ClaimError, LeaseGrant, PoolSnapshot, SessionEvent, SessionView, release_lease,
+    Claim, ClaimError, JoiningGpu, LeaseGrant, PoolSnapshot, SessionEvent, SessionView,
+    release_lease,
 };
 use crate::queue::Policy;
 use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
@@ -76,6 +77,10 @@ impl Default for RestartPolicy {
 pub struct SupervisorArgs {
     /// The GPU pool.
     pub gpus: Vec<GpuAddr>,
+    /// GPUs of `gpus` that start out of the pool (their host drained or not
+    /// answering, or unhealthy): applied before recovery, so no grant ever
+    /// sees them available.
+    pub gpus_out: Vec<JoiningGpu>,
     /// Scheduling policy.
     pub policy: Policy,
     /// GPU counts of the profiles offered.
@@ -216,8 +221,8 @@ pub enum SupervisorMsg {
     /// GPUs that joined (a GPU host appeared): start their actors and hand
     /// them to the scheduler; GPUs the tree already has are skipped.
     AddGpus {
-        /// The GPUs.
-        gpus: Vec<GpuAddr>,
+        /// The GPUs, each in the state it joins in.
+        gpus: Vec<JoiningGpu>,
     },
     /// The pool at a glance.
     Snapshot {
@@ -333,6 +338,7 @@ impl Actor for Supervisor {
             Scheduler,
             SchedulerArgs {
                 gpus: gpu_refs,
+                gpus_out: args.gpus_out.clone(),
                 policy: args.policy,
                 profile_sizes: args.profile_sizes.clone(),
                 grants_to: myself.clone(),
@@ -466,13 +472,13 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::AddGpus { gpus } => {
                 let mut joined = Vec::with_capacity(gpus.len());
-                for addr in gpus {
-                    if !state.gpu_addrs.insert(addr) {
+                for joining in gpus {
+                    if !state.gpu_addrs.insert(joining.addr) {
                         continue;
                     }
-                    let actor = spawn_gpu(addr, Some(myself.get_cell())).await?;
+                    let actor = spawn_gpu(joining.addr, Some(myself.get_cell())).await?;
                     state.gpu_ids.push(actor.get_id());
-                    joined.push((addr, actor));
+                    joined.push((joining, actor));
                 }
                 if !joined.is_empty() {
                     let _ = state.scheduler.cast(SchedulerMsg::AddGpus { gpus: joined });

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use deskgate_actors::ports::{GpuAddr, SessionId, WalletId};
 use deskgate_actors::protocol::{Claim, ClaimError, Millis};
-use deskgate_actors::queue::{Grant, Policy, Queue};
+use deskgate_actors::queue::{Grant, OutReason, Policy, Queue};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use rand::rngs::StdRng;
@@ -251,7 +251,7 @@ impl Harness {
     }
 
     fn set_available(&mut self, gpu: GpuAddr, available: bool) {
-        self.queue.set_available(gpu, available);
+        self.queue.set_out(gpu, OutReason::Drained, !available);
         self.available.insert(gpu, available);
         if !available {
             self.drained_since_promise = true;

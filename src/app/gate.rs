@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use deskgate_actors::chain_watcher::{ChainWatcherArgs, Required, spawn_chain_watcher};
 use deskgate_actors::ports::{EndReason, GpuAddr, SessionId};
+use deskgate_actors::protocol::JoiningGpu;
 use deskgate_actors::session::SessionSettings;
 
 use super::{
@@ -383,25 +384,23 @@ async fn discovered_tree(
         gpus = first.gpus.len(),
         "scheduling across discovered launchers"
     );
-    let tree = SessionTree::start(pool.clone(), fleet.pool(), first.gpus, settings).await?;
-    for (gpu, reason) in first.unhealthy {
-        tree.set_health(gpu, Some(reason));
-    }
-    for gpu in first.drained {
-        tree.drain(gpu, true);
-    }
-    fleet.attach(Arc::new(tree.clone()), Arc::new(PgSessionStore::new(pool)));
+    let tree =
+        SessionTree::start_with_out(pool.clone(), fleet.pool(), first.gpus, first.out, settings)
+            .await?;
+    fleet
+        .attach(Arc::new(tree.clone()), Arc::new(PgSessionStore::new(pool)))
+        .await;
     Ok((tree, Arc::new(fleet.desktops())))
 }
 
 #[async_trait::async_trait]
 impl GpuPoolControl for SessionTree {
-    fn add_gpus(&self, gpus: Vec<GpuAddr>) {
+    fn add_gpus(&self, gpus: Vec<JoiningGpu>) {
         SessionTree::add_gpus(self, gpus);
     }
 
-    fn drain(&self, gpu: GpuAddr, on: bool) {
-        SessionTree::drain(self, gpu, on);
+    fn set_host_out(&self, gpus: Vec<GpuAddr>, out: bool) {
+        SessionTree::set_host_out(self, gpus, out);
     }
 
     fn set_health(&self, gpu: GpuAddr, unhealthy: Option<String>) {

@@ -65,10 +65,22 @@ async fn sessions(
             "Sessions cannot be read right now",
         )
     })?;
+    // With discovery, each session's host by name as well as by number.
+    let host_names: std::collections::HashMap<u16, String> = api
+        .fleet
+        .as_ref()
+        .map(|f| f.views().into_iter().map(|v| (v.number, v.name)).collect())
+        .unwrap_or_default();
     let mut list = Vec::with_capacity(records.len());
     for record in &records {
         let mut row = record_json(record);
         row["address"] = json!(record.wallet.as_str());
+        row["host_name"] = json!(
+            record
+                .gpu_addrs
+                .first()
+                .and_then(|g| host_names.get(&g.host))
+        );
         if let Some(view) = desk.tree.view(record.id).await {
             row["state"] = json!(view.record.state.as_str());
             row["seconds_left"] = json!(view.seconds_left);

@@ -28,7 +28,7 @@ use utoipa::OpenApi;
 use super::extract::admin_authorised;
 use super::problem::{Problem, bad_json, scheduler_silent};
 use super::state::ApiState;
-use crate::launcher::remote::fleet::{Fleet, HostState, HostView, Retired};
+use crate::launcher::remote::fleet::{Fleet, HostState, HostView, Retired, valid_host_name};
 use crate::launcher::remote::host_book::{HostBook, HostBookError, HostRow};
 
 /// The host routes.
@@ -61,14 +61,6 @@ fn book_unavailable(err: &HostBookError) -> Problem {
         "The GPU hosts cannot be read right now",
     )
     .detail("the database did not answer; try again")
-}
-
-/// A host name as launchers report it; anything else is unknown.
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
 fn gpu_state(status: &GpuStatus) -> (&'static str, Option<String>) {
@@ -229,7 +221,7 @@ async fn met_host<'a>(api: &'a ApiState, name: &str) -> Result<&'a Arc<Fleet>, P
     let Some(fleet) = &api.fleet else {
         return Err(unknown_host(name));
     };
-    let met = valid_name(name)
+    let met = valid_host_name(name)
         && HostBook::new(api.pool.clone())
             .named(name)
             .await
@@ -261,11 +253,12 @@ async fn retire(
     }
     api.audit_admin("host.retire", Some(&format!("host:{name}")), json!({}))
         .await?;
-    match fleet
-        .retire(&name)
+    // Audited means done: see `drain`.
+    let (task_fleet, task_name) = (fleet.clone(), name.clone());
+    let retired = tokio::spawn(async move { task_fleet.retire(&task_name).await })
         .await
-        .map_err(|e| book_unavailable(&e))?
-    {
+        .map_err(|_| host_change_interrupted())?;
+    match retired.map_err(|e| book_unavailable(&e))? {
         Retired::Unknown => Err(unknown_host(&name)),
         Retired::StillUp => Err(host_up(&name)),
         Retired::Done { ended } => Ok(Json(

@@ -15,7 +15,7 @@ use deskgate_actors::gpu::{GpuMsg, GpuStatus};
 use deskgate_actors::ports::{
     CreditSeconds, EndReason, GpuAddr, Launcher, Ledger, LedgerError, SessionId, WalletId,
 };
-use deskgate_actors::protocol::{PoolSnapshot, SessionView};
+use deskgate_actors::protocol::{JoiningGpu, PoolSnapshot, SessionView};
 use deskgate_actors::queue::Policy;
 use deskgate_actors::scheduler::SchedulerMsg;
 use deskgate_actors::session::SessionSettings;
@@ -58,12 +58,25 @@ impl SessionTree {
         gpus: Vec<GpuAddr>,
         settings: SessionSettings,
     ) -> Result<Self, TreeError> {
+        Self::start_with_out(pool, launcher, gpus, Vec::new(), settings).await
+    }
+
+    /// [`SessionTree::start`] with some GPUs out of the pool from the
+    /// first moment (a drained or silent host's, unhealthy ones).
+    pub async fn start_with_out(
+        pool: DbPool,
+        launcher: Arc<dyn Launcher>,
+        gpus: Vec<GpuAddr>,
+        gpus_out: Vec<JoiningGpu>,
+        settings: SessionSettings,
+    ) -> Result<Self, TreeError> {
         let ledger = Arc::new(BatchingLedger::spawn(
             PgLedger::new(pool.clone()),
             MAX_DEBIT_BATCH,
         ));
         let args = SupervisorArgs {
             gpus,
+            gpus_out,
             policy: Policy::default(),
             profile_sizes: PROFILES.iter().map(|p| p.gpus).collect(),
             ledger: ledger.clone(),
@@ -177,10 +190,21 @@ impl SessionTree {
             }));
     }
 
-    /// GPUs that joined the pool (a GPU host appeared); known ones are
-    /// skipped. They are free and available at once.
-    pub fn add_gpus(&self, gpus: Vec<GpuAddr>) {
+    /// GPUs that joined the pool (a GPU host appeared), each in the state
+    /// it joins in; known ones are skipped.
+    pub fn add_gpus(&self, gpus: Vec<JoiningGpu>) {
         let _ = self.supervisor.cast(SupervisorMsg::AddGpus { gpus });
+    }
+
+    /// A host is out (drained, or not answering: no new leases on `gpus`)
+    /// or back; independent of each GPU's own drain and health.
+    pub fn set_host_out(&self, gpus: Vec<GpuAddr>, out: bool) {
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::ToScheduler(SchedulerMsg::SetHostOut {
+                gpus,
+                out,
+            }));
     }
 
     /// Drains a GPU (no new leases; the current one stays) or puts it back.

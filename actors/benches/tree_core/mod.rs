@@ -121,6 +121,7 @@ pub async fn measure() -> TreeFigures {
     let ledger = Arc::new(MemoryLedger::new());
     let args = SupervisorArgs {
         gpus,
+        gpus_out: Vec::new(),
         policy: Policy::default(),
         profile_sizes: vec![1, 2, 4, 8],
         ledger: ledger.clone(),

@@ -81,6 +81,7 @@ impl Tree {
     ) -> Self {
         let args = SupervisorArgs {
             gpus: gpus.clone(),
+            gpus_out: Vec::new(),
             policy: Policy::default(),
             profile_sizes: vec![1, 2, 4, 8],
             ledger: ledger.clone(),

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deskgate_actors::ports::{GpuAddr, Launcher, SessionId, SessionState, SessionStore};
+use deskgate_actors::protocol::JoiningGpu;
 use futures::future::join_all;
 use url::Url;
 
@@ -49,10 +50,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// its `SessionTree`).
 #[async_trait]
 pub trait GpuPoolControl: Send + Sync {
-    /// GPUs that joined; known ones are skipped.
-    fn add_gpus(&self, gpus: Vec<GpuAddr>);
-    /// No new leases on `gpu` (`on`), or leases again.
-    fn drain(&self, gpu: GpuAddr, on: bool);
+    /// GPUs that joined, each in the state it joins in; known ones are
+    /// skipped.
+    fn add_gpus(&self, gpus: Vec<JoiningGpu>);
+    /// A host is out (`out`: no new leases on `gpus`) or back.
+    fn set_host_out(&self, gpus: Vec<GpuAddr>, out: bool);
     /// `gpu` turned unhealthy (`Some(reason)`) or healthy.
     fn set_health(&self, gpu: GpuAddr, unhealthy: Option<String>);
     /// Ends `session` as an operator would; false if it was not live.
@@ -121,10 +123,28 @@ pub struct HostView {
 /// What the fleet holds per host.
 struct Known {
     view: HostView,
+    /// Its launcher's client, once seated in the pool.
     remote: Option<RemoteLauncher>,
     missed: u32,
-    /// Its GPUs are in the scheduler's pool.
+    /// Its GPUs in the scheduler's pool.
     pooled: BTreeSet<u32>,
+    /// Whether the tree was last told this host is out; `None`: not told.
+    told_out: Option<bool>,
+}
+
+impl Known {
+    /// Out of the pool: drained by an operator, or not answering.
+    fn is_out(&self) -> bool {
+        self.view.drained || self.view.state != HostState::Up
+    }
+
+    fn pooled_addrs(&self) -> Vec<GpuAddr> {
+        let host = self.view.number;
+        self.pooled
+            .iter()
+            .map(|&index| GpuAddr { host, index })
+            .collect()
+    }
 }
 
 /// The discovered hosts; see the module docs.
@@ -139,6 +159,10 @@ pub struct Fleet {
     tree: OnceLock<(Arc<dyn GpuPoolControl>, Arc<dyn SessionStore>)>,
     /// The book's hosts were loaded.
     book_loaded: std::sync::atomic::AtomicBool,
+    /// One change at a time: a round, an operator's drain or retire, the
+    /// tree attaching. Each reads the hosts and tells the tree; two at once
+    /// could tell it in the wrong order.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -152,12 +176,10 @@ impl std::fmt::Debug for Fleet {
 /// What the tree starts with.
 #[derive(Debug)]
 pub struct FirstPool {
-    /// Every GPU of every host that answered, in address order.
+    /// Every GPU of every host seated in the pool, in address order.
     pub gpus: Vec<GpuAddr>,
-    /// The GPUs their launcher reported unhealthy, and why.
-    pub unhealthy: Vec<(GpuAddr, String)>,
-    /// The drained hosts' GPUs.
-    pub drained: Vec<GpuAddr>,
+    /// Those that start out of the pool (a drained host's, unhealthy ones).
+    pub out: Vec<JoiningGpu>,
 }
 
 impl Fleet {
@@ -173,20 +195,29 @@ impl Fleet {
             hosts: Mutex::new(BTreeMap::new()),
             tree: OnceLock::new(),
             book_loaded: std::sync::atomic::AtomicBool::new(false),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Runs discovery every [`DISCOVERY_INTERVAL`] from now on, tree or no
     /// tree (the operator sees the hosts while recovery waits for one).
+    /// Until the tree runs, these rounds only look: a host is seated in the
+    /// pool by [`Fleet::first_pool`] (whose GPUs the tree starts with) or
+    /// after the tree runs (when its GPUs join it), never in between, where
+    /// recovery would list containers whose GPUs it does not have.
     pub fn discover(self: &Arc<Self>) {
         let fleet = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(fleet) = fleet.upgrade() else { return };
-                if let Err(err) = fleet.load_book().await {
-                    tracing::warn!(error = %err, "cannot read the GPU hosts met before; trying next round");
-                } else {
-                    fleet.round().await;
+                {
+                    let _one = fleet.changes.lock().await;
+                    match fleet.load_book().await {
+                        Ok(()) => fleet.round(fleet.tree.get().is_some()).await,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot read the GPU hosts met before; trying next round");
+                        }
+                    }
                 }
                 drop(fleet);
                 tokio::time::sleep(DISCOVERY_INTERVAL).await;
@@ -196,7 +227,7 @@ impl Fleet {
 
     /// Every host the book knows and this fleet does not is missing until
     /// it answers (once; later hosts are met by rounds).
-    pub async fn load_book(&self) -> Result<(), HostBookError> {
+    async fn load_book(&self) -> Result<(), HostBookError> {
         use std::sync::atomic::Ordering;
         if self.book_loaded.load(Ordering::Acquire) {
             return Ok(());
@@ -213,38 +244,45 @@ impl Fleet {
         Ok(())
     }
 
-    /// The tree's first pool: the GPUs of every host that answers now, after
-    /// one round of its own. Called for each attempt to start the tree.
+    /// The tree's first pool: the GPUs of every host seated by a round of
+    /// its own. Called for each attempt to start the tree; hold its answer
+    /// until [`Fleet::attach`] (no round seats a host in between).
     pub async fn first_pool(&self) -> Result<FirstPool, HostBookError> {
+        let _one = self.changes.lock().await;
         self.load_book().await?;
-        self.round().await;
+        self.round(true).await;
         let mut first = FirstPool {
             gpus: Vec::new(),
-            unhealthy: Vec::new(),
-            drained: Vec::new(),
+            out: Vec::new(),
         };
         for known in self.lock().values_mut() {
             // What an earlier attempt counted went with its tree.
             known.pooled.clear();
-            if known.view.state != HostState::Up {
+            known.told_out = None;
+            if known.remote.is_none() {
                 continue;
             }
             let host = known.view.number;
+            let out = known.is_out();
             for gpu in &known.view.gpus {
                 let addr = GpuAddr {
                     host,
                     index: gpu.index,
                 };
                 first.gpus.push(addr);
-                if let GpuHealth::Unhealthy(reason) = &gpu.health {
-                    first.unhealthy.push((addr, reason.clone()));
-                }
-                if known.view.drained {
-                    first.drained.push(addr);
+                let unhealthy = unhealthy_reason(&gpu.health);
+                if out || unhealthy.is_some() {
+                    first.out.push(JoiningGpu {
+                        addr,
+                        host_out: out,
+                        unhealthy,
+                    });
                 }
                 known.pooled.insert(gpu.index);
             }
+            known.told_out = Some(out);
         }
+        first.gpus.sort_unstable();
         Ok(first)
     }
 
@@ -259,23 +297,17 @@ impl Fleet {
     }
 
     /// The tree runs on [`Fleet::first_pool`]: from now on GPUs join it and
-    /// are drained there.
-    pub fn attach(&self, tree: Arc<dyn GpuPoolControl>, store: Arc<dyn SessionStore>) {
-        if self.tree.set((tree.clone(), store)).is_err() {
+    /// hosts go out and come back in it.
+    pub async fn attach(&self, tree: Arc<dyn GpuPoolControl>, store: Arc<dyn SessionStore>) {
+        let _one = self.changes.lock().await;
+        if self.tree.set((tree, store)).is_err() {
             return;
         }
-        // A host of the first pool that stopped answering since.
-        let lost: Vec<GpuAddr> = self
-            .lock()
-            .values()
-            .filter(|k| k.view.state != HostState::Up)
-            .flat_map(|k| {
-                let host = k.view.number;
-                k.pooled.iter().map(move |&index| GpuAddr { host, index })
-            })
-            .collect();
-        for gpu in lost {
-            tree.drain(gpu, true);
+        // Nothing changed since the first pool (no round ran), but say so
+        // once more in case the tree was built from an older answer.
+        let hosts: Vec<u16> = self.lock().keys().copied().collect();
+        for host in hosts {
+            self.tell_out(host);
         }
     }
 
@@ -289,15 +321,36 @@ impl Fleet {
         self.tree.get().map(|(tree, _)| tree.as_ref())
     }
 
-    /// One round: resolve, ask every address, update every host.
-    pub async fn round(&self) {
+    /// Tells the tree whether `host` is out, if that changed since it was
+    /// last told (and the tree runs and holds its GPUs).
+    fn tell_out(&self, host: u16) {
+        let Some(tree) = self.tree() else {
+            return;
+        };
+        let mut hosts = self.lock();
+        let Some(known) = hosts.get_mut(&host) else {
+            return;
+        };
+        let out = known.is_out();
+        if known.pooled.is_empty() || known.told_out == Some(out) {
+            return;
+        }
+        known.told_out = Some(out);
+        // Sent under the lock: the tree hears changes in the order made.
+        tree.set_host_out(known.pooled_addrs(), out);
+    }
+
+    /// One round: resolve, ask every address, update every host; hosts not
+    /// seated yet are seated only when `seat` (see [`Fleet::discover`]).
+    /// The caller holds `changes`.
+    async fn round(&self, seat: bool) {
         let addrs = match self.resolver.resolve().await {
             Ok(addrs) => addrs,
             Err(err) => {
-                // No task of the service is also NXDOMAIN: every host
-                // misses this round.
-                tracing::debug!(error = %err, "no launcher address resolved");
-                Vec::new()
+                // Not "no launchers": a resolver that fails says nothing
+                // about the hosts, which keep their state this round.
+                tracing::warn!(error = %err, "cannot resolve the launchers; every host keeps its state this round");
+                return;
             }
         };
         let answers = join_all(addrs.iter().map(|addr| self.probe(*addr))).await;
@@ -314,25 +367,54 @@ impl Fleet {
                 tracing::warn!(launcher = %url, "a discovered launcher has no DESKGATE_LAUNCHER_NAME; it is not used");
                 continue;
             };
-            let row = match self.book.meet(&name).await {
-                Ok(row) => row,
-                Err(err) => {
-                    tracing::warn!(host = %name, error = %err, "cannot record a discovered host; trying next round");
-                    continue;
-                }
-            };
-            if row.retired_at.is_some() {
-                tracing::warn!(host = %name, launcher = %url, "a host declared gone answers again; it is not used (give it a new DESKGATE_LAUNCHER_NAME to bring it back)");
+            if !valid_host_name(&name) {
+                tracing::warn!(launcher = %url, "a discovered launcher's name is not 1 to 64 of A-Za-z0-9._-; it is not used");
                 continue;
             }
-            if !answered.insert(row.host()) {
+            if inventory.gpus.len() > MAX_GPUS_PER_HOST {
+                tracing::warn!(launcher = %url, gpus = inventory.gpus.len(), "a discovered launcher lists more GPUs than a host can have; it is not used");
+                continue;
+            }
+            let Some(host) = self.number_of(&name, &url).await else {
+                continue;
+            };
+            if !answered.insert(host) {
                 tracing::warn!(host = %name, launcher = %url, "two launchers answer with the same name; only the first is used");
                 continue;
             }
-            self.answered(&row, url, inventory).await;
+            self.answered(host, url, inventory, seat).await;
         }
         self.count_misses(&answered);
         self.publish_counts();
+    }
+
+    /// The number of the host called `name`: known hosts from memory (a
+    /// database that does not answer must not make them miss rounds), new
+    /// ones from the book; `None` if it cannot be had or the host is gone.
+    async fn number_of(&self, name: &str, url: &Url) -> Option<u16> {
+        let known = self
+            .lock()
+            .values()
+            .find(|k| k.view.name == name)
+            .map(|k| k.view.number);
+        if known.is_some() {
+            return known;
+        }
+        let row = match self.book.meet(name).await {
+            Ok(row) => row,
+            Err(err) => {
+                tracing::warn!(host = %name, error = %err, "cannot record a discovered host; trying next round");
+                return None;
+            }
+        };
+        if row.retired_at.is_some() {
+            tracing::warn!(host = %name, launcher = %url, "a host declared gone answers again; it is not used (give it a new DESKGATE_LAUNCHER_NAME to bring it back)");
+            return None;
+        }
+        self.lock()
+            .entry(row.host())
+            .or_insert_with(|| Known::missing(&row));
+        Some(row.host())
     }
 
     /// `deskgate_fleet_hosts{state}`: hosts per state (a closed set).
@@ -365,104 +447,108 @@ impl Fleet {
         }
     }
 
-    /// A host's launcher answered at `url` with `inventory`.
-    async fn answered(&self, row: &HostRow, url: Url, inventory: HostInventory) {
-        let host = row.host();
-        let (joined, came_back, new_gpus, health_changes, drained) = {
+    /// Host `host`'s launcher answered at `url` with `inventory`.
+    async fn answered(&self, host: u16, url: Url, inventory: HostInventory, seat: bool) {
+        let (joined, new_gpus, health_changes, name) = {
             let mut hosts = self.lock();
-            let known = hosts.entry(host).or_insert_with(|| Known::missing(row));
+            let Some(known) = hosts.get_mut(&host) else {
+                return;
+            };
+            let name = known.view.name.clone();
             match &known.remote {
                 Some(remote) if remote.base() != url => {
-                    tracing::info!(host = %row.name, number = host, launcher = %url, "a host's launcher moved");
+                    tracing::info!(host = %name, number = host, launcher = %url, "a host's launcher moved");
                     if let Err(err) = remote.repoint(url.clone()) {
-                        tracing::warn!(host = %row.name, error = %err.0, "cannot re-point a launcher");
+                        tracing::warn!(host = %name, error = %err.0, "cannot re-point a launcher");
                     }
                 }
                 Some(_) => {}
-                None => {
+                None if seat => {
                     // The URL was checked by the probe that reached it.
                     if let Ok(remote) = RemoteLauncher::new(url.clone(), self.token.clone()) {
                         self.pool.set_launcher(host, Arc::new(remote.clone()));
                         self.desktops.add(host, remote.clone());
                         known.remote = Some(remote);
-                        tracing::info!(host = %row.name, number = host, launcher = %url, gpus = inventory.gpus.len(), "GPU host discovered");
+                        tracing::info!(host = %name, number = host, launcher = %url, gpus = inventory.gpus.len(), "GPU host discovered");
                     }
                 }
+                None => {}
             }
             let before = std::mem::replace(&mut known.view.gpus, inventory.gpus.clone());
-            let came_back = known.view.state == HostState::Unreachable;
+            if known.view.state == HostState::Unreachable {
+                tracing::info!(host = %name, number = host, "a host answers again");
+            }
             known.view.state = HostState::Up;
             known.view.url = Some(url.to_string());
             known.view.last_contact = Some(chrono::Utc::now());
             known.missed = 0;
             let joined = known.pooled.is_empty();
-            let new_gpus: Vec<u32> = inventory
-                .gpus
-                .iter()
-                .map(|g| g.index)
-                .filter(|i| !known.pooled.contains(i))
-                .collect();
+            let new_gpus: Vec<JoiningGpu> = if known.remote.is_some() {
+                let out = known.is_out();
+                inventory
+                    .gpus
+                    .iter()
+                    .filter(|g| !known.pooled.contains(&g.index))
+                    .map(|g| JoiningGpu {
+                        addr: GpuAddr {
+                            host,
+                            index: g.index,
+                        },
+                        host_out: out,
+                        unhealthy: unhealthy_reason(&g.health),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let health_changes: Vec<(u32, Option<String>)> = inventory
                 .gpus
                 .iter()
+                .filter(|g| known.pooled.contains(&g.index))
                 .filter(|g| {
-                    !joined
-                        && before
-                            .iter()
-                            .find(|b| b.index == g.index)
-                            .map(|b| &b.health)
-                            != Some(&g.health)
+                    before
+                        .iter()
+                        .find(|b| b.index == g.index)
+                        .map(|b| &b.health)
+                        != Some(&g.health)
                 })
                 .map(|g| (g.index, unhealthy_reason(&g.health)))
                 .collect();
-            // The operator's word as this fleet last heard it: a row read
-            // before a drain changed it must not undo that drain.
-            let drained = known.view.drained;
-            (joined, came_back, new_gpus, health_changes, drained)
+            (joined, new_gpus, health_changes, name)
         };
         let Some(tree) = self.tree() else {
             return;
         };
-        let addr = |index| GpuAddr { host, index };
         if !new_gpus.is_empty() {
             if joined && !self.sweep_strangers(host).await {
                 // Its GPUs wait for the next round.
                 return;
             }
-            tree.add_gpus(new_gpus.iter().map(|&i| addr(i)).collect());
-            for gpu in inventory
-                .gpus
-                .iter()
-                .filter(|g| new_gpus.contains(&g.index))
-            {
-                if let Some(reason) = unhealthy_reason(&gpu.health) {
-                    tree.set_health(addr(gpu.index), Some(reason));
-                }
-                if drained {
-                    tree.drain(addr(gpu.index), true);
-                }
+            let mut hosts = self.lock();
+            if let Some(known) = hosts.get_mut(&host) {
+                // Joined in the state it has now (the sweep took time).
+                let out = known.is_out();
+                let joining: Vec<JoiningGpu> = new_gpus
+                    .into_iter()
+                    .map(|g| JoiningGpu { host_out: out, ..g })
+                    .collect();
+                known.pooled.extend(joining.iter().map(|g| g.addr.index));
+                known.told_out = Some(out);
+                tracing::info!(host = %name, number = host, gpus = joining.len(), "a host's GPUs joined the pool");
+                tree.add_gpus(joining);
             }
-            if let Some(known) = self.lock().get_mut(&host) {
-                known.pooled.extend(new_gpus.iter().copied());
-            }
-            tracing::info!(host = %row.name, number = host, gpus = new_gpus.len(), "a host's GPUs joined the pool");
         }
         for (index, unhealthy) in health_changes {
-            tree.set_health(addr(index), unhealthy);
+            tree.set_health(GpuAddr { host, index }, unhealthy);
         }
-        if came_back {
-            tracing::info!(host = %row.name, number = host, "a host answers again");
-            if !drained {
-                for gpu in &inventory.gpus {
-                    tree.drain(addr(gpu.index), false);
-                }
-            }
-        }
+        self.tell_out(host);
     }
 
     /// Stops the session containers on `host` that belong to no live
-    /// session of it (left by an earlier life of the host); true when the
-    /// host is clean.
+    /// session (ended, or never known); true when nothing else runs there
+    /// but its own live sessions. A container of a live session of another
+    /// host (a node that rejoined under a new name) is left alone, and the
+    /// host is not pooled: an operator has to look.
     async fn sweep_strangers(&self, host: u16) -> bool {
         let Some((_, store)) = self.tree.get() else {
             return false;
@@ -477,27 +563,31 @@ impl Fleet {
                 return false;
             }
         };
+        let mut clean = true;
         for container in containers {
-            let live = match store.load(container.session).await {
-                Ok(record) => record.is_some_and(|r| {
-                    r.state != SessionState::Ended
-                        && r.gpu_addrs.first().is_some_and(|g| g.host == host)
-                }),
+            let record = match store.load(container.session).await {
+                Ok(record) => record.filter(|r| r.state != SessionState::Ended),
                 Err(err) => {
                     tracing::warn!(number = host, error = %err, "cannot check a joining host's containers");
                     return false;
                 }
             };
-            if live {
-                continue;
-            }
-            tracing::warn!(number = host, session = %container.session, "stopping a container no live session owns on a joining host");
-            if let Err(err) = remote.stop(container.session).await {
-                tracing::warn!(number = host, error = %err.0, "cannot stop a stranger container");
-                return false;
+            match record {
+                Some(r) if r.gpu_addrs.first().is_some_and(|g| g.host == host) => {}
+                Some(_) => {
+                    tracing::error!(number = host, session = %container.session, "a joining host runs a live session of another host; its GPUs stay out of the pool until that session ends");
+                    clean = false;
+                }
+                None => {
+                    tracing::warn!(number = host, session = %container.session, "stopping a container no live session owns on a joining host");
+                    if let Err(err) = remote.stop(container.session).await {
+                        tracing::warn!(number = host, error = %err.0, "cannot stop a stranger container");
+                        return false;
+                    }
+                }
             }
         }
-        true
+        clean
     }
 
     /// Counts a missed round for every host that did not answer; one that
@@ -513,18 +603,11 @@ impl Fleet {
             if known.missed >= MISSED_ROUNDS {
                 known.view.state = HostState::Unreachable;
                 tracing::warn!(host = %known.view.name, number = host, last_contact = ?known.view.last_contact, "a GPU host stopped answering: no new sessions go there; its sessions are kept");
-                lost.extend(
-                    known
-                        .pooled
-                        .iter()
-                        .map(|&index| GpuAddr { host: *host, index }),
-                );
+                lost.push(*host);
             }
         }
-        if let Some(tree) = self.tree() {
-            for gpu in lost {
-                tree.drain(gpu, true);
-            }
+        for host in lost {
+            self.tell_out(host);
         }
     }
 
@@ -534,35 +617,27 @@ impl Fleet {
     }
 
     /// Drains `name` (no new leases on any of its GPUs) or puts it back;
-    /// its view, or `None` if the gate never met it.
+    /// its view, or `None` if the gate never met it (or it is gone).
     pub async fn set_drained(
         &self,
         name: &str,
         on: bool,
     ) -> Result<Option<HostView>, HostBookError> {
+        let _one = self.changes.lock().await;
         let Some(row) = self.book.set_drained(name, on).await? else {
             return Ok(None);
         };
         let host = row.host();
-        let (view, gpus) = {
+        let view = {
             let mut hosts = self.lock();
             let Some(known) = hosts.get_mut(&host) else {
                 return Ok(None);
             };
             known.view.drained = on;
-            (known.view.clone(), known.pooled.clone())
+            known.view.clone()
         };
-        // An unreachable host's GPUs stay drained whatever the operator says.
-        let undrain = !on && view.state == HostState::Up;
-        let tree = self.tree();
-        tracing::info!(host = %name, number = host, drained = on, state = ?view.state, gpus = gpus.len(), tree = tree.is_some(), "an operator set a host's drain");
-        if let Some(tree) = tree
-            && (on || undrain)
-        {
-            for index in gpus {
-                tree.drain(GpuAddr { host, index }, on);
-            }
-        }
+        tracing::info!(host = %name, number = host, drained = on, state = ?view.state, "an operator set a host's drain");
+        self.tell_out(host);
         Ok(Some(view))
     }
 
@@ -570,6 +645,7 @@ impl Fleet {
     /// no new leases and its sessions end (the ledger keeps what they were
     /// billed). Refused while its launcher answers.
     pub async fn retire(&self, name: &str) -> Result<Retired, HostBookError> {
+        let _one = self.changes.lock().await;
         let Some(row) = self.book.named(name).await? else {
             return Ok(Retired::Unknown);
         };
@@ -582,17 +658,15 @@ impl Fleet {
             return Ok(Retired::StillUp);
         }
         self.book.retire(name).await?;
-        let pooled = self
-            .lock()
-            .remove(&host)
-            .map(|k| k.pooled)
-            .unwrap_or_default();
+        let gone = self.lock().remove(&host);
         self.pool.forget(host);
         self.desktops.remove(host);
         let mut ended = 0;
         if let Some((tree, store)) = self.tree.get() {
-            for index in pooled {
-                tree.drain(GpuAddr { host, index }, true);
+            if let Some(known) = gone
+                && !known.pooled.is_empty()
+            {
+                tree.set_host_out(known.pooled_addrs(), true);
             }
             let active = store
                 .load_active()
@@ -612,6 +686,18 @@ impl Fleet {
     }
 }
 
+/// A launcher's name as the gate accepts it (what `DESKGATE_LAUNCHER_NAME`
+/// accepts): 1 to 64 of `A-Za-z0-9._-`.
+pub fn valid_host_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// More GPUs than one host can hold is a launcher answering nonsense.
+const MAX_GPUS_PER_HOST: usize = 64;
+
 /// What [`Fleet::retire`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Retired {
@@ -627,6 +713,7 @@ pub enum Retired {
 }
 
 impl Known {
+    /// A host met before, not seen yet by this fleet.
     fn missing(row: &HostRow) -> Self {
         Self {
             view: HostView {
@@ -641,6 +728,7 @@ impl Known {
             remote: None,
             missed: 0,
             pooled: BTreeSet::new(),
+            told_out: None,
         }
     }
 }

@@ -154,6 +154,10 @@ enum Slot {
     /// A host met before (it may run sessions) that has not answered since
     /// this gate started: nothing can be listed or confirmed stopped there.
     Missing(String),
+    /// Declared gone by an operator: its containers are out of reach for
+    /// good, so a stop of a session placed there is done, and it is never
+    /// asked anything again.
+    Gone,
 }
 
 /// The [`Launcher`] over several hosts' launchers; see the module docs.
@@ -234,19 +238,23 @@ impl LauncherPool {
         write(&self.hosts).insert(host, Slot::Missing(name.to_string()));
     }
 
-    /// Host `host` was declared gone: it is no longer asked anything.
+    /// Host `host` was declared gone: it is no longer asked anything, and
+    /// stopping a session placed there succeeds.
     pub fn forget(&self, host: u16) {
-        write(&self.hosts).remove(&host);
+        write(&self.hosts).insert(host, Slot::Gone);
     }
 
-    /// How many hosts.
+    /// How many hosts (declared gone ones left out).
     pub fn len(&self) -> usize {
-        read(&self.hosts).len()
+        read(&self.hosts)
+            .values()
+            .filter(|slot| !matches!(slot, Slot::Gone))
+            .count()
     }
 
     /// True while no host is known.
     pub fn is_empty(&self) -> bool {
-        read(&self.hosts).is_empty()
+        self.len() == 0
     }
 
     /// The host the pool knows the session's container on, if any.
@@ -270,8 +278,9 @@ impl LauncherPool {
                 Slot::Up(launcher) => up.push((*host, launcher.clone())),
                 Slot::Missing(name) => missing.push(format!(
                     "host {host} ({name}) has not answered since the gate started \
-                     (if it is not coming back: DELETE /admin/hosts/{name})"
+                     (if it is not coming back: DELETE /api/v1/admin/hosts/{name})"
                 )),
+                Slot::Gone => {}
             }
         }
         (up, missing)
@@ -295,7 +304,15 @@ impl Launcher for LauncherPool {
     }
 
     async fn stop(&self, session: SessionId) -> Result<(), LaunchError> {
-        if let Some(host) = self.host_of(session)
+        let placed = self.host_of(session);
+        if let Some(host) = placed
+            && matches!(read(&self.hosts).get(&host), Some(Slot::Gone))
+        {
+            tracing::info!(%session, host, "the session's host was declared gone: nothing to stop");
+            lock(&self.placed).remove(&session);
+            return Ok(());
+        }
+        if let Some(host) = placed
             && let Some(launcher) = self.launcher(host)
         {
             launcher.stop(session).await?;
@@ -560,14 +577,22 @@ mod tests {
         pool.set_missing(1, "gpu-b");
         let err = pool.running().await.unwrap_err();
         assert!(err.0.contains("host 1 (gpu-b)"), "{err}");
-        assert!(err.0.contains("DELETE /admin/hosts/gpu-b"), "{err}");
+        assert!(err.0.contains("DELETE /api/v1/admin/hosts/gpu-b"), "{err}");
         let err = pool.stop(SessionId::new()).await.unwrap_err();
         assert!(err.0.contains("gpu-b"), "{err}");
         let err = pool.launch(&spec(SessionId::new(), 1)).await.unwrap_err();
         assert!(err.0.contains("host 1"), "{err}");
 
-        // Declared gone: the other hosts answer for everything.
+        // A session placed on it before it went quiet.
+        let stranded = SessionId::new();
+        pool.set_launcher(1, Arc::new(FakeLauncher::new()));
+        pool.launch(&spec(stranded, 1)).await.unwrap();
+        pool.set_missing(1, "gpu-b");
+        // Declared gone: the other hosts answer for everything, and the
+        // stranded session's stop is done without asking anyone.
         pool.forget(1);
+        pool.stop(stranded).await.unwrap();
+        assert!(!a.stopped(stranded), "host 0 was not asked");
         assert!(pool.running().await.unwrap().is_empty());
         let unknown = SessionId::new();
         pool.stop(unknown).await.unwrap();
