@@ -171,6 +171,9 @@ export interface AdminHost {
 
 export interface AdminSession extends Session {
   address: string;
+  /** The host it runs on: its number, and its name with discovery. */
+  host?: number | null;
+  host_name?: string | null;
 }
 
 export interface AuditEntry {

@@ -149,6 +149,7 @@ function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void 
                 <th>Session</th>
                 <th>Wallet</th>
                 <th>Profile</th>
+                <th>Host</th>
                 <th>State</th>
                 <th>Left</th>
                 <th />
@@ -164,6 +165,7 @@ function Dashboard({ token, onSignOut }: { token: string; onSignOut: () => void 
                     <code title={s.address}>{s.address.slice(0, 10)}…</code>
                   </td>
                   <td>{s.profile}</td>
+                  <td>{s.host_name ?? (s.host != null ? `host ${s.host}` : "—")}</td>
                   <td>
                     {s.state}
                     {s.queue_position ? ` #${s.queue_position}` : ""}
