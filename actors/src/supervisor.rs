@@ -17,8 +17,8 @@
 //!
 //! Crash restarts and recovery at start are in `supervisor/recovery.rs`;
 //! this file holds the actor, its messages and the routing of a session
-//! between the queue and its actor. It is still about 770 lines: the public
-//! API types and `SupervisorMsg` take about 170, and the routing reads best
+//! between the queue and its actor. It is still about 880 lines: the public
+//! API types and `SupervisorMsg` take about 180, and the routing reads best
 //! in one place.
 
 use std::collections::{HashMap, VecDeque};

@@ -68,7 +68,10 @@
 //! The backend's other parts: `settings` (how a container is built),
 //! `events` (the exit watcher), `recovery` (after a restart), `warm/` (the
 //! warm pool), `client` (connecting to the engine), `desktop` (the `docker
-//! exec` dialer) and `tests` (unit tests without an engine).
+//! exec` dialer) and `tests` (unit tests without an engine). This file is
+//! still about 730 lines: a launch (network, container, start, the warm
+//! take) and a stop are one sequence each, with their clean-up on every
+//! failure, and read best whole.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

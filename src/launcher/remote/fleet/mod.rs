@@ -23,14 +23,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use deskgate_actors::ports::{GpuAddr, Launcher, SessionId, SessionState, SessionStore};
+use deskgate_actors::ports::{GpuAddr, Launcher, SessionState, SessionStore};
 use deskgate_actors::protocol::JoiningGpu;
 use futures::future::join_all;
 use url::Url;
 
-use crate::config::DnsTarget;
-use crate::launcher::gpu::{GpuHealth, GpuInfo};
+use crate::launcher::gpu::GpuHealth;
 use crate::launcher::remote::client::RemoteLauncher;
 use crate::launcher::remote::host_book::{HostBook, HostBookError, HostRow};
 use crate::launcher::remote::media::RemoteDesktops;
@@ -46,79 +44,9 @@ pub const MISSED_ROUNDS: u32 = 2;
 /// How long one launcher may take to answer `GET /v1/gpus`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What the fleet drives in the session tree (the gate implements it on
-/// its `SessionTree`).
-#[async_trait]
-pub trait GpuPoolControl: Send + Sync {
-    /// GPUs that joined, each in the state it joins in; known ones are
-    /// skipped.
-    fn add_gpus(&self, gpus: Vec<JoiningGpu>);
-    /// A host is out (`out`: no new leases on `gpus`) or back.
-    fn set_host_out(&self, gpus: Vec<GpuAddr>, out: bool);
-    /// `gpu` turned unhealthy (`Some(reason)`) or healthy.
-    fn set_health(&self, gpu: GpuAddr, unhealthy: Option<String>);
-    /// Ends `session` as an operator would; false if it was not live.
-    async fn end_session(&self, session: SessionId) -> bool;
-}
+mod ports;
 
-/// Finds the launchers' addresses.
-#[async_trait]
-pub trait Resolver: Send + Sync {
-    /// Every launcher's address now; empty when there is none.
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, String>;
-}
-
-/// The DNS resolver of `dns:NAME:PORT`, through the system's resolver
-/// (in a Swarm task, Docker's embedded DNS).
-#[derive(Debug)]
-pub struct DnsResolver(pub DnsTarget);
-
-#[async_trait]
-impl Resolver for DnsResolver {
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
-        match tokio::net::lookup_host((self.0.name.as_str(), self.0.port)).await {
-            Ok(addrs) => {
-                let mut addrs: Vec<SocketAddr> = addrs.collect();
-                addrs.sort_unstable();
-                addrs.dedup();
-                Ok(addrs)
-            }
-            Err(err) => Err(format!("cannot resolve {}: {err}", self.0)),
-        }
-    }
-}
-
-/// Whether a host's launcher answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostState {
-    /// It answered within the last rounds.
-    Up,
-    /// It answered before and has stopped answering.
-    Unreachable,
-    /// Met by an earlier run of the gate; not answered since this one
-    /// started.
-    Missing,
-}
-
-/// One host as the operator sees it (`GET /admin/hosts`).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct HostView {
-    /// Its host number.
-    pub number: u16,
-    /// Its launcher's name.
-    pub name: String,
-    /// Where its launcher answered last.
-    pub url: Option<String>,
-    /// Whether it answers.
-    pub state: HostState,
-    /// An operator stopped new leases on it.
-    pub drained: bool,
-    /// Its GPUs as its launcher last listed them.
-    pub gpus: Vec<GpuInfo>,
-    /// When its launcher last answered (this run of the gate).
-    pub last_contact: Option<chrono::DateTime<chrono::Utc>>,
-}
+pub use ports::{DnsResolver, GpuPoolControl, HostState, HostView, Resolver, valid_host_name};
 
 /// What the fleet holds per host.
 struct Known {
@@ -684,15 +612,6 @@ impl Fleet {
         tracing::warn!(host = %name, number = host, ended, "a GPU host was declared gone");
         Ok(Retired::Done { ended })
     }
-}
-
-/// A launcher's name as the gate accepts it (what `DESKGATE_LAUNCHER_NAME`
-/// accepts): 1 to 64 of `A-Za-z0-9._-`.
-pub fn valid_host_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
 /// More GPUs than one host can hold is a launcher answering nonsense.
