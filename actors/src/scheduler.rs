@@ -190,14 +190,8 @@ impl Actor for Scheduler {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut queue = Queue::new(args.gpus.iter().map(|(addr, _)| *addr), args.policy);
         for out in &args.gpus_out {
-            queue.set_out(out.addr, OutReason::HostOut, out.host_out);
-            queue.set_out(out.addr, OutReason::Unhealthy, out.unhealthy.is_some());
-            if let Some((_, actor)) = args.gpus.iter().find(|(addr, _)| *addr == out.addr)
-                && out.unhealthy.is_some()
-            {
-                let _ = actor.cast(GpuMsg::SetHealth {
-                    unhealthy: out.unhealthy.clone(),
-                });
+            if let Some((_, actor)) = args.gpus.iter().find(|(addr, _)| *addr == out.addr) {
+                apply_joining_state(&mut queue, actor, out);
             }
         }
         Ok(SchedulerState {
@@ -327,20 +321,10 @@ impl Actor for Scheduler {
                     if state.gpu_actors.contains_key(&addr) {
                         continue;
                     }
-                    // Its state applies before the next grant decision.
-                    if joining.unhealthy.is_some() {
-                        let _ = actor.cast(GpuMsg::SetHealth {
-                            unhealthy: joining.unhealthy.clone(),
-                        });
-                    }
-                    state.gpu_actors.insert(addr, actor);
                     state.queue.add_gpus([addr]);
-                    state
-                        .queue
-                        .set_out(addr, OutReason::HostOut, joining.host_out);
-                    state
-                        .queue
-                        .set_out(addr, OutReason::Unhealthy, joining.unhealthy.is_some());
+                    // Its state applies before the next grant decision.
+                    apply_joining_state(&mut state.queue, &actor, &joining);
+                    state.gpu_actors.insert(addr, actor);
                     added += 1;
                 }
                 tracing::info!(gpus = added, "GPUs joined the pool");
@@ -364,6 +348,22 @@ impl Actor for Scheduler {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts a GPU in the state it joins in, in the queue and in its actor (its
+/// health; a host out is the queue's alone).
+fn apply_joining_state(queue: &mut Queue, actor: &ActorRef<GpuMsg>, joining: &JoiningGpu) {
+    queue.set_out(joining.addr, OutReason::HostOut, joining.host_out);
+    queue.set_out(
+        joining.addr,
+        OutReason::Unhealthy,
+        joining.unhealthy.is_some(),
+    );
+    if joining.unhealthy.is_some() {
+        let _ = actor.cast(GpuMsg::SetHealth {
+            unhealthy: joining.unhealthy.clone(),
+        });
     }
 }
 

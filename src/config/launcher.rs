@@ -77,13 +77,19 @@ fn parse_dns_target(text: &str) -> Result<DnsTarget, String> {
     })
 }
 
-/// A launcher's host name: what the gate knows the host by.
-fn parse_host_name(text: &str) -> Result<String, String> {
-    let valid = (1..=64).contains(&text.len())
+/// Whether `text` is a launcher's host name: 1 to 64 of `A-Za-z0-9._-`.
+/// The one rule for `DESKGATE_LAUNCHER_NAME`, for the names the gate
+/// accepts from discovered launchers and for the host routes' paths.
+pub fn is_host_name(text: &str) -> bool {
+    (1..=64).contains(&text.len())
         && text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// A launcher's host name: what the gate knows the host by.
+fn parse_host_name(text: &str) -> Result<String, String> {
+    if is_host_name(text) {
         Ok(text.to_string())
     } else {
         Err(format!(

@@ -61,7 +61,7 @@ pub use chain::{ChainConfig, Confirmations, Tier};
 pub use database::DatabaseConfig;
 pub use gpus::GpuSelection;
 pub use keys::{KEYS, Key, Source};
-pub use launcher::{DnsTarget, LauncherConfig, LauncherKind};
+pub use launcher::{DnsTarget, LauncherConfig, LauncherKind, is_host_name};
 pub use limits::{LimitsConfig, Quota};
 pub use media::MediaConfig;
 pub use raw::{RawSettings, redact_url};

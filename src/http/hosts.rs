@@ -28,7 +28,8 @@ use utoipa::OpenApi;
 use super::extract::admin_authorised;
 use super::problem::{Problem, bad_json, scheduler_silent};
 use super::state::ApiState;
-use crate::launcher::remote::fleet::{Fleet, HostState, HostView, Retired, valid_host_name};
+use crate::config::is_host_name;
+use crate::launcher::remote::fleet::{Fleet, HostState, HostView, Retired};
 use crate::launcher::remote::host_book::{HostBook, HostBookError, HostRow};
 
 /// The host routes.
@@ -221,7 +222,7 @@ async fn met_host<'a>(api: &'a ApiState, name: &str) -> Result<&'a Arc<Fleet>, P
     let Some(fleet) = &api.fleet else {
         return Err(unknown_host(name));
     };
-    let met = valid_host_name(name)
+    let met = is_host_name(name)
         && HostBook::new(api.pool.clone())
             .named(name)
             .await

@@ -46,7 +46,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 mod ports;
 
-pub use ports::{DnsResolver, GpuPoolControl, HostState, HostView, Resolver, valid_host_name};
+pub use ports::{DnsResolver, GpuPoolControl, HostState, HostView, Resolver};
 
 /// What the fleet holds per host.
 struct Known {
@@ -231,8 +231,9 @@ impl Fleet {
         if self.tree.set((tree, store)).is_err() {
             return;
         }
-        // Nothing changed since the first pool (no round ran), but say so
-        // once more in case the tree was built from an older answer.
+        // Rounds between the first pool and now only looked, but a host may
+        // have gone quiet or been drained meanwhile: tell the tree what
+        // changed since the first pool.
         let hosts: Vec<u16> = self.lock().keys().copied().collect();
         for host in hosts {
             self.tell_out(host);
@@ -295,7 +296,7 @@ impl Fleet {
                 tracing::warn!(launcher = %url, "a discovered launcher has no DESKGATE_LAUNCHER_NAME; it is not used");
                 continue;
             };
-            if !valid_host_name(&name) {
+            if !crate::config::is_host_name(&name) {
                 tracing::warn!(launcher = %url, "a discovered launcher's name is not 1 to 64 of A-Za-z0-9._-; it is not used");
                 continue;
             }

@@ -4,7 +4,7 @@
 //! operator sees it ([`HostView`]).
 //!
 //! Invariants: a host's name is what `DESKGATE_LAUNCHER_NAME` accepts
-//! ([`valid_host_name`]); a [`HostState`] is one of a closed set (it is a
+//! ([`crate::config::is_host_name`]); a [`HostState`] is one of a closed set (it is a
 //! metric label).
 
 use std::net::SocketAddr;
@@ -88,13 +88,4 @@ pub struct HostView {
     pub gpus: Vec<GpuInfo>,
     /// When its launcher last answered (this run of the gate).
     pub last_contact: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// A launcher's name as the gate accepts it (what `DESKGATE_LAUNCHER_NAME`
-/// accepts): 1 to 64 of `A-Za-z0-9._-`.
-pub fn valid_host_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
