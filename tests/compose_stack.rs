@@ -266,15 +266,7 @@ impl Stack {
     /// to zero, every balance is the sum of its entries and not negative, and
     /// every session was billed exactly what the ledger debited for it.
     fn assert_ledger_holds(&self) {
-        let broken = self.sql(
-            "SELECT (SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id \
-                     HAVING sum(amount) <> 0) t) || ' ' || \
-                    (SELECT count(*) FROM balances b WHERE amount < 0 OR amount <> \
-                     (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e WHERE e.account = b.account)) || ' ' || \
-                    (SELECT count(*) FROM sessions s WHERE billed_credit <> \
-                     (SELECT coalesce(sum(e.amount), 0) FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id \
-                      WHERE t.reference = 'session:' || s.id AND e.account = 'usage'))",
-        );
+        let broken = self.sql(support::LEDGER_BROKEN_SQL);
         assert_eq!(
             broken, "0 0 0",
             "unbalanced transactions, wrong balances, sessions billed other than the ledger says"

@@ -110,16 +110,7 @@ fn sql(rig: &Rig, query: &str) -> String {
 /// The ledger's rules: transactions sum to zero, balances are their entries'
 /// sums and not negative, every session was billed what the ledger debited.
 fn assert_ledger_holds(rig: &Rig) {
-    let broken = sql(
-        rig,
-        "SELECT (SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id \
-                 HAVING sum(amount) <> 0) t) || ' ' || \
-                (SELECT count(*) FROM balances b WHERE amount < 0 OR amount <> \
-                 (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e WHERE e.account = b.account)) || ' ' || \
-                (SELECT count(*) FROM sessions s WHERE billed_credit <> \
-                 (SELECT coalesce(sum(e.amount), 0) FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id \
-                  WHERE t.reference = 'session:' || s.id AND e.account = 'usage'))",
-    );
+    let broken = sql(rig, support::LEDGER_BROKEN_SQL);
     assert_eq!(
         broken, "0 0 0",
         "unbalanced transactions, wrong balances, sessions billed other than the ledger says"
@@ -448,31 +439,24 @@ async fn a_swarm_fleet_places_sessions_on_every_gpu_host_survives_a_launcher_kil
         "the desktop was restarted"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = users[b2]
-        .client
-        .call(
-            reqwest::Method::GET,
-            "/api/v1/account",
-            Some(&users[b2].token),
-            None,
-        )
-        .await
-        .1;
+    let account = async |user: &client::User| {
+        user.client
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/account",
+                Some(&user.token),
+                None,
+            )
+            .await
+            .1
+    };
+    let before = account(&users[b2]).await;
     let ended = fleet.stop(&users[b2], &smalls[b2]).await;
     let billed = ended["billed_credit_seconds"].as_i64().unwrap();
     let seconds = ended["billed_seconds"].as_i64().unwrap();
     assert!(billed > 0, "{ended}");
     assert_eq!(billed, seconds, "one GPU: billed = seconds × 1: {ended}");
-    let account = users[b2]
-        .client
-        .call(
-            reqwest::Method::GET,
-            "/api/v1/account",
-            Some(&users[b2].token),
-            None,
-        )
-        .await
-        .1;
+    let account = account(&users[b2]).await;
     assert_eq!(
         account["credit_seconds"].as_i64(),
         Some(3600 - billed),

@@ -277,20 +277,21 @@ impl GateProcess {
         } else {
             Some(DockerSessionsLock::acquire().await)
         };
-        Self::start_holding(port, env, docker).await
+        Self::start_holding(port, env, docker, Vec::new()).await
     }
 
     /// [`GateProcess::start`] for a gate whose launchers run on Docker
     /// Engines of the test's own (never the shared one), so it leaves the
     /// shared engine's session containers to other tests.
     pub async fn start_on_own_engines(port: u16, env: Vec<(&'static str, String)>) -> Self {
-        Self::start_holding(port, env, None).await
+        Self::start_holding(port, env, None, Vec::new()).await
     }
 
     async fn start_holding(
         port: u16,
         env: Vec<(&'static str, String)>,
         docker: Option<DockerSessionsLock>,
+        wrapper: Vec<String>,
     ) -> Self {
         let mut gate = Self {
             process: None,
@@ -299,7 +300,7 @@ impl GateProcess {
             client: GateClient::new(&format!("http://127.0.0.1:{port}")),
             port,
             docker_lock: docker,
-            wrapper: Vec::new(),
+            wrapper,
         };
         gate.restart().await;
         gate
@@ -312,17 +313,8 @@ impl GateProcess {
         env: Vec<(&'static str, String)>,
         wrapper: Vec<String>,
     ) -> Self {
-        let mut gate = Self {
-            process: None,
-            earlier_output: String::new(),
-            env,
-            client: GateClient::new(&format!("http://127.0.0.1:{port}")),
-            port,
-            docker_lock: Some(DockerSessionsLock::acquire().await),
-            wrapper,
-        };
-        gate.restart().await;
-        gate
+        let docker = Some(DockerSessionsLock::acquire().await);
+        Self::start_holding(port, env, docker, wrapper).await
     }
 
     /// Starts the process again with the same settings (after

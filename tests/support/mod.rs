@@ -756,3 +756,16 @@ pub fn lock_file(name: &str) -> std::fs::File {
         .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
     file
 }
+
+/// One row `"<unbalanced> <wrong balances> <misbilled>"`: the ledger's
+/// transactions that do not sum to zero, balances that are negative or not
+/// the sum of their entries, and sessions billed other than what the ledger
+/// debited for them. `"0 0 0"` when the ledger holds; the stack tests run it
+/// with `psql` inside their PostgreSQL.
+pub const LEDGER_BROKEN_SQL: &str = "SELECT (SELECT count(*) FROM (SELECT txn_id FROM ledger_entries GROUP BY txn_id \
+         HAVING sum(amount) <> 0) t) || ' ' || \
+        (SELECT count(*) FROM balances b WHERE amount < 0 OR amount <> \
+         (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e WHERE e.account = b.account)) || ' ' || \
+        (SELECT count(*) FROM sessions s WHERE billed_credit <> \
+         (SELECT coalesce(sum(e.amount), 0) FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id \
+          WHERE t.reference = 'session:' || s.id AND e.account = 'usage'))";
