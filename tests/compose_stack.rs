@@ -235,20 +235,7 @@ impl Stack {
     /// `psql -At` inside the PostgreSQL container (its local socket: the
     /// database publishes nothing, and the test reads it from the outside).
     fn sql(&self, query: &str) -> String {
-        docker_cli(&[
-            "exec",
-            &self.container("postgres"),
-            "psql",
-            "-U",
-            "deskgate",
-            "-d",
-            "deskgate",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            query,
-        ])
+        docker_cli(&support::psql_exec_args(&self.container("postgres"), query))
     }
 
     /// Balances, ledger, deposits and session history, as one comparable text.

@@ -91,20 +91,7 @@ fn sql(rig: &Rig, query: &str) -> String {
     let container = rig
         .container_of(0, "postgres")
         .expect("PostgreSQL runs on the manager");
-    rig.manager(&[
-        "exec",
-        &container,
-        "psql",
-        "-U",
-        "deskgate",
-        "-d",
-        "deskgate",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        query,
-    ])
+    rig.manager(&support::psql_exec_args(&container, query))
 }
 
 /// The ledger's rules: transactions sum to zero, balances are their entries'

@@ -769,3 +769,23 @@ pub const LEDGER_BROKEN_SQL: &str = "SELECT (SELECT count(*) FROM (SELECT txn_id
         (SELECT count(*) FROM sessions s WHERE billed_credit <> \
          (SELECT coalesce(sum(e.amount), 0) FROM ledger_txns t JOIN ledger_entries e ON e.txn_id = t.id \
           WHERE t.reference = 'session:' || s.id AND e.account = 'usage'))";
+
+/// `docker exec` arguments that run `query` with `psql -At` as deskgate in
+/// the PostgreSQL container `container` (its local socket: the stacks'
+/// database publishes nothing); stops at the first error.
+pub fn psql_exec_args<'a>(container: &'a str, query: &'a str) -> [&'a str; 12] {
+    [
+        "exec",
+        container,
+        "psql",
+        "-U",
+        "deskgate",
+        "-d",
+        "deskgate",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        query,
+    ]
+}
